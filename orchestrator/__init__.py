@@ -1,0 +1,70 @@
+"""qemu-compose's orchestrator: the compose model, its project state and the CLI.
+
+The only package that knows the compose file; it uses qmp, systemd_dbus and netcfg.
+Public names are re-exported here and imported on first use, so that the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import (
+        ConfigError,
+        LockHeldError,
+        Problem,
+        ProjectNotFoundError,
+        QemuComposeError,
+        StateError,
+    )
+    from .model import ComposeFile, Network, Vm, Volume
+    from .project import Project, find_compose_file, load_project
+    from .state import ProjectLock, ProjectState, StateDir, atomic_write
+
+_EXPORTS = {
+    "ConfigError": "errors",
+    "LockHeldError": "errors",
+    "Problem": "errors",
+    "ProjectNotFoundError": "errors",
+    "QemuComposeError": "errors",
+    "StateError": "errors",
+    "ComposeFile": "model",
+    "Network": "model",
+    "Vm": "model",
+    "Volume": "model",
+    "Project": "project",
+    "find_compose_file": "project",
+    "load_project": "project",
+    "ProjectLock": "state",
+    "ProjectState": "state",
+    "StateDir": "state",
+    "atomic_write": "state",
+}
+
+__all__ = [
+    "ComposeFile",
+    "ConfigError",
+    "LockHeldError",
+    "Network",
+    "Problem",
+    "Project",
+    "ProjectLock",
+    "ProjectNotFoundError",
+    "ProjectState",
+    "QemuComposeError",
+    "StateDir",
+    "StateError",
+    "Vm",
+    "Volume",
+    "atomic_write",
+    "find_compose_file",
+    "load_project",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

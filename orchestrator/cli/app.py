@@ -1,0 +1,146 @@
+"""Commands and global options of `qemu-compose`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from ..project import Project
+
+DISTRIBUTION = "qemu-compose-vm"
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalOptions:
+    file: Path | None
+    project_name: str | None
+    project_directory: Path | None
+    debug: bool
+
+    def load(self) -> Project:
+        from ..project import load_project
+
+        return load_project(
+            self.file, project_name=self.project_name, project_directory=self.project_directory
+        )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Run 'qemu-compose COMMAND --help' for more on a command.",
+)
+@click.option(
+    "-f",
+    "--file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="QEMU_COMPOSE_FILE",
+    show_envvar=True,
+    help="The compose file [default: qemu-compose.yaml or .yml here or in a parent directory].",
+)
+@click.option(
+    "-p",
+    "--project-name",
+    envvar="QEMU_COMPOSE_PROJECT_NAME",
+    show_envvar=True,
+    help="The project name [default: name: in the file, else the directory's name].",
+)
+@click.option(
+    "--project-directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where relative paths point and state lives [default: the compose file's directory].",
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="QEMU_COMPOSE_DEBUG",
+    show_envvar=True,
+    help="Log every step and show tracebacks.",
+)
+@click.version_option(_version(), "--version", "-V", prog_name="qemu-compose")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    file: Path | None,
+    project_name: str | None,
+    project_directory: Path | None,
+    debug: bool,
+) -> None:
+    """Define QEMU virtual machines, their networks and volumes in one YAML file, and run them."""
+    ctx.obj = GlobalOptions(file, project_name, project_directory, debug)
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only validate: print nothing, exit 0 if valid.")
+@click.option(
+    "--services", "--vms", "list_vms", is_flag=True, help="Print the VM names, one a line."
+)
+@click.option("--networks", "list_networks", is_flag=True, help="Print the network names.")
+@click.option("--volumes", "list_volumes", is_flag=True, help="Print the named volume names.")
+@click.pass_obj
+def config(
+    opts: GlobalOptions,
+    fmt: str,
+    quiet: bool,
+    list_vms: bool,
+    list_networks: bool,
+    list_volumes: bool,
+) -> None:
+    """Validate the compose file and print it fully resolved.
+
+    Variables are interpolated, defaults filled in, short forms expanded and relative paths
+    made absolute. Problems are reported all at once, each with file:line:column and the
+    field; the exit status is then 2.
+    """
+    if sum((list_vms, list_networks, list_volumes)) > 1:
+        raise click.UsageError("give only one of --services, --networks and --volumes")
+    project = opts.load()
+    if quiet:
+        return
+    if list_vms or list_networks or list_volumes:
+        model = project.model
+        table = model.vms if list_vms else model.networks if list_networks else model.volumes
+        for name in table:
+            click.echo(name)
+        return
+    from ..render import render_json, render_yaml
+
+    sys.stdout.write(render_json(project) if fmt == "json" else render_yaml(project))
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash:  qemu-compose completion bash > ~/.local/share/bash-completion/completions/qemu-compose
+    zsh:   qemu-compose completion zsh > "${fpath[1]}/_qemu-compose"
+    fish:  qemu-compose completion fish > ~/.config/fish/completions/qemu-compose.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the choice above lists only shells click knows
+    click.echo(completer(cli, {}, "qemu-compose", "_QEMU_COMPOSE_COMPLETE").source())

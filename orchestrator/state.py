@@ -1,0 +1,201 @@
+"""The project's state directory: versioned state file, atomic writes, the project lock.
+
+``.qemu-compose/`` beside the compose file is created 0700. Every file in it is replaced
+atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves the old
+version or the new one, never half of one. Mutating commands hold an exclusive flock on
+``.qemu-compose/lock`` so that two runs on one project are serialised; the lock dies with its
+process, so a crash never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Self
+
+import msgspec
+
+from .errors import LockHeldError, StateError
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+STATE_FILE = "state.json"
+LOCK_FILE = "lock"
+
+
+class VmState(msgspec.Struct, kw_only=True):
+    """What qemu-compose created for one VM (the model says what should exist)."""
+
+    unit: str
+    config_hash: str
+    created_at: float
+
+
+class ProjectState(msgspec.Struct, kw_only=True):
+    version: int = STATE_VERSION
+    project: str = ""
+    vms: dict[str, VmState] = {}
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed and make it 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, whole."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateDir:
+    """One project's ``.qemu-compose`` directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+    def ensure(self) -> Self:
+        ensure_private_dir(self.path)
+        return self
+
+    def read_state(self, project: str) -> ProjectState:
+        """The saved state; a fresh one if there is none or it is unreadable (moved aside)."""
+        try:
+            raw = self.state_file.read_bytes()
+        except FileNotFoundError:
+            return ProjectState(project=project)
+        try:
+            version = msgspec.json.decode(raw, type=_Versioned).version
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            return self._set_aside(project, err)
+        if version > STATE_VERSION:
+            raise StateError(
+                f"{self.state_file} was written by a newer qemu-compose (state version "
+                f"{version}, this one knows {STATE_VERSION}): upgrade qemu-compose"
+            )
+        try:
+            return msgspec.json.decode(raw, type=ProjectState)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            return self._set_aside(project, err)
+
+    def _set_aside(self, project: str, err: Exception) -> ProjectState:
+        aside = self.path / f"{STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(self.state_file, aside)
+        log.warning(
+            "%s was unreadable (%s); moved it to %s and started afresh",
+            self.state_file,
+            err,
+            aside.name,
+        )
+        return ProjectState(project=project)
+
+    def write_state(self, state: ProjectState) -> None:
+        self.ensure()
+        atomic_write(self.state_file, msgspec.json.format(msgspec.json.encode(state), indent=2))
+
+
+class _Versioned(msgspec.Struct):
+    version: int
+
+
+class ProjectLock:
+    """An exclusive, process-lifetime lock on a project's state directory."""
+
+    POLL_SECONDS = 0.1
+
+    def __init__(self, state_dir: Path, command: str = "") -> None:
+        self.path = state_dir / LOCK_FILE
+        self.command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> None:
+        """Take the lock now or raise LockHeldError naming its holder."""
+        if self._fd is not None:
+            raise StateError(f"{self.path} is already held by this process")
+        ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise StateError(f"cannot lock {self.path}: {err.strerror}") from err
+            pid, command = self._holder()
+            raise LockHeldError(self.path, pid, command) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n{self.command}\n".encode(), 0)
+        self._fd = fd
+
+    def _holder(self) -> tuple[int | None, str]:
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError:
+            return None, ""
+        pid = int(lines[0]) if lines and lines[0].isdigit() else None
+        return pid, lines[1] if len(lines) > 1 else ""
+
+    async def acquire(self, *, wait: bool) -> None:
+        """Take the lock; with ``wait``, poll until it is free (bound it with trio.fail_after)."""
+        import trio
+
+        while True:
+            try:
+                self.try_acquire()
+            except LockHeldError as held:
+                if not wait:
+                    raise
+                log.info("%s; waiting", held)
+                await trio.sleep(self.POLL_SECONDS)
+            else:
+                return
+
+    def release(self) -> None:
+        # The file stays: unlinking a lock file races with a process that has just opened it.
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @contextlib.contextmanager
+    def held_now(self) -> Iterator[Self]:
+        self.try_acquire()
+        try:
+            yield self
+        finally:
+            self.release()
