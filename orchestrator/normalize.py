@@ -16,7 +16,7 @@ from typing import Any
 
 from . import quantities
 from .errors import ConfigError
-from .yamlsource import PathKey, format_path, load_yaml
+from .yamlsource import PathKey, SourceMap, format_path, load_yaml
 
 Report = Callable[[PathKey, str], None]
 
@@ -24,9 +24,12 @@ _MIB = 1024 * 1024
 
 
 class Normalizer:
-    def __init__(self, project_dir: Path, env: Mapping[str, str], report: Report) -> None:
+    def __init__(
+        self, project_dir: Path, env: Mapping[str, str], source: SourceMap, report: Report
+    ) -> None:
         self.project_dir = project_dir
         self.env = env
+        self.source = source  # told where rewritten values were written
         self.report = report
 
     # -- helpers -------------------------------------------------------------------------------
@@ -46,10 +49,11 @@ class Normalizer:
         except ValueError as err:
             self.report((*path, key), str(err))
 
-    @staticmethod
-    def _names_to_mapping(value: Any) -> Any:
+    def _names_to_mapping(self, value: Any, path: PathKey) -> Any:
         """``[a, b]`` -> ``{a: {}, b: {}}``; ``{a: null}`` -> ``{a: {}}``."""
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            for i, name in enumerate(value):
+                self.source.move((*path, name), (*path, i))
             return {v: {} for v in value}
         if isinstance(value, dict):
             return {k: ({} if v is None else v) for k, v in value.items()}
@@ -107,7 +111,7 @@ class Normalizer:
             self._canonical(disk, "size", (*path, "disk"), "size")
         for key in ("networks", "depends_on"):
             if key in vm:
-                vm[key] = self._names_to_mapping(vm[key])
+                vm[key] = self._names_to_mapping(vm[key], (*path, key))
         if isinstance(vm.get("volumes"), list):
             vm["volumes"] = [
                 self.volume(v, (*path, "volumes", i)) for i, v in enumerate(vm["volumes"])
@@ -115,7 +119,11 @@ class Normalizer:
         if isinstance(vm.get("ports"), list):
             ports: list[Any] = []
             for i, p in enumerate(vm["ports"]):
-                ports.extend(self.ports(p, (*path, "ports", i)))
+                for expanded in self.ports(p, (*path, "ports", i)):
+                    self.source.move(
+                        (*path, "ports", len(ports)), (*path, "ports", i), show_written=True
+                    )
+                    ports.append(expanded)
             vm["ports"] = ports
         if "environment" in vm:
             vm["environment"] = self.environment(vm["environment"], (*path, "environment"))

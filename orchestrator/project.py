@@ -107,7 +107,9 @@ def load_project(
     if not isinstance(data, dict):
         raise ConfigError([source.problem((), "the top level must be a mapping")])
     data = interpolate_tree(data, env, report)
-    data = Normalizer(directory, env, report).compose(data)
+    if data.get("vms") == {}:
+        report(("vms",), "no VMs are defined")
+    data = Normalizer(directory, env, source, report).compose(data)
     schema.check(data, ComposeFile, (), report_schema)
     if problems:
         # Drop what is broken and check the rest across fields too, so that one run reports

@@ -36,9 +36,20 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
+def _escape_dollars(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {k: _escape_dollars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_dollars(v) for v in value]
+    return value
+
+
 def render_yaml(project: Project) -> str:
+    """A compose file again: loading it gives the same model, so '$' is written '$$'."""
     return yaml.dump(
-        resolved_data(project),
+        _escape_dollars(resolved_data(project)),
         Dumper=_Dumper,
         sort_keys=False,
         default_flow_style=False,
@@ -48,5 +59,6 @@ def render_yaml(project: Project) -> str:
 
 
 def render_json(project: Project) -> str:
+    """Data for scripts: values exactly as the VMs will get them."""
     encoded = msgspec.json.encode(resolved_data(project))
     return msgspec.json.format(encoded, indent=2).decode() + "\n"

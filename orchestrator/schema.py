@@ -32,6 +32,10 @@ _KIND = {
 }
 
 
+# What docker compose users write for our field names.
+_SYNONYMS = {"services": "vms", "mem_limit": "memory", "cpus": "cpu", "command": "provision"}
+
+
 def kind_of(value: Any) -> str:
     for cls, kind in _KIND.items():
         if type(value) is cls:
@@ -84,7 +88,8 @@ def _check_struct(value: Any, cls: type[msgspec.Struct], path: PathKey, report: 
     fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
     for key in value:
         if key not in fields:
-            hint = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = [_SYNONYMS[key]] if _SYNONYMS.get(key) in fields else []
+            hint = hint or difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
             if hint:
                 message = f"unknown field; did you mean {hint[0]!r}?"
             else:

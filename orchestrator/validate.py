@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from .graph import find_cycle
 from .model import ComposeFile, Vm
 from .quantities import parse_duration, parse_size
 from .yamlsource import PathKey
 
-Report = Callable[[PathKey, str], None]
+
+class Report(Protocol):
+    def __call__(self, path: PathKey, message: str, key: bool = False) -> None: ...
+
 
 MIN_VOLUME_BYTES = 1024 * 1024  # mkfs.ext4 needs some room
 
@@ -39,17 +42,16 @@ def replica_names(name: str, vm: Vm) -> list[str]:
 
 
 def _names(compose: ComposeFile, report: Report) -> None:
-    if not compose.vms:
-        report(("vms",), "no VMs are defined")
     seen: dict[str, str] = {}
     for name, vm in compose.vms.items():
         for instance in replica_names(name, vm):
             if len(instance) > 63:
-                report(("vms", name, "replicas"), f"the VM name {instance!r} is longer than 63")
+                report(("vms", name), f"the VM name {instance!r} is longer than 63", key=True)
             if instance in seen and seen[instance] != name:
                 report(
                     ("vms", name),
                     f"the VM name {instance!r} is also the name of a replica of {seen[instance]!r}",
+                    key=True,
                 )
             seen.setdefault(instance, name)
 
@@ -61,9 +63,9 @@ def _dependencies(compose: ComposeFile, report: Report) -> None:
         for dep in vm.depends_on:
             path: PathKey = ("vms", name, "depends_on", dep)
             if dep == name:
-                report(path, f"{name!r} cannot depend on itself")
+                report(path, f"{name!r} cannot depend on itself", key=True)
             elif dep not in compose.vms:
-                report(path, f"depends on {dep!r}, which is not a VM of this file")
+                report(path, f"depends on {dep!r}, which is not a VM of this file", key=True)
             else:
                 edges[name].append(dep)
     cycle = find_cycle(edges)
@@ -71,6 +73,7 @@ def _dependencies(compose: ComposeFile, report: Report) -> None:
         report(
             ("vms", cycle[0], "depends_on", cycle[1]),
             "dependency cycle: " + " -> ".join(cycle),
+            key=True,
         )
 
 
@@ -126,7 +129,11 @@ def _vm(
     for net_name, attachment in vm.networks.items():
         npath: PathKey = (*path, "networks", net_name)
         if net_name not in compose.networks:
-            report(npath, f"network {net_name!r} is not defined under the top-level networks:")
+            report(
+                npath,
+                f"network {net_name!r} is not defined under the top-level networks:",
+                key=True,
+            )
             continue
         if many and (attachment.ipv4_address or attachment.mac_address):
             report(npath, "fixed addresses cannot be shared by replicas")

@@ -108,13 +108,34 @@ class SourceMap:
     file: Path
     values: dict[PathKey, Position] = field(default_factory=dict)
     keys: dict[PathKey, Position] = field(default_factory=dict)
+    # Paths that a rewrite (short form -> long form) moved: new path -> (written path, shown)
+    moved: dict[PathKey, tuple[PathKey, bool]] = field(default_factory=dict)
+
+    def move(self, new: PathKey, written: PathKey, *, show_written: bool = False) -> None:
+        """Say that what is now at ``new`` was written at ``written``.
+
+        ``show_written``: name the written path in messages (a list item whose index changed)
+        rather than the new one (a list of names that became a mapping reads better as such).
+        """
+        if new != written:
+            self.moved[new] = (written, show_written)
+
+    def _written(self, path: PathKey) -> tuple[PathKey, PathKey]:
+        """(where to look ``path`` up, how to show it), following moves of it or its parents."""
+        for cut in range(len(path), 0, -1):
+            entry = self.moved.get(path[:cut])
+            if entry is not None:
+                written, show_written = entry
+                where = (*written, *path[cut:])
+                return where, where if show_written else path
+        return path, path
 
     def locate(self, path: PathKey, *, key: bool = False) -> Position | None:
         """The position of ``path`` (its key when ``key``), else of its nearest ancestor."""
-        table = self.keys if key else self.values
-        if path in table:
-            return table[path]
-        for cut in range(len(path) - 1, -1, -1):
+        path, _ = self._written(path)
+        if key and path in self.keys:
+            return self.keys[path]
+        for cut in range(len(path), -1, -1):
             pos = self.values.get(path[:cut])
             if pos is not None:
                 return pos
@@ -122,11 +143,12 @@ class SourceMap:
 
     def problem(self, path: PathKey, message: str, *, key: bool = False) -> Problem:
         pos = self.locate(path, key=key)
+        _, shown = self._written(path)
         return Problem(
             file=self.file,
             line=pos.line if pos else 0,
             column=pos.column if pos else 0,
-            path=format_path(path),
+            path=format_path(shown),
             message=message,
         )
 
