@@ -26,6 +26,7 @@ from .errors import ConfigError, Problem
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000  # values built, counting every alias expansion
+MAX_DEPTH = 64  # nesting of mappings and lists
 
 PathKey = tuple[str | int, ...]
 
@@ -186,7 +187,11 @@ class _Builder:
     def build(self, node: Node, path: PathKey) -> Any:
         self.budget -= 1
         if self.budget < 0:
-            raise _TooBig(node)
+            raise _TooBig(
+                node, f"the document expands to more than {MAX_NODES} values (too many aliases?)"
+            )
+        if len(path) > MAX_DEPTH:
+            raise _TooBig(node, f"the document nests deeper than {MAX_DEPTH} levels")
         self.source.values.setdefault(path, _position(node))
         if node.tag not in _PLAIN_TAGS:
             self.fail(node, path, f"the YAML tag {node.tag!r} is not allowed here")
@@ -248,8 +253,10 @@ class _Builder:
 
 
 class _TooBig(Exception):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, message: str) -> None:
+        super().__init__(message)
         self.node = node
+        self.message = message
 
 
 def load_yaml(text: str, file: Path) -> tuple[Any, SourceMap]:
@@ -272,6 +279,8 @@ def load_yaml(text: str, file: Path) -> tuple[Any, SourceMap]:
             ) from err
         except yaml.YAMLError as err:  # e.g. a byte no YAML reader takes
             raise ConfigError([Problem(file, 0, 0, "", f"invalid YAML: {err}")]) from err
+        except RecursionError:  # PyYAML's composer recurses once per nesting level
+            raise ConfigError([Problem(file, 0, 0, "", "the document nests too deeply")]) from None
         if root is None:
             raise ConfigError([Problem(file, 0, 0, "", "the file is empty")])
         builder = _Builder(loader, source)
@@ -279,18 +288,7 @@ def load_yaml(text: str, file: Path) -> tuple[Any, SourceMap]:
             data = builder.build(root, ())
         except _TooBig as big:
             pos = _position(big.node)
-            raise ConfigError(
-                [
-                    Problem(
-                        file,
-                        pos.line,
-                        pos.column,
-                        "",
-                        f"the document expands to more than {MAX_NODES} values "
-                        "(aliases nested too deep?)",
-                    )
-                ]
-            ) from None
+            raise ConfigError([Problem(file, pos.line, pos.column, "", big.message)]) from None
         if builder.problems:
             raise ConfigError(builder.problems)
         return data, source

@@ -1,0 +1,102 @@
+"""Ctrl-C and SIGTERM end an async command promptly, after its cleanup, never with a hang.
+
+Regression test for the trio-asyncio hazard in HOSTING.md: a KeyboardInterrupt delivered
+inside trio-asyncio's loop could hang the process. Each case runs the real runner in a child
+process, signals it while it waits (in trio, or in asyncio through trio-asyncio on a socket
+that never answers) and checks exit status, timing and that cleanup ran.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    import trio, trio_asyncio
+    from orchestrator.runner import run
+    mode, addr, marker = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    async def command():
+        try:
+            if mode == "trio":
+                print("waiting", flush=True)
+                await trio.sleep_forever()
+            else:
+                async with trio_asyncio.open_loop():
+                    host, port = addr.rsplit(":", 1)
+                    async def connect():
+                        reader, writer = await asyncio.open_connection(host, int(port))
+                        await reader.read(1)  # the peer never says anything
+                    print("waiting", flush=True)
+                    await trio_asyncio.aio_as_trio(connect)()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.05)  # cleanup that needs the event loop
+                open(marker, "w").write("cleaned up")
+
+    try:
+        run(command)
+    except Exception as err:
+        print(type(err).__name__, err, flush=True)
+        sys.exit(getattr(err, "exit_status", 1))
+    """
+)
+
+
+@pytest.fixture
+def silent_peer() -> socket.socket:
+    """A listening socket that accepts and then never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock
+
+
+@pytest.mark.parametrize("mode", ["trio", "asyncio"])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_ends_the_command_after_cleanup(
+    mode: str, signum: int, status: int, silent_peer: socket.socket, tmp_path: Path
+) -> None:
+    host, port = silent_peer.getsockname()
+    marker = tmp_path / "marker"
+    for attempt in range(5):  # the signal lands at a different point each time
+        marker.unlink(missing_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, mode, f"{host}:{port}", str(marker)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "waiting"
+        time.sleep(0.02 * attempt)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{mode}: the process hung after {signal.Signals(signum).name}")
+        assert time.monotonic() - sent < 5
+        assert proc.returncode == status, (out, err)
+        assert f"Interrupted interrupted by {signal.Signals(signum).name}" in out
+        assert marker.read_text() == "cleaned up"
+        assert "Traceback" not in err
+
+
+def test_a_result_is_returned_when_no_signal_came() -> None:
+    from orchestrator.runner import run
+
+    async def answer() -> int:
+        return 42
+
+    assert run(answer) == 42

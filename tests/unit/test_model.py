@@ -1,0 +1,206 @@
+"""Loading valid compose files: short forms, defaults, paths, names, replicas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ConfigError, ProjectNotFoundError, load_project
+from orchestrator.model import Dependency, PortMapping, VolumeMount
+from orchestrator.project import find_compose_file, normalize_project_name
+from orchestrator.validate import replica_names
+
+
+def write(directory: Path, text: str, name: str = "qemu-compose.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
+    project = load_project(write(tmp_path / "Demo App", "vms:\n  web: {}\n"), environ={})
+    assert project.name == "demoapp"
+    vm = project.model.vms["web"]
+    assert (vm.cpu, vm.memory, vm.machine, vm.accel, vm.restart) == (2, 1024, "q35", "auto", "no")
+    assert vm.stop_grace_period == "1m"
+    assert project.state_dir == tmp_path / "Demo App" / ".qemu-compose"
+
+
+def test_volume_short_forms(tmp_path: Path) -> None:
+    text = """
+volumes: {data: }
+vms:
+  web:
+    volumes:
+      - data:/var/lib/data
+      - ./site:/srv:ro
+      - ~/cache:/cache:rw
+      - /abs/dir:/abs
+"""
+    vm = load_project(write(tmp_path, text), environ={}).model.vms["web"]
+    home = str(Path("~").expanduser())
+    assert vm.volumes == [
+        VolumeMount(type="volume", source="data", target="/var/lib/data"),
+        VolumeMount(type="bind", source=str(tmp_path / "site"), target="/srv", read_only=True),
+        VolumeMount(type="bind", source=f"{home}/cache", target="/cache"),
+        VolumeMount(type="bind", source="/abs/dir", target="/abs"),
+    ]
+
+
+def test_relative_paths_resolve_against_the_compose_file_not_the_cwd(tmp_path: Path) -> None:
+    path = write(tmp_path / "proj", "vms:\n  web:\n    image: ../images/base.qcow2\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    project = load_project(path, environ={}, cwd=elsewhere)
+    image = project.model.vms["web"].image
+    assert image is not None
+    assert image.source == str(tmp_path / "images" / "base.qcow2")
+
+
+def test_project_directory_moves_relative_paths_and_state(tmp_path: Path) -> None:
+    path = write(tmp_path / "conf", "vms:\n  web:\n    image: disk.qcow2\n")
+    project = load_project(path, environ={}, project_directory=tmp_path / "work", cwd=tmp_path)
+    image = project.model.vms["web"].image
+    assert image is not None
+    assert image.source == str(tmp_path / "work" / "disk.qcow2")
+    assert project.state_dir == tmp_path / "work" / ".qemu-compose"
+    assert project.name == "work"
+
+
+def test_urls_are_kept(tmp_path: Path) -> None:
+    text = "vms:\n  a: {image: https://example.org/a.img}\n  b: {image: 'file:///srv/b.img'}\n"
+    vms = load_project(write(tmp_path, text), environ={}).model.vms
+    assert vms["a"].image is not None
+    assert vms["a"].image.source == "https://example.org/a.img"
+    assert vms["b"].image is not None
+    assert vms["b"].image.source == "file:///srv/b.img"
+
+
+def test_ports_short_forms(tmp_path: Path) -> None:
+    text = "vms:\n  web:\n    ports: [80, '8080:80', '10.0.0.1:53:53/udp', '9000-9001:90-91']\n"
+    vm = load_project(write(tmp_path, text), environ={}).model.vms["web"]
+    assert vm.ports == [
+        PortMapping(target=80),
+        PortMapping(target=80, published=8080),
+        PortMapping(target=53, published=53, host_ip="10.0.0.1", protocol="udp"),
+        PortMapping(target=90, published=9000),
+        PortMapping(target=91, published=9001),
+    ]
+
+
+def test_environment_list_takes_bare_names_from_our_environment(tmp_path: Path) -> None:
+    text = "vms:\n  web:\n    environment: [A=1, B=, FROM_HOST, NOT_SET]\n"
+    vm = load_project(write(tmp_path, text), environ={"FROM_HOST": "h"}).model.vms["web"]
+    assert vm.environment == {"A": "1", "B": "", "FROM_HOST": "h"}
+
+
+def test_depends_on_list_and_map(tmp_path: Path) -> None:
+    text = """
+vms:
+  db: {}
+  cache: {}
+  web:
+    depends_on: [db]
+  app:
+    depends_on:
+      db: {condition: service_healthy}
+      cache:
+"""
+    vms = load_project(write(tmp_path, text), environ={}).model.vms
+    assert vms["web"].depends_on == {"db": Dependency()}
+    assert vms["app"].depends_on == {
+        "db": Dependency(condition="service_healthy"),
+        "cache": Dependency(),
+    }
+
+
+def test_interpolation_from_dotenv_overridden_by_environment(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("CPUS=3\nMEM=2G\n")
+    text = "vms:\n  web:\n    cpu: ${CPUS}\n    memory: ${MEM}\n"
+    vm = load_project(write(tmp_path, text), environ={"CPUS": "5"}).model.vms["web"]
+    assert (vm.cpu, vm.memory) == (5, 2048)
+
+
+def test_bad_dotenv_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("no equals sign\n")
+    with pytest.raises(ConfigError, match=r"\.env:1"):
+        load_project(write(tmp_path, "vms: {a: {}}\n"), environ={})
+
+
+def test_extension_fields_are_ignored(tmp_path: Path) -> None:
+    text = "x-top: 1\nvms:\n  web:\n    x-note: anything\n    cpu: 1\nnetworks:\n  n: {x-n: 1}\n"
+    project = load_project(write(tmp_path, text), environ={})
+    assert project.model.vms["web"].cpu == 1
+
+
+def test_project_name_precedence(tmp_path: Path) -> None:
+    path = write(tmp_path / "dir", "name: fromfile\nvms: {a: {}}\n")
+    assert load_project(path, environ={}).name == "fromfile"
+    env = {"QEMU_COMPOSE_PROJECT_NAME": "fromenv"}
+    assert load_project(path, environ=env).name == "fromenv"
+    assert load_project(path, environ=env, project_name="fromflag").name == "fromflag"
+
+
+def test_invalid_explicit_project_name(tmp_path: Path) -> None:
+    path = write(tmp_path, "vms: {a: {}}\n")
+    with pytest.raises(ConfigError, match="invalid project name 'Bad Name' from -p"):
+        load_project(path, environ={}, project_name="Bad Name")
+
+
+def test_unnameable_directory_asks_for_a_name(tmp_path: Path) -> None:
+    path = write(tmp_path / "___", "vms: {a: {}}\n")
+    with pytest.raises(ConfigError, match="set name: in the file or pass -p NAME"):
+        load_project(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("directory", "name"),
+    [("My Project", "myproject"), ("web.app", "webapp"), ("_x-1", "x-1"), ("ÄÖ", "")],
+)
+def test_normalize_project_name(directory: str, name: str) -> None:
+    assert normalize_project_name(directory) == name
+
+
+def test_compose_file_is_found_in_a_parent(tmp_path: Path) -> None:
+    path = write(tmp_path, "vms: {a: {}}\n", "qemu-compose.yml")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    assert find_compose_file(deep) == path
+    assert load_project(environ={}, cwd=deep).compose_file == path
+
+
+def test_yaml_is_preferred_over_yml(tmp_path: Path) -> None:
+    write(tmp_path, "vms: {a: {}}\n", "qemu-compose.yml")
+    yaml_file = write(tmp_path, "vms: {b: {}}\n", "qemu-compose.yaml")
+    assert find_compose_file(tmp_path) == yaml_file
+
+
+def test_no_compose_file(tmp_path: Path) -> None:
+    with pytest.raises(ProjectNotFoundError, match="-f FILE"):
+        load_project(environ={}, cwd=tmp_path)
+    with pytest.raises(ProjectNotFoundError, match="no compose file at"):
+        load_project(Path("missing.yaml"), environ={}, cwd=tmp_path)
+
+
+def test_replicas(tmp_path: Path) -> None:
+    text = "vms:\n  worker: {replicas: 3}\n  solo: {}\n"
+    vms = load_project(write(tmp_path, text), environ={}).model.vms
+    assert replica_names("worker", vms["worker"]) == ["worker-1", "worker-2", "worker-3"]
+    assert replica_names("solo", vms["solo"]) == ["solo"]
+
+
+def test_inline_cloud_config_string_becomes_data(tmp_path: Path) -> None:
+    text = (
+        "vms:\n  web:\n    cloud_init:\n      user_data: |\n"
+        "        #cloud-config\n        packages: [nginx]\n"
+    )
+    vm = load_project(write(tmp_path, text), environ={}).model.vms["web"]
+    assert vm.cloud_init.user_data == {"packages": ["nginx"]}
+
+
+def test_the_model_is_frozen(tmp_path: Path) -> None:
+    vm = load_project(write(tmp_path, "vms: {a: {}}\n"), environ={}).model.vms["a"]
+    with pytest.raises(AttributeError):
+        vm.cpu = 4  # type: ignore[misc]
