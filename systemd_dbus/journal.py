@@ -1,0 +1,59 @@
+"""The last lines a unit logged, read with journalctl (there is no D-Bus API for it)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+def journal_argv(
+    unit: str, *, user: bool, lines: int, directory: Path | None = None, follow: bool = False
+) -> list[str]:
+    """journalctl's arguments for ``unit``'s messages, the message text only."""
+    argv = ["journalctl", "--no-pager", "--quiet", "--output=cat", f"--lines={lines}"]
+    if directory is not None:
+        argv.append(f"--directory={directory}")
+    elif user:
+        argv.append("--user")
+    argv.append(f"--user-unit={unit}" if user else f"--unit={unit}")
+    if follow:
+        argv.append("--follow")
+    return argv
+
+
+async def last_lines(
+    unit: str,
+    *,
+    user: bool,
+    lines: int = 20,
+    directory: Path | None = None,
+    timeout: float = 5.0,
+) -> list[str]:
+    """Up to ``lines`` last messages of ``unit``; [] when the journal cannot be read.
+
+    journald stores what a process wrote a moment after it wrote it, so an empty answer
+    about a unit that just died is asked again, briefly.
+    """
+    argv = journal_argv(unit, user=user, lines=lines, directory=directory)
+    with trio.move_on_after(timeout):
+        for _ in range(5):
+            try:
+                result = await trio.run_process(
+                    argv, capture_stdout=True, capture_stderr=True, check=False
+                )
+            except OSError as err:
+                log.debug("cannot run journalctl: %s", err)
+                return []
+            if result.returncode != 0:
+                log.debug("journalctl: %s", result.stderr.decode(errors="replace").strip())
+            found = result.stdout.decode(errors="replace").splitlines()[-lines:]
+            if found:
+                return found
+            await trio.sleep(0.1)
+        return []
+    log.debug("journalctl took longer than %s s", timeout)
+    return []

@@ -1,0 +1,545 @@
+"""A connection to a systemd manager over D-Bus, for trio code.
+
+dbus-fast is an asyncio library; it runs here inside a trio-asyncio loop that belongs to the
+connection (``connect`` opens both), and nothing asyncio leaves this module. One message
+handler receives systemd's signals: JobRemoved results are kept by job path (they may arrive
+before the reply to the call that made the job), PropertiesChanged of units go to whoever
+watches them, and losing the bus or the manager wakes every waiter with ManagerGoneError.
+Every call and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import signal
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import trio
+import trio_asyncio
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from .errors import (
+    BusCallError,
+    ConnectionStateError,
+    JobFailedError,
+    ManagerGoneError,
+    ManagerUnavailableError,
+    NoSuchUnitError,
+    SystemdTimeoutError,
+    UnitExistsError,
+    UnitStartError,
+)
+from .escape import unit_object_path
+from .journal import last_lines
+from .units import STATUS_PROPERTIES, TransientUnit, UnitStatus, UnitSummary
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
+UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
+
+# D-Bus errors that mean the manager is not there (any more).
+_GONE_ERRORS = {
+    "org.freedesktop.DBus.Error.NoReply",
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.Disconnected",
+}
+_MATCH_RULES = (
+    f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_IFACE}'",
+    f"type='signal',sender='{BUS_NAME}',interface='{PROPERTIES_IFACE}',"
+    f"member='PropertiesChanged',path_namespace='{MANAGER_PATH}/unit'",
+    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+    f"member='NameOwnerChanged',arg0='{BUS_NAME}'",
+)
+_KEPT_JOB_RESULTS = 4096
+
+USER_HINT = (
+    "qemu-compose runs VMs as units of your systemd user manager; log in to a session that "
+    "has one, or run `loginctl enable-linger $USER` so that it runs without one, then check "
+    "`systemctl --user status`"
+)
+SYSTEM_HINT = "is systemd running as PID 1 here, and may you talk to it (root or polkit)?"
+
+
+class Runstate(enum.Enum):
+    IDLE = "idle"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+def bus_address(bus: Literal["user", "system"] | str) -> tuple[str, bool]:
+    """The D-Bus address for ``bus`` and whether it is a user manager's."""
+    if bus == "user":
+        address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+        if not address:
+            runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+            address = f"unix:path={runtime}/bus"
+        return address, True
+    if bus == "system":
+        address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
+        return address, False
+    return bus, True
+
+
+class _Watchers:
+    """Who wants PropertiesChanged of which unit path: path -> set of send channels."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, set[trio.MemorySendChannel[dict[str, Any]]]] = {}
+
+    @contextmanager
+    def register(self, paths: Iterable[str]) -> Iterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
+        send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+        paths = list(paths)
+        for path in paths:
+            self.by_path.setdefault(path, set()).add(send)
+        try:
+            yield receive
+        finally:
+            for path in paths:
+                channels = self.by_path.get(path, set())
+                channels.discard(send)
+                if not channels:
+                    self.by_path.pop(path, None)
+            send.close()
+
+    def publish(self, path: str, changed: dict[str, Any]) -> None:
+        for send in self.by_path.get(path, ()):
+            send.send_nowait({"_path": path, **changed})
+
+    def close_all(self) -> None:
+        for channels in self.by_path.values():
+            for send in channels:
+                send.close()
+
+
+class SystemdManager:
+    """One connection to a systemd manager (user or system); make it with ``connect``."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        user: bool,
+        journal_dir: Path | None = None,
+        call_timeout: float = 10.0,
+    ) -> None:
+        self.address = address
+        self.user = user
+        self.journal_dir = journal_dir
+        self.call_timeout = call_timeout
+        self.state = Runstate.IDLE
+        self._bus: MessageBus | None = None
+        self._job_results: OrderedDict[str, str] = OrderedDict()
+        self._job_waiters: dict[str, trio.Event] = {}
+        self._watchers = _Watchers()
+        self._gone = trio.Event()
+        self._gone_reason = ""
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _require(self, state: Runstate) -> None:
+        if self.state is not state:
+            if self._gone.is_set():
+                raise ManagerGoneError(self._gone_reason)
+            raise ConnectionStateError(f"the connection is {self.state.value}, not {state.value}")
+
+    async def _open(self, nursery: trio.Nursery, timeout: float) -> None:
+        self._require(Runstate.IDLE)
+        hint = USER_HINT if self.user else SYSTEM_HINT
+        if self.address.startswith("unix:path="):
+            socket_path = trio.Path(self.address.split("=", 1)[1].split(",", 1)[0])
+            if not await socket_path.exists():
+                raise ManagerUnavailableError(f"no D-Bus socket at {socket_path}", hint)
+        bus = MessageBus(bus_address=self.address)
+        try:
+            with trio.fail_after(timeout):
+                await trio_asyncio.aio_as_trio(bus.connect)()
+        except trio.TooSlowError:
+            bus.disconnect()
+            raise ManagerUnavailableError(
+                f"the bus at {self.address} did not answer within {timeout:g} s", hint
+            ) from None
+        except Exception as err:
+            bus.disconnect()
+            raise ManagerUnavailableError(f"cannot connect to {self.address}: {err}", hint) from err
+        except BaseException:  # cancelled mid-handshake: don't leak the socket
+            bus.disconnect()
+            raise
+        self._bus = bus
+        bus.add_message_handler(self._on_message)
+        self.state = Runstate.CONNECTED
+        nursery.start_soon(self._watch_disconnect, bus)
+        try:
+            for rule in _MATCH_RULES:
+                await self._call(
+                    "AddMatch",
+                    "s",
+                    [rule],
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    timeout=timeout,
+                )
+            await self._call("Subscribe", timeout=timeout)
+        except (ManagerGoneError, BusCallError, SystemdTimeoutError) as err:
+            self._close()
+            raise ManagerUnavailableError(f"no systemd manager on {self.address}", hint) from err
+
+    async def _watch_disconnect(self, bus: MessageBus) -> None:
+        try:
+            await trio_asyncio.aio_as_trio(bus.wait_for_disconnect)()
+        except Exception as err:  # any reason means the same: gone
+            self._mark_gone(f"the connection to {self.address} broke: {err}")
+        else:
+            self._mark_gone(f"the connection to {self.address} was closed")
+
+    def _mark_gone(self, reason: str) -> None:
+        if self._gone.is_set():
+            return
+        if self.state is Runstate.CONNECTED:
+            log.warning("%s", reason)
+        self._gone_reason = reason
+        self._gone.set()
+        self.state = Runstate.CLOSED
+        for event in self._job_waiters.values():
+            event.set()
+        self._watchers.close_all()
+
+    def _close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+        self._mark_gone("the connection was closed")
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        """Runs in the asyncio loop (inside trio) for every message; only reads signals."""
+        if msg.message_type is not MessageType.SIGNAL:
+            return
+        if msg.member == "JobRemoved" and msg.interface == MANAGER_IFACE:
+            _id, job, _unit, result = msg.body
+            self._job_results[job] = result
+            while len(self._job_results) > _KEPT_JOB_RESULTS:
+                self._job_results.popitem(last=False)
+            waiter = self._job_waiters.get(job)
+            if waiter is not None:
+                waiter.set()
+        elif msg.member == "PropertiesChanged" and msg.path in self._watchers.by_path:
+            _iface, changed, _invalidated = msg.body
+            values = {k: v.value for k, v in changed.items() if k in STATUS_PROPERTIES}
+            if values:
+                self._watchers.publish(msg.path, values)
+        elif msg.member == "NameOwnerChanged" and msg.body[0] == BUS_NAME and not msg.body[2]:
+            self._mark_gone(f"the systemd manager left the bus at {self.address}")
+
+    async def _call(
+        self,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        destination: str = BUS_NAME,
+        path: str = MANAGER_PATH,
+        interface: str = MANAGER_IFACE,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        self._require(Runstate.CONNECTED)
+        assert self._bus is not None
+        msg = Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body),
+        )
+        limit = self.call_timeout if timeout is None else timeout
+        try:
+            with trio.fail_after(limit):
+                reply = await trio_asyncio.aio_as_trio(self._bus.call)(msg)
+        except trio.TooSlowError:
+            raise SystemdTimeoutError(member, limit) from None
+        except Exception as err:
+            if self._gone.is_set() or self._bus.connected is False:
+                self._mark_gone(f"the connection to {self.address} was lost")
+                raise ManagerGoneError(f"{member}: {self._gone_reason}") from err
+            raise
+        if reply is None:  # only for NO_REPLY_EXPECTED calls, which we never make
+            raise BusCallError(member, "no-reply", "no reply")
+        if reply.message_type is MessageType.ERROR:
+            name = reply.error_name or "unknown"
+            text = str(reply.body[0]) if reply.body else ""
+            if name in _GONE_ERRORS:
+                self._mark_gone(f"the systemd manager at {self.address} is gone ({name})")
+                raise ManagerGoneError(f"{member}: {text or name}")
+            if name == "org.freedesktop.systemd1.NoSuchUnit":
+                raise NoSuchUnitError(text, body[0] if body else "")
+            if name == "org.freedesktop.systemd1.UnitExists":
+                raise UnitExistsError(text, body[0] if body else "")
+            raise BusCallError(member, name, text)
+        return list(reply.body)
+
+    async def _job_result(self, job: str, operation: str, timeout: float) -> str:
+        """Wait for JobRemoved of ``job`` (which may have come already) and give its result."""
+        if job not in self._job_results:
+            event = self._job_waiters.setdefault(job, trio.Event())
+            try:
+                with trio.fail_after(timeout):
+                    await event.wait()
+            except trio.TooSlowError:
+                raise SystemdTimeoutError(operation, timeout) from None
+            finally:
+                self._job_waiters.pop(job, None)
+        if job not in self._job_results:
+            raise ManagerGoneError(f"{operation}: {self._gone_reason}")
+        return self._job_results.pop(job)
+
+    # -- units --------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        unit: TransientUnit,
+        *,
+        timeout: float = 30.0,
+        settle: float = 0.0,
+        mode: str = "fail",
+    ) -> UnitStatus:
+        """Start a transient unit and wait for its start job; return its status.
+
+        ``settle``: also wait that long and fail if the unit stops meanwhile (a command that
+        dies at once). A failure raises UnitStartError with how the unit ended and its last
+        journal lines. Cancelled, it stops the unit again, so that none is left behind.
+        """
+        path = unit_object_path(unit.name)
+        status = UnitStatus(unit.name)
+        with self._watchers.register([path]) as updates:
+            try:
+                (job,) = await self._call(
+                    "StartTransientUnit",
+                    "ssa(sv)a(sa(sv))",
+                    [unit.name, mode, unit.properties(), []],
+                    timeout=timeout,
+                )
+                result = await self._job_result(job, f"starting {unit.name}", timeout)
+                status = _drain(status, updates)
+                if result != "done":
+                    raise UnitStartError(unit.name, result, status, await self._journal(unit.name))
+                if settle > 0:
+                    status = await self._settle(status, updates, settle)
+                    if status.has_stopped:
+                        journal = await self._journal(unit.name)
+                        raise UnitStartError(unit.name, "exited", status, journal)
+            except trio.Cancelled:
+                with trio.CancelScope(shield=True):
+                    await self._discard(unit.name)
+                raise
+        return await self._latest(unit.name, status)
+
+    async def _settle(
+        self,
+        status: UnitStatus,
+        updates: trio.MemoryReceiveChannel[dict[str, Any]],
+        settle: float,
+    ) -> UnitStatus:
+        with trio.move_on_after(settle):
+            async for changed in updates:
+                status = status.updated(changed)
+                if status.has_stopped:
+                    break
+        if self._gone.is_set():
+            raise ManagerGoneError(self._gone_reason)
+        return status
+
+    async def _discard(self, name: str) -> None:
+        """Best effort, bounded: stop a unit we were starting when we were cancelled."""
+        with trio.move_on_after(self.call_timeout):
+            try:
+                await self.stop(name, timeout=self.call_timeout)
+            except (NoSuchUnitError, ManagerGoneError, ConnectionStateError):
+                return
+            except Exception:  # cleanup must not hide the cancellation
+                log.warning("could not stop %s after a cancelled start", name, exc_info=True)
+                return
+            try:
+                await self.reset_failed(name)
+            except Exception:
+                return
+
+    async def stop(self, name: str, *, timeout: float = 120.0) -> UnitStatus:
+        """Stop a unit and wait until it has; stopping a unit that is not there is no error.
+
+        ``timeout`` must exceed the unit's TimeoutStopSec (systemd kills it then).
+        """
+        path = unit_object_path(name)
+        status = UnitStatus(name)
+        with self._watchers.register([path]) as updates:
+            try:
+                (job,) = await self._call("StopUnit", "ss", [name, "replace"])
+            except NoSuchUnitError:
+                return status
+            result = await self._job_result(job, f"stopping {name}", timeout)
+            status = _drain(status, updates)
+        if result != "done":
+            raise JobFailedError(name, "stop", result)
+        return await self._latest(name, status)
+
+    async def _latest(self, name: str, observed: UnitStatus) -> UnitStatus:
+        """The unit's status now, or what its signals said last if it has been collected."""
+        status = await self.status(name)
+        return observed if status.load_state == "not-found" else status
+
+    async def kill(self, name: str, signum: int = signal.SIGTERM, *, whom: str = "all") -> None:
+        """Send ``signum`` to the unit's processes (``whom``: main, control or all)."""
+        await self._call("KillUnit", "ssi", [name, whom, int(signum)])
+
+    async def reset_failed(self, name: str) -> None:
+        await self._call("ResetFailedUnit", "s", [name])
+
+    async def status(self, name: str) -> UnitStatus:
+        """The unit's state now; a unit systemd does not know has load_state "not-found"."""
+        path = unit_object_path(name)
+        (unit_props,) = await self._call(
+            "GetAll", "s", [UNIT_IFACE], path=path, interface=PROPERTIES_IFACE
+        )
+        status = UnitStatus(name).updated({k: v.value for k, v in unit_props.items()})
+        if status.load_state != "not-found" and name.endswith(".service"):
+            (svc_props,) = await self._call(
+                "GetAll", "s", [SERVICE_IFACE], path=path, interface=PROPERTIES_IFACE
+            )
+            status = status.updated({k: v.value for k, v in svc_props.items()})
+        return status
+
+    async def list_units(self, prefix: str) -> list[UnitSummary]:
+        """The loaded units whose names start with ``prefix``, sorted by name."""
+        (rows,) = await self._call("ListUnits")
+        found = [
+            UnitSummary(
+                name=r[0], description=r[1], load_state=r[2], active_state=r[3], sub_state=r[4]
+            )
+            for r in rows
+            if r[0].startswith(prefix)
+        ]
+        return sorted(found, key=lambda u: u.name)
+
+    @asynccontextmanager
+    async def watch(self, names: Iterable[str]) -> AsyncIterator[UnitWatch]:
+        """Follow the state of units: first each one's current status, then every change."""
+        names = list(dict.fromkeys(names))
+        paths = {unit_object_path(n): n for n in names}
+        with self._watchers.register(paths) as updates:
+            current = {n: await self.status(n) for n in names}
+            while True:  # changes that came before the statuses' replies are older than them
+                try:
+                    updates.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            yield UnitWatch(self, current, paths, updates)
+
+    async def _journal(self, name: str) -> list[str]:
+        return await last_lines(name, user=self.user, directory=self.journal_dir)
+
+
+def _drain(status: UnitStatus, updates: trio.MemoryReceiveChannel[dict[str, Any]]) -> UnitStatus:
+    """Apply every change already received."""
+    while True:
+        try:
+            status = status.updated(updates.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return status
+
+
+class UnitWatch:
+    """An async iterator of UnitStatus: the initial ones, then one per change of state."""
+
+    def __init__(
+        self,
+        manager: SystemdManager,
+        current: dict[str, UnitStatus],
+        paths: dict[str, str],
+        updates: trio.MemoryReceiveChannel[dict[str, Any]],
+    ) -> None:
+        self._manager = manager
+        self._pending = list(current.values())
+        self._current = current
+        self._paths = paths
+        self._updates = updates
+
+    def __aiter__(self) -> UnitWatch:
+        return self
+
+    async def __anext__(self) -> UnitStatus:
+        if self._pending:
+            return self._pending.pop(0)
+        while True:
+            try:
+                changed = await self._updates.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise ManagerGoneError(self._manager._gone_reason or "watch closed") from None
+            name = self._paths[changed["_path"]]
+            before = self._current[name]
+            after = before.updated(changed)
+            if after != before:
+                self._current[name] = after
+                return after
+
+
+@asynccontextmanager
+async def connect(
+    bus: Literal["user", "system"] | str = "user",
+    *,
+    timeout: float = 10.0,
+    call_timeout: float = 10.0,
+    journal_dir: Path | None = None,
+) -> AsyncIterator[SystemdManager]:
+    """Connect to the user manager, the system manager, or a manager at a D-Bus address.
+
+    ``journal_dir``: where the manager's journal is, when journalctl cannot find it itself
+    (a private manager in tests).
+    """
+    address, user = bus_address(bus)
+    try:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            manager = SystemdManager(
+                address, user=user, journal_dir=journal_dir, call_timeout=call_timeout
+            )
+            await manager._open(nursery, timeout)
+            try:
+                yield manager
+            finally:
+                manager._close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        _raise_sole(group)
+
+
+def _raise_sole(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Re-raise the one exception that the nurseries wrapped, as callers expect it.
+
+    Our nurseries (and trio-asyncio's) wrap whatever ends them in exception groups; a caller
+    of ``connect`` wants the ManagerGoneError or its own error back, not a group.
+    """
+    sole: BaseException = group
+    while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
+        sole = sole.exceptions[0]
+    if sole is group:
+        raise group
+    context = sole.__context__
+    try:
+        raise sole
+    finally:
+        sole.__context__ = context

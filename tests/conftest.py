@@ -1,0 +1,58 @@
+"""Fixtures shared by the test suite: real peers, started for the tests and torn down after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.systemd_user import UserManager, pid1_is_systemd
+
+
+@dataclass(frozen=True)
+class ManagerHandle:
+    """How to reach a systemd user manager for tests."""
+
+    bus_address: str
+    journal_dir: Path | None
+    private: UserManager | None  # None: the machine's own user manager
+
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.bus_address}
+        if self.private is not None:
+            env["XDG_RUNTIME_DIR"] = str(self.private.runtime_dir)
+        return subprocess.run(
+            ["systemctl", "--user", *args], env=env, capture_output=True, text=True, check=False
+        )
+
+
+def _real_user_bus() -> str | None:
+    address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if not address and runtime and Path(runtime, "bus").is_socket():
+        address = f"unix:path={runtime}/bus"
+    return address
+
+
+@pytest.fixture(scope="session")
+def user_manager() -> Iterator[ManagerHandle]:
+    """The machine's user manager where PID 1 is systemd, else a private one (needs root)."""
+    if pid1_is_systemd() and (address := _real_user_bus()):
+        yield ManagerHandle(address, None, None)
+        return
+    if os.geteuid() != 0 or not Path("/lib/systemd/systemd").exists():
+        pytest.skip("no systemd user manager: PID 1 is not systemd and we cannot start one (root)")
+    state = Path(tempfile.mkdtemp(prefix="qc-systemd-"))
+    manager = UserManager(state / "m", name=f"qc-test-{os.getpid()}")
+    manager.start()
+    try:
+        yield ManagerHandle(manager.bus_address, manager.journal_dir, manager)
+    finally:
+        manager.stop()
+        shutil.rmtree(state, ignore_errors=True)
