@@ -221,6 +221,7 @@ class SystemdManager:
         self._watchers.close_all()
 
     def _close(self) -> None:
+        self.state = Runstate.CLOSED  # asked for: not worth a warning
         if self._bus is not None:
             self._bus.disconnect()
         self._mark_gone("the connection was closed")
