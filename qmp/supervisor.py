@@ -1,0 +1,141 @@
+"""The supervisor: one long-running service holding a QMP session to every VM of a project.
+
+Each VM gets a task that connects to the VM's supervision monitor (waiting for its socket),
+appends every QMP event to the event log as it arrives, notes connects and disconnects, and
+connects again when the VM comes back (a restart makes a new QEMU on the same socket). The
+set of VMs comes from a JSON file (``{"vm": "/path/to/qmp.sock", ...}``) that is re-read when
+it changes, so that ``up`` can add VMs without restarting the supervisor.
+
+Run it as ``python -m qmp.supervisor --log-dir DIR --vms FILE``; the runtime runs it as a
+systemd unit per project. SIGTERM or SIGINT stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import trio
+
+from .errors import QmpConnectError, QmpError
+from .eventlog import EventLog
+from .session import QmpSession, asyncio_loop
+
+log = logging.getLogger(__name__)
+
+CONNECTED = "QMP_CONNECTED"
+DISCONNECTED = "QMP_DISCONNECTED"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        event_log: EventLog,
+        *,
+        vms: Mapping[str, str] | None = None,
+        vms_file: Path | None = None,
+        retry_interval: float = 0.2,
+        rescan_interval: float = 1.0,
+    ) -> None:
+        self.event_log = event_log
+        self.vms_file = vms_file
+        self.retry_interval = retry_interval
+        self.rescan_interval = rescan_interval
+        self._wanted: dict[str, str] = dict(vms or {})
+        self._running: dict[str, tuple[str, trio.CancelScope]] = {}
+        self._vms_mtime: float | None = None
+
+    def _read_vms_file(self) -> None:
+        if self.vms_file is None:
+            return
+        try:
+            mtime = self.vms_file.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._vms_mtime:
+            return
+        self._vms_mtime = mtime
+        if mtime is None:
+            self._wanted = {}
+            return
+        try:
+            table = json.loads(self.vms_file.read_text())
+            self._wanted = {str(k): str(v) for k, v in table.items()}
+        except (OSError, ValueError, AttributeError) as err:
+            log.warning("cannot read %s (%s): keeping the VMs I have", self.vms_file, err)
+
+    def _reconcile(self, nursery: trio.Nursery) -> None:
+        for vm, (path, scope) in list(self._running.items()):
+            if self._wanted.get(vm) != path:
+                scope.cancel()
+                del self._running[vm]
+        for vm, path in self._wanted.items():
+            if vm not in self._running:
+                scope = trio.CancelScope()
+                self._running[vm] = (path, scope)
+                nursery.start_soon(self._supervise, vm, path, scope)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise until cancelled; ``started`` once every known VM has its task."""
+        async with asyncio_loop(), trio.open_nursery() as nursery:
+            self._read_vms_file()
+            self._reconcile(nursery)
+            task_status.started()
+            while True:
+                await trio.sleep(self.rescan_interval)
+                self._read_vms_file()
+                self._reconcile(nursery)
+
+    async def _supervise(self, vm: str, socket_path: str, scope: trio.CancelScope) -> None:
+        with scope:
+            session = QmpSession(socket_path, name=vm)
+            while True:
+                try:
+                    await session.connect(timeout=math.inf, retry_interval=self.retry_interval)
+                except QmpConnectError:  # only with a finite timeout
+                    continue
+                try:
+                    await self._record(vm, session)
+                finally:
+                    await session.disconnect()
+                await trio.sleep(self.retry_interval)
+
+    async def _record(self, vm: str, session: QmpSession) -> None:
+        async with session.events() as events:  # from connect on: nothing before it is lost
+            try:
+                status = await session.query_status()
+                self.event_log.append(vm, CONNECTED, {"status": status.status}, source="supervisor")
+            except QmpError as err:
+                self.event_log.append(vm, CONNECTED, {"error": str(err)}, source="supervisor")
+            async for event in events:
+                self.event_log.append(vm, event.event, event.data(), qemu_time=event.timestamp)
+        self.event_log.append(vm, DISCONNECTED, {}, source="supervisor")
+
+
+async def _main(log_dir: Path, vms_file: Path) -> None:
+    supervisor = Supervisor(EventLog(log_dir), vms_file=vms_file)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m qmp.supervisor", description=__doc__)
+    parser.add_argument("--log-dir", type=Path, required=True, help="the event log's directory")
+    parser.add_argument("--vms", type=Path, required=True, help='JSON {"vm": "qmp socket"}')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    trio.run(_main, args.log_dir, args.vms, restrict_keyboard_interrupt_to_checkpoints=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
