@@ -196,11 +196,11 @@ class QmpSession:
     # -- commands -----------------------------------------------------------------------------
 
     def _require_connected(self) -> QMPClient:
-        if self.state is not SessionState.CONNECTED or self._client is None:
-            raise SessionStateError(f"{self.name}: the session is {self.state.value}")
-        if self.ended:
+        if self.state is SessionState.CLOSED or (self.ended and self._client is not None):
             self.state = SessionState.CLOSED
             raise VmGoneError(f"{self.name}: the QMP connection has ended (QEMU exited?)")
+        if self.state is not SessionState.CONNECTED or self._client is None:
+            raise SessionStateError(f"{self.name}: the session is {self.state.value}")
         return self._client
 
     async def execute(
