@@ -3,8 +3,9 @@
 Writers append whole lines under an flock, each record numbered (``seq``, one more than the
 last, across segments and writer restarts). Segments are ``events-00000001.jsonl``, ...; when
 the newest passes ``max_bytes`` a new one starts and the oldest beyond ``keep`` are deleted.
-Followers read from any point (a sequence number, a time, or the end) and then wait for more,
-moving to the next segment when the writer does; a follower that fell so far behind that
+Followers read from any point (a sequence number, a time, or the end) and then wait for more
+(woken by inotify as soon as the writer writes; polling is only the fallback), moving to the
+next segment when the writer does; a follower that fell so far behind that
 segments were deleted under it is told how many records it lost, never silently.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import msgspec
 import trio
+from inotify_simple import INotify, flags
 
 _SEGMENT = re.compile(r"^events-(\d{8})\.jsonl$")
 _TAIL_BYTES = 64 * 1024  # enough for the last line of any segment
@@ -165,7 +167,7 @@ class EventLog:
         since_seq: int = 0,
         since_time: float = 0.0,
         from_end: bool = False,
-        poll_interval: float = 0.05,
+        poll_interval: float = 1.0,
     ) -> AsyncIterator[Follower]:
         """Records from a point on (the start, ``since_*``, or the end), then as they come."""
         follower = Follower(self, since_seq, since_time, from_end, poll_interval)
@@ -198,6 +200,7 @@ class Follower:
         # A reader that asks from seq N expects N next: a gap before it is a loss too.
         self._last_seq: int | None = since_seq - 1 if since_seq > 0 else None
         self._pending: list[EventRecord] = []
+        self._inotify: INotify | None = None
         if from_end:
             segments = log.segments()
             if segments:
@@ -212,9 +215,32 @@ class Follower:
                 self._segment = start[0][0] - 1  # opened on the first read
 
     def close(self) -> None:
+        self._close_file()
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+    def _close_file(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    async def _wait_for_writes(self) -> None:
+        """Until the directory changes (inotify), or ``poll`` seconds at most."""
+        if self._inotify is None and self._log.directory.is_dir():
+            try:
+                self._inotify = INotify()
+                self._inotify.add_watch(
+                    self._log.directory, flags.MODIFY | flags.CREATE | flags.MOVED_TO
+                )
+            except OSError:  # out of watches, say: polling still works
+                self.close()
+        if self._inotify is None:
+            await trio.sleep(self._poll)
+            return
+        with trio.move_on_after(self._poll):
+            await trio.lowlevel.wait_readable(self._inotify.fd)
+            self._inotify.read(timeout=0)
 
     def __aiter__(self) -> Follower:
         return self
@@ -222,7 +248,7 @@ class Follower:
     async def __anext__(self) -> EventRecord:
         while not self._pending:
             if not self._read_available():
-                await trio.sleep(self._poll)
+                await self._wait_for_writes()
         return self._pending.pop(0)
 
     def _read_available(self) -> bool:
@@ -245,7 +271,7 @@ class Follower:
         except FileNotFoundError:  # deleted just now: try again with what is left
             self._segment = number
             return True
-        self.close()
+        self._close_file()
         self._file, self._segment, self._buffer = handle, number, b""
         return True
 

@@ -107,15 +107,20 @@ class Supervisor:
                 await trio.sleep(self.retry_interval)
 
     async def _record(self, vm: str, session: QmpSession) -> None:
-        async with session.events() as events:  # from connect on: nothing before it is lost
-            try:
-                status = await session.query_status()
-                self.event_log.append(vm, CONNECTED, {"status": status.status}, source="supervisor")
-            except QmpError as err:
-                self.event_log.append(vm, CONNECTED, {"error": str(err)}, source="supervisor")
-            async for event in events:
-                self.event_log.append(vm, event.event, event.data(), qemu_time=event.timestamp)
-        self.event_log.append(vm, DISCONNECTED, {}, source="supervisor")
+        reason = "supervision-ended"  # cancelled: the VM left the set, or we are stopping
+        try:
+            async with session.events() as events:  # from connect on: nothing is lost
+                try:
+                    status = await session.query_status()
+                    data = {"status": status.status}
+                except QmpError as err:
+                    data = {"error": str(err)}
+                self.event_log.append(vm, CONNECTED, data, source="supervisor")
+                async for event in events:
+                    self.event_log.append(vm, event.event, event.data(), qemu_time=event.timestamp)
+                reason = "connection-closed"  # QEMU exited
+        finally:
+            self.event_log.append(vm, DISCONNECTED, {"reason": reason}, source="supervisor")
 
 
 async def _main(log_dir: Path, vms_file: Path) -> None:
