@@ -1,4 +1,70 @@
 """Addresses and plumbing: subnets, MACs, ports, bridges/TAPs, dnsmasq configuration.
 
-Knows nothing of compose files.
+Knows nothing of compose files; what runs dnsmasq is passed in by the caller.
 """
+
+from .dnsmasq import DnsmasqNetwork, Host, render_config
+from .errors import (
+    AddressConflictError,
+    AddressExhaustedError,
+    NeedsNetAdminError,
+    NetcfgError,
+    PlumbingError,
+    PortInUseError,
+    SubnetConflictError,
+)
+from .ipam import AUTO_POOL, SubnetRequest, allocate_subnets, assign_addresses, gateway
+from .links import has_net_admin, host_subnets, link_exists, require_net_admin
+from .names import assign_macs, bridge_name, mac_address, tap_name
+from .network import (
+    BridgeNetwork,
+    NetworkStatus,
+    attach_tap,
+    detach_tap,
+    ensure_network,
+    network_status,
+    remove_network,
+    set_hosts,
+)
+from .ports import Forward, choose_port, port_is_free, user_netdev
+from .registry import Claims, Registry
+
+__all__ = [
+    "AUTO_POOL",
+    "AddressConflictError",
+    "AddressExhaustedError",
+    "BridgeNetwork",
+    "Claims",
+    "DnsmasqNetwork",
+    "Forward",
+    "Host",
+    "NeedsNetAdminError",
+    "NetcfgError",
+    "NetworkStatus",
+    "PlumbingError",
+    "PortInUseError",
+    "Registry",
+    "SubnetConflictError",
+    "SubnetRequest",
+    "allocate_subnets",
+    "assign_addresses",
+    "assign_macs",
+    "attach_tap",
+    "bridge_name",
+    "choose_port",
+    "detach_tap",
+    "ensure_network",
+    "gateway",
+    "has_net_admin",
+    "host_subnets",
+    "link_exists",
+    "mac_address",
+    "network_status",
+    "port_is_free",
+    "remove_network",
+    "render_config",
+    "require_net_admin",
+    "set_hosts",
+    "tap_name",
+    "user_netdev",
+]

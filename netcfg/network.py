@@ -1,0 +1,182 @@
+"""One bridge network of a project, made real or removed: bridge, NAT, dnsmasq, TAPs.
+
+``ensure_network`` is idempotent: run it on every ``up``. dnsmasq is started by a function
+the caller passes (the runtime runs it as a systemd unit; netcfg knows nothing of systemd).
+VMs join and leave with ``set_hosts``, which dnsmasq picks up without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import pwd
+import shutil
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from . import dnsmasq, links, names
+from .dnsmasq import DnsmasqNetwork, Host
+from .errors import PlumbingError
+from .ipam import gateway
+
+# start_dnsmasq(argv, config_changed): start dnsmasq with argv if it is not running, or
+# restart it if config_changed.
+StartDnsmasq = Callable[[list[str], bool], Awaitable[None]]
+StopDnsmasq = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeNetwork:
+    project: str
+    name: str
+    subnet: ipaddress.IPv4Network
+    directory: Path  # dnsmasq's files for this network
+    nat: bool = False
+    upstream: Sequence[str] = ()
+
+    @property
+    def bridge(self) -> str:
+        return names.bridge_name(self.project, self.name)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return gateway(self.subnet)
+
+    def dnsmasq(self) -> DnsmasqNetwork:
+        return DnsmasqNetwork(
+            bridge=self.bridge,
+            subnet=self.subnet,
+            gateway=self.gateway,
+            domain=self.project,
+            directory=self.directory,
+            upstream=tuple(self.upstream),
+            router=self.nat,
+            user=pwd.getpwuid(os.getuid()).pw_name,
+        )
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+    return True
+
+
+def set_hosts(network: BridgeNetwork, hosts: Sequence[Host]) -> None:
+    """Make the reservations and names dnsmasq serves exactly ``hosts`` (one file per VM)."""
+    config = network.dnsmasq()
+    wanted = {h.name: h for h in hosts}
+    for directory, render in (
+        (config.dhcp_hosts_dir, dnsmasq.dhcp_host_line),
+        (config.hosts_dir, lambda h: dnsmasq.hosts_line(h, config.domain)),
+    ):
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.iterdir():
+            if stale.name not in wanted:
+                stale.unlink()
+        for name, host in wanted.items():
+            _write_if_changed(directory / name, render(host))
+
+
+async def ensure_network(
+    network: BridgeNetwork,
+    hosts: Sequence[Host],
+    start_dnsmasq: StartDnsmasq,
+    *,
+    netns: str | None = None,
+) -> None:
+    """Bridge up with its gateway address, NAT as asked, dnsmasq serving ``hosts``."""
+    links.require_net_admin()
+    address = ipaddress.IPv4Interface(f"{network.gateway}/{network.subnet.prefixlen}")
+    await trio.to_thread.run_sync(
+        lambda: links.ensure_bridge(
+            network.bridge, address, names.bridge_alias(network.project, network.name), netns=netns
+        )
+    )
+    if network.nat:
+        await trio.to_thread.run_sync(
+            lambda: links.enable_nat(network.bridge, network.subnet, netns=netns)
+        )
+    else:
+        with contextlib.suppress(PlumbingError):  # no table: nothing to undo
+            await trio.to_thread.run_sync(lambda: links.disable_nat(network.bridge, netns=netns))
+    config = network.dnsmasq()
+    network.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    set_hosts(network, hosts)
+    changed = _write_if_changed(config.config_file, dnsmasq.render_config(config))
+    await start_dnsmasq(dnsmasq.argv(config), changed)
+
+
+async def attach_tap(
+    network: BridgeNetwork, vm: str, *, owner_uid: int | None = None, netns: str | None = None
+) -> str:
+    """The VM's TAP on this network, created if needed; returns its name."""
+    links.require_net_admin()
+    tap = names.tap_name(network.project, vm, network.name)
+    uid = os.getuid() if owner_uid is None else owner_uid
+    alias = names.tap_alias(network.project, vm, network.name)
+    await trio.to_thread.run_sync(
+        lambda: links.ensure_tap(tap, network.bridge, alias, owner_uid=uid, netns=netns)
+    )
+    return tap
+
+
+async def detach_tap(network: BridgeNetwork, vm: str, *, netns: str | None = None) -> bool:
+    tap = names.tap_name(network.project, vm, network.name)
+    return await trio.to_thread.run_sync(lambda: links.delete_link(tap, netns=netns))
+
+
+async def remove_network(
+    network: BridgeNetwork, stop_dnsmasq: StopDnsmasq, *, netns: str | None = None
+) -> None:
+    """Stop dnsmasq, remove NAT, the network's TAPs and its bridge, delete its files."""
+    await stop_dnsmasq()
+    with contextlib.suppress(PlumbingError):
+        await trio.to_thread.run_sync(lambda: links.disable_nat(network.bridge, netns=netns))
+    for tap in await trio.to_thread.run_sync(lambda: tap_names(network, netns=netns)):
+        await trio.to_thread.run_sync(partial(links.delete_link, tap, netns=netns))
+    await trio.to_thread.run_sync(lambda: links.delete_link(network.bridge, netns=netns))
+    shutil.rmtree(network.directory, ignore_errors=True)
+
+
+def tap_names(network: BridgeNetwork, *, netns: str | None = None) -> list[str]:
+    """The TAPs of this network that exist now (found by their alias)."""
+    prefix = f"qemu-compose {network.project}/"
+    found = links.links_by_alias(prefix, netns=netns)
+    return sorted(
+        n
+        for n, alias in found.items()
+        if alias.endswith(f"/{network.name}") and alias.count("/") == 2
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkStatus:
+    """What `network ls` shows of one network."""
+
+    name: str
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    bridge_exists: bool
+    taps: tuple[str, ...]
+
+
+def network_status(network: BridgeNetwork, *, netns: str | None = None) -> NetworkStatus:
+    return NetworkStatus(
+        name=network.name,
+        bridge=network.bridge,
+        subnet=network.subnet,
+        bridge_exists=links.link_exists(network.bridge, netns=netns),
+        taps=tuple(tap_names(network, netns=netns)),
+    )
