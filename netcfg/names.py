@@ -8,7 +8,7 @@ are derived the same way, in the locally administered range QEMU uses (52:54:...
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 IFNAMSIZ = 15
 
@@ -40,16 +40,20 @@ def mac_address(project: str, vm: str, network: str, salt: int = 0) -> str:
     return "52:54:" + ":".join(digest[i : i + 2] for i in range(0, 8, 2))
 
 
-def assign_macs(project: str, nics: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+def assign_macs(
+    project: str,
+    nics: Iterable[tuple[str, str]],
+    derive: Callable[[str, str, str, int], str] = mac_address,
+) -> dict[tuple[str, str], str]:
     """A distinct MAC for every (vm, network) NIC of a project; collisions get re-salted."""
     taken: set[str] = set()
     result: dict[tuple[str, str], str] = {}
     for vm, network in sorted(set(nics)):
         salt = 0
-        mac = mac_address(project, vm, network)
+        mac = derive(project, vm, network, salt)
         while mac in taken:
             salt += 1
-            mac = mac_address(project, vm, network, salt)
+            mac = derive(project, vm, network, salt)
         taken.add(mac)
         result[(vm, network)] = mac
     return result
