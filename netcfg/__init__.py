@@ -14,7 +14,7 @@ from .errors import (
     SubnetConflictError,
 )
 from .ipam import AUTO_POOL, SubnetRequest, allocate_subnets, assign_addresses, gateway
-from .links import has_net_admin, host_subnets, link_exists, require_net_admin
+from .links import has_net_admin, require_net_admin
 from .names import assign_macs, bridge_name, mac_address, tap_name
 from .network import (
     BridgeNetwork,
@@ -22,6 +22,8 @@ from .network import (
     attach_tap,
     detach_tap,
     ensure_network,
+    host_subnets,
+    link_present,
     network_status,
     remove_network,
     set_hosts,
@@ -57,7 +59,7 @@ __all__ = [
     "gateway",
     "has_net_admin",
     "host_subnets",
-    "link_exists",
+    "link_present",
     "mac_address",
     "network_status",
     "port_is_free",

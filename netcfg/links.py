@@ -1,5 +1,8 @@
 """Bridges, TAP devices and NAT, over netlink (pyroute2) and nft. Blocking calls, all quick.
 
+Call these from a worker thread (``network`` does): pyroute2 0.9 runs an asyncio loop of its
+own inside every call, which cannot be made inside a trio task once trio-asyncio is loaded.
+
 Every function takes ``netns``: the network namespace to act in (None: the process's own),
 which is how the tests keep everything they create away from the host. Creating links needs
 CAP_NET_ADMIN; ``require_net_admin`` says so, with the fix, before anything is touched.

@@ -172,11 +172,25 @@ class NetworkStatus:
     taps: tuple[str, ...]
 
 
-def network_status(network: BridgeNetwork, *, netns: str | None = None) -> NetworkStatus:
-    return NetworkStatus(
-        name=network.name,
-        bridge=network.bridge,
-        subnet=network.subnet,
-        bridge_exists=links.link_exists(network.bridge, netns=netns),
-        taps=tuple(tap_names(network, netns=netns)),
-    )
+async def network_status(network: BridgeNetwork, *, netns: str | None = None) -> NetworkStatus:
+    def read() -> NetworkStatus:
+        return NetworkStatus(
+            name=network.name,
+            bridge=network.bridge,
+            subnet=network.subnet,
+            bridge_exists=links.link_exists(network.bridge, netns=netns),
+            taps=tuple(tap_names(network, netns=netns)),
+        )
+
+    return await trio.to_thread.run_sync(read)
+
+
+async def link_present(name: str, *, netns: str | None = None) -> bool:
+    return await trio.to_thread.run_sync(partial(links.link_exists, name, netns=netns))
+
+
+async def host_subnets(
+    *, exclude: Sequence[str] = (), netns: str | None = None
+) -> list[ipaddress.IPv4Network]:
+    """IPv4 subnets on this host's interfaces, but those of the links named in ``exclude``."""
+    return await trio.to_thread.run_sync(partial(links.host_subnets, exclude=exclude, netns=netns))

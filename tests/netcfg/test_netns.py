@@ -29,7 +29,8 @@ from netcfg import (
     detach_tap,
     ensure_network,
     has_net_admin,
-    link_exists,
+    host_subnets,
+    link_present,
     mac_address,
     network_status,
     remove_network,
@@ -106,7 +107,7 @@ async def test_bridge_dhcp_reservation_and_dns(namespaces: tuple[str, str], tmp_
         await ensure_network(network, hosts, dns.start, netns=server)
         await ensure_network(network, hosts, dns.start, netns=server)  # idempotent
         assert dns.starts == 1  # the same config: no restart
-        assert link_exists(network.bridge, netns=server)
+        assert await link_present(network.bridge, netns=server)
         addr = sh("ip", "-n", server, "-br", "addr", "show", network.bridge).stdout
         assert "10.231.7.1/24" in addr
         alias = sh("ip", "-n", server, "link", "show", network.bridge).stdout
@@ -122,7 +123,12 @@ async def test_bridge_dhcp_reservation_and_dns(namespaces: tuple[str, str], tmp_
             owner = "1000"
         assert f"tun type tap pi off vnet_hdr on persist on user {owner} " in details
         assert "alias qemu-compose demo/web/lan" in details
-        assert network_status(network, netns=server).taps == (tap,)
+        assert (await network_status(network, netns=server)).taps == (tap,)
+        subnets = await host_subnets(netns=server)
+        assert ipaddress.IPv4Network("10.231.7.0/24") in subnets
+        assert ipaddress.IPv4Network("10.231.7.0/24") not in await host_subnets(
+            exclude=[network.bridge], netns=server
+        )
 
         # the client: a veth whose MAC we reserved, in its own namespace
         sh(
@@ -179,11 +185,11 @@ async def test_bridge_dhcp_reservation_and_dns(namespaces: tuple[str, str], tmp_
         assert dns.starts == 1
 
         assert await detach_tap(network, "web", netns=server)
-        assert not link_exists(tap, netns=server)
+        assert not await link_present(tap, netns=server)
         await attach_tap(network, "web", netns=server)
         await remove_network(network, dns.stop, netns=server)
-        assert not link_exists(network.bridge, netns=server)
-        assert not link_exists(tap, netns=server)
+        assert not await link_present(network.bridge, netns=server)
+        assert not await link_present(tap, netns=server)
         assert not network.directory.exists()
         assert dns.process is not None
         assert dns.process.poll() is not None
