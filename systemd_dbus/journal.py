@@ -35,12 +35,14 @@ async def last_lines(
 ) -> list[str]:
     """Up to ``lines`` last messages of ``unit``; [] when the journal cannot be read.
 
-    journald stores what a process wrote a moment after it wrote it, so an empty answer
-    about a unit that just died is asked again, briefly.
+    journald stores what a process wrote a moment after it wrote it, and may store the
+    manager's own messages about the unit before it: so the journal is read until two reads
+    0.3 s apart agree (within ``timeout``).
     """
     argv = journal_argv(unit, user=user, lines=lines, directory=directory)
+    previous: list[str] | None = None
     with trio.move_on_after(timeout):
-        for _ in range(5):
+        while True:
             try:
                 result = await trio.run_process(
                     argv, capture_stdout=True, capture_stderr=True, check=False
@@ -51,9 +53,11 @@ async def last_lines(
             if result.returncode != 0:
                 log.debug("journalctl: %s", result.stderr.decode(errors="replace").strip())
             found = result.stdout.decode(errors="replace").splitlines()[-lines:]
-            if found:
+            if found and found == previous:
                 return found
-            await trio.sleep(0.1)
-        return []
+            previous = found
+            await trio.sleep(0.3)
+    if previous:
+        return previous
     log.debug("journalctl took longer than %s s", timeout)
     return []
