@@ -11,17 +11,34 @@ log = logging.getLogger(__name__)
 
 
 def journal_argv(
-    unit: str, *, user: bool, lines: int, directory: Path | None = None, follow: bool = False
+    unit: str,
+    *,
+    user: bool,
+    lines: int,
+    directory: Path | None = None,
+    follow: bool = False,
+    pid: int = 0,
 ) -> list[str]:
-    """journalctl's arguments for ``unit``'s messages, the message text only."""
+    """journalctl's arguments for ``unit``'s messages, the message text only.
+
+    ``pid``: the unit's main process, whose output is matched by PID too: journald cannot
+    tell which unit a line came from when the process exited before it read the line.
+    """
     argv = ["journalctl", "--no-pager", "--quiet", "--output=cat", f"--lines={lines}"]
     if directory is not None:
         argv.append(f"--directory={directory}")
     elif user:
         argv.append("--user")
-    argv.append(f"--user-unit={unit}" if user else f"--unit={unit}")
     if follow:
         argv.append("--follow")
+    # What --user-unit/--unit match (the unit's lines, the manager's lines about it), spelled
+    # as field matches so that the process's PID can be OR-ed in ("+").
+    if user:
+        argv += [f"_SYSTEMD_USER_UNIT={unit}", "+", f"USER_UNIT={unit}"]
+    else:
+        argv += [f"_SYSTEMD_UNIT={unit}", "+", f"UNIT={unit}"]
+    if pid > 0:
+        argv += ["+", f"_PID={pid}"]
     return argv
 
 
@@ -32,6 +49,7 @@ async def last_lines(
     lines: int = 20,
     directory: Path | None = None,
     timeout: float = 5.0,
+    pid: int = 0,
 ) -> list[str]:
     """Up to ``lines`` last messages of ``unit``; [] when the journal cannot be read.
 
@@ -39,7 +57,7 @@ async def last_lines(
     manager's own messages about the unit before it: so the journal is read until two reads
     0.3 s apart agree (within ``timeout``).
     """
-    argv = journal_argv(unit, user=user, lines=lines, directory=directory)
+    argv = journal_argv(unit, user=user, lines=lines, directory=directory, pid=pid)
     previous: list[str] | None = None
     with trio.move_on_after(timeout):
         while True:

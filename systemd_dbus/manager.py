@@ -339,11 +339,12 @@ class SystemdManager:
                 result = await self._job_result(job, f"starting {unit.name}", timeout)
                 status = _drain(status, updates)
                 if result != "done":
-                    raise UnitStartError(unit.name, result, status, await self._journal(unit.name))
+                    journal = await self._journal(unit.name, status.exec_main_pid)
+                    raise UnitStartError(unit.name, result, status, journal)
                 if settle > 0:
                     status = await self._settle(status, updates, settle)
                     if status.has_stopped:
-                        journal = await self._journal(unit.name)
+                        journal = await self._journal(unit.name, status.exec_main_pid)
                         raise UnitStartError(unit.name, "exited", status, journal)
             except trio.Cancelled:
                 with trio.CancelScope(shield=True):
@@ -451,8 +452,8 @@ class SystemdManager:
                     break
             yield UnitWatch(self, current, paths, updates)
 
-    async def _journal(self, name: str) -> list[str]:
-        return await last_lines(name, user=self.user, directory=self.journal_dir)
+    async def _journal(self, name: str, pid: int = 0) -> list[str]:
+        return await last_lines(name, user=self.user, directory=self.journal_dir, pid=pid)
 
 
 def _drain(status: UnitStatus, updates: trio.MemoryReceiveChannel[dict[str, Any]]) -> UnitStatus:

@@ -107,6 +107,7 @@ class UnitStatus:
     main_pid: int = 0
     exec_main_code: int = 0  # CLD_EXITED (1), CLD_KILLED (2), CLD_DUMPED (3); 0 if none
     exec_main_status: int = 0  # exit status, or signal number
+    exec_main_pid: int = 0  # the main process's PID, kept after it exited
     active_enter_usec: int = 0  # CLOCK_REALTIME microseconds; 0 if never
     active_exit_usec: int = 0
     inactive_enter_usec: int = 0
@@ -142,6 +143,7 @@ _FIELDS = {
     "MainPID": "main_pid",
     "ExecMainCode": "exec_main_code",
     "ExecMainStatus": "exec_main_status",
+    "ExecMainPID": "exec_main_pid",
     "ActiveEnterTimestamp": "active_enter_usec",
     "ActiveExitTimestamp": "active_exit_usec",
     "InactiveEnterTimestamp": "inactive_enter_usec",

@@ -93,3 +93,18 @@ def test_status_updates_and_exit_description() -> None:
         .describe_exit()
         .endswith("killed by signal 9")
     )
+
+
+def test_journal_argv_matches_the_unit_and_its_process() -> None:
+    from pathlib import Path
+
+    from systemd_dbus import journal_argv
+
+    assert journal_argv("vm.service", user=True, lines=5, pid=42) == [
+        "journalctl", "--no-pager", "--quiet", "--output=cat", "--lines=5", "--user",
+        "_SYSTEMD_USER_UNIT=vm.service", "+", "USER_UNIT=vm.service", "+", "_PID=42",
+    ]  # fmt: skip
+    assert journal_argv("vm.service", user=False, lines=5, directory=Path("/j"), follow=True) == [
+        "journalctl", "--no-pager", "--quiet", "--output=cat", "--lines=5", "--directory=/j",
+        "--follow", "_SYSTEMD_UNIT=vm.service", "+", "UNIT=vm.service",
+    ]  # fmt: skip
