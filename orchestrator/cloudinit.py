@@ -1,0 +1,211 @@
+"""The NoCloud seed of a VM: user-data, meta-data and network-config, built as data.
+
+Nothing here is a string template: each document is a dict dumped with yaml.safe_dump, so no
+user value can change its structure. The seed ISO (volume label "cidata") is written in pure
+Python with pycdlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pycdlib
+import yaml
+
+PROVISION_DIR = "/var/lib/qemu-compose/provision"
+NINE_P_OPTIONS = "trans=virtio,version=9p2000.L,msize=262144,nofail"
+
+# Default users of the cloud images people use, found from the image's name (as the spec).
+_OS_USERS = (
+    ("fedora", "fedora"),
+    ("ubuntu", "ubuntu"),
+    ("debian", "debian"),
+    ("centos", "centos"),
+    ("rhel", "cloud-user"),
+    ("rocky", "rocky"),
+    ("alma", "almalinux"),
+)
+FALLBACK_USER = "cloud-user"
+
+
+def detect_os(image: str | None) -> str | None:
+    """The OS an image's URL or path names (fedora, ubuntu, ...), if any."""
+    if not image:
+        return None
+    name = re.split(r"[/\\]", image)[-1].lower() or image.lower()
+    for os_name, _ in _OS_USERS:
+        if os_name in name:
+            return os_name
+    return None
+
+
+def default_user(image: str | None) -> str:
+    found = detect_os(image)
+    return dict(_OS_USERS).get(found, FALLBACK_USER) if found else FALLBACK_USER
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One filesystem cloud-init mounts: a 9p tag or a /dev/disk/by-id device."""
+
+    source: str
+    target: str
+    fstype: str  # "9p" or "ext4"
+    options: str
+
+    def entry(self) -> list[str]:
+        passno = "2" if self.fstype == "ext4" else "0"
+        return [self.source, self.target, self.fstype, self.options, "0", passno]
+
+
+def share_mount(tag: str, target: str, *, read_only: bool, extra_options: str = "") -> Mount:
+    options = (
+        NINE_P_OPTIONS
+        + (",ro" if read_only else "")
+        + (f",{extra_options}" if extra_options else "")
+    )
+    return Mount(tag, target, "9p", options)
+
+
+def volume_mount(serial: str, target: str, *, read_only: bool) -> Mount:
+    options = "defaults,nofail" + (",ro" if read_only else "")
+    return Mount(f"/dev/disk/by-id/virtio-{serial}", target, "ext4", options)
+
+
+@dataclass(frozen=True, slots=True)
+class Nic:
+    mac: str
+    kind: str  # "user" or "bridge"
+
+
+@dataclass(frozen=True, slots=True)
+class GuestConfig:
+    """Everything the seed says about one VM."""
+
+    hostname: str
+    domain: str  # the project: the guest's FQDN is <hostname>.<domain>
+    user: str
+    ssh_public_key: str
+    password_hash: str  # for the serial console only; SSH passwords stay off
+    instance_id: str
+    mounts: Sequence[Mount] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    provision: Sequence[str] = ()  # shell scripts, run once, in order
+    nics: Sequence[Nic] = ()
+    extra_user_data: Mapping[str, Any] | None = None
+
+
+def instance_id(project: str, vm: str) -> str:
+    """Stable for a VM: cloud-init runs its once-per-instance steps once per disk."""
+    return "qc-" + hashlib.sha256(f"{project}/{vm}".encode()).hexdigest()[:16]
+
+
+def user_data(guest: GuestConfig) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "hostname": guest.hostname,
+        "fqdn": f"{guest.hostname}.{guest.domain}",
+        "manage_etc_hosts": "localhost",
+        "users": [
+            {
+                "name": guest.user,
+                "shell": "/bin/bash",
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": False,
+                "passwd": guest.password_hash,
+                "ssh_authorized_keys": [guest.ssh_public_key],
+            }
+        ],
+        "ssh_pwauth": False,
+        "disable_root": True,
+    }
+    if guest.mounts:
+        data["mounts"] = [m.entry() for m in guest.mounts]
+    files: list[dict[str, Any]] = []
+    if guest.environment:
+        content = "".join(f"{k}={v}\n" for k, v in guest.environment.items())
+        files.append({"path": "/etc/environment", "content": content, "append": True})
+    runcmd: list[list[str]] = []
+    for i, script in enumerate(guest.provision, start=1):
+        path = f"{PROVISION_DIR}/{i:02d}.sh"
+        files.append({"path": path, "content": script, "permissions": "0755"})
+        runcmd.append(["sh", "-c", f'echo "qemu-compose: provision step {i}"; exec {path}'])
+    if files:
+        data["write_files"] = files
+    if runcmd:
+        data["runcmd"] = runcmd
+    if guest.extra_user_data:
+        data = merge(data, guest.extra_user_data)
+    return data
+
+
+def merge(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's cloud-config over ours: mappings merge, lists append, scalars replace."""
+    result = dict(ours)
+    for key, value in theirs.items():
+        mine = result.get(key)
+        if isinstance(mine, Mapping) and isinstance(value, Mapping):
+            result[key] = merge(mine, value)
+        elif isinstance(mine, list) and isinstance(value, list):
+            result[key] = [*mine, *value]
+        else:
+            result[key] = value
+    return result
+
+
+def meta_data(guest: GuestConfig) -> dict[str, Any]:
+    return {"instance-id": guest.instance_id, "local-hostname": guest.hostname}
+
+
+def network_config(guest: GuestConfig) -> dict[str, Any]:
+    """Netplan v2: every NIC matched by its MAC, addressed by DHCP (bridge ones reserved)."""
+    ethernets: dict[str, Any] = {}
+    for i, nic in enumerate(guest.nics):
+        config: dict[str, Any] = {"match": {"macaddress": nic.mac}, "dhcp4": True}
+        if nic.kind == "bridge":  # user-mode networking keeps the default route
+            config["dhcp4-overrides"] = {"use-routes": False}
+        ethernets[f"nic{i}"] = config
+    return {"version": 2, "ethernets": ethernets}
+
+
+def dump(document: Mapping[str, Any], header: str = "") -> bytes:
+    return (
+        header + yaml.safe_dump(dict(document), sort_keys=False, default_flow_style=False)
+    ).encode()
+
+
+def seed_files(guest: GuestConfig) -> dict[str, bytes]:
+    files = {
+        "user-data": dump(user_data(guest), "#cloud-config\n"),
+        "meta-data": dump(meta_data(guest)),
+    }
+    if guest.nics:
+        files["network-config"] = dump(network_config(guest))
+    return files
+
+
+def write_seed_iso(path: Path, files: Mapping[str, bytes]) -> None:
+    """An ISO 9660 image labelled "cidata" (Joliet and Rock Ridge names), written atomically."""
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for i, (name, data) in enumerate(sorted(files.items())):
+        iso.add_fp(
+            io.BytesIO(data),
+            len(data),
+            f"/FILE{i};1",
+            rr_name=name,
+            joliet_path=f"/{name}",
+        )
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        iso.write(str(tmp))
+    finally:
+        iso.close()
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

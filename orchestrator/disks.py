@@ -1,0 +1,94 @@
+"""Disks of a VM: the overlay on its base image, named volumes, and their checks.
+
+All through qemu-img and mkfs.ext4 with argument lists; no root, no qemu-nbd, no loop
+mounts. A named volume is made as an ext4 filesystem in a raw file, then converted to
+qcow2; existing volumes are never touched here, let alone deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .errors import QemuComposeError
+from .quantities import format_size
+
+EXT4_LABEL_MAX = 16
+
+
+class DiskError(QemuComposeError):
+    """qemu-img or mkfs failed, or a size does not fit."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str
+    virtual_size: int
+    backing_file: str | None = None
+
+
+async def _run(argv: list[str], what: str) -> str:
+    try:
+        result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    except FileNotFoundError as err:
+        raise DiskError(f"{what}: {argv[0]} is not installed") from err
+    if result.returncode != 0:
+        raise DiskError(f"{what}: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout.decode()
+
+
+async def image_info(path: Path) -> ImageInfo:
+    out = await _run(["qemu-img", "info", "--output=json", "--", str(path)], f"reading {path}")
+    data = json.loads(out)
+    return ImageInfo(data["format"], int(data["virtual-size"]), data.get("backing-filename"))
+
+
+async def create_overlay(base: Path, path: Path, size: int | None = None) -> ImageInfo:
+    """A qcow2 at ``path`` backed by ``base`` (its format detected), grown to ``size``."""
+    info = await image_info(base)
+    if size is not None and size < info.virtual_size:
+        image_size = format_size(info.virtual_size)
+        raise DiskError(f"disk size {format_size(size)} is smaller than the image ({image_size})")
+    tmp = path.with_name(f".{path.name}.tmp")
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", info.format, "-b", str(base), str(tmp)]
+    if size is not None:
+        argv.append(str(size))
+    await _run(argv, f"creating {path}")
+    os.replace(tmp, path)
+    return await image_info(path)
+
+
+async def create_volume(path: Path, size: int, label: str) -> None:
+    """A new qcow2 volume holding an empty ext4 filesystem; refuses to replace one."""
+    if path.exists():
+        raise DiskError(f"{path} exists already: volumes are never recreated")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    raw = path.with_name(f".{path.name}.raw")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with raw.open("wb") as fh:
+            fh.truncate(size)
+        await _run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                label[:EXT4_LABEL_MAX],
+                "-E",
+                "root_owner=0:0",
+                str(raw),
+            ],
+            f"formatting {path}",
+        )
+        await _run(
+            ["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(tmp)], f"converting {path}"
+        )
+        os.replace(tmp, path)
+    finally:
+        raw.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)

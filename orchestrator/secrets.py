@@ -1,0 +1,81 @@
+"""The project's SSH key and the VMs' console password: made once, kept owner-only.
+
+The key is ed25519 in OpenSSH format (``.qemu-compose/ssh/id_ed25519``, 0600, in a 0700
+directory); guests accept it, and SSH password login stays off. The console password is
+random per project, for the serial console only; the seed carries its SHA-512 crypt hash,
+made by `openssl passwd -6` (Python's crypt module is gone in 3.13).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .errors import StateError
+from .state import atomic_write, ensure_private_dir
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectKey:
+    private_key: Path
+    public_line: str  # "ssh-ed25519 AAAA... qemu-compose@<project>"
+
+
+def ensure_project_key(ssh_dir: Path, project: str) -> ProjectKey:
+    ensure_private_dir(ssh_dir)
+    private = ssh_dir / "id_ed25519"
+    public = ssh_dir / "id_ed25519.pub"
+    if not private.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        line = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        atomic_write(private, pem, mode=0o600)
+        atomic_write(public, line + f" qemu-compose@{project}\n".encode(), mode=0o644)
+    if private.stat().st_mode & 0o077:
+        private.chmod(0o600)
+    return ProjectKey(private, public.read_text().strip())
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolePassword:
+    password: str
+    crypt_hash: str
+
+
+def ensure_console_password(path: Path) -> ConsolePassword:
+    """The project's console password (made on first use), stored 0600 with its hash."""
+    try:
+        data = json.loads(path.read_text())
+        return ConsolePassword(data["password"], data["hash"])
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError) as err:
+        raise StateError(f"{path} is unreadable ({err}): delete it to make a new password") from err
+    password = secrets.token_urlsafe(12)
+    result = subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StateError(f"openssl passwd failed: {result.stderr.strip()}")
+    made = ConsolePassword(password, result.stdout.strip())
+    ensure_private_dir(path.parent)
+    atomic_write(path, json.dumps({"password": made.password, "hash": made.crypt_hash}).encode())
+    os.chmod(path, 0o600)
+    return made
