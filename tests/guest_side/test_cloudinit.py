@@ -1,0 +1,168 @@
+"""Cloud-init documents built as data, and the seed ISO they go into."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pycdlib
+import pytest
+import yaml
+
+from orchestrator.cloudinit import (
+    GuestConfig,
+    Nic,
+    default_user,
+    detect_os,
+    instance_id,
+    merge,
+    meta_data,
+    network_config,
+    seed_files,
+    share_mount,
+    user_data,
+    volume_mount,
+    write_seed_iso,
+)
+
+
+@pytest.mark.parametrize(
+    ("image", "user"),
+    [
+        (
+            "https://download.fedoraproject.org/x/Fedora-Cloud-Base-Generic-42-1.1.x86_64.qcow2",
+            "fedora",
+        ),
+        (
+            "https://cloud-images.ubuntu.com/noble/current/noble-server-cloudimg-amd64.img",
+            "cloud-user",
+        ),
+        ("https://cloud-images.ubuntu.com/releases/ubuntu-24.04.img", "ubuntu"),
+        ("/home/me/.cache/qemu-compose/test-guest/debian-12.qcow2", "debian"),
+        ("file:///srv/CentOS-Stream-GenericCloud-9.qcow2", "centos"),
+        ("https://example.org/rhel-9.4-x86_64-kvm.qcow2", "cloud-user"),
+        (None, "cloud-user"),
+    ],
+)
+def test_default_user_from_the_image_name(image: str | None, user: str) -> None:
+    assert default_user(image) == user
+
+
+def test_os_is_read_from_the_file_name_only() -> None:
+    assert detect_os("https://debian.example/images/fedora.qcow2") == "fedora"
+
+
+GUEST = GuestConfig(
+    hostname="web",
+    domain="demo",
+    user="debian",
+    ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample qemu-compose@demo",
+    password_hash="$6$salt$hash",
+    instance_id=instance_id("demo", "web"),
+    mounts=(
+        share_mount("mount0", "/srv/www", read_only=True, extra_options="cache=loose"),
+        volume_mount("data", "/var/lib/data", read_only=False),
+    ),
+    environment={"DB_HOST": "db", "QUOTE": 'say "hi"; rm -rf /'},
+    provision=("echo one", "#!/bin/sh\necho two\n"),
+    nics=(Nic("52:54:00:00:00:01", "user"), Nic("52:54:aa:bb:cc:dd", "bridge")),
+)
+
+
+def test_user_data_golden() -> None:
+    assert user_data(GUEST) == {
+        "hostname": "web",
+        "fqdn": "web.demo",
+        "manage_etc_hosts": "localhost",
+        "users": [
+            {
+                "name": "debian",
+                "shell": "/bin/bash",
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": False,
+                "passwd": "$6$salt$hash",
+                "ssh_authorized_keys": [GUEST.ssh_public_key],
+            }
+        ],
+        "ssh_pwauth": False,
+        "disable_root": True,
+        "mounts": [
+            ["mount0", "/srv/www", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail,ro,cache=loose", "0", "0"],
+            ["/dev/disk/by-id/virtio-data", "/var/lib/data", "ext4", "defaults,nofail", "0", "2"],
+        ],
+        "write_files": [
+            {"path": "/etc/environment", "content": 'DB_HOST=db\nQUOTE=say "hi"; rm -rf /\n', "append": True},
+            {"path": "/var/lib/qemu-compose/provision/01.sh", "content": "echo one", "permissions": "0755"},
+            {"path": "/var/lib/qemu-compose/provision/02.sh", "content": "#!/bin/sh\necho two\n", "permissions": "0755"},
+        ],
+        "runcmd": [
+            ["sh", "-c", 'echo "qemu-compose: provision step 1"; exec /var/lib/qemu-compose/provision/01.sh'],
+            ["sh", "-c", 'echo "qemu-compose: provision step 2"; exec /var/lib/qemu-compose/provision/02.sh'],
+        ],
+    }  # fmt: skip
+
+
+def test_hostile_values_stay_values() -> None:
+    """A value that looks like YAML or a shell command is dumped as a string, nothing more."""
+    evil = "x\nusers: [{name: root}]\n#cloud-config"
+    text = seed_files(GUEST)["user-data"].decode()
+    assert text.startswith("#cloud-config\n")
+    assert yaml.safe_load(text) == user_data(GUEST)
+    hostile = GuestConfig(
+        hostname="web", domain="demo", user="u", ssh_public_key="k", password_hash="h",
+        instance_id="i", environment={"A": evil.replace("\n", " ")}, provision=(evil,),
+    )  # fmt: skip
+    data = yaml.safe_load(seed_files(hostile)["user-data"])
+    assert [u["name"] for u in data["users"]] == ["u"]
+    assert data["write_files"][1]["content"] == evil
+
+
+def test_user_cloud_config_is_merged_over_ours() -> None:
+    extra = {
+        "packages": ["nginx"],
+        "runcmd": [["touch", "/x"]],
+        "ssh_pwauth": True,
+        "users": [{"name": "ops"}],
+    }
+    merged = merge(user_data(GUEST), extra)
+    assert merged["packages"] == ["nginx"]
+    assert merged["runcmd"][-1] == ["touch", "/x"]
+    assert len(merged["runcmd"]) == 3
+    assert [u["name"] for u in merged["users"]] == ["debian", "ops"]
+    assert merged["ssh_pwauth"] is True  # the user asked for it
+    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_meta_data_and_network_config() -> None:
+    assert meta_data(GUEST) == {"instance-id": instance_id("demo", "web"), "local-hostname": "web"}
+    assert instance_id("demo", "web") == instance_id("demo", "web") != instance_id("demo", "db")
+    assert network_config(GUEST) == {
+        "version": 2,
+        "ethernets": {
+            "nic0": {"match": {"macaddress": "52:54:00:00:00:01"}, "dhcp4": True},
+            "nic1": {
+                "match": {"macaddress": "52:54:aa:bb:cc:dd"},
+                "dhcp4": True,
+                "dhcp4-overrides": {"use-routes": False},
+            },
+        },
+    }
+
+
+def test_seed_iso_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "seed.iso"
+    files = seed_files(GUEST)
+    write_seed_iso(path, files)
+    assert path.stat().st_mode & 0o777 == 0o600
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        assert iso.pvd.volume_identifier.decode().strip() == "cidata"
+        for name, data in files.items():
+            for kind in ({"rr_path": f"/{name}"}, {"joliet_path": f"/{name}"}):
+                out = io.BytesIO()
+                iso.get_file_from_iso_fp(out, **kind)
+                assert out.getvalue() == data
+    finally:
+        iso.close()
+    assert sorted(files) == ["meta-data", "network-config", "user-data"]
