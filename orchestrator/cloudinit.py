@@ -20,6 +20,7 @@ import pycdlib
 import yaml
 
 PROVISION_DIR = "/var/lib/qemu-compose/provision"
+SEED_MIN_BYTES = 1 << 20
 NINE_P_OPTIONS = "trans=virtio,version=9p2000.L,msize=262144,nofail"
 
 # Default users of the cloud images people use, found from the image's name (as the spec).
@@ -191,21 +192,23 @@ def seed_files(guest: GuestConfig) -> dict[str, bytes]:
 
 
 def write_seed_iso(path: Path, files: Mapping[str, bytes]) -> None:
-    """An ISO 9660 image labelled "cidata" (Joliet and Rock Ridge names), written atomically."""
+    """An ISO 9660 image labelled "cidata" with Rock Ridge names, written atomically.
+
+    No Joliet: some readers (busybox's findfs, in the tiny test guest) take the Joliet
+    volume label, which pycdlib pads with UCS-2 blanks, over the primary one.
+    """
     iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    iso.new(interchange_level=3, rock_ridge="1.09", vol_ident="cidata")
     for i, (name, data) in enumerate(sorted(files.items())):
-        iso.add_fp(
-            io.BytesIO(data),
-            len(data),
-            f"/FILE{i};1",
-            rr_name=name,
-            joliet_path=f"/{name}",
-        )
+        iso.add_fp(io.BytesIO(data), len(data), f"/FILE{i};1", rr_name=name)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         iso.write(str(tmp))
     finally:
         iso.close()
+    # Pad as genisoimage does: filesystem probes (busybox's) read past a tiny image's end.
+    with tmp.open("r+b") as fh:
+        if fh.seek(0, os.SEEK_END) < SEED_MIN_BYTES:
+            fh.truncate(SEED_MIN_BYTES)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
