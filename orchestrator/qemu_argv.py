@@ -123,7 +123,7 @@ def qemu_argv(vm: VmLaunch) -> list[str]:
             argv += ["-append", vm.boot.cmdline]
     for drive in vm.drives:
         device = f"virtio-blk-pci,drive={drive.node},id={drive.node},serial={drive.serial}"
-        if drive.bootindex is not None:
+        if drive.bootindex is not None and vm.boot is None:  # -kernel takes bootindex 0
             device += f",bootindex={drive.bootindex}"
         argv += ["-blockdev", _blockdev(drive), "-device", device]
     for i, share in enumerate(vm.shares):

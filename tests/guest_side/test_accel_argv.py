@@ -116,7 +116,7 @@ def test_golden_argv_of_a_full_vm() -> None:
         "-initrd", "/g/initrd.img",
         "-append", "root=LABEL=rootfs rw console=ttyS0",
         "-blockdev", json.dumps(root, separators=(",", ":")),
-        "-device", "virtio-blk-pci,drive=root,id=root,serial=root,bootindex=0",
+        "-device", "virtio-blk-pci,drive=root,id=root,serial=root",  # -kernel boots it
         "-blockdev", '{"driver":"raw","node-name":"seed","read-only":true,'
         '"file":{"driver":"file","filename":"/p/.qemu-compose/web/seed.iso"}}',
         "-device", "virtio-blk-pci,drive=seed,id=seed,serial=cidata",
@@ -132,6 +132,11 @@ def test_golden_argv_of_a_full_vm() -> None:
         "-netdev", "tap,id=nic1,ifname=qct-0123456789,script=no,downscript=no,vhost=off",
         "-device", "virtio-net-pci,netdev=nic1,mac=52:54:aa:bb:cc:dd",
     ]  # fmt: skip
+
+
+def test_disk_boot_keeps_the_bootindex() -> None:
+    argv = qemu_argv(launch(drives=(Drive("root", "/d.qcow2", "qcow2", "root", bootindex=0),)))
+    assert "virtio-blk-pci,drive=root,id=root,serial=root,bootindex=0" in argv
 
 
 def test_a_path_with_a_comma_cannot_add_options() -> None:

@@ -54,10 +54,20 @@ def rundir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-async def ssh_run(port: int, user: str, key: Path, command: str, *, deadline: float) -> str:
+async def ssh_run(
+    port: int,
+    user: str,
+    key: Path,
+    command: str,
+    *,
+    deadline: float,
+    qemu: subprocess.Popen[bytes] | None = None,
+) -> str:
     """Run ``command`` over SSH, retrying the connection until the guest answers."""
     with trio.fail_after(deadline):
         while True:
+            if qemu is not None and qemu.poll() is not None:
+                raise RuntimeError(f"QEMU exited with {qemu.returncode}")
             try:
                 conn = await trio_asyncio.aio_as_trio(asyncssh.connect)(
                     "127.0.0.1", port, username=user, client_keys=[str(key)],
@@ -136,7 +146,7 @@ async def test_debian_guest_with_seed_volume_share_and_console(rundir: Path) -> 
         environment={"APP_MODE": "testing", "DB_HOST": "db.boot"},
         provision=(
             "echo provisioned-one > /var/tmp/step1",
-            "#!/bin/sh\nset -e\necho \"step two sees $(cat /var/tmp/step1)\" > /var/tmp/step2\n",
+            '#!/bin/sh\nset -e\necho "step two sees $(cat /var/tmp/step1)" > /var/tmp/step2\n',
         ),
         nics=(Nic("52:54:00:12:34:01", "user"),),
     )
@@ -171,13 +181,15 @@ async def test_debian_guest_with_seed_volume_share_and_console(rundir: Path) -> 
     try:
         async with trio_asyncio.open_loop():
             run: Any = lambda command, deadline=120: ssh_run(  # noqa: E731
-                port, "debian", key.private_key, command, deadline=deadline
+                port, "debian", key.private_key, command, deadline=deadline, qemu=process
             )
             assert (await run("id -un", deadline=300)).strip() == "debian"
             await run("cloud-init status --wait >/dev/null || true", deadline=300)
             assert key.public_line in await run("cat ~/.ssh/authorized_keys")
             assert (await run("hostname -f")).strip() == "web.boot"
-            mounts = await run("findmnt -n -o TARGET,FSTYPE /srv/share; findmnt -n -o TARGET,FSTYPE /data")
+            mounts = await run(
+                "findmnt -n -o TARGET,FSTYPE /srv/share; findmnt -n -o TARGET,FSTYPE /data"
+            )
             assert mounts.split() == ["/srv/share", "9p", "/data", "ext4"]
             assert await run("cat /srv/share/hello.txt") == "hello from the host\n"
             await run("echo from-the-guest | sudo tee /srv/share/back.txt >/dev/null")
@@ -187,7 +199,9 @@ async def test_debian_guest_with_seed_volume_share_and_console(rundir: Path) -> 
             assert "APP_MODE=testing\n" in environment
             assert "DB_HOST=db.boot\n" in environment
             assert await run("cat /var/tmp/step2") == "step two sees provisioned-one\n"
-            assert "passwordauthentication no" in await run("sudo sshd -T | grep -i passwordauthentication")
+            assert "passwordauthentication no" in await run(
+                "sudo sshd -T | grep -i passwordauthentication"
+            )
             assert (await run("sudo -n id -u")).strip() == "0"
         console = await console_login(launch.console_socket, "debian", password.password)
         assert "CONSOLE-42" in console
@@ -202,7 +216,10 @@ async def test_debian_guest_with_seed_volume_share_and_console(rundir: Path) -> 
         raw = rundir / "data.raw"
         subprocess.run(["qemu-img", "convert", "-O", "raw", str(volume), str(raw)], check=True)
         listing = subprocess.run(
-            ["debugfs", "-R", "cat /kept.txt", str(raw)], capture_output=True, text=True, check=False
+            ["debugfs", "-R", "cat /kept.txt", str(raw)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert listing.stdout == "kept\n"
     finally:
@@ -232,11 +249,13 @@ async def test_tiny_guest_answers_ssh_and_the_power_button(rundir: Path) -> None
         nics=(UserNic("nic0", "52:54:00:12:34:02", (Forward(port, 22),)),),
         boot=DirectBoot(str(guest / "vmlinuz"), str(guest / "initrd.img"), "console=ttyS0 quiet"),
     )  # fmt: skip
-    process = subprocess.Popen(qemu_argv(launch))
+    process = subprocess.Popen(qemu_argv(launch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         started = trio.current_time()
         async with trio_asyncio.open_loop():
-            out = await ssh_run(port, "dev", key.private_key, "id -un; hostname", deadline=120)
+            out = await ssh_run(
+                port, "dev", key.private_key, "id -un; hostname", deadline=120, qemu=process
+            )
         assert out.split() == ["dev", "tiny1"]
         print(f"tiny guest: SSH after {trio.current_time() - started:.1f} s")
         async with open_session(launch.qmp_supervision) as session:
