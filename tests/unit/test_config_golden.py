@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ def _golden_name(path: Path) -> str:
 
 
 def _placeholders(text: str) -> str:
-    return text.replace(str(REPO), "$REPO").replace(os.path.expanduser("~"), "$HOME")
+    """$REPO and $HOME for those directories, where a path starts with them."""
+    for path, name in ((str(REPO), "$REPO"), (os.path.expanduser("~"), "$HOME")):
+        text = re.sub(r"(?<![\w/.-])" + re.escape(path) + r"(?=/|$)", name, text, flags=re.M)
+    return text
 
 
 @pytest.mark.parametrize("path", INPUTS, ids=_golden_name)
