@@ -54,6 +54,12 @@ class ProjectNotFoundError(QemuComposeError):
     exit_status = 2
 
 
+class UsageError(QemuComposeError):
+    """The command names something that is not there (a VM, a network)."""
+
+    exit_status = 2
+
+
 class StateError(QemuComposeError):
     """The project's state directory cannot be used as it is."""
 

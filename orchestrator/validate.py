@@ -21,6 +21,7 @@ class Report(Protocol):
 
 
 MIN_VOLUME_BYTES = 1024 * 1024  # mkfs.ext4 needs some room
+RESERVED_VM_NAMES = frozenset({"supervisor"})  # qemu-compose-<project>-supervisor.service
 
 
 def validate(compose: ComposeFile, state_dir: Path, report: Report) -> None:
@@ -43,6 +44,9 @@ def replica_names(name: str, vm: Vm) -> list[str]:
 
 def _names(compose: ComposeFile, report: Report) -> None:
     seen: dict[str, str] = {}
+    for name in compose.vms:
+        if name in RESERVED_VM_NAMES:
+            report(("vms", name), f"{name!r} is reserved for qemu-compose's own unit", key=True)
     for name, vm in compose.vms.items():
         for instance in replica_names(name, vm):
             if len(instance) > 63:

@@ -1,0 +1,170 @@
+"""Decide first, then act: what `up` will do, from the desired and the observed state. Pure.
+
+The desired state is the compose model with replicas expanded into VM instances; the
+observed state is what systemd and the state directory say of each instance. The plan is a
+list of actions, each with its cause, that `up --dry-run` prints and the runtime executes.
+A VM whose configuration changed (a hash of everything that shapes it) is recreated, as
+docker compose does; an unchanged running one is left alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from .errors import UsageError
+from .model import ComposeFile, Dependency, Vm
+from .validate import replica_names
+
+RUNNING_STATES = frozenset({"active", "activating", "reloading"})
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One VM to run: a definition, or one replica of it."""
+
+    name: str
+    definition: str
+    vm: Vm
+
+
+def instances(compose: ComposeFile) -> list[Instance]:
+    return [
+        Instance(name, definition, vm)
+        for definition, vm in compose.vms.items()
+        for name in replica_names(definition, vm)
+    ]
+
+
+def dependencies(compose: ComposeFile, instance: Instance) -> dict[str, Dependency]:
+    """What an instance waits for, by instance name (a replicated VM means all its replicas)."""
+    needs: dict[str, Dependency] = {}
+    for target, dependency in instance.vm.depends_on.items():
+        for name in replica_names(target, compose.vms[target]):
+            needs[name] = dependency
+    return needs
+
+
+def config_hash(compose: ComposeFile, instance: Instance) -> str:
+    """Changes when anything that shapes the VM changes: its definition, networks, volumes."""
+    vm = instance.vm
+    related = {
+        "vm": vm,
+        "name": instance.name,
+        "networks": {n: compose.networks[n] for n in sorted(vm.networks) if n in compose.networks},
+        "volumes": {
+            m.source: compose.volumes[m.source]
+            for m in vm.volumes
+            if m.type == "volume" and m.source in compose.volumes
+        },
+    }
+    return hashlib.sha256(msgspec.json.encode(related, order="sorted")).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    unit_state: str = "not-found"  # the unit's ActiveState, or not-found
+    created: bool = False  # its disk (or state entry) exists
+    config_hash: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.unit_state in RUNNING_STATES
+
+
+class ActionKind(enum.Enum):
+    CREATE = "create"
+    RECREATE = "recreate"
+    START = "start"
+    KEEP = "keep"
+    REMOVE = "remove"  # an orphan, with --remove-orphans
+    ORPHAN = "orphan"  # an orphan left alone
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    vm: str
+    kind: ActionKind
+    cause: str
+
+    @property
+    def changes_something(self) -> bool:
+        return self.kind not in (ActionKind.KEEP, ActionKind.ORPHAN)
+
+
+def select(compose: ComposeFile, names: Sequence[str]) -> list[Instance]:
+    """The instances named (definitions or replicas) and everything they depend on."""
+    everything = {i.name: i for i in instances(compose)}
+    by_definition: dict[str, list[str]] = {}
+    for inst in everything.values():
+        by_definition.setdefault(inst.definition, []).append(inst.name)
+    wanted: list[str] = []
+    unknown = []
+    for name in names:
+        if name in by_definition:
+            wanted += by_definition[name]
+        elif name in everything:
+            wanted.append(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        known = ", ".join(sorted(everything))
+        raise UsageError(f"no VM named {', '.join(unknown)} (VMs: {known})")
+    chosen: dict[str, None] = {}
+    stack = list(wanted)
+    while stack:
+        name = stack.pop()
+        if name in chosen:
+            continue
+        chosen[name] = None
+        stack.extend(dependencies(compose, everything[name]))
+    return [inst for inst in everything.values() if inst.name in chosen]
+
+
+def plan(
+    compose: ComposeFile,
+    observed: Mapping[str, Observed],
+    *,
+    selected: Iterable[Instance] | None = None,
+    no_recreate: bool = False,
+    force_recreate: bool = False,
+    remove_orphans: bool = False,
+) -> list[Action]:
+    """The actions of `up`, in the compose file's order, orphans last."""
+    targets = list(selected) if selected is not None else instances(compose)
+    actions = []
+    for inst in targets:
+        seen = observed.get(inst.name, Observed())
+        wanted_hash = config_hash(compose, inst)
+        if not seen.created and not seen.running:
+            actions.append(Action(inst.name, ActionKind.CREATE, "not created yet"))
+        elif force_recreate:
+            actions.append(Action(inst.name, ActionKind.RECREATE, "--force-recreate"))
+        elif seen.config_hash != wanted_hash and not no_recreate:
+            actions.append(Action(inst.name, ActionKind.RECREATE, "configuration changed"))
+        elif seen.running:
+            actions.append(Action(inst.name, ActionKind.KEEP, "running"))
+        else:
+            actions.append(Action(inst.name, ActionKind.START, f"stopped ({seen.unit_state})"))
+    desired = {i.name for i in instances(compose)}
+    for name in sorted(set(observed) - desired):
+        if remove_orphans:
+            actions.append(Action(name, ActionKind.REMOVE, "not in the compose file"))
+        else:
+            actions.append(
+                Action(
+                    name, ActionKind.ORPHAN, "not in the compose file; --remove-orphans removes it"
+                )
+            )
+    return actions
+
+
+def render_plan(actions: Sequence[Action]) -> str:
+    if not actions:
+        return "nothing to do\n"
+    width = max(len(a.vm) for a in actions)
+    return "".join(f"{a.vm:<{width}}  {a.kind.value:<8}  {a.cause}\n" for a in actions)
