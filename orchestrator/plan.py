@@ -149,7 +149,8 @@ def plan(
         elif seen.running:
             actions.append(Action(inst.name, ActionKind.KEEP, "running"))
         else:
-            actions.append(Action(inst.name, ActionKind.START, f"stopped ({seen.unit_state})"))
+            why = "stopped" if seen.unit_state == "not-found" else f"stopped ({seen.unit_state})"
+            actions.append(Action(inst.name, ActionKind.START, why))
     desired = {i.name for i in instances(compose)}
     for name in sorted(set(observed) - desired):
         if remove_orphans:

@@ -27,6 +27,16 @@ class Interrupted(QemuComposeError):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found += _leaves(exc)
+        else:
+            found.append(exc)
+    return found
+
+
 def run(async_fn: Callable[[], Awaitable[T]]) -> T:
     """Run ``async_fn`` in a fresh trio run; raise Interrupted when a signal stopped it."""
     import trio
@@ -50,7 +60,13 @@ def run(async_fn: Callable[[], Awaitable[T]]) -> T:
             result.append(await async_fn())
             nursery.cancel_scope.cancel()
 
-    trio.run(root, restrict_keyboard_interrupt_to_checkpoints=True)
+    try:
+        trio.run(root, restrict_keyboard_interrupt_to_checkpoints=True)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:  # a nursery wrapped the one error: give the command that error
+            raise leaves[0] from None
+        raise
     if received and not result:
         raise Interrupted(received[0])
     return result[0]

@@ -39,12 +39,16 @@ class VmState(msgspec.Struct, kw_only=True):
     unit: str
     config_hash: str
     created_at: float
+    ssh_port: int | None = None
+    macs: dict[str, str] = {}  # network ("" for user-mode) -> MAC
 
 
 class ProjectState(msgspec.Struct, kw_only=True):
     version: int = STATE_VERSION
     project: str = ""
     vms: dict[str, VmState] = {}
+    subnets: dict[str, str] = {}  # network -> subnet, kept across runs
+    addresses: dict[str, dict[str, str]] = {}  # network -> vm -> IPv4 address
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -100,3 +100,22 @@ def test_a_result_is_returned_when_no_signal_came() -> None:
         return 42
 
     assert run(answer) == 42
+
+
+def test_an_error_wrapped_by_nurseries_comes_out_as_itself() -> None:
+    import trio
+
+    from orchestrator.errors import UsageError
+    from orchestrator.runner import run
+
+    async def fail_soon() -> None:
+        await trio.lowlevel.checkpoint()
+        raise UsageError("no VM named x")
+
+    async def failing() -> None:
+        async with trio.open_nursery() as outer, trio.open_nursery() as inner:
+            outer.start_soon(trio.sleep, 0)
+            inner.start_soon(fail_soon)
+
+    with pytest.raises(UsageError, match="no VM named x"):
+        run(failing)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    from ..events import Reporter
     from ..project import Project
+    from ..runtime import Settings
+
+T = TypeVar("T")
 
 DISTRIBUTION = "qemu-compose-vm"
 
@@ -144,3 +149,214 @@ def completion(shell: str) -> None:
     completer = get_completion_class(shell)
     assert completer is not None  # the choice above lists only shells click knows
     click.echo(completer(cli, {}, "qemu-compose", "_QEMU_COMPOSE_COMPLETE").source())
+
+
+# -- the runtime's commands -----------------------------------------------------------------------
+
+_progress = click.option(
+    "--progress",
+    type=click.Choice(["auto", "tty", "plain", "json", "quiet"]),
+    default="auto",
+    show_default=True,
+    help="How to show progress: a live table, plain lines, JSON lines, or nothing.",
+)
+_wait_lock = click.option(
+    "--wait-lock", is_flag=True, help="Wait for another qemu-compose on this project to finish."
+)
+
+
+def _settings(opts: GlobalOptions, services: tuple[str, ...], **kwargs: object) -> Settings:
+    from ..runtime import Settings
+
+    return Settings(services=services, **kwargs)  # type: ignore[arg-type]
+
+
+async def _with_progress(mode: str, work: Callable[[Reporter], Awaitable[T]]) -> T:
+    """Run ``work`` with a renderer consuming its events; the renderer ends after it."""
+    import trio
+
+    from ..events import Event, Reporter, renderer_for
+
+    send, receive = trio.open_memory_channel[Event](10_000)
+    render = renderer_for(mode)
+    result: list[T] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(render, receive)  # type: ignore[arg-type]
+        async with send:
+            result.append(await work(Reporter(send)))
+    return result[0]
+
+
+@cli.command()
+@click.argument("vms", nargs=-1, shell_complete=None)
+@click.option(
+    "-d", "--detach", is_flag=True, help="Return once the VMs run (with --wait: once ready)."
+)
+@click.option("--wait", "wait_ready", is_flag=True, help="With -d: wait until every VM is ready.")
+@click.option(
+    "--wait-timeout",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Seconds a VM may take to be ready.",
+)
+@click.option("--parallel", type=click.IntRange(min=1), help="Start at most N VMs at once.")
+@click.option("--no-recreate", is_flag=True, help="Keep VMs whose configuration changed.")
+@click.option("--force-recreate", is_flag=True, help="Recreate VMs even when unchanged.")
+@click.option("--remove-orphans", is_flag=True, help="Remove VMs no longer in the file.")
+@click.option("--dry-run", is_flag=True, help="Print what would be done, do nothing.")
+@_progress
+@_wait_lock
+@click.pass_obj
+def up(
+    opts: GlobalOptions,
+    vms: tuple[str, ...],
+    detach: bool,
+    wait_ready: bool,
+    wait_timeout: float,
+    parallel: int | None,
+    no_recreate: bool,
+    force_recreate: bool,
+    remove_orphans: bool,
+    dry_run: bool,
+    progress: str,
+    wait_lock: bool,
+) -> None:
+    """Create and start the VMs (all, or those named and what they depend on).
+
+    Without -d, waits until every VM is ready, then stays attached until Ctrl-C, which
+    stops the VMs gracefully.
+    """
+    if no_recreate and force_recreate:
+        raise click.UsageError("--no-recreate and --force-recreate exclude each other")
+    project = opts.load()
+    settings = _settings(
+        opts,
+        vms,
+        wait=wait_ready or not detach,
+        ready_timeout=wait_timeout,
+        parallel=parallel,
+        no_recreate=no_recreate,
+        force_recreate=force_recreate,
+        remove_orphans=remove_orphans,
+        wait_lock=wait_lock,
+    )
+    from .. import runtime
+    from ..events import Reporter
+    from ..plan import render_plan
+    from ..runner import run
+
+    if dry_run:
+        result = run(lambda: runtime.up(project, settings, Reporter(), dry_run=True))
+        click.echo(render_plan(result.actions), nl=False)
+        return
+
+    async def attached() -> None:
+        import trio
+
+        await _with_progress(progress, lambda report: runtime.up(project, settings, report))
+        click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                click.echo("qemu-compose: stopping", err=True)
+                await _with_progress(
+                    progress, lambda report: runtime.stop(project, settings, report)
+                )
+
+    if detach:
+        run(lambda: _with_progress(progress, lambda report: runtime.up(project, settings, report)))
+    else:
+        run(attached)
+
+
+@cli.command()
+@click.argument("vms", nargs=-1)
+@click.option(
+    "-t",
+    "--timeout",
+    type=float,
+    help="Seconds of grace for every VM [default: its stop_grace_period].",
+)
+@_progress
+@_wait_lock
+@click.pass_obj
+def stop(
+    opts: GlobalOptions, vms: tuple[str, ...], timeout: float | None, progress: str, wait_lock: bool
+) -> None:
+    """Stop VMs gracefully: power button, grace period, then off. Disks are kept."""
+    project = opts.load()
+    settings = _settings(opts, vms, wait_lock=wait_lock)
+    from .. import runtime
+    from ..runner import run
+
+    run(
+        lambda: _with_progress(
+            progress, lambda r: runtime.stop(project, settings, r, timeout=timeout)
+        )
+    )
+
+
+@cli.command()
+@click.argument("vms", nargs=-1)
+@click.option(
+    "-v", "--volumes", is_flag=True, help="Also delete the named volumes (their data is lost)."
+)
+@_progress
+@_wait_lock
+@click.pass_obj
+def destroy(
+    opts: GlobalOptions, vms: tuple[str, ...], volumes: bool, progress: str, wait_lock: bool
+) -> None:
+    """Stop VMs and remove their disks and units; networks nobody uses go too.
+
+    Named volumes are kept unless --volumes is given.
+    """
+    if volumes and vms:
+        raise click.UsageError("--volumes removes the project's volumes: give no VM names with it")
+    project = opts.load()
+    settings = _settings(opts, vms, wait_lock=wait_lock)
+    from .. import runtime
+    from ..runner import run
+
+    run(
+        lambda: _with_progress(
+            progress, lambda r: runtime.destroy(project, settings, r, volumes=volumes)
+        )
+    )
+
+
+@cli.command()
+@click.argument("vms", nargs=-1)
+@click.option(
+    "-a", "--all", "all_vms", is_flag=True, help="Also VMs that are stopped or not created."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_obj
+def ps(opts: GlobalOptions, vms: tuple[str, ...], all_vms: bool, fmt: str) -> None:
+    """List the VMs with their status, addresses, size and unit."""
+    project = opts.load()
+    settings = _settings(opts, vms)
+    from .. import runtime
+    from ..runner import run
+
+    rows = run(lambda: runtime.ps(project, settings, all_vms=all_vms or bool(vms) or fmt == "json"))
+    if fmt == "json":
+        import msgspec
+
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return
+    header = (
+        f"{'NAME':<20} {'STATUS':<12} {'ADDRESSES':<24} {'SSH':<6} {'CPU':<4} {'MEMORY':<7} "
+        f"{'DISK':<8} UNIT"
+    )
+    click.echo(header)
+    for row in rows:
+        addresses = ",".join(row.addresses.values()) or "-"
+        click.echo(
+            f"{row.name:<20} {row.status:<12} {addresses:<24} {row.ssh_port or '-'!s:<6} "
+            f"{row.cpu or '-'!s:<4} {row.memory or '-'!s:<7} {row.disk or '-':<8} {row.unit}"
+        )

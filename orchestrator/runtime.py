@@ -1,0 +1,871 @@
+"""The runtime: `up`, `stop`, `destroy` and `ps` against systemd, QEMU and the guests.
+
+One trio nursery runs every VM as a task. A VM waits for the conditions of what it depends
+on (started: its unit is active and QMP says it runs; healthy: SSH with the project key, then
+its healthcheck, pass; completed successfully: it powered off cleanly), prepares its disk and
+seed, starts its transient unit, and reports each step as an event. A VM that fails does not
+orphan the others: every VM ends its task, and `up` ends with a summary and an error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+import yaml
+
+import netcfg
+import qmp
+import systemd_dbus
+from netcfg import Forward
+
+from . import probe
+from .accel import choose_accel, read_host_facts
+from .cloudinit import GuestConfig, Nic, default_user, instance_id, seed_files, write_seed_iso
+from .disks import create_overlay, create_volume
+from .errors import QemuComposeError
+from .events import Reporter
+from .guest import check_bind_sources, mount_layout
+from .images import fetch
+from .model import Vm
+from .naming import (
+    ProjectPaths,
+    dnsmasq_unit,
+    ensure_socket_dir,
+    project_unit_prefix,
+    vm_of_unit,
+    vm_unit,
+)
+from .plan import (
+    Action,
+    ActionKind,
+    Instance,
+    Observed,
+    config_hash,
+    dependencies,
+    instances,
+    plan,
+    select,
+)
+from .project import Project
+from .qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
+from .quantities import parse_duration, parse_size
+from .secrets import ConsolePassword, ProjectKey, ensure_console_password, ensure_project_key
+from .state import ProjectLock, ProjectState, StateDir, VmState
+
+DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
+RESTART_POLICIES = {"no": "no", "always": "always", "unless-stopped": "always"}
+
+
+class UpError(QemuComposeError):
+    """Some VMs did not come up; the message lists them and why."""
+
+
+@dataclass
+class Conditions:
+    started: trio.Event = field(default_factory=trio.Event)
+    healthy: trio.Event = field(default_factory=trio.Event)
+    completed: trio.Event = field(default_factory=trio.Event)
+    failure: str | None = None
+    completed_ok: bool = False
+
+    def fail(self, why: str) -> None:
+        self.failure = why
+        for event in (self.started, self.healthy, self.completed):
+            event.set()
+
+
+@dataclass
+class Settings:
+    services: Sequence[str] = ()
+    wait: bool = True  # until ready (SSH, healthchecks), not only started
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    parallel: int | None = None
+    no_recreate: bool = False
+    force_recreate: bool = False
+    remove_orphans: bool = False
+    wait_lock: bool = False
+    bus: str = "user"
+    journal_dir: Path | None = None
+
+
+@dataclass
+class Context:
+    project: Project
+    paths: ProjectPaths
+    manager: systemd_dbus.SystemdManager
+    report: Reporter
+    state: ProjectState
+    state_dir: StateDir
+    settings: Settings
+    key: ProjectKey | None = None
+    password: ConsolePassword | None = None
+    images: dict[str, Path] = field(default_factory=dict)
+    networks: dict[str, netcfg.BridgeNetwork] = field(default_factory=dict)
+    conditions: dict[str, Conditions] = field(default_factory=dict)
+
+    def save(self) -> None:
+        self.state_dir.write_state(self.state)
+
+
+# -- observing ----------------------------------------------------------------------------------
+
+
+async def observe(
+    project: Project, manager: systemd_dbus.SystemdManager, state: ProjectState
+) -> dict[str, Observed]:
+    units = {
+        vm: u.active_state
+        for u in await manager.list_units(project_unit_prefix(project.name))
+        if (vm := vm_of_unit(project.name, u.name)) is not None
+    }
+    paths = ProjectPaths(project.state_dir, project.name)
+    observed = {}
+    for name in set(units) | set(state.vms):
+        saved = state.vms.get(name)
+        created = saved is not None or paths.vm(name).disk.exists()
+        observed[name] = Observed(
+            units.get(name, "not-found"), created, saved.config_hash if saved else None
+        )
+    return observed
+
+
+# -- up -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpResult:
+    actions: tuple[Action, ...]
+    ready: tuple[str, ...]
+    failed: dict[str, str]
+
+
+async def up(
+    project: Project, settings: Settings, report: Reporter, *, dry_run: bool = False
+) -> UpResult:
+    state_dir = StateDir(project.state_dir)
+    if dry_run:
+        async with qmp.asyncio_loop(), systemd_dbus.connect(settings.bus) as manager:
+            state = (
+                state_dir.read_state(project.name) if state_dir.path.exists() else ProjectState()
+            )
+            actions = _plan(project, settings, await observe(project, manager, state))
+            return UpResult(tuple(actions), (), {})
+    state_dir.ensure()
+    lock = ProjectLock(state_dir.path)
+    await lock.acquire(wait=settings.wait_lock)
+    try:
+        async with (
+            qmp.asyncio_loop(),
+            systemd_dbus.connect(settings.bus, journal_dir=settings.journal_dir) as manager,
+        ):
+            ctx = Context(
+                project=project,
+                paths=ProjectPaths(project.state_dir, project.name),
+                manager=manager,
+                report=report,
+                state=state_dir.read_state(project.name),
+                state_dir=state_dir,
+                settings=settings,
+            )
+            ctx.state.project = project.name
+            actions = _plan(project, settings, await observe(project, manager, ctx.state))
+            return await _execute(ctx, actions)
+    finally:
+        lock.release()
+
+
+def _plan(project: Project, settings: Settings, observed: dict[str, Observed]) -> list[Action]:
+    selected = select(project.model, settings.services) if settings.services else None
+    return plan(
+        project.model,
+        observed,
+        selected=selected,
+        no_recreate=settings.no_recreate,
+        force_recreate=settings.force_recreate,
+        remove_orphans=settings.remove_orphans,
+    )
+
+
+async def _execute(ctx: Context, actions: list[Action]) -> UpResult:
+    project = ctx.project
+    by_name = {i.name: i for i in instances(project.model)}
+    todo = [a for a in actions if a.vm in by_name]
+    for action in actions:
+        if action.kind is ActionKind.REMOVE:
+            await _remove_vm(ctx, action.vm)
+        elif action.kind is ActionKind.ORPHAN:
+            ctx.report(action.vm, "plan", "skipped", action.cause)
+    chosen = [by_name[a.vm] for a in todo]
+    ctx.key = ensure_project_key(ctx.paths.ssh_dir, project.name)
+    ctx.password = ensure_console_password(ctx.paths.console_password)
+    await _prepare_images(ctx, chosen)
+    await _prepare_volumes(ctx, chosen)
+    await _prepare_networks(ctx, chosen)
+    ctx.conditions = {i.name: Conditions() for i in chosen}
+    limiter = trio.CapacityLimiter(ctx.settings.parallel or math.inf)
+    async with trio.open_nursery() as nursery:
+        for action in todo:
+            nursery.start_soon(_run_vm, ctx, by_name[action.vm], action, limiter)
+    ctx.save()
+    failed = {n: c.failure for n, c in ctx.conditions.items() if c.failure}
+    ready = tuple(n for n, c in ctx.conditions.items() if not c.failure)
+    result = UpResult(tuple(actions), ready, {n: str(f) for n, f in failed.items()})
+    if failed:
+        lines = "".join(f"\n  {vm}: {why}" for vm, why in failed.items())
+        raise UpError(f"{len(failed)} of {len(todo)} VMs did not come up:{lines}")
+    return result
+
+
+async def _prepare_images(ctx: Context, chosen: Sequence[Instance]) -> None:
+    sources = {i.vm.image.source: i.vm.image.checksum for i in chosen if i.vm.image is not None}
+
+    async def one(source: str, checksum: str | None) -> None:
+        ctx.report("", "image", "working", source)
+        last = [0.0]
+
+        def progress(done: int, total: int | None) -> None:
+            if time.monotonic() - last[0] > 1 and total:
+                last[0] = time.monotonic()
+                ctx.report("", "image", "working", f"{source} {100 * done // total}%")
+
+        ctx.images[source] = await fetch(source, checksum=checksum, progress=progress)
+        ctx.report("", "image", "done", str(ctx.images[source]))
+
+    async with trio.open_nursery() as nursery:
+        for source, checksum in sources.items():
+            nursery.start_soon(one, source, checksum)
+
+
+async def _prepare_volumes(ctx: Context, chosen: Sequence[Instance]) -> None:
+    names = {m.source for i in chosen for m in i.vm.volumes if m.type == "volume"}
+    for name in sorted(names):
+        path = ctx.paths.volume(name)
+        if not path.exists():
+            ctx.report("", "volume", "working", name)
+            await create_volume(path, parse_size(ctx.project.model.volumes[name].size), name)
+            ctx.report("", "volume", "done", f"{name} ({ctx.project.model.volumes[name].size})")
+
+
+async def _prepare_networks(ctx: Context, chosen: Sequence[Instance]) -> None:
+    model = ctx.project.model
+    used = sorted({n for i in chosen for n in i.vm.networks})
+    if not used:
+        return
+    netcfg.require_net_admin()
+    project = ctx.project.name
+    own_bridges = [netcfg.bridge_name(project, n) for n in model.networks]
+    host = await netcfg.host_subnets(exclude=own_bridges)
+    with netcfg.Registry().claims() as claims:
+        avoid = host + [ipaddress.IPv4Network(s) for s in claims.subnets_of_others(project)]
+        previous = {n: ipaddress.IPv4Network(s) for n, s in ctx.state.subnets.items()}
+        subnets = netcfg.allocate_subnets(
+            [netcfg.SubnetRequest(n, model.networks[n].subnet) for n in used],
+            previous=previous,
+            avoid=avoid,
+        )
+        for name, subnet in subnets.items():
+            claims.subnets[f"{project}/{name}"] = str(subnet)
+            ctx.state.subnets[name] = str(subnet)
+    everyone = instances(model)  # addresses for all VMs of a network, not only these
+    macs = netcfg.assign_macs(project, [(i.name, n) for i in everyone for n in i.vm.networks])
+    for name in used:
+        members = [i for i in everyone if name in i.vm.networks]
+        previous_ips = {
+            vm: ipaddress.IPv4Address(a) for vm, a in ctx.state.addresses.get(name, {}).items()
+        }
+        addresses = netcfg.assign_addresses(
+            subnets[name],
+            [(i.name, i.vm.networks[name].ipv4_address) for i in members],
+            previous=previous_ips,
+        )
+        ctx.state.addresses[name] = {vm: str(a) for vm, a in addresses.items()}
+        hosts = [
+            netcfg.Host(
+                i.name, i.vm.networks[name].mac_address or macs[(i.name, name)], addresses[i.name]
+            )
+            for i in members
+        ]
+        spec = model.networks[name]
+        network = netcfg.BridgeNetwork(
+            project=project,
+            name=name,
+            subnet=subnets[name],
+            directory=ctx.paths.network_dir(name),
+            nat=spec.nat,
+            upstream=tuple(spec.upstream_dns),
+        )
+        ctx.networks[name] = network
+        ctx.report("", "network", "working", f"{name} {subnets[name]}")
+        await netcfg.ensure_network(network, hosts, _dnsmasq_starter(ctx, name))
+        ctx.report("", "network", "done", f"{name} {subnets[name]} on {network.bridge}")
+    ctx.save()
+
+
+def _dnsmasq_starter(ctx: Context, network: str) -> netcfg.network.StartDnsmasq:
+    unit = dnsmasq_unit(ctx.project.name, network)
+
+    async def start(argv: list[str], changed: bool) -> None:
+        status = await ctx.manager.status(unit)
+        if status.is_active and not changed:
+            return
+        if status.load_state != "not-found":
+            await ctx.manager.stop(unit)
+            if status.active_state == "failed":
+                await ctx.manager.reset_failed(unit)
+        binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
+        await ctx.manager.start(
+            systemd_dbus.TransientUnit(
+                unit,
+                [binary, *argv[1:]],
+                description=f"qemu-compose DHCP and DNS of {ctx.project.name}/{network}",
+            ),
+            settle=0.5,
+        )
+
+    return start
+
+
+# -- one VM ---------------------------------------------------------------------------------------
+
+
+def _mac(ctx: Context, inst: Instance, network: str) -> str:
+    fixed = inst.vm.networks[network].mac_address if network else None
+    return fixed or netcfg.mac_address(ctx.project.name, inst.name, network or "user")
+
+
+async def _run_vm(
+    ctx: Context, inst: Instance, action: Action, limiter: trio.CapacityLimiter
+) -> None:
+    me = ctx.conditions[inst.name]
+    report = ctx.report
+    try:
+        await _wait_for_dependencies(ctx, inst)
+        async with limiter:
+            if action.kind is ActionKind.KEEP:
+                report(inst.name, "unit", "done", "already running")
+            else:
+                await _start_vm(ctx, inst, action)
+            await _wait_running(ctx, inst)
+        me.started.set()
+        await _wait_ready(ctx, inst)
+        me.healthy.set()
+        report(inst.name, "ready", "done")
+        if any(
+            d.condition == "service_completed_successfully"
+            for other in instances(ctx.project.model)
+            for n, d in dependencies(ctx.project.model, other).items()
+            if n == inst.name
+        ):
+            await _wait_completed(ctx, inst)
+    except (
+        QemuComposeError,
+        systemd_dbus.SystemdError,
+        qmp.QmpError,
+        netcfg.NetcfgError,
+        OSError,
+    ) as err:
+        me.fail(str(err).splitlines()[0])
+        report(inst.name, "failed", "failed", str(err))
+    except trio.TooSlowError:
+        me.fail("not ready in time")
+        report(inst.name, "failed", "failed", f"not ready within {ctx.settings.ready_timeout:g} s")
+
+
+async def _wait_for_dependencies(ctx: Context, inst: Instance) -> None:
+    for name, dependency in dependencies(ctx.project.model, inst).items():
+        theirs = ctx.conditions.get(name)
+        if theirs is None:  # not part of this run: it runs already (or was selected out)
+            continue
+        event = {
+            "service_started": theirs.started,
+            "service_healthy": theirs.healthy,
+            "service_completed_successfully": theirs.completed,
+        }[dependency.condition]
+        if not event.is_set():
+            ctx.report(inst.name, "depends", "waiting", f"{name} ({dependency.condition})")
+            await event.wait()
+        broken = theirs.failure or (
+            dependency.condition == "service_completed_successfully" and not theirs.completed_ok
+        )
+        if broken and dependency.required:
+            raise QemuComposeError(
+                f"{name} failed: {theirs.failure or 'did not complete successfully'}"
+            )
+
+
+async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
+    vm, name, report = inst.vm, inst.name, ctx.report
+    paths = ctx.paths.vm(name)
+    unit = vm_unit(ctx.project.name, name)
+    if action.kind is ActionKind.RECREATE:
+        report(name, "unit", "working", "recreating: stopping the old VM")
+        await _stop_one(ctx, name, _grace(vm))
+        shutil.rmtree(paths.directory, ignore_errors=True)
+    paths.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_socket_dir(paths.sockets)
+    status = await ctx.manager.status(unit)
+    if status.active_state == "failed":
+        await ctx.manager.reset_failed(unit)
+    check_bind_sources(name, vm.volumes)
+    layout = mount_layout(
+        vm.volumes, {m.source: ctx.paths.volume(m.source) for m in vm.volumes if m.type == "volume"}
+    )
+    root: Drive | None = None
+    if vm.image is not None:
+        if not paths.disk.exists():
+            report(name, "disk", "working")
+            size = parse_size(vm.disk.size) if vm.disk.size else None
+            await create_overlay(ctx.images[vm.image.source], paths.disk, size)
+            report(name, "disk", "done", str(paths.disk))
+        root = Drive("root", str(paths.disk), "qcow2", "root", bootindex=0)
+    saved = ctx.state.vms.get(name)
+    ssh_port = saved.ssh_port if saved and saved.ssh_port else None
+    with netcfg.Registry().claims() as claims:
+        taken = claims.ports_of_others(ctx.project.name, name)
+        wanted = vm.ssh.port or ssh_port
+        try:
+            ssh_port = netcfg.choose_port(name, wanted, taken=taken)
+        except netcfg.PortInUseError:
+            if vm.ssh.port:
+                raise
+            ssh_port = netcfg.choose_port(name, None, taken=taken)  # last run's port is taken now
+        forwards = [Forward(ssh_port, 22)]
+        for port in vm.ports:
+            published = port.published or netcfg.choose_port(
+                name, None, taken=taken | {ssh_port}, start=32768
+            )
+            if port.published:
+                netcfg.choose_port(name, port.published, taken=taken, protocol=port.protocol)
+            forwards.append(Forward(published, port.target, port.host_ip, port.protocol))
+        claims.ports[f"{ctx.project.name}/{name}"] = [f.host_port for f in forwards]
+    nics: list[UserNic | TapNic] = [UserNic("nic0", _mac(ctx, inst, ""), tuple(forwards))]
+    guest_nics = [Nic(nics[0].mac, "user")]
+    for i, network in enumerate(sorted(vm.networks), start=1):
+        tap = await netcfg.attach_tap(ctx.networks[network], name)
+        nics.append(TapNic(f"nic{i}", _mac(ctx, inst, network), tap))
+        guest_nics.append(Nic(nics[-1].mac, "bridge"))
+    seed: Drive | None = None
+    if vm.image is not None or vm.boot is not None:
+        assert ctx.key is not None
+        assert ctx.password is not None
+        user = vm.user or default_user(vm.image.source if vm.image else None)
+        provision = [
+            step.inline if step.inline is not None else Path(step.script or "").read_text()
+            for step in vm.provision
+        ]
+        extra = vm.cloud_init.user_data
+        if isinstance(extra, str):
+            extra = yaml.safe_load(Path(extra).read_text())
+        config = GuestConfig(
+            hostname=vm.hostname or name,
+            domain=ctx.project.name,
+            user=user,
+            ssh_public_key=ctx.key.public_line,
+            password_hash=ctx.password.crypt_hash,
+            instance_id=instance_id(ctx.project.name, name),
+            mounts=layout.mounts,
+            environment=vm.environment,
+            provision=provision,
+            nics=guest_nics,
+            extra_user_data=extra if isinstance(extra, dict) else None,
+        )
+        write_seed_iso(paths.seed, seed_files(config))
+        seed = Drive("seed", str(paths.seed), "raw", "cidata", read_only=True)
+    accel = choose_accel(vm.accel, read_host_facts(), vm.cpu_model)
+    boot = DirectBoot(vm.boot.kernel, vm.boot.initrd, vm.boot.cmdline) if vm.boot else None
+    launch = VmLaunch(
+        name=name,
+        accel=accel,
+        cpus=vm.cpu,
+        memory_mib=vm.memory,
+        machine=vm.machine,
+        console_socket=str(paths.console_socket),
+        console_log=str(paths.console_log),
+        qmp_supervision=str(paths.qmp_socket),
+        qmp_control=str(paths.qmp_control_socket),
+        pidfile=str(paths.pidfile),
+        drives=tuple(d for d in (root, seed) if d is not None) + layout.drives,
+        shares=layout.shares,
+        nics=tuple(nics),
+        boot=boot,
+        qemu=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64",
+    )
+    grace = _grace(vm)
+    restart = RESTART_POLICIES.get(vm.restart, "on-failure")
+    extra_props = []
+    if vm.restart.startswith("on-failure:"):
+        extra_props.append(
+            systemd_dbus.ExtraProperty("StartLimitBurst", "u", int(vm.restart.split(":")[1]))
+        )
+    report(name, "unit", "working", f"{accel.name}, {vm.cpu} CPU, {vm.memory} MiB")
+    await ctx.manager.start(
+        systemd_dbus.TransientUnit(
+            unit,
+            qemu_argv(launch),
+            description=f"qemu-compose VM {ctx.project.name}/{name}",
+            working_directory=str(paths.directory),
+            exec_stop=[
+                sys.executable,
+                "-m",
+                "qmp.stopvm",
+                str(paths.qmp_control_socket),
+                "--grace",
+                f"{grace:g}",
+            ],
+            kill_mode="mixed",
+            timeout_stop=grace + 15,
+            restart=restart,  # type: ignore[arg-type]
+            restart_sec=2.0 if restart != "no" else None,
+            extra=extra_props,
+        ),
+        settle=0.3,
+    )
+    ctx.state.vms[name] = VmState(
+        unit=unit,
+        config_hash=_hash(ctx, inst),
+        created_at=saved.created_at if saved and action.kind is ActionKind.START else time.time(),
+        ssh_port=ssh_port,
+        macs={n.netdev: n.mac for n in nics},
+    )
+    ctx.save()
+    report(name, "unit", "done", unit)
+
+
+def _hash(ctx: Context, inst: Instance) -> str:
+    return config_hash(ctx.project.model, inst)
+
+
+async def _wait_running(ctx: Context, inst: Instance) -> None:
+    paths = ctx.paths.vm(inst.name)
+    with trio.fail_after(60):
+        async with qmp.open_session(str(paths.qmp_control_socket), timeout=30) as session:
+            status = await session.query_status()
+            if not status.running:
+                await session.execute("cont")
+    ctx.report(inst.name, "running", "done", "QEMU runs")
+
+
+def ssh_target(
+    ctx: Context | None, project: Project, inst: Instance, state: ProjectState
+) -> probe.SshTarget | None:
+    saved = state.vms.get(inst.name)
+    if saved is None or saved.ssh_port is None:
+        return None
+    user = (
+        inst.vm.ssh.user
+        or inst.vm.user
+        or default_user(inst.vm.image.source if inst.vm.image else None)
+    )
+    paths = ProjectPaths(project.state_dir, project.name)
+    return probe.SshTarget("127.0.0.1", saved.ssh_port, user, paths.ssh_dir / "id_ed25519")
+
+
+def _grace(vm: Vm | None, override: float | None = None) -> float:
+    """Seconds a VM gets to power off; none for firmware-only VMs (nothing there to hear it)."""
+    if vm is not None and vm.image is None and vm.boot is None:
+        return 0.0
+    if override is not None:
+        return override
+    return parse_duration(vm.stop_grace_period) if vm is not None else 60.0
+
+
+def _probes_ssh(vm: Vm) -> bool:
+    """A VM with an operating system and no healthcheck: {disable: true} is probed by SSH."""
+    disabled = vm.healthcheck is not None and (
+        vm.healthcheck.disable or vm.healthcheck.test[:1] == ["NONE"]
+    )
+    return (vm.image is not None or vm.boot is not None) and not disabled
+
+
+async def _wait_ready(ctx: Context, inst: Instance) -> None:
+    vm = inst.vm
+    if not ctx.settings.wait or not _probes_ssh(vm):
+        return
+    target = ssh_target(ctx, ctx.project, inst, ctx.state)
+    assert target is not None
+    ctx.report(inst.name, "ssh", "working", f"{target.user}@127.0.0.1:{target.port}")
+    with trio.fail_after(ctx.settings.ready_timeout):
+        await probe.wait_reachable(target)
+    ctx.report(inst.name, "ssh", "done")
+    check = vm.healthcheck
+    if check is None or not check.test:
+        return
+    command = probe.healthcheck_command(check.test)
+    start_period = parse_duration(check.start_period)
+    began = trio.current_time()
+    failures = 0
+    ctx.report(inst.name, "health", "working", command)
+    with trio.fail_after(ctx.settings.ready_timeout):
+        while True:
+            try:
+                result = await probe.run(target, command, timeout=parse_duration(check.timeout))
+                ok = result.exit_status == 0
+            except Exception:
+                ok = False
+            if ok:
+                ctx.report(inst.name, "health", "done", "healthy")
+                return
+            in_start = trio.current_time() - began < start_period
+            if not in_start:
+                failures += 1
+                if failures >= check.retries:
+                    raise QemuComposeError(f"unhealthy: {command!r} failed {failures} times")
+            await trio.sleep(parse_duration(check.start_interval if in_start else check.interval))
+
+
+async def _wait_completed(ctx: Context, inst: Instance) -> None:
+    me = ctx.conditions[inst.name]
+    unit = vm_unit(ctx.project.name, inst.name)
+    ctx.report(inst.name, "complete", "waiting", "until it powers off")
+    async with ctx.manager.watch([unit]) as changes:
+        async for status in changes:
+            if status.has_stopped:
+                me.completed_ok = status.result in ("success", "")
+                break
+    me.completed.set()
+    ctx.report(inst.name, "complete", "done" if me.completed_ok else "failed", status.result)
+
+
+# -- stop, destroy, ps ----------------------------------------------------------------------------
+
+
+async def _stop_one(ctx: Context, name: str, grace: float) -> None:
+    unit = vm_unit(ctx.project.name, name)
+    status = await ctx.manager.status(unit)
+    if not status.is_active and status.active_state != "activating":
+        if status.active_state == "failed":
+            await ctx.manager.reset_failed(unit)
+        return
+    ctx.report(name, "stop", "working", f"power button, {grace:g} s grace" if grace else "quit")
+    outcome = "stopped"
+    socket = ctx.paths.vm(name).qmp_control_socket
+    try:
+        async with qmp.open_session(str(socket), timeout=5) as session:
+            outcome = (await session.powerdown(grace=grace)).value
+    except qmp.QmpError as err:
+        outcome = f"no QMP ({err})"
+    await ctx.manager.stop(unit, timeout=grace + 60)
+    status = await ctx.manager.status(unit)
+    if status.active_state == "failed":
+        await ctx.manager.reset_failed(unit)
+    ctx.report(name, "stop", "done", outcome)
+
+
+async def _remove_vm(ctx: Context, name: str) -> None:
+    inst = {i.name: i for i in instances(ctx.project.model)}.get(name)
+    await _stop_one(ctx, name, _grace(inst.vm if inst else None))
+    for network in ctx.state.addresses.values():
+        network.pop(name, None)
+    shutil.rmtree(ctx.paths.vm(name).directory, ignore_errors=True)
+    ctx.state.vms.pop(name, None)
+    with netcfg.Registry().claims() as claims:
+        claims.ports.pop(f"{ctx.project.name}/{name}", None)
+    ctx.save()
+    ctx.report(name, "destroy", "done", "instance directory removed")
+
+
+@asynccontextmanager
+async def _session(
+    project: Project, settings: Settings, report: Reporter, *, lock: bool = True
+) -> AsyncIterator[Context]:
+    """The project locked (unless only reading), its state read, systemd connected."""
+    state_dir = StateDir(project.state_dir)
+    held: ProjectLock | None = None
+    if lock:
+        state_dir.ensure()
+        held = ProjectLock(state_dir.path)
+        await held.acquire(wait=settings.wait_lock)
+    try:
+        state = state_dir.read_state(project.name) if state_dir.path.exists() else ProjectState()
+        async with (
+            qmp.asyncio_loop(),
+            systemd_dbus.connect(settings.bus, journal_dir=settings.journal_dir) as manager,
+        ):
+            yield Context(
+                project=project,
+                paths=ProjectPaths(project.state_dir, project.name),
+                manager=manager,
+                report=report,
+                state=state,
+                state_dir=state_dir,
+                settings=settings,
+            )
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _names(project: Project, state: ProjectState, services: Sequence[str]) -> list[str]:
+    """The instances a command acts on: the named ones, else all (the file's and orphans)."""
+    everything = [i.name for i in instances(project.model)]
+    everything += [n for n in state.vms if n not in everything]
+    if not services:
+        return everything
+    return [
+        i.name
+        for i in select(project.model, services)
+        if i.name in services or i.definition in services
+    ]
+
+
+async def stop(
+    project: Project, settings: Settings, report: Reporter, *, timeout: float | None = None
+) -> list[str]:
+    """Power the VMs down gracefully (grace: --timeout, else each VM's stop_grace_period)."""
+    async with _session(project, settings, report) as ctx:
+        names = _names(project, ctx.state, settings.services)
+        by_name = {i.name: i for i in instances(project.model)}
+
+        async def one(name: str) -> None:
+            vm = by_name[name].vm if name in by_name else None
+            grace = (
+                timeout
+                if timeout is not None
+                else parse_duration(vm.stop_grace_period)
+                if vm
+                else 60.0
+            )
+            await _stop_one(ctx, name, grace)
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(one, name)
+        return names
+
+
+async def destroy(
+    project: Project, settings: Settings, report: Reporter, *, volumes: bool = False
+) -> list[str]:
+    """Stop and remove VMs; then the networks nobody uses; named volumes only if asked."""
+    async with _session(project, settings, report) as ctx:
+        names = [
+            n
+            for n in _names(project, ctx.state, settings.services)
+            if n in ctx.state.vms or ctx.paths.vm(n).directory.exists()
+        ]
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(_remove_vm, ctx, name)
+        await _remove_unused_networks(ctx)
+        if volumes and not settings.services:
+            for name in project.model.volumes:
+                path = ctx.paths.volume(name).parent
+                if path.exists():
+                    shutil.rmtree(path)
+                    report("", "volume", "done", f"{name} removed")
+        if not ctx.state.vms:
+            with netcfg.Registry().claims() as claims:
+                claims.forget_project(project.name)
+        ctx.save()
+        return names
+
+
+async def _remove_unused_networks(ctx: Context) -> None:
+    model = ctx.project.model
+    in_use = {
+        n for vm in ctx.state.vms for n, members in ctx.state.addresses.items() if vm in members
+    }
+    for name in list(ctx.state.subnets):
+        if name in in_use:
+            continue
+        network = netcfg.BridgeNetwork(
+            ctx.project.name,
+            name,
+            ipaddress.IPv4Network(ctx.state.subnets[name]),
+            ctx.paths.network_dir(name),
+        )
+        unit = dnsmasq_unit(ctx.project.name, name)
+
+        async def stop_dnsmasq(unit: str = unit) -> None:
+            await ctx.manager.stop(unit)
+
+        if netcfg.has_net_admin():
+            await netcfg.remove_network(network, stop_dnsmasq)
+        else:
+            await stop_dnsmasq()
+        ctx.state.subnets.pop(name, None)
+        ctx.state.addresses.pop(name, None)
+        with netcfg.Registry().claims() as claims:
+            claims.subnets.pop(f"{ctx.project.name}/{name}", None)
+        ctx.report(
+            "",
+            "network",
+            "done",
+            f"{name} removed" + ("" if name in model.networks else " (orphan)"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VmRow:
+    name: str
+    status: str  # not-created, stopped, starting, ready, active, failed, unknown
+    unit: str
+    cpu: int | None
+    memory: int | None
+    disk: str | None
+    addresses: dict[str, str]
+    ssh_port: int | None
+
+
+async def ps(project: Project, settings: Settings, *, all_vms: bool = True) -> list[VmRow]:
+    """The status of every VM; SSH probed in parallel (2 s each) for running ones."""
+    async with _session(project, settings, Reporter(), lock=False) as ctx:
+        by_name = {i.name: i for i in instances(project.model)}
+        names = _names(project, ctx.state, settings.services)
+        units = {
+            vm: u.active_state
+            for u in await ctx.manager.list_units(project_unit_prefix(project.name))
+            if (vm := vm_of_unit(project.name, u.name)) is not None
+        }
+        rows: dict[str, VmRow] = {}
+
+        async def one(name: str) -> None:
+            inst = by_name.get(name)
+            saved = ctx.state.vms.get(name)
+            unit_state = units.get(name, "not-found")
+            created = saved is not None or ctx.paths.vm(name).disk.exists()
+            if unit_state in ("active", "activating"):
+                status = "active"
+                if inst is not None and _probes_ssh(inst.vm):
+                    target = ssh_target(ctx, project, inst, ctx.state)
+                    ok = target is not None and await probe.reachable(target, timeout=2)
+                    status = "ready" if ok else "starting"
+            elif unit_state == "failed":
+                status = "failed"
+            elif created:
+                status = "stopped"
+            else:
+                status = "not-created"
+            vm = inst.vm if inst else None
+            size = None
+            if vm is not None and vm.image is not None:
+                size = vm.disk.size or "image"
+            rows[name] = VmRow(
+                name=name,
+                status=status,
+                unit=vm_unit(project.name, name),
+                cpu=vm.cpu if vm else None,
+                memory=vm.memory if vm else None,
+                disk=size if created else None,
+                addresses={n: a[name] for n, a in ctx.state.addresses.items() if name in a},
+                ssh_port=saved.ssh_port if saved else None,
+            )
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(one, name)
+        ordered = [rows[n] for n in names]
+        return (
+            ordered
+            if all_vms
+            else [r for r in ordered if r.status not in ("not-created", "stopped")]
+        )

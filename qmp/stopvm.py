@@ -1,0 +1,35 @@
+"""Power a VM down gracefully from the command line: a systemd unit's ExecStop.
+
+``python -m qmp.stopvm SOCKET --grace SECONDS``: press the power button over QMP, give the
+guest the grace period, then quit; exits 0 once QEMU is gone (or was not there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import trio
+
+from .errors import QmpError
+from .session import open_session
+
+
+async def _stop(socket: str, grace: float) -> str:
+    try:
+        async with open_session(socket, timeout=2) as session:
+            return (await session.powerdown(grace=grace)).value
+    except QmpError as err:
+        return f"already-gone ({err})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m qmp.stopvm", description=__doc__)
+    parser.add_argument("socket", help="the VM's QMP socket")
+    parser.add_argument("--grace", type=float, default=60.0, help="seconds for the guest")
+    args = parser.parse_args(argv)
+    print(f"qmp.stopvm: {trio.run(_stop, args.socket, args.grace)}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

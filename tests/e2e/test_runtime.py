@@ -1,0 +1,200 @@
+"""The runtime end to end: the real CLI, a real systemd user manager, real QEMUs.
+
+No-disk VMs (firmware only, healthcheck disabled) test orchestration at scale; the tiny guest
+(SSH in seconds) tests readiness, dependencies on health, graceful stop and restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.state import ProjectLock
+from tests.conftest import ManagerHandle
+from tests.guest.build import build
+
+EXE = str(Path(sys.executable).parent / "qemu-compose")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"),
+]
+
+
+def compose(
+    *args: str, cwd: Path, manager: ManagerHandle, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QEMU_COMPOSE")}
+    env["DBUS_SESSION_BUS_ADDRESS"] = manager.bus_address
+    if manager.private is not None:
+        env["XDG_RUNTIME_DIR"] = str(manager.private.runtime_dir)
+    env["XDG_STATE_HOME"] = str(cwd / ".xdg-state")  # the port and subnet claims of this test
+    return subprocess.run(
+        [EXE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def events(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def project(tmp_path: Path, user_manager: ManagerHandle) -> Iterator[Path]:
+    yield tmp_path
+    compose("destroy", "--progress", "quiet", cwd=tmp_path, manager=user_manager, timeout=300)
+
+
+def test_a_dag_of_30_vms_starts_in_dependency_order(
+    project: Path, user_manager: ManagerHandle
+) -> None:
+    lines = ["name: dag", "vms:"]
+    layers = [[f"l{layer}v{i}" for i in range(6)] for layer in range(5)]
+    for depth, layer in enumerate(layers):
+        for i, name in enumerate(layer):
+            lines += [
+                f"  {name}:",
+                "    memory: 64",
+                "    cpu: 1",
+                "    healthcheck: {disable: true}",
+            ]
+            if depth:
+                needs = sorted({layers[depth - 1][i], layers[depth - 1][(i + 1) % 6]})
+                lines.append(f"    depends_on: [{', '.join(needs)}]")
+    (project / "qemu-compose.yaml").write_text("\n".join(lines) + "\n")
+    result = compose("up", "-d", "--wait", "--progress", "json", cwd=project, manager=user_manager)
+    assert result.returncode == 0, result.stderr
+    seen = events(result.stdout)
+    started = {e["vm"]: e["time"] for e in seen if e["stage"] == "unit" and e["status"] == "done"}
+    running = {
+        e["vm"]: e["time"] for e in seen if e["stage"] == "running" and e["status"] == "done"
+    }
+    assert len(started) == len(running) == 30
+    for depth in range(1, 5):
+        for i, name in enumerate(layers[depth]):
+            for need in (layers[depth - 1][i], layers[depth - 1][(i + 1) % 6]):
+                assert started[name] >= running[need], f"{name} started before {need} ran"
+    rows = json.loads(compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout)
+    assert sorted(r["name"] for r in rows) == sorted(n for layer in layers for n in layer)
+    assert {r["status"] for r in rows} == {"active"}
+    again = compose("up", "--dry-run", cwd=project, manager=user_manager)
+    assert {line.split()[1] for line in again.stdout.splitlines()} == {"keep"}
+    gone = compose("destroy", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert gone.returncode == 0, gone.stderr
+    units = user_manager.systemctl(
+        "list-units", "--all", "--plain", "--no-legend", "qemu-compose-dag-*"
+    ).stdout
+    assert units.strip() == ""
+    rows = json.loads(compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout)
+    assert {r["status"] for r in rows} == {"not-created"}
+
+
+def test_tiny_guests_ready_in_order_stop_gracefully_and_come_back(
+    project: Path, user_manager: ManagerHandle
+) -> None:
+    tiny = build("tiny")
+    (project / "qemu-compose.yaml").write_text(
+        f"""
+name: tiny
+x-tiny: &tiny
+  boot: {{kernel: {tiny}/vmlinuz, initrd: {tiny}/initrd.img, cmdline: console=ttyS0 quiet}}
+  memory: 128
+  cpu: 1
+  user: dev
+  stop_grace_period: 30s
+vms:
+  db:
+    <<: *tiny
+    healthcheck:
+      test: ["CMD", "test", "-d", "/home/dev/.ssh"]
+      interval: 1s
+  web:
+    <<: *tiny
+    depends_on:
+      db: {{condition: service_healthy}}
+"""
+    )
+    result = compose("up", "-d", "--wait", "--progress", "json", cwd=project, manager=user_manager)
+    assert result.returncode == 0, result.stderr
+    seen = events(result.stdout)
+    healthy = next(
+        e["time"]
+        for e in seen
+        if e["vm"] == "db" and e["stage"] == "health" and e["status"] == "done"
+    )
+    web_unit = next(
+        e["time"]
+        for e in seen
+        if e["vm"] == "web" and e["stage"] == "unit" and e["status"] == "done"
+    )
+    assert web_unit >= healthy
+    rows = {
+        r["name"]: r
+        for r in json.loads(
+            compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout
+        )
+    }
+    assert rows["db"]["status"] == rows["web"]["status"] == "ready"
+    assert rows["db"]["ssh_port"] != rows["web"]["ssh_port"]
+    stopped = compose("stop", "--progress", "json", cwd=project, manager=user_manager)
+    assert stopped.returncode == 0, stopped.stderr
+    outcomes = {
+        e["vm"]: e["detail"]
+        for e in events(stopped.stdout)
+        if e["stage"] == "stop" and e["status"] == "done"
+    }
+    assert outcomes == {"db": "guest-shutdown", "web": "guest-shutdown"}
+    plan = compose("up", "--dry-run", cwd=project, manager=user_manager).stdout.split()
+    assert plan == ["db", "start", "stopped", "web", "start", "stopped"]
+    again = compose("up", "-d", "--wait", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert again.returncode == 0, again.stderr
+    rows = {
+        r["name"]: r
+        for r in json.loads(
+            compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout
+        )
+    }
+    assert rows["web"]["status"] == "ready"
+
+
+def test_a_busy_project_names_the_holder(project: Path, user_manager: ManagerHandle) -> None:
+    (project / "qemu-compose.yaml").write_text(
+        "vms:\n  a: {memory: 64, healthcheck: {disable: true}}\n"
+    )
+    lock = ProjectLock(project / ".qemu-compose", command="qemu-compose up")
+    with lock.held_now():
+        result = compose("up", "-d", cwd=project, manager=user_manager)
+    assert result.returncode == 1
+    assert f"the project is busy: process {os.getpid()} (qemu-compose up) holds" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_vm_that_cannot_start_fails_clearly_and_the_others_come_up(
+    project: Path, user_manager: ManagerHandle
+) -> None:
+    (project / "qemu-compose.yaml").write_text(
+        "vms:\n"
+        "  good: {memory: 64, healthcheck: {disable: true}}\n"
+        "  bad: {memory: 64, machine: 'no-such-machine', healthcheck: {disable: true}}\n"
+        "  after-bad: {memory: 64, depends_on: [bad], healthcheck: {disable: true}}\n"
+    )
+    result = compose("up", "-d", "--progress", "plain", cwd=project, manager=user_manager)
+    assert result.returncode == 1
+    assert "2 of 3 VMs did not come up" in result.stderr
+    assert "bad:" in result.stderr
+    assert "after-bad: bad failed" in result.stderr
+    assert "Traceback" not in result.stderr
+    rows = {
+        r["name"]: r["status"]
+        for r in json.loads(
+            compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout
+        )
+    }
+    assert rows["good"] == "active"
