@@ -171,6 +171,8 @@ def network_config(guest: GuestConfig) -> dict[str, Any]:
         config: dict[str, Any] = {"match": {"macaddress": nic.mac}, "dhcp4": True}
         if nic.kind == "bridge":  # user-mode networking keeps the default route
             config["dhcp4-overrides"] = {"use-routes": False}
+            # <vm> alone resolves too: the project is the search domain of bridge links
+            config["nameservers"] = {"search": [guest.domain]}
         ethernets[f"nic{i}"] = config
     return {"version": 2, "ethernets": ethernets}
 

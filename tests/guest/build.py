@@ -68,6 +68,9 @@ def build(kind: str, *, quiet: bool = True) -> Path:
         tmp_link.unlink(missing_ok=True)
         tmp_link.symlink_to(target.name)
         tmp_link.replace(link)
+        for old in root.glob(f"{kind}-*"):  # builds of older recipes: nothing names them now
+            if old != target and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
     return target
 
 

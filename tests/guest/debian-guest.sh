@@ -23,7 +23,12 @@ printf 'LABEL=rootfs / ext4 defaults,discard,errors=remount-ro 0 1\n' > "$R/etc/
 rm -f "$R"/etc/ssh/ssh_host_*
 mkdir -p "$R/etc/systemd/network"
 printf '[Match]\nName=en* eth*\n[Network]\nDHCP=yes\n' > "$R/etc/systemd/network/99-fallback-dhcp.network"
-chroot "$R" systemctl enable systemd-networkd.service >/dev/null 2>&1
+chroot "$R" systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
+# resolved routes <vm>.<project> to the bridge's dnsmasq (the DHCP search domain) and the rest
+# to the user-mode NIC's resolver
+ln -sf /run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf"
+mkdir -p "$R/etc/systemd/resolved.conf.d"
+printf '[Resolve]\nLLMNR=no\nMulticastDNS=no\n' > "$R/etc/systemd/resolved.conf.d/no-multicast.conf"
 cat > "$R/etc/cloud/cloud.cfg.d/90-qemu-compose.cfg" <<'CFG'
 datasource_list: [ NoCloud ]
 locale: false
@@ -63,7 +68,7 @@ mmdebstrap --quiet --variant=minbase --components=main \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/lib/firmware/*' \
-  --include=linux-image-amd64,systemd-sysv,udev,dbus,openssh-server,cloud-init,sudo,e2fsprogs,iproute2 \
+  --include=linux-image-amd64,systemd-sysv,systemd-resolved,udev,dbus,openssh-server,cloud-init,sudo,e2fsprogs,iproute2 \
   --customize-hook="$WORK/hook.sh \"\$1\"" \
   bookworm "$WORK/rootfs" "$SOURCES"
 cp "$WORK"/rootfs/boot/vmlinuz-* "$WORK/vmlinuz"

@@ -145,6 +145,7 @@ def test_meta_data_and_network_config() -> None:
                 "match": {"macaddress": "52:54:aa:bb:cc:dd"},
                 "dhcp4": True,
                 "dhcp4-overrides": {"use-routes": False},
+                "nameservers": {"search": ["demo"]},
             },
         },
     }

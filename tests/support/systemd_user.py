@@ -10,7 +10,8 @@ namespace. Needs root. Everything it starts lives under its own cgroup subtree, 
 
 Where PID 1 *is* systemd, use the real user manager instead (``real_user_manager_env``).
 
-Also a command: ``python -m tests.support.systemd_user start|stop|env DIR``.
+Also a command: ``python -m tests.support.systemd_user start|ensure|stop|env DIR``
+(``ensure`` starts one unless one already runs there).
 """
 
 from __future__ import annotations
@@ -216,7 +217,9 @@ def main(argv: list[str]) -> None:
     command, state = argv[0], Path(argv[1])
     manager = UserManager(state)
     pidfile = state.parent / f"{state.name}.pids"
-    if command == "start":
+    if command == "ensure" and manager._manager_running():  # running already: reuse it
+        command = "env"
+    if command in ("start", "ensure"):
         manager.start()
         pidfile.write_text(f"{manager.systemd_pid} {manager.journald_pid}\n")
         for key, value in manager.env().items():
