@@ -102,6 +102,10 @@ class GuestConfig:
     nics: Sequence[Nic] = ()
     extra_user_data: Mapping[str, Any] | None = None
 
+    @property
+    def on_bridges(self) -> bool:
+        return any(nic.kind == "bridge" for nic in self.nics)
+
 
 def instance_id(project: str, vm: str) -> str:
     """Stable for a VM: cloud-init runs its once-per-instance steps once per disk."""
@@ -132,6 +136,21 @@ def user_data(guest: GuestConfig) -> dict[str, Any]:
     if guest.environment:
         content = "".join(f"{k}={v}\n" for k, v in guest.environment.items())
         files.append({"path": "/etc/environment", "content": content, "append": True})
+    if guest.on_bridges:
+        # A search domain for <vm> alone: networkd ignores the DHCP one and cloud-init the
+        # network-config one, so tell systemd-resolved (where the image has it). bootcmd runs
+        # before write_files, so it writes the file itself; the domain is an argument.
+        data["bootcmd"] = [
+            [
+                "sh",
+                "-c",
+                'mkdir -p /etc/systemd/resolved.conf.d && printf "[Resolve]\\nDomains=%s\\n" "$1"'
+                " > /etc/systemd/resolved.conf.d/qemu-compose.conf"
+                " && { systemctl try-restart systemd-resolved.service || true; }",
+                "qemu-compose-search-domain",
+                guest.domain,
+            ]
+        ]
     runcmd: list[list[str]] = []
     for i, script in enumerate(guest.provision, start=1):
         path = f"{PROVISION_DIR}/{i:02d}.sh"

@@ -90,6 +90,11 @@ def test_user_data_golden() -> None:
             ["mount0", "/srv/www", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail,ro,cache=loose", "0", "0"],
             ["/dev/disk/by-id/virtio-data", "/var/lib/data", "ext4", "defaults,nofail", "0", "2"],
         ],
+        "bootcmd": [[
+            "sh", "-c",
+            'mkdir -p /etc/systemd/resolved.conf.d && printf "[Resolve]\\nDomains=%s\\n" "$1" > /etc/systemd/resolved.conf.d/qemu-compose.conf && { systemctl try-restart systemd-resolved.service || true; }',
+            "qemu-compose-search-domain", "demo",
+        ]],
         "write_files": [
             {"path": "/etc/environment", "content": 'DB_HOST=db\nQUOTE=say "hi"; rm -rf /\n', "append": True},
             {"path": "/var/lib/qemu-compose/provision/01.sh", "content": "echo one", "permissions": "0755"},
@@ -167,3 +172,16 @@ def test_seed_iso_reads_back(tmp_path: Path) -> None:
     finally:
         iso.close()
     assert sorted(files) == ["meta-data", "network-config", "user-data"]
+
+
+def test_vms_on_bridges_get_the_project_as_search_domain() -> None:
+    data = user_data(GUEST)  # GUEST has a bridge NIC
+    (command,) = data["bootcmd"]
+    assert command[:2] == ["sh", "-c"]
+    assert command[-1] == "demo"  # the domain is an argument ($1), never part of the script
+    assert "demo" not in command[2]
+    user_only = GuestConfig(
+        hostname="a", domain="demo", user="u", ssh_public_key="k", password_hash="h",
+        instance_id="i", nics=(Nic("52:54:00:00:00:09", "user"),),
+    )  # fmt: skip
+    assert "bootcmd" not in user_data(user_only)
