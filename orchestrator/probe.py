@@ -65,9 +65,26 @@ async def reachable(target: SshTarget, *, timeout: float = 5.0) -> bool:
         return False
 
 
-async def wait_reachable(target: SshTarget, *, interval: float = 1.0) -> None:
-    """Until SSH logs in with the key; bound it with trio.fail_after."""
-    while not await reachable(target):  # noqa: ASYNC110 (polling a remote peer)
+# Ready means provisioned: sshd answers before cloud-init has finished (which restarts it,
+# to apply its settings), so wait for cloud-init too, where the guest has it.
+READY_COMMAND = (
+    "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1; fi;"
+    " true"
+)
+
+
+async def wait_ready(
+    target: SshTarget, *, interval: float = 1.0, provision_timeout: float = 600
+) -> None:
+    """Until SSH logs in with the key and cloud-init is done; bound it with trio.fail_after."""
+    while True:
+        try:
+            result = await run(target, READY_COMMAND, timeout=provision_timeout)
+        except (OSError, asyncssh.Error, trio.TooSlowError, TimeoutError):
+            await trio.sleep(interval)
+            continue
+        if result.exit_status == 0:
+            return
         await trio.sleep(interval)
 
 

@@ -594,7 +594,7 @@ async def _wait_ready(ctx: Context, inst: Instance) -> None:
     assert target is not None
     ctx.report(inst.name, "ssh", "working", f"{target.user}@127.0.0.1:{target.port}")
     with trio.fail_after(ctx.settings.ready_timeout):
-        await probe.wait_reachable(target)
+        await probe.wait_ready(target)
     ctx.report(inst.name, "ssh", "done")
     check = vm.healthcheck
     if check is None or not check.test:

@@ -39,7 +39,8 @@ def project(tmp_path: Path) -> Path:
 def test_help_lists_only_working_commands(tmp_path: Path) -> None:
     result = run("--help", cwd=tmp_path)
     assert result.returncode == 0
-    listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].strip().splitlines()]
+    block = result.stdout.split("Commands:")[1].strip().split("\n\n")[0]
+    listed = [line.split()[0] for line in block.splitlines()]
     assert listed == ["completion", "config", "destroy", "ps", "stop", "up"]
 
 

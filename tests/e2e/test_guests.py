@@ -31,7 +31,7 @@ pytestmark = [
 def ssh(project: Path, port: int, command: str) -> str:
     result = subprocess.run(
         [
-            "ssh", "-q", "-i", str(project / ".qemu-compose/ssh/id_ed25519"), "-p", str(port),
+            "ssh", "-o", "LogLevel=ERROR", "-i", str(project / ".qemu-compose/ssh/id_ed25519"), "-p", str(port),
             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "debian@127.0.0.1", command,
         ],
