@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 import msgspec
@@ -90,7 +91,10 @@ async def render_live(events: trio.MemoryReceiveChannel[Event]) -> None:
             live.update(table())
 
 
-def renderer_for(mode: str) -> object:
+Renderer = Callable[[trio.MemoryReceiveChannel[Event]], Awaitable[None]]
+
+
+def renderer_for(mode: str) -> Renderer:
     if mode == "auto":
         mode = "tty" if sys.stderr.isatty() else "plain"
     return {

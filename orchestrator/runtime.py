@@ -531,17 +531,13 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
     )
     ctx.state.vms[name] = VmState(
         unit=unit,
-        config_hash=_hash(ctx, inst),
+        config_hash=config_hash(ctx.project.model, inst),
         created_at=saved.created_at if saved and action.kind is ActionKind.START else time.time(),
         ssh_port=ssh_port,
         macs={n.netdev: n.mac for n in nics},
     )
     ctx.save()
     report(name, "unit", "done", unit)
-
-
-def _hash(ctx: Context, inst: Instance) -> str:
-    return config_hash(ctx.project.model, inst)
 
 
 async def _wait_running(ctx: Context, inst: Instance) -> None:
@@ -554,9 +550,7 @@ async def _wait_running(ctx: Context, inst: Instance) -> None:
     ctx.report(inst.name, "running", "done", "QEMU runs")
 
 
-def ssh_target(
-    ctx: Context | None, project: Project, inst: Instance, state: ProjectState
-) -> probe.SshTarget | None:
+def ssh_target(project: Project, inst: Instance, state: ProjectState) -> probe.SshTarget | None:
     saved = state.vms.get(inst.name)
     if saved is None or saved.ssh_port is None:
         return None
@@ -590,7 +584,7 @@ async def _wait_ready(ctx: Context, inst: Instance) -> None:
     vm = inst.vm
     if not ctx.settings.wait or not _probes_ssh(vm):
         return
-    target = ssh_target(ctx, ctx.project, inst, ctx.state)
+    target = ssh_target(ctx.project, inst, ctx.state)
     assert target is not None
     ctx.report(inst.name, "ssh", "working", f"{target.user}@127.0.0.1:{target.port}")
     with trio.fail_after(ctx.settings.ready_timeout):
@@ -836,7 +830,7 @@ async def ps(project: Project, settings: Settings, *, all_vms: bool = True) -> l
             if unit_state in ("active", "activating"):
                 status = "active"
                 if inst is not None and _probes_ssh(inst.vm):
-                    target = ssh_target(ctx, project, inst, ctx.state)
+                    target = ssh_target(project, inst, ctx.state)
                     ok = target is not None and await probe.reachable(target, timeout=2)
                     status = "ready" if ok else "starting"
             elif unit_state == "failed":

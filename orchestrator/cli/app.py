@@ -181,7 +181,7 @@ async def _with_progress(mode: str, work: Callable[[Reporter], Awaitable[T]]) ->
     render = renderer_for(mode)
     result: list[T] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(render, receive)  # type: ignore[arg-type]
+        nursery.start_soon(render, receive)
         async with send:
             result.append(await work(Reporter(send)))
     return result[0]

@@ -42,6 +42,12 @@ def compose(
     )
 
 
+def ps_rows(cwd: Path, manager: ManagerHandle) -> dict[str, dict[str, Any]]:
+    result = compose("ps", "--format", "json", cwd=cwd, manager=manager)
+    assert result.returncode == 0, result.stderr
+    return {row["name"]: row for row in json.loads(result.stdout)}
+
+
 def events(output: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
@@ -81,9 +87,9 @@ def test_a_dag_of_30_vms_starts_in_dependency_order(
         for i, name in enumerate(layers[depth]):
             for need in (layers[depth - 1][i], layers[depth - 1][(i + 1) % 6]):
                 assert started[name] >= running[need], f"{name} started before {need} ran"
-    rows = json.loads(compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout)
-    assert sorted(r["name"] for r in rows) == sorted(n for layer in layers for n in layer)
-    assert {r["status"] for r in rows} == {"active"}
+    rows = ps_rows(project, user_manager)
+    assert sorted(rows) == sorted(n for layer in layers for n in layer)
+    assert {r["status"] for r in rows.values()} == {"active"}
     again = compose("up", "--dry-run", cwd=project, manager=user_manager)
     assert {line.split()[1] for line in again.stdout.splitlines()} == {"keep"}
     gone = compose("destroy", "--progress", "quiet", cwd=project, manager=user_manager)
@@ -92,8 +98,7 @@ def test_a_dag_of_30_vms_starts_in_dependency_order(
         "list-units", "--all", "--plain", "--no-legend", "qemu-compose-dag-*"
     ).stdout
     assert units.strip() == ""
-    rows = json.loads(compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout)
-    assert {r["status"] for r in rows} == {"not-created"}
+    assert {r["status"] for r in ps_rows(project, user_manager).values()} == {"not-created"}
 
 
 def test_tiny_guests_ready_in_order_stop_gracefully_and_come_back(
