@@ -26,15 +26,27 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Reporter:
-    """What the runtime holds: a way to send events that never blocks it."""
+    """What the runtime holds: a way to send events that never blocks it.
 
-    def __init__(self, channel: trio.MemorySendChannel[Event] | None = None) -> None:
+    Events go into a channel (for a renderer) and/or to a callback (for the Python API).
+    """
+
+    def __init__(
+        self,
+        channel: trio.MemorySendChannel[Event] | None = None,
+        callback: Callable[[Event], None] | None = None,
+    ) -> None:
         self._channel = channel
+        self._callback = callback
 
     def __call__(self, vm: str, stage: str, status: str, detail: str = "") -> None:
-        if self._channel is None:
+        if self._channel is None and self._callback is None:
             return
         event = Event(time=time.time(), vm=vm, stage=stage, status=status, detail=detail)
+        if self._callback is not None:
+            self._callback(event)
+        if self._channel is None:
+            return
         # a renderer that cannot keep up loses lines: the runtime never waits for it
         with contextlib.suppress(
             trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError

@@ -720,15 +720,8 @@ async def stop(
         by_name = {i.name: i for i in instances(project.model)}
 
         async def one(name: str) -> None:
-            vm = by_name[name].vm if name in by_name else None
-            grace = (
-                timeout
-                if timeout is not None
-                else parse_duration(vm.stop_grace_period)
-                if vm
-                else 60.0
-            )
-            await _stop_one(ctx, name, grace)
+            inst = by_name.get(name)
+            await _stop_one(ctx, name, _grace(inst.vm if inst else None, timeout))
 
         async with trio.open_nursery() as nursery:
             for name in names:

@@ -1,0 +1,53 @@
+"""The Python API drives a project as the CLI does, with typed data in and out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from orchestrator import api
+from orchestrator.events import Event
+from orchestrator.plan import ActionKind
+from tests.conftest import ManagerHandle
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
+
+
+async def test_up_ps_stop_destroy_from_python(
+    tmp_path: Path, user_manager: ManagerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / ".xdg-state"))
+    if user_manager.private is not None:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(user_manager.private.runtime_dir))
+    (tmp_path / "qemu-compose.yaml").write_text(
+        "name: api\nvms:\n"
+        "  a: {memory: 64, healthcheck: {disable: true}}\n"
+        "  b: {memory: 64, healthcheck: {disable: true}, depends_on: [a]}\n"
+    )
+    project = api.load(tmp_path / "qemu-compose.yaml", environ={})
+    bus = user_manager.bus_address
+    assert [a.kind for a in await api.plan(project, bus=bus)] == [ActionKind.CREATE] * 2
+    seen: list[Event] = []
+    try:
+        result = await api.up(project, bus=bus, on_event=seen.append)
+        assert sorted(result.ready) == ["a", "b"]
+        assert result.failed == {}
+        assert {(e.vm, e.stage) for e in seen if e.status == "done"} >= {
+            ("a", "unit"),
+            ("b", "running"),
+        }
+        rows = {row.name: row for row in await api.ps(project, bus=bus)}
+        assert rows["a"].status == rows["b"].status == "active"
+        assert rows["a"].unit == "qemu-compose-api-a.service"
+        started = trio.current_time()
+        assert await api.stop(project, "b", bus=bus) == ["b"]
+        assert trio.current_time() - started < 15  # firmware only: no grace period to wait out
+        assert (await api.ps(project, "b", bus=bus))[0].status == "stopped"
+    finally:
+        await api.destroy(project, bus=bus)
+    assert {row.status for row in await api.ps(project, bus=bus)} == {"not-created"}
+    assert os.path.isdir(tmp_path / ".qemu-compose")
