@@ -35,6 +35,7 @@ from .errors import QemuComposeError
 from .events import Reporter
 from .guest import check_bind_sources, mount_layout
 from .images import fetch
+from .knownhosts import forget_host
 from .model import Vm
 from .naming import (
     ProjectPaths,
@@ -410,6 +411,7 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
         report(name, "unit", "working", "recreating: stopping the old VM")
         await _stop_one(ctx, name, _grace(vm))
         shutil.rmtree(paths.directory, ignore_errors=True)
+        forget_host(ctx.paths, ctx.project.name, name)
     paths.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ensure_socket_dir(paths.sockets)
     status = await ctx.manager.status(unit)
@@ -660,6 +662,7 @@ async def _remove_vm(ctx: Context, name: str) -> None:
     for network in ctx.state.addresses.values():
         network.pop(name, None)
     shutil.rmtree(ctx.paths.vm(name).directory, ignore_errors=True)
+    forget_host(ctx.paths, ctx.project.name, name)
     ctx.state.vms.pop(name, None)
     with netcfg.Registry().claims() as claims:
         claims.ports.pop(f"{ctx.project.name}/{name}", None)

@@ -41,10 +41,10 @@ def test_help_lists_only_working_commands(tmp_path: Path) -> None:
     assert result.returncode == 0
     block = result.stdout.split("Commands:")[1].strip().split("\n\n")[0]
     listed = [line.split()[0] for line in block.splitlines()]
-    assert listed == ["completion", "config", "destroy", "ps", "stop", "up"]
+    assert listed == ["completion", "config", "destroy", "ps", "ssh", "stop", "up"]
 
 
-@pytest.mark.parametrize("command", ["config", "completion", "up", "stop", "destroy", "ps"])
+@pytest.mark.parametrize("command", ["config", "completion", "up", "stop", "destroy", "ps", "ssh"])
 def test_every_command_has_help(command: str, tmp_path: Path) -> None:
     result = run(command, "--help", cwd=tmp_path)
     assert result.returncode == 0

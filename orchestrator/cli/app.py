@@ -360,3 +360,31 @@ def ps(opts: GlobalOptions, vms: tuple[str, ...], all_vms: bool, fmt: str) -> No
             f"{row.name:<20} {row.status:<12} {addresses:<24} {row.ssh_port or '-'!s:<6} "
             f"{row.cpu or '-'!s:<4} {row.memory or '-'!s:<7} {row.disk or '-':<8} {row.unit}"
         )
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("vm")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def ssh(opts: GlobalOptions, vm: str, command: tuple[str, ...]) -> None:
+    """Log in to VM with the project's key, or run COMMAND there.
+
+    The VM's host key is recorded on first contact (in .qemu-compose/ssh/known_hosts) and
+    checked on every later one.
+    """
+    import os
+    import shutil
+
+    from ..errors import UsageError
+    from ..sshcmd import ssh_argv
+    from ..state import StateDir
+
+    project = opts.load()
+    state = StateDir(project.state_dir).read_state(project.name)
+    if vm not in state.vms:
+        raise UsageError(f"VM {vm!r} is not created; run `qemu-compose up {vm}` first")
+    argv = ssh_argv(project, vm, state, list(command))
+    binary = shutil.which("ssh")
+    if binary is None:
+        raise UsageError("the ssh client is not installed (apt-get install openssh-client)")
+    os.execv(binary, argv)

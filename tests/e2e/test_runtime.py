@@ -148,6 +148,15 @@ vms:
     }
     assert rows["db"]["status"] == rows["web"]["status"] == "ready"
     assert rows["db"]["ssh_port"] != rows["web"]["ssh_port"]
+    # `ssh VM command`: the project key, the guest's host key recorded on first contact
+    for _ in range(2):
+        out = compose("ssh", "web", "hostname", cwd=project, manager=user_manager, timeout=60)
+        assert (out.returncode, out.stdout.strip()) == (0, "web"), out.stderr
+    recorded = (project / ".qemu-compose/ssh/known_hosts").read_text()
+    assert recorded.startswith("qemu-compose.tiny.web ssh-ed25519 ")
+    bad = compose("ssh", "nope", "true", cwd=project, manager=user_manager)
+    assert bad.returncode == 2
+    assert "VM 'nope' is not created" in bad.stderr
     stopped = compose("stop", "--progress", "json", cwd=project, manager=user_manager)
     assert stopped.returncode == 0, stopped.stderr
     outcomes = {
@@ -156,6 +165,7 @@ vms:
         if e["stage"] == "stop" and e["status"] == "done"
     }
     assert outcomes == {"db": "guest-shutdown", "web": "guest-shutdown"}
+    assert "qemu-compose.tiny.web" in (project / ".qemu-compose/ssh/known_hosts").read_text()
     plan = compose("up", "--dry-run", cwd=project, manager=user_manager).stdout.split()
     assert plan == ["db", "start", "stopped", "web", "start", "stopped"]
     again = compose("up", "-d", "--wait", "--progress", "quiet", cwd=project, manager=user_manager)

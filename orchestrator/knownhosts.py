@@ -1,0 +1,33 @@
+"""The project's known_hosts: VM host keys trusted on first use, checked ever after.
+
+ssh runs with StrictHostKeyChecking=accept-new and this file, under an alias per VM, so that
+ports that move between runs do not matter; a recreated VM gets new host keys, so its entry
+is forgotten with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .naming import ProjectPaths
+from .state import atomic_write
+
+
+def host_alias(project: str, vm: str) -> str:
+    return f"qemu-compose.{project}.{vm}"
+
+
+def known_hosts(paths: ProjectPaths) -> Path:
+    return paths.ssh_dir / "known_hosts"
+
+
+def forget_host(paths: ProjectPaths, project: str, vm: str) -> None:
+    """Drop a VM's recorded host key (it is being recreated or destroyed)."""
+    path = known_hosts(paths)
+    if not path.exists():
+        return
+    alias = host_alias(project, vm)
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.split(" ", 1)[0] != alias]
+    if kept != lines:
+        atomic_write(path, "".join(kept).encode())
