@@ -442,11 +442,15 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
             ssh_port = netcfg.choose_port(name, None, taken=taken)  # last run's port is taken now
         forwards = [Forward(ssh_port, 22)]
         for port in vm.ports:
-            published = port.published or netcfg.choose_port(
-                name, None, taken=taken | {ssh_port}, start=32768
-            )
-            if port.published:
-                netcfg.choose_port(name, port.published, taken=taken, protocol=port.protocol)
+            mine = {f.host_port for f in forwards}
+            if port.published:  # honoured, or a clear error naming the VM and the port
+                published = netcfg.choose_port(
+                    name, port.published, taken=taken, protocol=port.protocol
+                )
+            else:
+                published = netcfg.choose_port(
+                    name, None, taken=taken | mine, start=32768, protocol=port.protocol
+                )
             forwards.append(Forward(published, port.target, port.host_ip, port.protocol))
         claims.ports[f"{ctx.project.name}/{name}"] = [f.host_port for f in forwards]
     nics: list[UserNic | TapNic] = [UserNic("nic0", _mac(ctx, inst, ""), tuple(forwards))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ async def test_up_ps_stop_destroy_from_python(
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(user_manager.private.runtime_dir))
     (tmp_path / "qemu-compose.yaml").write_text(
         "name: api\nvms:\n"
-        "  a: {memory: 64, healthcheck: {disable: true}}\n"
+        "  a: {memory: 64, healthcheck: {disable: true}, ports: ['80', '443', '8080:8080']}\n"
         "  b: {memory: 64, healthcheck: {disable: true}, depends_on: [a]}\n"
     )
     project = api.load(tmp_path / "qemu-compose.yaml", environ={})
@@ -40,6 +41,10 @@ async def test_up_ps_stop_destroy_from_python(
             ("a", "unit"),
             ("b", "running"),
         }
+        claims = json.loads((tmp_path / ".xdg-state/qemu-compose/claims.json").read_text())
+        ports = claims["ports"]["api/a"]  # ssh, two chosen for 80 and 443, and 8080 as asked
+        assert len(ports) == len(set(ports)) == 4
+        assert ports[-1] == 8080
         rows = {row.name: row for row in await api.ps(project, bus=bus)}
         assert rows["a"].status == rows["b"].status == "active"
         assert rows["a"].unit == "qemu-compose-api-a.service"
