@@ -112,6 +112,7 @@ class Context:
     images: dict[str, Path] = field(default_factory=dict)
     networks: dict[str, netcfg.BridgeNetwork] = field(default_factory=dict)
     conditions: dict[str, Conditions] = field(default_factory=dict)
+    awaited_completion: set[str] = field(default_factory=set)  # VMs a dependant waits to end
 
     def save(self) -> None:
         self.state_dir.write_state(self.state)
@@ -120,14 +121,19 @@ class Context:
 # -- observing ----------------------------------------------------------------------------------
 
 
-async def observe(
-    project: Project, manager: systemd_dbus.SystemdManager, state: ProjectState
-) -> dict[str, Observed]:
-    units = {
+async def unit_states(project: Project, manager: systemd_dbus.SystemdManager) -> dict[str, str]:
+    """The ActiveState of each of the project's VM units that systemd has loaded."""
+    return {
         vm: u.active_state
         for u in await manager.list_units(project_unit_prefix(project.name))
         if (vm := vm_of_unit(project.name, u.name)) is not None
     }
+
+
+async def observe(
+    project: Project, manager: systemd_dbus.SystemdManager, state: ProjectState
+) -> dict[str, Observed]:
+    units = await unit_states(project, manager)
     paths = ProjectPaths(project.state_dir, project.name)
     observed = {}
     for name in set(units) | set(state.vms):
@@ -212,6 +218,12 @@ async def _execute(ctx: Context, actions: list[Action]) -> UpResult:
     await _prepare_volumes(ctx, chosen)
     await _prepare_networks(ctx, chosen)
     ctx.conditions = {i.name: Conditions() for i in chosen}
+    ctx.awaited_completion = {
+        name
+        for other in instances(project.model)
+        for name, dep in dependencies(project.model, other).items()
+        if dep.condition == "service_completed_successfully"
+    }
     limiter = trio.CapacityLimiter(ctx.settings.parallel or math.inf)
     async with trio.open_nursery() as nursery:
         for action in todo:
@@ -360,12 +372,7 @@ async def _run_vm(
         await _wait_ready(ctx, inst)
         me.healthy.set()
         report(inst.name, "ready", "done")
-        if any(
-            d.condition == "service_completed_successfully"
-            for other in instances(ctx.project.model)
-            for n, d in dependencies(ctx.project.model, other).items()
-            if n == inst.name
-        ):
+        if inst.name in ctx.awaited_completion:
             await _wait_completed(ctx, inst)
     except (
         QemuComposeError,
@@ -815,11 +822,7 @@ async def ps(project: Project, settings: Settings, *, all_vms: bool = True) -> l
     async with _session(project, settings, Reporter(), lock=False) as ctx:
         by_name = {i.name: i for i in instances(project.model)}
         names = _names(project, ctx.state, settings.services)
-        units = {
-            vm: u.active_state
-            for u in await ctx.manager.list_units(project_unit_prefix(project.name))
-            if (vm := vm_of_unit(project.name, u.name)) is not None
-        }
+        units = await unit_states(project, ctx.manager)
         rows: dict[str, VmRow] = {}
 
         async def one(name: str) -> None:

@@ -165,7 +165,7 @@ _wait_lock = click.option(
 )
 
 
-def _settings(opts: GlobalOptions, services: tuple[str, ...], **kwargs: object) -> Settings:
+def _settings(services: tuple[str, ...], **kwargs: object) -> Settings:
     from ..runtime import Settings
 
     return Settings(services=services, **kwargs)  # type: ignore[arg-type]
@@ -231,7 +231,6 @@ def up(
         raise click.UsageError("--no-recreate and --force-recreate exclude each other")
     project = opts.load()
     settings = _settings(
-        opts,
         vms,
         wait=wait_ready or not detach,
         ready_timeout=wait_timeout,
@@ -287,7 +286,7 @@ def stop(
 ) -> None:
     """Stop VMs gracefully: power button, grace period, then off. Disks are kept."""
     project = opts.load()
-    settings = _settings(opts, vms, wait_lock=wait_lock)
+    settings = _settings(vms, wait_lock=wait_lock)
     from .. import runtime
     from ..runner import run
 
@@ -316,7 +315,7 @@ def destroy(
     if volumes and vms:
         raise click.UsageError("--volumes removes the project's volumes: give no VM names with it")
     project = opts.load()
-    settings = _settings(opts, vms, wait_lock=wait_lock)
+    settings = _settings(vms, wait_lock=wait_lock)
     from .. import runtime
     from ..runner import run
 
@@ -339,7 +338,7 @@ def destroy(
 def ps(opts: GlobalOptions, vms: tuple[str, ...], all_vms: bool, fmt: str) -> None:
     """List the VMs with their status, addresses, size and unit."""
     project = opts.load()
-    settings = _settings(opts, vms)
+    settings = _settings(vms)
     from .. import runtime
     from ..runner import run
 

@@ -8,7 +8,6 @@ the volume, up again with the data still there.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ManagerHandle
-from tests.e2e.test_runtime import compose
+from tests.e2e.test_runtime import compose, ps_rows
 from tests.guest.build import build
 
 pytestmark = [
@@ -93,12 +92,7 @@ vms:
             timeout=900,
         )
         assert up.returncode == 0, up.stderr
-        rows = {
-            r["name"]: r
-            for r in json.loads(
-                compose("ps", "--format", "json", cwd=tmp_path, manager=user_manager).stdout
-            )
-        }
+        rows = ps_rows(tmp_path, user_manager)
         assert {r["status"] for r in rows.values()} == {"ready"}
         addresses = {name: row["addresses"]["lan"] for name, row in rows.items()}
         assert len(set(addresses.values())) == 3
@@ -127,12 +121,7 @@ vms:
             timeout=900,
         )
         assert again.returncode == 0, again.stderr
-        rows = {
-            r["name"]: r
-            for r in json.loads(
-                compose("ps", "--format", "json", cwd=tmp_path, manager=user_manager).stdout
-            )
-        }
+        rows = ps_rows(tmp_path, user_manager)
         assert ssh(tmp_path, rows["db"]["ssh_port"], "cat /var/lib/db/data.txt") == "precious\n"
     finally:
         compose(
