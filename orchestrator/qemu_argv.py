@@ -82,6 +82,9 @@ class VmLaunch:
     nics: tuple[UserNic | TapNic, ...] = ()
     boot: DirectBoot | None = None
     qemu: str = "qemu-system-x86_64"
+    # The supervisor restarts the guest in place (system_reset): QEMU stays after a poweroff
+    # or a panic, paused, for it to decide. Otherwise a panic ends QEMU with a failure.
+    restart_in_place: bool = False
     extra: tuple[str, ...] = field(default=())
 
 
@@ -115,6 +118,12 @@ def qemu_argv(vm: VmLaunch) -> list[str]:
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",
     ]  # fmt: skip
+    if vm.machine.startswith(("q35", "pc")):
+        argv += ["-device", "pvpanic"]  # the guest reports a kernel panic: GUEST_PANICKED
+    if vm.restart_in_place:
+        argv += ["-no-shutdown", "-action", "panic=pause"]
+    else:
+        argv += ["-action", "panic=exit-failure"]
     if vm.boot is not None:
         argv += ["-kernel", vm.boot.kernel]
         if vm.boot.initrd:

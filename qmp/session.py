@@ -270,10 +270,15 @@ class QmpSession:
                 await self.execute("system_powerdown", timeout=quit_timeout)
                 with trio.move_on_after(grace):
                     async for _ in events:  # SHUTDOWN: QEMU exits by itself next
-                        with trio.move_on_after(quit_timeout):
-                            await self.wait_closed()
-                            return PowerdownOutcome.GUEST_SHUTDOWN
-                        break  # QEMU runs on (-no-shutdown): quit below
+                        # ... unless -no-shutdown keeps it (paused): quit it in any case
+                        with contextlib.suppress(VmGoneError, SessionStateError):
+                            await self.execute("quit", timeout=quit_timeout)
+                        try:
+                            with trio.fail_after(quit_timeout):
+                                await self.wait_closed()
+                        except trio.TooSlowError:
+                            raise QmpTimeoutError("quit", quit_timeout) from None
+                        return PowerdownOutcome.GUEST_SHUTDOWN
                     else:
                         return PowerdownOutcome.EXITED  # the stream ended: EOF
         except (VmGoneError, SessionStateError):

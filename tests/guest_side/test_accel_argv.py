@@ -112,6 +112,8 @@ def test_golden_argv_of_a_full_vm() -> None:
         "-pidfile", "/p/.qemu-compose/web/qemu.pid",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",
+        "-device", "pvpanic",
+        "-action", "panic=exit-failure",
         "-kernel", "/g/vmlinuz",
         "-initrd", "/g/initrd.img",
         "-append", "root=LABEL=rootfs rw console=ttyS0",
@@ -161,3 +163,10 @@ def test_volume_serials_fit_virtio() -> None:
     assert long.startswith("vol-")
     with pytest.raises(ValueError, match="at most 20"):
         Drive("x", "/x", "raw", "s" * 21)
+
+
+def test_a_vm_restarted_in_place_stays_after_poweroff_and_panic() -> None:
+    argv = qemu_argv(launch(restart_in_place=True))
+    assert argv[argv.index("-no-shutdown") :][:3] == ["-no-shutdown", "-action", "panic=pause"]
+    assert "panic=exit-failure" not in argv
+    assert "-no-shutdown" not in qemu_argv(launch())
