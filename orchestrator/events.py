@@ -39,6 +39,17 @@ class Reporter:
         self._channel = channel
         self._callback = callback
 
+    def also(self, callback: Callable[[Event], None]) -> Reporter:
+        """This reporter, with ``callback`` told of every event too."""
+        first = self._callback
+
+        def both(event: Event) -> None:
+            if first is not None:
+                first(event)
+            callback(event)
+
+        return Reporter(self._channel, both)
+
     def __call__(self, vm: str, stage: str, status: str, detail: str = "") -> None:
         if self._channel is None and self._callback is None:
             return

@@ -9,12 +9,13 @@ orphan the others: every VM ends its task, and `up` ends with a summary and an e
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,14 @@ import netcfg
 import qmp
 import systemd_dbus
 from netcfg import Forward
+from qmp.eventlog import EventLog
 
 from . import probe
 from .accel import choose_accel, read_host_facts
 from .cloudinit import GuestConfig, Nic, default_user, instance_id, seed_files, write_seed_iso
 from .disks import create_overlay, create_volume
 from .errors import QemuComposeError
-from .events import Reporter
+from .events import Event, Reporter
 from .guest import check_bind_sources, mount_layout
 from .images import fetch
 from .knownhosts import forget_host
@@ -42,6 +44,7 @@ from .naming import (
     dnsmasq_unit,
     ensure_socket_dir,
     project_unit_prefix,
+    supervisor_unit,
     vm_of_unit,
     vm_unit,
 )
@@ -61,9 +64,9 @@ from .qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
 from .quantities import parse_duration, parse_size
 from .secrets import ConsolePassword, ProjectKey, ensure_console_password, ensure_project_key
 from .state import ProjectLock, ProjectState, StateDir, VmState
+from .supervise import Watched, write_supervised
 
 DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
-RESTART_POLICIES = {"no": "no", "always": "always", "unless-stopped": "always"}
 
 
 class UpError(QemuComposeError):
@@ -174,11 +177,12 @@ async def up(
             qmp.asyncio_loop(),
             systemd_dbus.connect(settings.bus, journal_dir=settings.journal_dir) as manager,
         ):
+            paths = ProjectPaths(project.state_dir, project.name)
             ctx = Context(
                 project=project,
-                paths=ProjectPaths(project.state_dir, project.name),
+                paths=paths,
                 manager=manager,
-                report=report,
+                report=report.also(_event_log_writer(paths)),
                 state=state_dir.read_state(project.name),
                 state_dir=state_dir,
                 settings=settings,
@@ -217,6 +221,7 @@ async def _execute(ctx: Context, actions: list[Action]) -> UpResult:
     await _prepare_images(ctx, chosen)
     await _prepare_volumes(ctx, chosen)
     await _prepare_networks(ctx, chosen)
+    await _ensure_supervisor(ctx, set(ctx.state.vms) | {i.name for i in chosen})
     ctx.conditions = {i.name: Conditions() for i in chosen}
     ctx.awaited_completion = {
         name
@@ -236,6 +241,72 @@ async def _execute(ctx: Context, actions: list[Action]) -> UpResult:
         lines = "".join(f"\n  {vm}: {why}" for vm, why in failed.items())
         raise UpError(f"{len(failed)} of {len(todo)} VMs did not come up:{lines}")
     return result
+
+
+def _event_log_writer(paths: ProjectPaths) -> Callable[[Event], None]:
+    """What `up`, `stop` and `destroy` do to each VM goes to the event log too (for `watch`)."""
+    log = EventLog(paths.events_dir)
+
+    def write(event: Event) -> None:
+        if event.vm:
+            with contextlib.suppress(OSError):  # the log is for watchers: never fail a VM on it
+                data = {"status": event.status, "detail": event.detail}
+                log.append(event.vm, event.stage.upper(), data, source="up")
+
+    return write
+
+
+def _bus_address(settings: Settings) -> str:
+    if settings.bus == "system":
+        return "system"
+    return systemd_dbus.bus_address(settings.bus)[0]
+
+
+async def _ensure_supervisor(ctx: Context, names: set[str]) -> None:
+    """Tell the project's supervisor which VMs to watch; start it if it does not run."""
+    by_name = {i.name: i for i in instances(ctx.project.model)}
+    write_supervised(
+        ctx.paths.supervised_vms,
+        {
+            name: Watched(
+                qmp=str(ctx.paths.vm(name).qmp_socket),
+                unit=vm_unit(ctx.project.name, name),
+                restart=by_name[name].vm.restart,
+            )
+            for name in names
+            if name in by_name
+        },
+    )
+    unit = supervisor_unit(ctx.project.name)
+    status = await ctx.manager.status(unit)
+    if status.active_state in ("active", "activating", "reloading"):
+        return
+    if status.active_state == "failed":
+        await ctx.manager.reset_failed(unit)
+    argv = [sys.executable, "-m", "orchestrator.supervise"]
+    argv += ["--state-dir", str(ctx.project.state_dir), "--bus", _bus_address(ctx.settings)]
+    await ctx.manager.start(
+        systemd_dbus.TransientUnit(
+            unit,
+            argv,
+            description=f"qemu-compose supervisor of {ctx.project.name}",
+            working_directory=str(ctx.project.state_dir),
+            restart="on-failure",
+            restart_sec=1.0,
+        ),
+        settle=0.2,
+    )
+    ctx.report("", "supervisor", "done", unit)
+
+
+async def _stop_supervisor(ctx: Context) -> None:
+    unit = supervisor_unit(ctx.project.name)
+    status = await ctx.manager.status(unit)
+    if status.load_state == "not-found":
+        return
+    await ctx.manager.stop(unit, timeout=30)
+    if (await ctx.manager.status(unit)).active_state == "failed":
+        await ctx.manager.reset_failed(unit)
 
 
 async def _prepare_images(ctx: Context, chosen: Sequence[Instance]) -> None:
@@ -511,9 +582,10 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
         nics=tuple(nics),
         boot=boot,
         qemu=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64",
+        restart_in_place=vm.restart != "no",  # the supervisor restarts the guest
     )
     grace = _grace(vm)
-    restart = RESTART_POLICIES.get(vm.restart, "on-failure")
+    restart = "no" if vm.restart == "no" else "on-failure"  # systemd's: when QEMU crashes
     extra_props = []
     if vm.restart.startswith("on-failure:"):
         extra_props.append(
@@ -536,6 +608,7 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
             ],
             kill_mode="mixed",
             timeout_stop=grace + 15,
+            collect_mode="inactive",  # a failed VM stays listed, failed, until reset
             restart=restart,  # type: ignore[arg-type]
             restart_sec=2.0 if restart != "no" else None,
             extra=extra_props,
@@ -694,15 +767,16 @@ async def _session(
         await held.acquire(wait=settings.wait_lock)
     try:
         state = state_dir.read_state(project.name) if state_dir.path.exists() else ProjectState()
+        paths = ProjectPaths(project.state_dir, project.name)
         async with (
             qmp.asyncio_loop(),
             systemd_dbus.connect(settings.bus, journal_dir=settings.journal_dir) as manager,
         ):
             yield Context(
                 project=project,
-                paths=ProjectPaths(project.state_dir, project.name),
+                paths=paths,
                 manager=manager,
-                report=report,
+                report=report.also(_event_log_writer(paths)) if lock else report,
                 state=state,
                 state_dir=state_dir,
                 settings=settings,
@@ -740,6 +814,8 @@ async def stop(
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(one, name)
+        if not settings.services or not await unit_states(project, ctx.manager):
+            await _stop_supervisor(ctx)  # nothing left to watch
         return names
 
 
@@ -757,6 +833,11 @@ async def destroy(
             for name in names:
                 nursery.start_soon(_remove_vm, ctx, name)
         await _remove_unused_networks(ctx)
+        if ctx.state.vms:
+            await _ensure_supervisor(ctx, set(ctx.state.vms))  # no longer the removed ones
+        else:
+            await _stop_supervisor(ctx)
+            ctx.paths.supervised_vms.unlink(missing_ok=True)
         if volumes and not settings.services:
             for name in project.model.volumes:
                 path = ctx.paths.volume(name).parent

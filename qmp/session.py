@@ -279,8 +279,7 @@ class QmpSession:
                         except trio.TooSlowError:
                             raise QmpTimeoutError("quit", quit_timeout) from None
                         return PowerdownOutcome.GUEST_SHUTDOWN
-                    else:
-                        return PowerdownOutcome.EXITED  # the stream ended: EOF
+                    return PowerdownOutcome.EXITED  # the stream ended: EOF
         except (VmGoneError, SessionStateError):
             if self.ended or self.state is not SessionState.CONNECTED:
                 return PowerdownOutcome.ALREADY_GONE

@@ -18,8 +18,9 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 CONNECTED = "QMP_CONNECTED"
 DISCONNECTED = "QMP_DISCONNECTED"
 
+# Told of every record the supervisor writes, with the session it came on (to act on it:
+# the project supervisor restarts guests). Called in the VM's task: it must not block long.
+OnEvent = Callable[[str, QmpSession, str, dict[str, Any]], Awaitable[None]]
+
 
 class Supervisor:
     def __init__(
@@ -42,6 +47,7 @@ class Supervisor:
         vms_file: Path | None = None,
         retry_interval: float = 0.2,
         rescan_interval: float = 1.0,
+        on_event: OnEvent | None = None,
     ) -> None:
         self.event_log = event_log
         self.vms_file = vms_file
@@ -50,6 +56,14 @@ class Supervisor:
         self._wanted: dict[str, str] = dict(vms or {})
         self._running: dict[str, tuple[str, trio.CancelScope]] = {}
         self._vms_mtime: float | None = None
+        self._on_event = on_event
+        self._changed = trio.Event()
+
+    def set_vms(self, vms: Mapping[str, str]) -> None:
+        """Supervise exactly these VMs ({name: QMP socket}) from now on."""
+        if dict(vms) != self._wanted:
+            self._wanted = dict(vms)
+            self._changed.set()
 
     def _read_vms_file(self) -> None:
         if self.vms_file is None:
@@ -88,7 +102,9 @@ class Supervisor:
             self._reconcile(nursery)
             task_status.started()
             while True:
-                await trio.sleep(self.rescan_interval)
+                with trio.move_on_after(self.rescan_interval):
+                    await self._changed.wait()
+                self._changed = trio.Event()
                 self._read_vms_file()
                 self._reconcile(nursery)
 
@@ -116,11 +132,21 @@ class Supervisor:
                 except QmpError as err:
                     data = {"error": str(err)}
                 self.event_log.append(vm, CONNECTED, data, source="supervisor")
+                await self._tell(vm, session, CONNECTED, data)
                 async for event in events:
                     self.event_log.append(vm, event.event, event.data(), qemu_time=event.timestamp)
+                    await self._tell(vm, session, event.event, event.data())
                 reason = "connection-closed"  # QEMU exited
         finally:
             self.event_log.append(vm, DISCONNECTED, {"reason": reason}, source="supervisor")
+
+    async def _tell(self, vm: str, session: QmpSession, event: str, data: dict[str, Any]) -> None:
+        if self._on_event is None:
+            return
+        try:
+            await self._on_event(vm, session, event, data)
+        except QmpError as err:  # acting on the VM failed (it went away, say): noted, not fatal
+            self.event_log.append(vm, "SUPERVISOR_ERROR", {"error": str(err)}, source="supervisor")
 
 
 async def _main(log_dir: Path, vms_file: Path) -> None:

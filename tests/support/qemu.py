@@ -39,9 +39,17 @@ _POWER_BUTTON_CODE = bytes.fromhex(
 )  # fmt: skip
 
 
-def power_button_boot_sector() -> bytes:
+# A guest that powers off by itself at once (as `poweroff` in a guest would):
+#   mov dx,0x604; mov ax,0x2000; out dx,ax; hlt; jmp $
+POWEROFF_CODE = bytes.fromhex("ba0406" "b80020" "ef" "f4" "ebfe")  # fmt: skip
+# A guest whose kernel panics at once and says so to the pvpanic device (-device pvpanic):
+#   mov dx,0x505; mov al,1; out dx,al; hlt; jmp $
+PANIC_CODE = bytes.fromhex("ba0505" "b001" "ee" "f4" "ebfe")  # fmt: skip
+
+
+def power_button_boot_sector(code: bytes = _POWER_BUTTON_CODE) -> bytes:
     """A disk image (1 MiB: SeaBIOS will not boot a one-sector disk) that boots that code."""
-    return (_POWER_BUTTON_CODE.ljust(510, b"\0") + b"\x55\xaa").ljust(1 << 20, b"\0")
+    return (code.ljust(510, b"\0") + b"\x55\xaa").ljust(1 << 20, b"\0")
 
 
 def short_tempdir(prefix: str = "qc-") -> Path:
@@ -57,6 +65,7 @@ class Vm:
     name: str = "vm"
     paused: bool = True  # -S: no guest code runs until "cont"
     boot_sector: bool = False  # boot the power-button guest
+    boot_code: bytes | None = None  # ... or this code (POWEROFF_CODE, PANIC_CODE)
     extra: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
@@ -89,9 +98,9 @@ class Vm:
         ]  # fmt: skip
         if self.paused:
             argv.append("-S")
-        if self.boot_sector:
+        if self.boot_sector or self.boot_code:
             image = self.directory / f"{self.name}-boot.img"
-            image.write_bytes(power_button_boot_sector())
+            image.write_bytes(power_button_boot_sector(self.boot_code or _POWER_BUTTON_CODE))
             argv += [
                 "-drive", f"file={image},format=raw,if=none,id=boot",
                 "-device", "virtio-blk-pci,drive=boot,bootindex=1",
