@@ -33,7 +33,7 @@ from . import probe
 from .accel import choose_accel, read_host_facts
 from .cloudinit import GuestConfig, Nic, default_user, instance_id, seed_files, write_seed_iso
 from .disks import create_overlay, create_volume
-from .errors import QemuComposeError
+from .errors import QemuComposeError, UsageError
 from .events import Event, Reporter
 from .guest import check_bind_sources, mount_layout
 from .images import fetch
@@ -621,6 +621,7 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
         created_at=saved.created_at if saved and action.kind is ActionKind.START else time.time(),
         ssh_port=ssh_port,
         macs={n.netdev: n.mac for n in nics},
+        ports=[f"{f.host_ip}:{f.host_port}->{f.guest_port}/{f.protocol}" for f in forwards[1:]],
     )
     ctx.save()
     report(name, "unit", "done", unit)
@@ -851,14 +852,23 @@ async def destroy(
         return names
 
 
-async def _remove_unused_networks(ctx: Context) -> None:
-    model = ctx.project.model
-    in_use = {
-        n for vm in ctx.state.vms for n, members in ctx.state.addresses.items() if vm in members
+def _networks_in_use(state: ProjectState) -> dict[str, list[str]]:
+    """Each network's created VMs (those with an address on it)."""
+    return {
+        n: sorted(vm for vm in members if vm in state.vms)
+        for n, members in state.addresses.items()
+        if any(vm in state.vms for vm in members)
     }
-    for name in list(ctx.state.subnets):
-        if name in in_use:
-            continue
+
+
+async def _remove_unused_networks(ctx: Context) -> None:
+    in_use = _networks_in_use(ctx.state)
+    await _remove_networks(ctx, [n for n in ctx.state.subnets if n not in in_use])
+
+
+async def _remove_networks(ctx: Context, names: Sequence[str]) -> None:
+    model = ctx.project.model
+    for name in names:
         network = netcfg.BridgeNetwork(
             ctx.project.name,
             name,
@@ -947,3 +957,68 @@ async def ps(project: Project, settings: Settings, *, all_vms: bool = True) -> l
             if all_vms
             else [r for r in ordered if r.status not in ("not-created", "stopped")]
         )
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRow:
+    name: str
+    driver: str
+    subnet: str | None  # None: not created yet
+    bridge: str
+    bridge_exists: bool | None  # None: not known (cannot read the host's links)
+    dhcp: str  # the state of its dnsmasq unit
+    vms: list[str]  # created VMs attached to it
+    in_file: bool  # False: an orphan, left by an earlier version of the file
+
+
+async def networks(project: Project, settings: Settings) -> list[NetworkRow]:
+    """The project's networks: those of the file and those still created."""
+    async with _session(project, settings, Reporter(), lock=False) as ctx:
+        in_use = _networks_in_use(ctx.state)
+        rows = []
+        for name in sorted(set(project.model.networks) | set(ctx.state.subnets)):
+            bridge = netcfg.bridge_name(project.name, name)
+            exists: bool | None
+            try:
+                exists = await netcfg.link_present(bridge)
+            except Exception:  # no netlink here (a sandbox, say): say we do not know
+                exists = None
+            dhcp = await ctx.manager.status(dnsmasq_unit(project.name, name))
+            spec = project.model.networks.get(name)
+            rows.append(
+                NetworkRow(
+                    name=name,
+                    driver=spec.driver if spec else "bridge",
+                    subnet=ctx.state.subnets.get(name),
+                    bridge=bridge,
+                    bridge_exists=exists,
+                    dhcp=dhcp.active_state if dhcp.load_state != "not-found" else "none",
+                    vms=in_use.get(name, []),
+                    in_file=spec is not None,
+                )
+            )
+        return rows
+
+
+async def remove_networks(
+    project: Project, settings: Settings, report: Reporter, names: Sequence[str]
+) -> list[str]:
+    """Remove networks no created VM uses: bridge, dnsmasq unit, subnet claim."""
+    async with _session(project, settings, report) as ctx:
+        in_use = _networks_in_use(ctx.state)
+        known = set(project.model.networks) | set(ctx.state.subnets)
+        for name in names:
+            if name not in known:
+                raise UsageError(f"no network named {name!r} in {project.name}")
+            if name in in_use:
+                users = ", ".join(in_use[name])
+                raise UsageError(
+                    f"network {name!r} is in use by {users}: `qemu-compose destroy {users}` first"
+                )
+        created = [n for n in names if n in ctx.state.subnets]
+        for name in names:
+            if name not in created:
+                report("", "network", "skipped", f"{name} is not created")
+        await _remove_networks(ctx, created)
+        ctx.save()
+        return created

@@ -40,7 +40,8 @@ class VmState(msgspec.Struct, kw_only=True):
     config_hash: str
     created_at: float
     ssh_port: int | None = None
-    macs: dict[str, str] = {}  # network ("" for user-mode) -> MAC
+    macs: dict[str, str] = {}  # QEMU netdev (nic0: user-mode, nic1...: bridges) -> MAC
+    ports: list[str] = []  # published: "127.0.0.1:8080->80/tcp"
 
 
 class ProjectState(msgspec.Struct, kw_only=True):

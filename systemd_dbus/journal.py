@@ -14,17 +14,18 @@ def journal_argv(
     unit: str,
     *,
     user: bool,
-    lines: int,
+    lines: int | None,
     directory: Path | None = None,
     follow: bool = False,
     pid: int = 0,
 ) -> list[str]:
-    """journalctl's arguments for ``unit``'s messages, the message text only.
+    """journalctl's arguments for ``unit``'s messages, the message text only (``lines``:
+    the last so many, or None for all).
 
     ``pid``: the unit's main process, whose output is matched by PID too: journald cannot
     tell which unit a line came from when the process exited before it read the line.
     """
-    argv = ["journalctl", "--no-pager", "--quiet", "--output=cat", f"--lines={lines}"]
+    argv = ["journalctl", "--no-pager", "--quiet", "--output=cat", f"--lines={lines or 'all'}"]
     if directory is not None:
         argv.append(f"--directory={directory}")
     elif user:

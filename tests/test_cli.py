@@ -36,17 +36,23 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+COMMANDS = [
+    "completion", "config", "console", "destroy", "inspect", "logs", "network", "ps",
+    "restart", "ssh", "stop", "up", "watch",
+]  # fmt: skip
+
+
 def test_help_lists_only_working_commands(tmp_path: Path) -> None:
     result = run("--help", cwd=tmp_path)
     assert result.returncode == 0
     block = result.stdout.split("Commands:")[1].strip().split("\n\n")[0]
     listed = [line.split()[0] for line in block.splitlines()]
-    assert listed == ["completion", "config", "destroy", "ps", "ssh", "stop", "up"]
+    assert listed == COMMANDS
 
 
-@pytest.mark.parametrize("command", ["config", "completion", "up", "stop", "destroy", "ps", "ssh"])
+@pytest.mark.parametrize("command", [*COMMANDS, "network ls", "network rm"])
 def test_every_command_has_help(command: str, tmp_path: Path) -> None:
-    result = run(command, "--help", cwd=tmp_path)
+    result = run(*command.split(), "--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "Usage: qemu-compose" in result.stdout
 

@@ -166,8 +166,14 @@ _wait_lock = click.option(
 
 
 def _settings(services: tuple[str, ...], **kwargs: object) -> Settings:
+    """Settings of a command; QEMU_COMPOSE_JOURNAL_DIR names journald's files where the
+    user manager's journal is not where journalctl --user looks (a private manager)."""
+    import os
+
     from ..runtime import Settings
 
+    journal = os.environ.get("QEMU_COMPOSE_JOURNAL_DIR")
+    kwargs.setdefault("journal_dir", Path(journal) if journal else None)
     return Settings(services=services, **kwargs)  # type: ignore[arg-type]
 
 
@@ -387,3 +393,227 @@ def ssh(opts: GlobalOptions, vm: str, command: tuple[str, ...]) -> None:
     if binary is None:
         raise UsageError("the ssh client is not installed (apt-get install openssh-client)")
     os.execv(binary, argv)
+
+
+def _instances_named(project: Project, names: tuple[str, ...]) -> list[str]:
+    """The instances NAMES mean (a VM, or every replica of one); an unknown name is an error."""
+    from ..errors import UsageError
+    from ..plan import instances
+
+    everything = instances(project.model)
+    chosen = []
+    for name in names:
+        found = [i.name for i in everything if name in (i.name, i.definition)]
+        if not found:
+            known = ", ".join(i.name for i in everything) or "none"
+            raise UsageError(f"no VM named {name!r} in {project.name} (VMs: {known})")
+        chosen += found
+    return chosen
+
+
+@cli.command()
+@click.argument("vms", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line (see README).")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Replay from WHEN: 'all', '#N' (event N), a duration (10m) or a time "
+    "(2026-11-27T10:00:00, or epoch seconds). [default: only new events]",
+)
+@click.option("--no-follow", is_flag=True, help="Print the events so far and exit.")
+@click.pass_obj
+def watch(
+    opts: GlobalOptions, vms: tuple[str, ...], as_json: bool, since: str | None, no_follow: bool
+) -> None:
+    """Stream what the VMs do: QMP events, unit states, steps, probes, health, restarts.
+
+    Any number of watchers may run at once; events are kept in the project's event log
+    (.qemu-compose/events/) whether anyone watches or not, so --since can replay them.
+
+    \b
+    qemu-compose watch                    # new events of every VM, until Ctrl-C
+    qemu-compose watch web --since 10m    # web's events of the last ten minutes, then new ones
+    qemu-compose watch --json --since all --no-follow | jq .event
+    """
+    from ..naming import ProjectPaths
+    from ..runner import run
+    from ..watch import parse_since
+    from ..watch import watch as follow_log
+
+    project = opts.load()
+    names = _instances_named(project, vms)
+    start = parse_since(since)
+    if no_follow and start.from_end:
+        start = parse_since("all")
+    events_dir = ProjectPaths(project.state_dir, project.name).events_dir
+    run(lambda: follow_log(events_dir, names, start, as_json=as_json, follow=not no_follow))
+
+
+@cli.command()
+@click.argument("vm")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.pass_obj
+def inspect(opts: GlobalOptions, vm: str, fmt: str) -> None:
+    """Show everything about VM: status, configuration, disk, networks, volumes, how to reach
+    it (SSH, console with its password, logs)."""
+    project = opts.load()
+    from ..inspection import inspect as gather
+    from ..inspection import render_inspect
+    from ..runner import run
+
+    info = run(lambda: gather(project, _settings((vm,)), vm))
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(render_inspect(info), nl=False)
+
+
+@cli.command()
+@click.argument("vm")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("-n", "--tail", "lines", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option(
+    "--source",
+    type=click.Choice(["all", "console", "journal"]),
+    default="all",
+    show_default=True,
+    help="The serial console, the unit's journal (marked 'unit |'), or both.",
+)
+@click.pass_obj
+def logs(opts: GlobalOptions, vm: str, follow: bool, lines: int | None, source: str) -> None:
+    """Print VM's serial console (everything since it was first powered on) and its unit's
+    journal (QEMU's own messages)."""
+    project = opts.load()
+    names = _instances_named(project, (vm,))
+    if names != [vm]:
+        raise click.UsageError(f"{vm} has replicas: name one of {', '.join(names)}")
+    from ..logs import show_logs
+    from ..naming import ProjectPaths, vm_unit
+    from ..runner import run
+
+    settings = _settings((vm,))
+    sources = frozenset({"console", "journal"} if source == "all" else {source})
+    run(
+        lambda: show_logs(
+            vm_unit(project.name, vm),
+            ProjectPaths(project.state_dir, project.name).vm(vm).console_log,
+            user=settings.bus != "system",
+            journal_dir=settings.journal_dir,
+            follow=follow,
+            lines=lines,
+            sources=sources,
+        )
+    )
+
+
+@cli.command()
+@click.argument("vm")
+@click.pass_obj
+def console(opts: GlobalOptions, vm: str) -> None:
+    """Attach the terminal to VM's serial console; Ctrl+] detaches.
+
+    Log in as the VM's user with the console password that `inspect VM` shows.
+    """
+    project = opts.load()
+    names = _instances_named(project, (vm,))
+    if names != [vm]:
+        raise click.UsageError(f"{vm} has replicas: name one of {', '.join(names)}")
+    from ..console import attach
+    from ..naming import ProjectPaths
+
+    paths = ProjectPaths(project.state_dir, project.name).vm(vm)
+    why = attach(paths.console_socket, vm)
+    click.echo(f"\r\nqemu-compose: {why}", err=True)
+
+
+@cli.command()
+@click.argument("vms", nargs=-1)
+@click.option(
+    "-t", "--timeout", type=float, help="Seconds of grace to stop [default: stop_grace_period]."
+)
+@click.option("--wait", "wait_ready", is_flag=True, help="Wait until the VMs are ready again.")
+@_progress
+@_wait_lock
+@click.pass_obj
+def restart(
+    opts: GlobalOptions,
+    vms: tuple[str, ...],
+    timeout: float | None,
+    wait_ready: bool,
+    progress: str,
+    wait_lock: bool,
+) -> None:
+    """Stop VMs gracefully and start them again, keeping their disks and configuration.
+
+    Like docker compose, a changed compose file is not applied: that is what `up` does.
+    """
+    project = opts.load()
+    _instances_named(project, vms)
+    from .. import runtime
+    from ..runner import run
+
+    stop_settings = _settings(vms, wait_lock=wait_lock)
+    up_settings = _settings(vms, wait=wait_ready, no_recreate=True, wait_lock=wait_lock)
+
+    async def both() -> None:
+        await _with_progress(
+            progress, lambda r: runtime.stop(project, stop_settings, r, timeout=timeout)
+        )
+        await _with_progress(progress, lambda r: runtime.up(project, up_settings, r))
+
+    run(both)
+
+
+@cli.group()
+def network() -> None:
+    """List and remove the project's networks."""
+
+
+@network.command("ls")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_obj
+def network_ls(opts: GlobalOptions, fmt: str) -> None:
+    """List the networks: subnet, bridge, DHCP/DNS server and the VMs on each."""
+    project = opts.load()
+    from .. import runtime
+    from ..runner import run
+
+    rows = run(lambda: runtime.networks(project, _settings(())))
+    if fmt == "json":
+        import msgspec
+
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return
+    click.echo(f"{'NAME':<16} {'SUBNET':<18} {'BRIDGE':<16} {'LINK':<8} {'DHCP':<10} VMS")
+    for row in rows:
+        link = {True: "up", False: "absent", None: "?"}[row.bridge_exists]
+        name = row.name if row.in_file else f"{row.name} (orphan)"
+        click.echo(
+            f"{name:<16} {row.subnet or '-':<18} {row.bridge:<16} {link:<8} {row.dhcp:<10} "
+            f"{','.join(row.vms) or '-'}"
+        )
+
+
+@network.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@_progress
+@_wait_lock
+@click.pass_obj
+def network_rm(opts: GlobalOptions, names: tuple[str, ...], progress: str, wait_lock: bool) -> None:
+    """Remove networks no VM uses: their bridge, DHCP/DNS server and subnet."""
+    project = opts.load()
+    from .. import runtime
+    from ..runner import run
+
+    settings = _settings((), wait_lock=wait_lock)
+    run(
+        lambda: _with_progress(
+            progress, lambda r: runtime.remove_networks(project, settings, r, list(names))
+        )
+    )

@@ -1,0 +1,117 @@
+"""`logs VM`: the unit's journal (QEMU's own messages, start and stop) and the serial console.
+
+The console log holds everything the guest printed on its serial port since the VM was first
+powered on (QEMU appends to it across restarts). Journal lines come first, each marked
+``unit |``; then the console. With ``follow`` both are followed until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+import systemd_dbus
+
+JOURNAL_MARK = b"unit | "
+
+
+def tail_bytes(path: Path, lines: int | None) -> tuple[bytes, int]:
+    """The last ``lines`` lines of a file (all when None), and the offset of its end."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return b"", 0
+    end = len(data)
+    if lines is not None:
+        parts = data.splitlines(keepends=True)
+        data = b"".join(parts[-lines:]) if lines else b""
+    return data, end
+
+
+async def follow_file(
+    path: Path, offset: int, write: Callable[[bytes], None], poll: float = 0.2
+) -> None:
+    """Write what is appended to ``path`` from ``offset`` on; start over if it is replaced."""
+    inode = None
+    while True:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            await trio.sleep(poll)
+            continue
+        if inode is not None and (info.st_ino != inode or info.st_size < offset):
+            offset = 0  # destroyed and made anew
+        inode = info.st_ino
+        if info.st_size > offset:
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            offset += len(chunk)
+            write(chunk)
+        await trio.sleep(poll)
+
+
+def _writer(out: BinaryIO) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    return write
+
+
+async def show_logs(
+    unit: str,
+    console_log: Path,
+    *,
+    user: bool,
+    journal_dir: Path | None,
+    follow: bool,
+    lines: int | None,
+    sources: frozenset[str] = frozenset({"journal", "console"}),
+    out: BinaryIO = sys.stdout.buffer,
+) -> None:
+    write = _writer(out)
+    argv = systemd_dbus.journal_argv(
+        unit, user=user, lines=lines, directory=journal_dir, follow=follow
+    )
+    async with trio.open_nursery() as nursery:
+        if "journal" in sources:
+            if follow:
+                nursery.start_soon(_journal_lines, argv, write)
+            else:
+                await _journal_lines(argv, write)
+        if "console" in sources:
+            data, end = tail_bytes(console_log, lines)
+            write(data)
+            if follow:
+                nursery.start_soon(follow_file, console_log, end, write)
+
+
+async def _journal_lines(argv: list[str], write: Callable[[bytes], None]) -> None:
+    """journalctl's lines, each marked; nothing (not an error) when it cannot be run."""
+    try:
+        process = await trio.lowlevel.open_process(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+    except OSError:
+        return
+    assert process.stdout is not None
+    buffer = b""
+    try:
+        async for chunk in process.stdout:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                write(JOURNAL_MARK + line + b"\n")
+        await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()

@@ -1,0 +1,107 @@
+"""`watch`: the project's event log as human lines or JSON. Formatting and --since are pure."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from qmp.eventlog import EventLog, EventRecord, record_json
+
+from .errors import UsageError
+from .quantities import parse_duration
+
+
+@dataclass(frozen=True, slots=True)
+class Since:
+    seq: int = 0
+    time: float = 0.0
+    from_end: bool = False
+
+
+def parse_since(text: str | None, *, now: float | None = None) -> Since:
+    """--since: none (only new events), "all", "#N" (from event N on), a duration back from
+    now ("10m", "1h30m"), an ISO 8601 time (local unless it names its zone) or epoch seconds.
+    """
+    if text is None:
+        return Since(from_end=True)
+    text = text.strip()
+    if text == "all":
+        return Since()
+    if text.startswith("#") and text[1:].isdigit():
+        return Since(seq=int(text[1:]))
+    now = time.time() if now is None else now
+    try:
+        return Since(time=float(text))
+    except ValueError:
+        pass
+    try:
+        return Since(time=now - parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        return Since(time=datetime.datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: give 'all', '#N', a duration like 10m, or a time like "
+            "2026-11-27T10:00:00"
+        ) from None
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str) and (not value or " " in value):
+        return repr(value)
+    return str(value)
+
+
+def format_record(record: EventRecord) -> str:
+    """One line for a person: time, VM, event, then its data as key=value."""
+    stamp = datetime.datetime.fromtimestamp(record.time).strftime("%H:%M:%S.%f")[:-3]
+    data = dict(record.data)
+    if record.source == "up":  # a step of up/stop/destroy: STAGE status detail
+        detail = data.pop("detail", "")
+        words = [record.event.lower(), str(data.pop("status", ""))]
+        if detail:
+            words.append(detail)
+    else:
+        words = [record.event, *(f"{k}={_value(v)}" for k, v in data.items())]
+    return f"{stamp} {record.vm or '-':<16} {' '.join(words)}"
+
+
+def show(record: EventRecord, *, as_json: bool, out: TextIO) -> None:
+    out.write((record_json(record) if as_json else format_record(record)) + "\n")
+    out.flush()
+
+
+async def watch(
+    events_dir: Path,
+    vms: Collection[str],
+    since: Since,
+    *,
+    as_json: bool,
+    follow: bool,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Print the log's records of ``vms`` (all when empty; project-wide ones always)."""
+    log = EventLog(events_dir)
+
+    def wanted(record: EventRecord) -> bool:
+        return not vms or not record.vm or record.vm in vms
+
+    if not follow:
+        for record in log.read(since_seq=since.seq, since_time=since.time):
+            if wanted(record):
+                show(record, as_json=as_json, out=out)
+        return
+    async with log.follow(
+        since_seq=since.seq, since_time=since.time, from_end=since.from_end
+    ) as follower:
+        async for record in follower:
+            if wanted(record):
+                show(record, as_json=as_json, out=out)
