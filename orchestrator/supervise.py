@@ -195,7 +195,8 @@ class ProjectSupervisor:
     def _log_unit(self, vm: str, status: systemd_dbus.UnitStatus) -> None:
         now = (status.active_state, status.sub_state)
         before = self._logged_units.get(status.name)
-        if before == now or (before is None and status.load_state == "not-found"):
+        unmade = status.load_state == "not-found" and now == ("inactive", "dead")
+        if before == now or (before is None and unmade):
             return  # no change, or a unit not made yet
         self._logged_units[status.name] = now
         data = {"unit": status.name, "active_state": now[0], "sub_state": now[1]}

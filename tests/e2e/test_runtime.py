@@ -32,14 +32,38 @@ pytestmark = [
 def compose(
     *args: str, cwd: Path, manager: ManagerHandle, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXE, *args],
+        cwd=cwd,
+        env=compose_env(cwd, manager),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def compose_background(*args: str, cwd: Path, manager: ManagerHandle) -> subprocess.Popen[str]:
+    """The CLI left running (watch, or an up to kill): stdout is a pipe, stderr a file."""
+    return subprocess.Popen(
+        [EXE, *args],
+        cwd=cwd,
+        env=compose_env(cwd, manager),
+        stdout=subprocess.PIPE,
+        stderr=(cwd / f"stderr-{args[0]}-{os.urandom(3).hex()}.txt").open("w"),
+        text=True,
+    )
+
+
+def compose_env(cwd: Path, manager: ManagerHandle) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QEMU_COMPOSE")}
     env["DBUS_SESSION_BUS_ADDRESS"] = manager.bus_address
     if manager.private is not None:
         env["XDG_RUNTIME_DIR"] = str(manager.private.runtime_dir)
+    if manager.journal_dir is not None:
+        env["QEMU_COMPOSE_JOURNAL_DIR"] = str(manager.journal_dir)
     env["XDG_STATE_HOME"] = str(cwd / ".xdg-state")  # the port and subnet claims of this test
-    return subprocess.run(
-        [EXE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return env
 
 
 def ps_rows(cwd: Path, manager: ManagerHandle) -> dict[str, dict[str, Any]]:

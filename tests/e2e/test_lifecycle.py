@@ -1,0 +1,196 @@
+"""The life of a project beyond one `up`, with no-disk VMs: watchers, inspect, logs, restart,
+a CLI killed mid-`up`, two `up` at once. The real CLI, a real user manager, real QEMUs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import netcfg
+from tests.conftest import ManagerHandle
+from tests.e2e.test_runtime import compose, compose_background, events, ps_rows
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"),
+]
+
+
+def no_disk_vms(names: list[str], *, networks: str = "") -> str:
+    lines = []
+    for name in names:
+        lines.append(f"  {name}: {{memory: 64, cpu: 1, healthcheck: {{disable: true}}{networks}}}")
+    return "\n".join(lines) + "\n"
+
+
+def units(manager: ManagerHandle, pattern: str) -> list[str]:
+    out = manager.systemctl("list-units", "--all", "--plain", "--no-legend", pattern).stdout
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def links_of(project: str) -> list[str]:
+    out = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in out.splitlines() if f"alias qemu-compose {project}/" in line]
+
+
+def stop_watcher(process: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=20)
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture
+def project(tmp_path: Path, user_manager: ManagerHandle) -> Any:
+    yield tmp_path
+    compose("destroy", "--progress", "quiet", cwd=tmp_path, manager=user_manager, timeout=300)
+
+
+def test_watchers_inspect_logs_and_restart(project: Path, user_manager: ManagerHandle) -> None:
+    (project / "qemu-compose.yaml").write_text(
+        "name: life\nvms:\n" + no_disk_vms(["a", "b"]) + "  c: {memory: 64, replicas: 2}\n"
+    )
+    watchers = [
+        compose_background("watch", "--json", cwd=project, manager=user_manager) for _ in range(2)
+    ]
+    up = compose("up", "-d", "b", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert up.returncode == 0, up.stderr
+    restarted = compose("restart", "b", "--progress", "json", cwd=project, manager=user_manager)
+    assert restarted.returncode == 0, restarted.stderr
+    assert [e["stage"] for e in events(restarted.stdout) if e["status"] == "done"][-3:] == [
+        "unit",
+        "running",
+        "ready",
+    ]
+    # inspect: the unit, QEMU's own status, the console password
+    info = compose("inspect", "b", "--format", "json", cwd=project, manager=user_manager)
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert (data["status"], data["qemu_status"]) == ("active", "running")
+    assert data["unit"]["name"] == "qemu-compose-life-b.service"
+    assert data["unit"]["main_pid"] > 0
+    saved = json.loads((project / ".qemu-compose/console-password").read_text())
+    assert data["console"]["password"] == saved["password"]
+    assert data["networks"][0]["ssh_port"] == ps_rows(project, user_manager)["b"]["ssh_port"]
+    text = compose("inspect", "b", cwd=project, manager=user_manager).stdout
+    assert "Systemd unit: qemu-compose-life-b.service (active/running)" in text
+    missing = compose("inspect", "zz", cwd=project, manager=user_manager)
+    assert missing.returncode == 2
+    assert "no VM named 'zz'" in missing.stderr
+    logs = compose("logs", "b", cwd=project, manager=user_manager)
+    assert logs.returncode == 0, logs.stderr
+    if user_manager.private is not None or user_manager.journal_dir is None:
+        assert "unit | Started qemu-compose-life-b.service" in logs.stdout
+    replicas = compose("logs", "c", cwd=project, manager=user_manager)
+    assert replicas.returncode == 2
+    assert "c-1, c-2" in replicas.stderr
+    stop = compose("stop", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert stop.returncode == 0, stop.stderr
+    assert units(user_manager, "qemu-compose-life-*") == []  # the supervisor went too
+    seen = [stop_watcher(w) for w in watchers]
+    assert seen[0] == seen[1]  # any number of watchers, each sees everything
+    records = seen[0]
+    assert {r["vm"] for r in records} == {"b"}  # up b: b alone
+    mine = [(r["source"], r["event"]) for r in records]
+    for expected in [
+        ("unit", "UNIT_STATE"),
+        ("supervisor", "QMP_CONNECTED"),
+        ("up", "RUNNING"),
+        ("up", "STOP"),
+        ("qmp", "SHUTDOWN"),
+        ("supervisor", "QMP_DISCONNECTED"),
+    ]:
+        assert expected in mine, expected
+    seqs = [r["seq"] for r in records]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing skipped
+    assert mine.count(("up", "RUNNING")) == 2  # once for up, once for restart
+    replay = compose(
+        "watch", "b", "--since", "all", "--no-follow", "--json", cwd=project, manager=user_manager
+    )
+    assert [json.loads(line) for line in replay.stdout.splitlines()] == records
+    human = compose("watch", "--since", "all", "--no-follow", cwd=project, manager=user_manager)
+    assert " b                SHUTDOWN guest=false reason=host-qmp-quit" in human.stdout
+
+
+@pytest.mark.skipif(
+    not netcfg.has_net_admin() or shutil.which("dnsmasq") is None,
+    reason="bridge networks need CAP_NET_ADMIN and dnsmasq",
+)
+def test_a_cli_killed_mid_up_converges_and_leaks_nothing(
+    project: Path, user_manager: ManagerHandle
+) -> None:
+    names = [f"v{i}" for i in range(6)]
+    (project / "qemu-compose.yaml").write_text(
+        "name: crash\nnetworks:\n  lan: {}\nvms:\n"
+        + no_disk_vms(names, networks=", networks: [lan]")
+    )
+    first = compose_background(
+        "up", "-d", "--parallel", "1", "--progress", "json", cwd=project, manager=user_manager
+    )
+    assert first.stdout is not None
+    started = 0
+    for line in first.stdout:
+        event = json.loads(line)
+        if event["stage"] == "unit" and event["status"] == "done":
+            started += 1
+            if started == 2:
+                first.kill()  # SIGKILL: no clean-up of any kind
+                break
+    first.wait(10)
+    assert first.returncode == -signal.SIGKILL
+    again = compose("up", "-d", "--progress", "json", cwd=project, manager=user_manager)
+    assert again.returncode == 0, again.stderr
+    assert {r["status"] for r in ps_rows(project, user_manager).values()} == {"active"}
+    vm_units = [f"qemu-compose-crash-{n}.service" for n in names]
+    assert units(user_manager, "qemu-compose-crash-*") == sorted(
+        [*vm_units, "qemu-compose-crash-supervisor.service"]
+    )
+    assert len(units(user_manager, "qemu-compose-dnsmasq-crash-*")) == 1
+    assert len(links_of("crash")) == 7  # the bridge and a TAP a VM
+    listed = json.loads(
+        compose("network", "ls", "--format", "json", cwd=project, manager=user_manager).stdout
+    )
+    assert [(n["name"], n["vms"], n["bridge_exists"]) for n in listed] == [("lan", names, True)]
+    busy = compose("network", "rm", "lan", cwd=project, manager=user_manager)
+    assert busy.returncode == 2
+    assert "in use by v0, v1" in busy.stderr
+    gone = compose("destroy", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert gone.returncode == 0, gone.stderr
+    assert units(user_manager, "qemu-compose-crash-*") == []
+    assert units(user_manager, "qemu-compose-dnsmasq-crash-*") == []
+    assert links_of("crash") == []
+
+
+def test_two_ups_at_once_are_serialised(project: Path, user_manager: ManagerHandle) -> None:
+    names = [f"s{i}" for i in range(5)]
+    (project / "qemu-compose.yaml").write_text("name: twice\nvms:\n" + no_disk_vms(names))
+    both = [
+        compose_background(
+            "up", "-d", "--wait-lock", "--progress", "json", cwd=project, manager=user_manager
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in both]
+    assert [p.returncode for p in both] == [0, 0]
+    made = sorted(
+        len([e for e in events(out) if e["stage"] == "unit" and e["detail"].endswith(".service")])
+        for out in outputs
+    )
+    kept = sorted(
+        len([e for e in events(out) if e["detail"] == "already running"]) for out in outputs
+    )
+    assert (made, kept) == ([0, 5], [0, 5])  # one made them all; the other found them running
+    assert units(user_manager, "qemu-compose-twice-*") == sorted(
+        [
+            *(f"qemu-compose-twice-{n}.service" for n in names),
+            "qemu-compose-twice-supervisor.service",
+        ]
+    )
