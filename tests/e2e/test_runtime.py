@@ -6,11 +6,14 @@ No-disk VMs (firmware only, healthcheck disabled) test orchestration at scale; t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,3 +240,60 @@ def test_a_vm_that_cannot_start_fails_clearly_and_the_others_come_up(
         )
     }
     assert rows["good"] == "active"
+
+
+def test_three_replicas_and_one_that_powers_off_comes_back(
+    project: Path, user_manager: ManagerHandle
+) -> None:
+    tiny = build("tiny")
+    (project / "qemu-compose.yaml").write_text(
+        f"""
+name: reps
+vms:
+  web:
+    boot: {{kernel: {tiny}/vmlinuz, initrd: {tiny}/initrd.img, cmdline: console=ttyS0 quiet}}
+    memory: 128
+    cpu: 1
+    user: dev
+    ssh: {{user: root}}  # to power off from inside
+    replicas: 3
+    restart: always
+    stop_grace_period: 30s
+"""
+    )
+    result = compose("up", "-d", "--wait", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert result.returncode == 0, result.stderr
+    rows = ps_rows(project, user_manager)
+    assert sorted(rows) == ["web-1", "web-2", "web-3"]
+    assert {r["status"] for r in rows.values()} == {"ready"}
+    assert len({r["ssh_port"] for r in rows.values()}) == 3
+    for name in rows:
+        out = compose("ssh", name, "hostname", cwd=project, manager=user_manager, timeout=60)
+        assert (out.returncode, out.stdout.strip()) == (0, name), out.stderr
+    # web-2's guest powers off by itself: restart: always brings it back (the supervisor)
+    watcher = compose_background("watch", "--json", "web-2", cwd=project, manager=user_manager)
+    with contextlib.suppress(subprocess.TimeoutExpired):  # the connection dies with the guest
+        compose("ssh", "web-2", "poweroff -f", cwd=project, manager=user_manager, timeout=20)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        replay = compose(
+            "watch", "--since", "all", "--no-follow", "--json", "web-2",
+            cwd=project, manager=user_manager,
+        )  # fmt: skip
+        if '"RESTARTED"' in replay.stdout and ps_rows(project, user_manager)["web-2"]["status"] == (
+            "ready"
+        ):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("web-2 did not come back")
+    watcher.send_signal(signal.SIGTERM)
+    seen = [json.loads(line) for line in watcher.communicate(timeout=20)[0].splitlines()]
+    assert {r["vm"] for r in seen} == {"web-2"}
+    order = [r["event"] for r in seen if r["event"] in ("SHUTDOWN", "RESTARTING", "RESTARTED")]
+    assert order == ["SHUTDOWN", "RESTARTING", "RESTARTED"]
+    shutdown = next(r for r in seen if r["event"] == "SHUTDOWN")
+    assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
+    logs = compose("logs", "web-2", "--source", "console", cwd=project, manager=user_manager)
+    assert logs.stdout.count("tiny-init: ssh ready") == 2  # booted twice, one console log
+    assert {r["status"] for r in ps_rows(project, user_manager).values()} == {"ready"}
