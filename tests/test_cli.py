@@ -37,7 +37,7 @@ def project(tmp_path: Path) -> Path:
 
 
 COMMANDS = [
-    "completion", "config", "console", "destroy", "inspect", "logs", "network", "ps",
+    "completion", "config", "console", "destroy", "doctor", "inspect", "logs", "network", "ps",
     "restart", "ssh", "stop", "up", "watch",
 ]  # fmt: skip
 

@@ -617,3 +617,29 @@ def network_rm(opts: GlobalOptions, names: tuple[str, ...], progress: str, wait_
             progress, lambda r: runtime.remove_networks(project, settings, r, list(names))
         )
     )
+
+
+@cli.command()
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option("--bus", default="user", show_default=True, help="user, system, or a D-Bus address.")
+def doctor(fmt: str, bus: str) -> None:
+    """Check that this machine can run VMs: systemd, QEMU, KVM, networking tools, disk space.
+
+    Every problem comes with the command that fixes it. Exits 1 when something required is
+    missing; KVM, bridge networking and the other optional parts only warn.
+    """
+    from ..doctor import evaluate, gather, render
+    from ..runner import run
+
+    checks = evaluate(run(lambda: gather(bus)))
+    if fmt == "json":
+        import dataclasses
+        import json
+
+        click.echo(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+    else:
+        click.echo(render(checks), nl=False)
+    if any(c.verdict == "fail" and c.required for c in checks):
+        sys.exit(1)

@@ -8,14 +8,19 @@ the volume, up again with the data still there.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import select
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ManagerHandle
-from tests.e2e.test_runtime import compose, ps_rows
+from tests.e2e.test_runtime import EXE, compose, compose_env, events, ps_rows
 from tests.guest.build import build
 
 pytestmark = [
@@ -38,6 +43,57 @@ def ssh(project: Path, port: int, command: str) -> str:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def console_login(project: Path, manager: ManagerHandle, vm: str, user: str, password: str) -> str:
+    """Log in on the serial console through `qemu-compose console` on a pty; what it showed."""
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        [EXE, "console", vm],
+        cwd=project,
+        env=compose_env(project, manager),
+        stdin=slave,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    seen = b""
+
+    def expect(text: bytes, timeout: float = 60) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if select.select([master], [], [], left)[0]:
+                seen += os.read(master, 4096)
+        return True
+
+    try:
+        for _ in range(20):  # until attached (raw mode drops what was typed before) and asked
+            os.write(master, b"\r")
+            if expect(b"login: ", 3):
+                break
+        else:
+            pytest.fail(f"no login prompt on the console: {seen[-300:]!r}")
+        os.write(master, user.encode() + b"\r")
+        assert expect(b"Password: "), seen[-300:]
+        os.write(master, password.encode() + b"\r")
+        assert expect(b"$ "), seen[-300:]
+        seen = b""
+        os.write(master, b"cat /etc/hostname\r")
+        assert expect(b"$ "), seen[-300:]
+        shown = seen.decode(errors="replace")
+        os.write(master, b"exit\r\x1d")  # log out, then Ctrl+] detaches
+        assert process.wait(10) == 0
+        assert process.stderr is not None
+        assert "qemu-compose: detached" in process.stderr.read().decode()
+        return shown
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(master)
 
 
 def test_three_vms_on_a_bridge_with_a_volume_and_a_share(
@@ -106,6 +162,46 @@ vms:
         assert ssh(tmp_path, web, "cat /srv/www/index.html") == "hello from the host\n"
         db = rows["db"]["ssh_port"]
         ssh(tmp_path, db, "echo precious | sudo tee /var/lib/db/data.txt >/dev/null && sync")
+        hostname = compose("ssh", "web", "cat", "/etc/hostname", cwd=tmp_path, manager=user_manager)
+        assert (hostname.returncode, hostname.stdout) == (0, "web\n"), hostname.stderr
+        info = json.loads(
+            compose("inspect", "web", "--format", "json", cwd=tmp_path, manager=user_manager).stdout
+        )
+        assert (info["status"], info["qemu_status"]) == ("ready", "running")
+        lan = next(n for n in info["networks"] if n["name"] == "lan")
+        assert (lan["address"], lan["dhcp"]) == (addresses["web"], "active")
+        assert info["volumes"][0]["host_path"] == str(site)
+        assert info["depends_on"] == {"app": "service_started"}
+        console = console_login(
+            tmp_path, user_manager, "web", "debian", info["console"]["password"]
+        )
+        assert re.search(r"[\r\n]web\r\n", console), console  # typed on the serial console
+        replay = compose(
+            "watch", "--since", "all", "--no-follow", "--json", cwd=tmp_path, manager=user_manager
+        )
+        seen = [json.loads(line) for line in replay.stdout.splitlines()]
+        for vm in ("db", "app", "web"):
+            mine = {(r["event"], r["data"].get("status")) for r in seen if r["vm"] == vm}
+            assert {("QMP_CONNECTED", "running"), ("SSH", "done"), ("READY", "done")} <= mine
+        assert any(r["vm"] == "db" and r["event"] == "HEALTH" for r in seen)
+        # stop is graceful: each guest's kernel says it powered down; up reuses the disks
+        disks = {vm: (tmp_path / f".qemu-compose/{vm}/disk.qcow2").stat().st_ino for vm in rows}
+        stopped = compose("stop", "--progress", "json", cwd=tmp_path, manager=user_manager)
+        assert stopped.returncode == 0, stopped.stderr
+        for vm in rows:
+            log = (tmp_path / f".qemu-compose/{vm}/console.log").read_text(errors="replace")
+            assert log.rstrip().endswith("reboot: Power down"), log[-500:]
+        resumed = compose(
+            "up", "-d", "--wait", "--progress", "json", cwd=tmp_path, manager=user_manager,
+            timeout=900,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+        assert not [e for e in events(resumed.stdout) if e["stage"] == "disk"]
+        assert disks == {
+            vm: (tmp_path / f".qemu-compose/{vm}/disk.qcow2").stat().st_ino for vm in rows
+        }
+        rows = ps_rows(tmp_path, user_manager)
+        assert ssh(tmp_path, rows["db"]["ssh_port"], "cat /var/lib/db/data.txt") == "precious\n"
         gone = compose("destroy", "--progress", "quiet", cwd=tmp_path, manager=user_manager)
         assert gone.returncode == 0, gone.stderr
         assert (tmp_path / ".qemu-compose/volumes/dbdata/disk.qcow2").exists()

@@ -96,6 +96,7 @@ class UserManager:
         return {
             "XDG_RUNTIME_DIR": str(self.runtime_dir),
             "DBUS_SESSION_BUS_ADDRESS": self.bus_address,
+            "QEMU_COMPOSE_JOURNAL_DIR": str(self.journal_dir),  # for `qemu-compose logs`
         }
 
     def _cgroup(self, sub: str) -> list[Path]:

@@ -1,0 +1,218 @@
+"""`doctor`: can this machine run qemu-compose, and if not, the command that fixes it.
+
+`gather` reads the machine (binaries on PATH, versions, KVM, the bus, capabilities, free
+space); `evaluate` is a pure function of what was read, so every verdict is unit-tested.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import trio
+
+from .accel import HostFacts, kvm_usable, read_host_facts
+
+Verdict = Literal["ok", "warn", "fail"]
+LOW_SPACE = 5 << 30  # bytes: less than this in the image cache is a warning
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    verdict: Verdict
+    detail: str
+    fix: str = ""  # the exact command (or step) that fixes it
+    required: bool = False  # a failure of a required check makes doctor exit 1
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    os_name: str
+    binaries: dict[str, str | None]  # name -> path, None when missing
+    versions: dict[str, str]  # name -> first line of --version
+    host: HostFacts
+    bus_error: str | None  # None: a systemd manager answered on the bus
+    bus: str
+    net_admin: bool
+    is_root: bool
+    cache_dir: Path
+    cache_free: int | None  # bytes free where images are cached
+    python: str = field(default_factory=lambda: sys.executable)
+
+
+APT = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "dnsmasq": "dnsmasq-base",
+    "ssh": "openssh-client",
+    "mkfs.ext4": "e2fsprogs",
+    "openssl": "openssl",
+    "nft": "nftables",
+    "journalctl": "systemd",
+}
+
+
+def _install(binary: str, root: bool) -> str:
+    return f"{'' if root else 'sudo '}apt-get install -y {APT[binary]}"
+
+
+def evaluate(facts: Facts) -> list[Check]:
+    checks = [Check("os", "ok", facts.os_name)]
+    root = facts.is_root
+    if facts.bus_error is None:
+        checks.append(Check("systemd", "ok", f"a systemd manager answers on the {facts.bus} bus"))
+    else:
+        fix = (
+            "run from a login session of this user (ssh, or machinectl shell USER@), or "
+            "`loginctl enable-linger $USER`; where PID 1 is not systemd (a container), see "
+            "examples/run.sh for a private user manager"
+        )
+        if not Path("/usr/lib/systemd/user/dbus.socket").exists():
+            fix = (
+                f"{'' if root else 'sudo '}apt-get install -y dbus-user-session, then log in again"
+            )
+        checks.append(Check("systemd", "fail", facts.bus_error, fix, required=True))
+
+    def binary(name: str, what: str, *, required: bool) -> None:
+        path = facts.binaries.get(name)
+        if path:
+            checks.append(Check(name, "ok", facts.versions.get(name) or path))
+        else:
+            verdict: Verdict = "fail" if required else "warn"
+            checks.append(
+                Check(name, verdict, f"not found: {what}", _install(name, root), required)
+            )
+
+    binary("qemu-system-x86_64", "runs the VMs", required=True)
+    binary("qemu-img", "makes the VMs' disks", required=True)
+    binary("openssl", "hashes the console password", required=True)
+    usable, why = kvm_usable(facts.host)
+    if usable:
+        checks.append(Check("kvm", "ok", f"KVM: {why}"))
+    else:
+        if not facts.host.cpu_flags & {"vmx", "svm"}:
+            fix = "enable VT-x/AMD-V in the firmware, or give this VM nested virtualisation"
+        elif facts.host.kvm_pvm_loaded:
+            fix = "none here: use a host with hardware virtualisation for KVM speed"
+        else:
+            fix = "sudo usermod -aG kvm $USER (then log in again), or sudo modprobe kvm_intel"
+            fix += " / kvm_amd"
+        checks.append(Check("kvm", "warn", f"VMs run under TCG (slow): {why}", fix))
+    if facts.net_admin:
+        checks.append(Check("net_admin", "ok", "CAP_NET_ADMIN: bridge networks can be made"))
+    else:
+        checks.append(
+            Check(
+                "net_admin",
+                "warn",
+                "no CAP_NET_ADMIN: VMs on user-mode networking only, no bridge networks",
+                f"sudo setcap cap_net_admin+ep {os.path.realpath(facts.python)}",
+            )
+        )
+    binary("dnsmasq", "DHCP and DNS of bridge networks", required=False)
+    binary("nft", "NAT of bridge networks with nat: true", required=False)
+    binary("ssh", "`qemu-compose ssh`", required=False)
+    binary("mkfs.ext4", "makes named volumes", required=False)
+    binary("journalctl", "`qemu-compose logs` shows the unit's journal", required=False)
+    if facts.cache_free is None:
+        checks.append(Check("image_cache", "warn", f"cannot read free space of {facts.cache_dir}"))
+    else:
+        gib = facts.cache_free / (1 << 30)
+        verdict: Verdict = "ok" if facts.cache_free >= LOW_SPACE else "warn"
+        fix = "" if verdict == "ok" else "qemu-compose image prune, or free disk space"
+        checks.append(
+            Check("image_cache", verdict, f"{gib:.1f} GiB free in {facts.cache_dir}", fix)
+        )
+    return checks
+
+
+def _version(path: str) -> str:
+    flag = "version" if Path(path).name == "openssl" else "--version"
+    try:
+        out = subprocess.run([path, flag], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return path
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else path
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return f"{line.split('=', 1)[1].strip(chr(34))}, kernel {platform.release()}"
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.release()}"
+
+
+async def gather(bus: str = "user") -> Facts:
+    import netcfg
+    import systemd_dbus
+
+    from .images import cache_dir
+
+    binaries = {name: shutil.which(name) or _sbin(name) for name in APT}
+    versions = {}
+    for name in ("qemu-system-x86_64", "qemu-img", "openssl", "dnsmasq"):
+        path = binaries.get(name)
+        if path:
+            versions[name] = await trio.to_thread.run_sync(_version, path)
+    bus_error = None
+    try:
+        with trio.fail_after(10):
+            async with systemd_dbus.connect(bus) as manager:
+                await manager.list_units("qemu-compose-")
+    except (systemd_dbus.SystemdError, trio.TooSlowError, OSError) as err:
+        bus_error = str(err) or type(err).__name__
+    cache = cache_dir()
+    probe = cache
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free: int | None = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    return Facts(
+        os_name=_os_name(),
+        binaries=binaries,
+        versions=versions,
+        host=read_host_facts(),
+        bus_error=bus_error,
+        bus=bus,
+        net_admin=netcfg.has_net_admin(),
+        is_root=os.geteuid() == 0,
+        cache_dir=cache,
+        cache_free=free,
+    )
+
+
+def _sbin(name: str) -> str | None:
+    """Debian keeps dnsmasq and mkfs in /usr/sbin, off a user's PATH: they are still there."""
+    for directory in ("/usr/sbin", "/sbin"):
+        path = Path(directory) / name
+        if os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def render(checks: list[Check]) -> str:
+    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    lines = []
+    for check in checks:
+        lines.append(f"{marks[check.verdict]}  {check.name:<20} {check.detail}")
+        if check.fix and check.verdict != "ok":
+            lines.append(f"{'':<26}fix: {check.fix}")
+    failed = [c for c in checks if c.verdict == "fail" and c.required]
+    if failed:
+        lines.append(f"\n{len(failed)} required check(s) failed.")
+    else:
+        lines.append("\nqemu-compose can run here.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,93 @@
+"""`doctor`'s verdicts: a pure function of what it read from the machine."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from orchestrator.accel import HostFacts
+from orchestrator.doctor import APT, Facts, evaluate, render
+
+KVM_HOST = HostFacts(frozenset({"vmx", "sse2"}), kvm_openable=True, kvm_pvm_loaded=False)
+
+
+def facts(**changes: object) -> Facts:
+    base = Facts(
+        os_name="Debian GNU/Linux 12 (bookworm)",
+        binaries={name: f"/usr/bin/{name}" for name in APT},
+        versions={"qemu-system-x86_64": "QEMU emulator version 7.2.0"},
+        host=KVM_HOST,
+        bus_error=None,
+        bus="user",
+        net_admin=True,
+        is_root=False,
+        cache_dir=Path("/home/me/.local/share/qemu-compose/images"),
+        cache_free=50 << 30,
+        python="/opt/venv/bin/python3",  # not a link: realpath keeps it
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def by_name(f: Facts) -> dict[str, tuple[str, str]]:
+    return {c.name: (c.verdict, c.fix) for c in evaluate(f)}
+
+
+def test_a_good_machine() -> None:
+    checks = evaluate(facts())
+    assert {c.verdict for c in checks} == {"ok"}
+    assert render(checks).endswith("qemu-compose can run here.\n")
+    kvm = next(c for c in checks if c.name == "kvm")
+    assert kvm.detail.startswith("KVM: ")
+
+
+def test_missing_qemu_fails_with_the_package_to_install() -> None:
+    binaries = {**facts().binaries, "qemu-system-x86_64": None}
+    checks = evaluate(facts(binaries=binaries))
+    qemu = next(c for c in checks if c.name == "qemu-system-x86_64")
+    assert (qemu.verdict, qemu.fix, qemu.required) == (
+        "fail",
+        "sudo apt-get install -y qemu-system-x86",
+        True,
+    )
+    assert "1 required check(s) failed." in render(checks)
+    as_root = evaluate(facts(binaries=binaries, is_root=True))
+    assert next(c for c in as_root if c.name == "qemu-system-x86_64").fix == (
+        "apt-get install -y qemu-system-x86"
+    )
+
+
+def test_optional_tools_only_warn() -> None:
+    binaries = {**facts().binaries, "dnsmasq": None, "ssh": None}
+    verdicts = by_name(facts(binaries=binaries, net_admin=False))
+    assert verdicts["dnsmasq"] == ("warn", "sudo apt-get install -y dnsmasq-base")
+    assert verdicts["ssh"] == ("warn", "sudo apt-get install -y openssh-client")
+    assert verdicts["net_admin"] == ("warn", "sudo setcap cap_net_admin+ep /opt/venv/bin/python3")
+    assert not [c for c in evaluate(facts(binaries=binaries)) if c.verdict == "fail"]
+
+
+def test_kvm_reasons() -> None:
+    none = HostFacts(frozenset({"sse2"}), kvm_openable=True, kvm_pvm_loaded=False)
+    pvm = HostFacts(frozenset({"sse2", "vmx"}), kvm_openable=True, kvm_pvm_loaded=True)
+    closed = HostFacts(frozenset({"svm"}), kvm_openable=False, kvm_pvm_loaded=False)
+    for host, words in [
+        (none, "no hardware virtualisation"),
+        (pvm, "nested PVM"),
+        (closed, "cannot be opened"),
+    ]:
+        kvm = next(c for c in evaluate(facts(host=host)) if c.name == "kvm")
+        assert kvm.verdict == "warn"
+        assert "TCG" in kvm.detail
+        assert words in kvm.detail
+        assert kvm.fix
+
+
+def test_no_systemd_manager_is_a_required_failure() -> None:
+    checks = evaluate(facts(bus_error="no D-Bus at unix:path=/run/user/1000/bus"))
+    systemd = next(c for c in checks if c.name == "systemd")
+    assert (systemd.verdict, systemd.required) == ("fail", True)
+    assert systemd.fix
+
+
+def test_low_space_warns() -> None:
+    verdicts = by_name(facts(cache_free=1 << 30))
+    assert verdicts["image_cache"] == ("warn", "qemu-compose image prune, or free disk space")
