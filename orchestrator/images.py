@@ -9,17 +9,23 @@ when whole. file:// URLs and paths are used where they are (never copied).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
-from collections.abc import Callable
+import struct
+import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import httpx
+import msgspec
 import trio
 
 from .errors import QemuComposeError
+from .state import atomic_write
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 CHUNK = 1 << 20
@@ -118,6 +124,7 @@ async def fetch(
         part.unlink(missing_ok=True)  # a bad download is not worth resuming
         raise
     os.replace(part, target)
+    record_use(target, source, fetched=True)
     return target
 
 
@@ -148,3 +155,165 @@ async def _download(
         raise ImageError(f"{url}: download interrupted ({err}); run again to resume") from err
     if total is not None and done != total:
         raise ImageError(f"{url}: got {done} of {total} bytes; run again to resume")
+
+
+# -- the cache's index: what each file is, where it came from, who uses it -------------------------
+
+
+class ImageMeta(msgspec.Struct, kw_only=True):
+    """``<image>.json`` beside each cached image."""
+
+    source: str
+    fetched_at: float = 0.0
+    last_used: float = 0.0
+    used_by: list[str] = []  # state directories of projects whose up used it
+
+
+class ImageInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of `image ls`."""
+
+    name: str
+    path: str
+    size: int  # bytes on disk
+    format: str  # qcow2, raw, ...
+    source: str | None  # the URL, when known
+    fetched_at: float | None
+    last_used: float | None
+    in_use_by: list[str]  # VM disks that use it as their backing file
+
+
+def _meta_path(image: Path) -> Path:
+    return image.with_name(image.name + ".json")
+
+
+def read_meta(image: Path) -> ImageMeta | None:
+    try:
+        return msgspec.json.decode(_meta_path(image).read_bytes(), type=ImageMeta)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+@contextlib.contextmanager
+def _index_locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def record_use(
+    image: Path, source: str, *, state_dir: Path | None = None, fetched: bool = False
+) -> None:
+    """Note in the image's index entry that it was fetched and/or used (by a project)."""
+    with _index_locked(image.parent):
+        meta = read_meta(image) or ImageMeta(source=source)
+        meta.source = source
+        now = time.time()
+        if fetched or not meta.fetched_at:
+            meta.fetched_at = now
+        if state_dir is not None:
+            meta.last_used = now
+            if str(state_dir) not in meta.used_by:
+                meta.used_by.append(str(state_dir))
+        atomic_write(_meta_path(image), msgspec.json.encode(meta), mode=0o644)
+
+
+_MAGIC = [(b"QFI\xfb", "qcow2"), (b"KDMV", "vmdk"), (b"vhdxfile", "vhdx"), (b"conectix", "vpc")]
+
+
+def image_format(path: Path) -> str:
+    """The format by its first bytes (what qemu-img would probe), raw when none matches."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return "unknown"
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), "raw")
+
+
+def backing_file(disk: Path) -> str | None:
+    """The backing file a qcow2 header names (None: not qcow2, or none)."""
+    try:
+        with disk.open("rb") as fh:
+            header = fh.read(20)
+            if len(header) < 20 or not header.startswith(b"QFI\xfb"):
+                return None
+            offset, size = struct.unpack(">QI", header[8:20])
+            if not offset or not size or size > 4096:
+                return None
+            fh.seek(offset)
+            return fh.read(size).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _users(image: Path, meta: ImageMeta | None) -> list[str]:
+    """The VM disks, in the projects that used the image, that have it as their backing file."""
+    found = []
+    for state_dir in meta.used_by if meta else []:
+        for disk in sorted(Path(state_dir).glob("*/disk.qcow2")):
+            backing = backing_file(disk)
+            if backing and os.path.realpath(disk.parent / backing) == os.path.realpath(image):
+                found.append(str(disk))
+    return found
+
+
+def list_images(directory: Path | None = None) -> list[ImageInfo]:
+    directory = directory or cache_dir()
+    rows = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(directory.iterdir()):
+            if entry.name.startswith(".") or entry.suffix in (".json", ".part"):
+                continue
+            if not entry.is_file():
+                continue
+            meta = read_meta(entry)
+            rows.append(
+                ImageInfo(
+                    name=entry.name,
+                    path=str(entry),
+                    size=entry.stat().st_blocks * 512,
+                    format=image_format(entry),
+                    source=meta.source if meta else None,
+                    fetched_at=meta.fetched_at if meta else None,
+                    last_used=meta.last_used or None if meta else None,
+                    in_use_by=_users(entry, meta),
+                )
+            )
+    return rows
+
+
+def find_image(key: str, directory: Path | None = None) -> ImageInfo:
+    """A cached image by its name in the cache or its URL."""
+    for info in list_images(directory):
+        if key in (info.name, info.source):
+            return info
+    raise ImageError(f"no cached image {key!r} (see `qemu-compose image ls`)")
+
+
+def remove_image(info: ImageInfo, *, force: bool = False) -> None:
+    """Delete a cached image and its index entry; refused while a VM disk is built on it."""
+    if info.in_use_by and not force:
+        raise ImageError(
+            f"{info.name} is the base of {', '.join(info.in_use_by)}: destroy those VMs first "
+            "(or --force, which breaks them)"
+        )
+    path = Path(info.path)
+    with _index_locked(path.parent):
+        path.unlink(missing_ok=True)
+        _meta_path(path).unlink(missing_ok=True)
+        path.with_name(path.name + ".part").unlink(missing_ok=True)
+
+
+def prune(directory: Path | None = None, *, keep: Collection[str] = ()) -> list[ImageInfo]:
+    """Remove every cached image no VM disk uses and no URL in ``keep`` names."""
+    removed = []
+    for info in list_images(directory):
+        if info.in_use_by or (info.source is not None and info.source in keep):
+            continue
+        remove_image(info)
+        removed.append(info)
+    return removed

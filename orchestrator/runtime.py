@@ -36,7 +36,7 @@ from .disks import create_overlay, create_volume
 from .errors import QemuComposeError, UsageError
 from .events import Event, Reporter
 from .guest import check_bind_sources, mount_layout
-from .images import fetch
+from .images import fetch, is_remote, record_use
 from .knownhosts import forget_host
 from .model import Vm
 from .naming import (
@@ -322,6 +322,8 @@ async def _prepare_images(ctx: Context, chosen: Sequence[Instance]) -> None:
                 ctx.report("", "image", "working", f"{source} {100 * done // total}%")
 
         ctx.images[source] = await fetch(source, checksum=checksum, progress=progress)
+        if is_remote(source):  # for `image ls` (last used) and `image prune` (who uses it)
+            record_use(ctx.images[source], source, state_dir=ctx.project.state_dir)
         ctx.report("", "image", "done", str(ctx.images[source]))
 
     async with trio.open_nursery() as nursery:

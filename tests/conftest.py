@@ -6,12 +6,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.support.http import Files
 from tests.support.systemd_user import UserManager, pid1_is_systemd
 
 
@@ -56,3 +59,15 @@ def user_manager() -> Iterator[ManagerHandle]:
     finally:
         manager.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, type[Files]]]:
+    """An HTTP server of 3 MiB of random bytes at any path: (base URL, its handler class)."""
+    handler = type("Files", (Files,), {"content": os.urandom(3 << 20), "cut": None, "ranges": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()

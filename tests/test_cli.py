@@ -37,8 +37,8 @@ def project(tmp_path: Path) -> Path:
 
 
 COMMANDS = [
-    "completion", "config", "console", "destroy", "doctor", "inspect", "logs", "network", "ps",
-    "restart", "ssh", "stop", "up", "watch",
+    "completion", "config", "console", "destroy", "doctor", "image", "inspect", "logs",
+    "network", "ps", "pull", "restart", "ssh", "stop", "up", "watch",
 ]  # fmt: skip
 
 
@@ -50,7 +50,9 @@ def test_help_lists_only_working_commands(tmp_path: Path) -> None:
     assert listed == COMMANDS
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "network ls", "network rm"])
+@pytest.mark.parametrize(
+    "command", [*COMMANDS, "network ls", "network rm", "image ls", "image rm", "image prune"]
+)
 def test_every_command_has_help(command: str, tmp_path: Path) -> None:
     result = run(*command.split(), "--help", cwd=tmp_path)
     assert result.returncode == 0

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
 from orchestrator.disks import DiskError, create_overlay, create_volume, image_info
 from orchestrator.images import ImageError, cache_name, fetch
 from orchestrator.secrets import ensure_console_password, ensure_project_key
+from tests.support.http import Files
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None, reason="qemu-img is not installed"
@@ -87,54 +83,8 @@ def test_project_key_and_console_password_are_private(tmp_path: Path) -> None:
     assert check.stdout.strip() == password.crypt_hash
 
 
-class _Files(BaseHTTPRequestHandler):
-    """Serves bytes with Range support; can cut a response off after ``cut`` bytes."""
-
-    content: ClassVar[bytes] = b""
-    cut: ClassVar[int | None] = None
-    ranges: ClassVar[list[str | None]] = []
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        type(self).ranges.append(self.headers.get("Range"))
-        data, start = self.content, 0
-        header = self.headers.get("Range")
-        if header:
-            start = int(header.removeprefix("bytes=").split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.cut is not None and not header:
-            self.wfile.write(body[: self.cut])
-            self.wfile.flush()
-            self.connection.shutdown(2)
-            return
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[str, type[_Files]]]:
-    handler = type("Files", (_Files,), {"content": os.urandom(3 << 20), "cut": None, "ranges": []})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
-    httpd.shutdown()
-    httpd.server_close()
-
-
 async def test_download_into_the_cache_with_checksum(
-    server: tuple[str, type[_Files]], tmp_path: Path
+    server: tuple[str, type[Files]], tmp_path: Path
 ) -> None:
     base, files = server
     url = f"{base}/images/disk.qcow2"
@@ -161,7 +111,7 @@ def test_same_basename_different_urls_do_not_collide() -> None:
 
 
 async def test_an_interrupted_download_resumes(
-    server: tuple[str, type[_Files]], tmp_path: Path
+    server: tuple[str, type[Files]], tmp_path: Path
 ) -> None:
     base, files = server
     url = f"{base}/disk.img"
@@ -177,7 +127,7 @@ async def test_an_interrupted_download_resumes(
 
 
 async def test_a_wrong_checksum_is_refused_and_not_kept(
-    server: tuple[str, type[_Files]], tmp_path: Path
+    server: tuple[str, type[Files]], tmp_path: Path
 ) -> None:
     base, _ = server
     with pytest.raises(ImageError, match="the compose file says 00"):
@@ -194,6 +144,6 @@ async def test_local_images_are_used_in_place(tmp_path: Path) -> None:
         await fetch(str(tmp_path / "missing.qcow2"))
 
 
-async def test_http_errors(server: tuple[str, type[_Files]], tmp_path: Path) -> None:
+async def test_http_errors(server: tuple[str, type[Files]], tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="download interrupted"):
         await fetch("http://127.0.0.1:1/nothing.img", directory=tmp_path)
