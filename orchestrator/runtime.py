@@ -64,7 +64,7 @@ from .qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
 from .quantities import parse_duration, parse_size
 from .secrets import ConsolePassword, ProjectKey, ensure_console_password, ensure_project_key
 from .state import ProjectLock, ProjectState, StateDir, VmState
-from .supervise import Watched, write_supervised
+from .supervise import GIVE_UP_SIGNAL, Watched, write_supervised
 
 DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
 
@@ -264,6 +264,12 @@ def _bus_address(settings: Settings) -> str:
 
 async def _ensure_supervisor(ctx: Context, names: set[str]) -> None:
     """Tell the project's supervisor which VMs to watch; start it if it does not run."""
+    _write_supervised(ctx, names)
+    unit = supervisor_unit(ctx.project.name)
+    await _start_supervisor(ctx, unit)
+
+
+def _write_supervised(ctx: Context, names: set[str]) -> None:
     by_name = {i.name: i for i in instances(ctx.project.model)}
     write_supervised(
         ctx.paths.supervised_vms,
@@ -277,7 +283,9 @@ async def _ensure_supervisor(ctx: Context, names: set[str]) -> None:
             if name in by_name
         },
     )
-    unit = supervisor_unit(ctx.project.name)
+
+
+async def _start_supervisor(ctx: Context, unit: str) -> None:
     status = await ctx.manager.status(unit)
     if status.active_state in ("active", "activating", "reloading"):
         return
@@ -589,6 +597,10 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
     grace = _grace(vm)
     restart = "no" if vm.restart == "no" else "on-failure"  # systemd's: when QEMU crashes
     extra_props = []
+    if restart != "no":  # the supervisor's giving up is final
+        extra_props.append(
+            systemd_dbus.ExtraProperty("RestartPreventExitStatus", "(aiai)", ([], [GIVE_UP_SIGNAL]))
+        )
     if vm.restart.startswith("on-failure:"):
         extra_props.append(
             systemd_dbus.ExtraProperty("StartLimitBurst", "u", int(vm.restart.split(":")[1]))
@@ -837,7 +849,7 @@ async def destroy(
                 nursery.start_soon(_remove_vm, ctx, name)
         await _remove_unused_networks(ctx)
         if ctx.state.vms:
-            await _ensure_supervisor(ctx, set(ctx.state.vms))  # no longer the removed ones
+            _write_supervised(ctx, set(ctx.state.vms))  # no longer the removed ones
         else:
             await _stop_supervisor(ctx)
             ctx.paths.supervised_vms.unlink(missing_ok=True)

@@ -12,7 +12,8 @@ it; it is re-read when it changes) and, for each of them:
   ``-no-shutdown`` and ``-action panic=pause``: when its guest powers off or panics, QEMU stays,
   paused, and the supervisor decides (`decide`): reset the guest in place and resume it, after
   a backoff that doubles with each restart in the last ten minutes; or quit QEMU; or, when an
-  ``on-failure:N`` policy has used its N restarts, kill it so that its unit ends failed. A
+  ``on-failure:N`` policy has used its N restarts, kill it (GIVE_UP_SIGNAL) so that its unit
+ends failed, and stays so. A
   poweroff that someone asked for (``stop``: a POWERDOWN came first) is never restarted.
 
 A crash of QEMU itself is systemd's to restart (the VM unit's Restart=on-failure).
@@ -44,6 +45,9 @@ from .state import atomic_write
 
 log = logging.getLogger(__name__)
 
+# Giving up on a VM: a signal QEMU does not handle (it ends it, without a core dump) and that
+# systemd is told not to restart on (RestartPreventExitStatus=SIGPWR): the unit ends failed.
+GIVE_UP_SIGNAL = signal.SIGPWR
 RESTART_WINDOW = 600.0  # restarts further back than this no longer lengthen the backoff
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -266,7 +270,7 @@ class ProjectSupervisor:
                 )
                 spec = self.vms.get(vm)
                 if spec is not None:
-                    await self.manager.kill(spec.unit, signal.SIGKILL)
+                    await self.manager.kill(spec.unit, GIVE_UP_SIGNAL)
         except (qmp.QmpError, systemd_dbus.SystemdError) as err:
             self.event_log.append(vm, "SUPERVISOR_ERROR", {"error": str(err)}, source="supervisor")
         finally:

@@ -13,6 +13,7 @@ import trio
 import qmp
 import systemd_dbus
 from orchestrator.supervise import (
+    GIVE_UP_SIGNAL,
     Act,
     Ending,
     ProjectSupervisor,
@@ -23,6 +24,7 @@ from orchestrator.supervise import (
     write_supervised,
 )
 from qmp.eventlog import EventLog, EventRecord
+from systemd_dbus import ExtraProperty
 from tests.conftest import ManagerHandle
 from tests.support.qemu import PANIC_CODE, POWEROFF_CODE, Vm, short_tempdir
 
@@ -88,7 +90,18 @@ class Rig:
         table = read_supervised(self.vms_file)
         table[name] = Watched(vm.supervision_socket, unit, policy)
         write_supervised(self.vms_file, table)
-        await self.manager.start(systemd_dbus.TransientUnit(unit, argv, collect_mode="inactive"))
+        extra = [ExtraProperty("RestartPreventExitStatus", "(aiai)", ([], [GIVE_UP_SIGNAL]))]
+        await self.manager.start(
+            systemd_dbus.TransientUnit(
+                unit,
+                argv,
+                collect_mode="inactive",
+                # as the runtime makes them: systemd restarts a crashed QEMU, not a given-up one
+                restart="no" if policy == "no" else "on-failure",
+                restart_sec=0.1,
+                extra=extra if policy != "no" else [],
+            )
+        )
         return vm, unit
 
     def records(self, vm: str) -> list[EventRecord]:
@@ -147,6 +160,9 @@ async def test_a_panicking_guest_is_restarted_with_backoff_until_its_limit(rig: 
     assert restarted[1].time - restarting[1].time >= 1.0  # the backoff was waited
     states = [r.data["active_state"] for r in seen if r.event == "UNIT_STATE"]
     assert states[-1] == "failed"
+    await trio.sleep(1)  # RestartSec is 0.1 s: had systemd restarted it, it would be back
+    status = await rig.manager.status(unit)
+    assert (status.active_state, status.result) == ("failed", "signal")
 
 
 @pytestmark_real

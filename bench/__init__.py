@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures measured against baselines in the same run."""
