@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,13 @@ from .accel import HostFacts, kvm_usable, read_host_facts
 
 Verdict = Literal["ok", "warn", "fail"]
 LOW_SPACE = 5 << 30  # bytes: less than this in the image cache is a warning
+MIN_QEMU = (7, 1)
+
+
+def qemu_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) from "QEMU emulator version 7.2.22 (...)"; None if it says none."""
+    match = re.search(r"version (\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,16 @@ def evaluate(facts: Facts) -> list[Check]:
             )
 
     binary("qemu-system-x86_64", "runs the VMs", required=True)
+    version = qemu_version(facts.versions.get("qemu-system-x86_64", ""))
+    if facts.binaries.get("qemu-system-x86_64") and version is not None and version < MIN_QEMU:
+        checks[-1] = Check(
+            "qemu-system-x86_64",
+            "fail",
+            f"{facts.versions['qemu-system-x86_64']}: {'.'.join(map(str, MIN_QEMU))} or newer "
+            "is needed (-action panic=exit-failure)",
+            "use Debian 12 or newer (QEMU 7.2), or a backport of QEMU",
+            required=True,
+        )
     binary("qemu-img", "makes the VMs' disks", required=True)
     binary("openssl", "hashes the console password", required=True)
     usable, why = kvm_usable(facts.host)
@@ -113,7 +131,8 @@ def evaluate(facts: Facts) -> list[Check]:
                 "net_admin",
                 "warn",
                 "no CAP_NET_ADMIN: VMs on user-mode networking only, no bridge networks",
-                f"sudo setcap cap_net_admin+ep {os.path.realpath(facts.python)}",
+                "run qemu-compose as root for bridge networks (a file capability on a shared "
+                "Python interpreter would give CAP_NET_ADMIN to every program it runs: do not)",
             )
         )
     binary("dnsmasq", "DHCP and DNS of bridge networks", required=False)

@@ -170,7 +170,8 @@ class ImageMeta(msgspec.Struct, kw_only=True):
 
 
 class ImageInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A row of `image ls`."""
+    """A row of `image ls`. An image without an index entry (cached by an older version) has
+    unknown users: ``in_use_by`` then says so, and prune keeps it."""
 
     name: str
     path: str
@@ -250,10 +251,15 @@ def backing_file(disk: Path) -> str | None:
         return None
 
 
+UNKNOWN_USERS = "unknown (no index entry): `image rm` it if nothing uses it"
+
+
 def _users(image: Path, meta: ImageMeta | None) -> list[str]:
     """The VM disks, in the projects that used the image, that have it as their backing file."""
+    if meta is None:
+        return [UNKNOWN_USERS]
     found = []
-    for state_dir in meta.used_by if meta else []:
+    for state_dir in meta.used_by:
         for disk in sorted(Path(state_dir).glob("*/disk.qcow2")):
             backing = backing_file(disk)
             if backing and os.path.realpath(disk.parent / backing) == os.path.realpath(image):
@@ -296,7 +302,7 @@ def find_image(key: str, directory: Path | None = None) -> ImageInfo:
 
 def remove_image(info: ImageInfo, *, force: bool = False) -> None:
     """Delete a cached image and its index entry; refused while a VM disk is built on it."""
-    if info.in_use_by and not force:
+    if info.in_use_by and info.in_use_by != [UNKNOWN_USERS] and not force:
         raise ImageError(
             f"{info.name} is the base of {', '.join(info.in_use_by)}: destroy those VMs first "
             "(or --force, which breaks them)"

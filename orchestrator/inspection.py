@@ -7,6 +7,7 @@ a person. Reading only: no lock is taken, nothing is changed.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from typing import Any
 
@@ -144,7 +145,9 @@ async def inspect(project: Project, settings: runtime.Settings, name: str) -> di
         },
         "logs": {
             "command": f"qemu-compose logs {name}",
-            "journal": f"journalctl --user -u {unit}",
+            "journal": shlex.join(
+                ["journalctl", *(["--user"] if settings.bus != "system" else []), "-u", unit]
+            ),
         },
     }
 

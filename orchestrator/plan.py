@@ -96,7 +96,9 @@ class Action:
         return self.kind not in (ActionKind.KEEP, ActionKind.ORPHAN)
 
 
-def select(compose: ComposeFile, names: Sequence[str]) -> list[Instance]:
+def select(
+    compose: ComposeFile, names: Sequence[str], *, with_dependencies: bool = True
+) -> list[Instance]:
     """The instances named (definitions or replicas) and everything they depend on."""
     everything = {i.name: i for i in instances(compose)}
     by_definition: dict[str, list[str]] = {}
@@ -121,7 +123,8 @@ def select(compose: ComposeFile, names: Sequence[str]) -> list[Instance]:
         if name in chosen:
             continue
         chosen[name] = None
-        stack.extend(dependencies(compose, everything[name]))
+        if with_dependencies:
+            stack.extend(dependencies(compose, everything[name]))
     return [inst for inst in everything.values() if inst.name in chosen]
 
 

@@ -10,7 +10,7 @@ from typing import TextIO
 
 import trio
 
-from .images import ImageError, cache_dir, cache_name, fetch, is_remote
+from .images import ImageError, cache_dir, cache_name, fetch, is_remote, list_images
 
 # (url, bytes so far, total or None, status: "working", "done", "cached", "failed", detail)
 Show = Callable[[str, int, int | None, str, str], None]
@@ -24,9 +24,23 @@ async def pull(
 
     async def one(url: str, checksum: str | None) -> None:
         cached = (directory or cache_dir()) / cache_name(url)
-        if not force and cached.exists():
-            show(url, cached.stat().st_size, cached.stat().st_size, "cached", str(cached))
-            return
+        if cached.exists():
+            users = [i.in_use_by for i in list_images(cached.parent) if i.path == str(cached)]
+            if force and users and users[0]:  # a new file under their disks would ruin them
+                why = f"VM disks are built on it ({', '.join(users[0])}): destroy them first"
+                failures[url] = why
+                show(url, 0, None, "failed", why)
+                return
+            if not force:
+                try:
+                    await fetch(url, checksum=checksum, directory=directory)  # verifies it
+                except ImageError as err:
+                    failures[url] = str(err)
+                    show(url, 0, None, "failed", str(err))
+                    return
+                size = cached.stat().st_size
+                show(url, size, size, "cached", str(cached))
+                return
         show(url, 0, None, "working", "")
         try:
             path = await fetch(

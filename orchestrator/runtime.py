@@ -96,6 +96,8 @@ class Settings:
     no_recreate: bool = False
     force_recreate: bool = False
     remove_orphans: bool = False
+    no_deps: bool = False  # only the VMs named, not what they depend on
+    keep_config: bool = False  # restart: a VM keeps its recorded config hash (`up` applies)
     wait_lock: bool = False
     bus: str = "user"
     journal_dir: Path | None = None
@@ -195,7 +197,11 @@ async def up(
 
 
 def _plan(project: Project, settings: Settings, observed: dict[str, Observed]) -> list[Action]:
-    selected = select(project.model, settings.services) if settings.services else None
+    selected = (
+        select(project.model, settings.services, with_dependencies=not settings.no_deps)
+        if settings.services
+        else None
+    )
     return plan(
         project.model,
         observed,
@@ -270,17 +276,25 @@ async def _ensure_supervisor(ctx: Context, names: set[str]) -> None:
 
 
 def _write_supervised(ctx: Context, names: set[str]) -> None:
+    """The VMs to watch, each with the policy its QEMU runs with (the state's, which is the
+    file's of its last start: a VM not restarted since the file changed keeps the old one)."""
     by_name = {i.name: i for i in instances(ctx.project.model)}
+
+    def policy(name: str) -> str:
+        saved = ctx.state.vms.get(name)
+        if saved is not None:
+            return saved.restart
+        return by_name[name].vm.restart if name in by_name else "no"
+
     write_supervised(
         ctx.paths.supervised_vms,
         {
             name: Watched(
                 qmp=str(ctx.paths.vm(name).qmp_socket),
                 unit=vm_unit(ctx.project.name, name),
-                restart=by_name[name].vm.restart,
+                restart=policy(name),
             )
             for name in names
-            if name in by_name
         },
     )
 
@@ -629,15 +643,18 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
         ),
         settle=0.3,
     )
+    recorded = saved.config_hash if saved and ctx.settings.keep_config else None
     ctx.state.vms[name] = VmState(
         unit=unit,
-        config_hash=config_hash(ctx.project.model, inst),
+        config_hash=recorded or config_hash(ctx.project.model, inst),
         created_at=saved.created_at if saved and action.kind is ActionKind.START else time.time(),
         ssh_port=ssh_port,
         macs={n.netdev: n.mac for n in nics},
         ports=[f"{f.host_ip}:{f.host_port}->{f.guest_port}/{f.protocol}" for f in forwards[1:]],
+        restart=vm.restart,
     )
     ctx.save()
+    _write_supervised(ctx, set(ctx.state.vms))  # its policy, as this QEMU runs it
     report(name, "unit", "done", unit)
 
 

@@ -1,6 +1,6 @@
 """The project supervisor: one systemd unit per project that watches its VMs and restarts them.
 
-``python -m orchestrator.supervise --state-dir DIR --project NAME --bus ADDRESS`` runs as
+``python -m orchestrator.supervise --state-dir DIR --bus ADDRESS`` runs as
 ``qemu-compose-<project>-supervisor.service`` (``up`` starts it, restarted by systemd if it
 fails). It reads the VMs to watch from ``supervised-vms.json`` (``up`` and ``destroy`` rewrite
 it; it is re-read when it changes) and, for each of them:
@@ -131,6 +131,7 @@ class _VmWatch:
     requested: bool = False  # a POWERDOWN came: the next poweroff was asked for
     busy: bool = False  # a decision is being carried out
     restarts: list[float] = field(default_factory=list)  # when (time.monotonic())
+    generation: int = 0  # one more with each connection: a new QEMU (restarts are in place)
 
 
 class ProjectSupervisor:
@@ -177,6 +178,9 @@ class ProjectSupervisor:
         self._qmp.set_vms({name: w.qmp for name, w in vms.items()})
         for name in vms:
             self._watches.setdefault(name, _VmWatch())
+        for name in list(self._watches):
+            if name not in vms:  # destroyed: a VM of that name later starts afresh
+                del self._watches[name]
         if {w.unit for w in vms.values()} != units_before:
             self._units_changed.set()
 
@@ -215,8 +219,10 @@ class ProjectSupervisor:
     ) -> None:
         watch = self._watches.setdefault(vm, _VmWatch())
         ending: Ending | None = None
-        if event == CONNECTED:
-            watch.requested = False
+        if event == CONNECTED:  # a new QEMU (or a new supervisor): start counting afresh
+            watch.generation += 1
+            watch.requested = watch.busy = False
+            watch.restarts.clear()
             status = data.get("status")  # it may have ended while nobody watched
             if status == "shutdown":
                 ending = Ending.POWEROFF
@@ -245,6 +251,7 @@ class ProjectSupervisor:
     async def _carry_out(
         self, vm: str, session: qmp.QmpSession, decision: Decision, watch: _VmWatch
     ) -> None:
+        generation = watch.generation
         try:
             if decision.act is Act.RESTART:
                 watch.restarts.append(time.monotonic())
@@ -256,7 +263,11 @@ class ProjectSupervisor:
                     source="supervisor",
                 )
                 await trio.sleep(decision.delay)
-                if watch.requested:  # stopped while we waited: leave it to the stop
+                if watch.generation != generation:
+                    return  # replaced by a new QEMU while we waited: not ours to touch
+                if watch.requested:  # a stop came while we waited: it wants the VM off
+                    with contextlib.suppress(qmp.VmGoneError, qmp.SessionStateError):
+                        await session.execute("quit")
                     return
                 await session.execute("system_reset")
                 await session.execute("cont")
@@ -274,7 +285,8 @@ class ProjectSupervisor:
         except (qmp.QmpError, systemd_dbus.SystemdError) as err:
             self.event_log.append(vm, "SUPERVISOR_ERROR", {"error": str(err)}, source="supervisor")
         finally:
-            watch.busy = False
+            if watch.generation == generation:
+                watch.busy = False
 
 
 async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -267,6 +267,16 @@ class QmpSession:
         """
         try:
             async with self.events(["SHUTDOWN"]) as events:
+                if (await self.query_status()).status in ("shutdown", "guest-panicked"):
+                    # off already, kept by -no-shutdown: nobody is there to press for
+                    with contextlib.suppress(VmGoneError):
+                        await self.execute("quit", timeout=quit_timeout)
+                    try:
+                        with trio.fail_after(quit_timeout):
+                            await self.wait_closed()
+                    except trio.TooSlowError:
+                        raise QmpTimeoutError("quit", quit_timeout) from None
+                    return PowerdownOutcome.GUEST_SHUTDOWN
                 await self.execute("system_powerdown", timeout=quit_timeout)
                 with trio.move_on_after(grace):
                     async for _ in events:  # SHUTDOWN: QEMU exits by itself next

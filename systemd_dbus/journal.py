@@ -25,7 +25,13 @@ def journal_argv(
     ``pid``: the unit's main process, whose output is matched by PID too: journald cannot
     tell which unit a line came from when the process exited before it read the line.
     """
-    argv = ["journalctl", "--no-pager", "--quiet", "--output=cat", f"--lines={lines or 'all'}"]
+    argv = [
+        "journalctl",
+        "--no-pager",
+        "--quiet",
+        "--output=cat",
+        f"--lines={'all' if lines is None else lines}",
+    ]
     if directory is not None:
         argv.append(f"--directory={directory}")
     elif user:

@@ -210,6 +210,7 @@ async def _with_progress(mode: str, work: Callable[[Reporter], Awaitable[T]]) ->
 @click.option("--no-recreate", is_flag=True, help="Keep VMs whose configuration changed.")
 @click.option("--force-recreate", is_flag=True, help="Recreate VMs even when unchanged.")
 @click.option("--remove-orphans", is_flag=True, help="Remove VMs no longer in the file.")
+@click.option("--no-deps", is_flag=True, help="Start only the VMs named, not their dependencies.")
 @click.option("--dry-run", is_flag=True, help="Print what would be done, do nothing.")
 @_progress
 @_wait_lock
@@ -224,6 +225,7 @@ def up(
     no_recreate: bool,
     force_recreate: bool,
     remove_orphans: bool,
+    no_deps: bool,
     dry_run: bool,
     progress: str,
     wait_lock: bool,
@@ -244,6 +246,7 @@ def up(
         no_recreate=no_recreate,
         force_recreate=force_recreate,
         remove_orphans=remove_orphans,
+        no_deps=no_deps,
         wait_lock=wait_lock,
     )
     from .. import runtime
@@ -547,17 +550,45 @@ def restart(
     progress: str,
     wait_lock: bool,
 ) -> None:
-    """Stop VMs gracefully and start them again, keeping their disks and configuration.
+    """Stop created VMs gracefully and start them again, with their disks (all, or those named).
 
-    Like docker compose, a changed compose file is not applied: that is what `up` does.
+    Nothing is created or recreated, and what they depend on is left alone. The compose file
+    is read again: changes that need no new disk (cpu, memory, ports...) take effect; the
+    VM keeps its recorded configuration, so that `up` still recreates it when the file asks
+    for more.
     """
     project = opts.load()
-    _instances_named(project, vms)
+    named = _instances_named(project, vms)
     from .. import runtime
+    from ..errors import UsageError
     from ..runner import run
+    from ..state import StateDir
 
-    stop_settings = _settings(vms, wait_lock=wait_lock)
-    up_settings = _settings(vms, wait=wait_ready, no_recreate=True, wait_lock=wait_lock)
+    state_dir = StateDir(project.state_dir)
+    created = set(state_dir.read_state(project.name).vms) if state_dir.path.exists() else set()
+    if named:
+        missing = [n for n in named if n not in created]
+        if missing:
+            raise UsageError(
+                f"not created: {', '.join(missing)} (`qemu-compose up {' '.join(missing)}`)"
+            )
+    else:
+        from ..plan import instances
+
+        named = [i.name for i in instances(project.model) if i.name in created]
+        if not named:
+            click.echo("qemu-compose: no VM is created; nothing to restart", err=True)
+            return
+    names = tuple(named)
+    stop_settings = _settings(names, wait_lock=wait_lock)
+    up_settings = _settings(
+        names,
+        wait=wait_ready,
+        no_recreate=True,
+        no_deps=True,
+        keep_config=True,
+        wait_lock=wait_lock,
+    )
 
     async def both() -> None:
         await _with_progress(
@@ -735,7 +766,7 @@ def image() -> None:
 )
 def image_ls(fmt: str) -> None:
     """List the cached images: name, size, format, source URL, last use, VMs built on them."""
-    from ..images import list_images
+    from ..images import UNKNOWN_USERS, list_images
 
     rows = list_images()
     if fmt == "json":
@@ -751,9 +782,9 @@ def image_ls(fmt: str) -> None:
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row.last_used)) if row.last_used else "-"
         )
         size = f"{row.size / (1 << 20):.1f}M"
+        vms = "?" if row.in_use_by == [UNKNOWN_USERS] else str(len(row.in_use_by))
         click.echo(
-            f"{row.name:<44} {size:>9} {row.format:<7} {used:<17} {len(row.in_use_by):>3} "
-            f"{row.source or '-'}"
+            f"{row.name:<44} {size:>9} {row.format:<7} {used:<17} {vms:>3} {row.source or '-'}"
         )
 
 

@@ -63,7 +63,10 @@ def test_watchers_inspect_logs_and_restart(project: Path, user_manager: ManagerH
     ]
     up = compose("up", "-d", "b", "--progress", "quiet", cwd=project, manager=user_manager)
     assert up.returncode == 0, up.stderr
-    restarted = compose("restart", "b", "--progress", "json", cwd=project, manager=user_manager)
+    refused = compose("restart", "a", cwd=project, manager=user_manager)
+    assert refused.returncode == 2
+    assert "not created: a" in refused.stderr
+    restarted = compose("restart", "--progress", "json", cwd=project, manager=user_manager)
     assert restarted.returncode == 0, restarted.stderr
     assert [e["stage"] for e in events(restarted.stdout) if e["status"] == "done"][-3:] == [
         "unit",

@@ -23,7 +23,7 @@ from qmp import (
     open_session,
 )
 from qmp.events import Powerdown, Resume, Shutdown, Stop
-from tests.support.qemu import Vm
+from tests.support.qemu import POWEROFF_CODE, Vm
 
 MakeVm = Callable[..., Vm]
 
@@ -215,6 +215,19 @@ async def test_powerdown_of_a_guest_kept_by_no_shutdown(make_vm: MakeVm) -> None
         outcome = await session.powerdown(grace=30, quit_timeout=20)
         assert outcome is PowerdownOutcome.GUEST_SHUTDOWN
         assert trio.current_time() - started < 10  # not the 20 s of quit_timeout
+    assert vm.process is not None
+    assert vm.process.wait(timeout=10) == 0
+
+
+async def test_powerdown_of_a_guest_already_off_under_no_shutdown(make_vm: MakeVm) -> None:
+    vm = make_vm(paused=False, boot_code=POWEROFF_CODE, extra=["-no-shutdown"])
+    async with open_session(vm.supervision_socket) as session:
+        with trio.fail_after(30):
+            while (await session.query_status()).status != "shutdown":
+                await trio.sleep(0.05)
+        started = trio.current_time()
+        assert await session.powerdown(grace=30) is PowerdownOutcome.GUEST_SHUTDOWN
+        assert trio.current_time() - started < 5  # no grace period waited for nothing
     assert vm.process is not None
     assert vm.process.wait(timeout=10) == 0
 
