@@ -39,7 +39,7 @@ import trio
 import qmp
 import systemd_dbus
 from qmp.eventlog import EventLog
-from qmp.supervisor import CONNECTED, Supervisor
+from qmp.supervisor import CONNECTED, Supervisor, serve_until_signalled
 
 from .state import atomic_write
 
@@ -298,17 +298,9 @@ async def _main(state_dir: Path, bus: str) -> None:
     from .naming import ProjectPaths
 
     paths = ProjectPaths(state_dir, "")
-    async with (
-        qmp.asyncio_loop(),
-        systemd_dbus.connect(bus) as manager,
-        trio.open_nursery() as nursery,
-    ):
+    async with qmp.asyncio_loop(), systemd_dbus.connect(bus) as manager:
         supervisor = ProjectSupervisor(EventLog(paths.events_dir), paths.supervised_vms, manager)
-        await nursery.start(supervisor.run)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                nursery.cancel_scope.cancel()
-                break
+        await serve_until_signalled(supervisor.run)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -269,39 +269,30 @@ class QmpSession:
             async with self.events(["SHUTDOWN"]) as events:
                 if (await self.query_status()).status in ("shutdown", "guest-panicked"):
                     # off already, kept by -no-shutdown: nobody is there to press for
-                    with contextlib.suppress(VmGoneError):
-                        await self.execute("quit", timeout=quit_timeout)
-                    try:
-                        with trio.fail_after(quit_timeout):
-                            await self.wait_closed()
-                    except trio.TooSlowError:
-                        raise QmpTimeoutError("quit", quit_timeout) from None
+                    await self._quit(quit_timeout)
                     return PowerdownOutcome.GUEST_SHUTDOWN
                 await self.execute("system_powerdown", timeout=quit_timeout)
                 with trio.move_on_after(grace):
-                    async for _ in events:  # SHUTDOWN: QEMU exits by itself next
-                        # ... unless -no-shutdown keeps it (paused): quit it in any case
-                        with contextlib.suppress(VmGoneError, SessionStateError):
-                            await self.execute("quit", timeout=quit_timeout)
-                        try:
-                            with trio.fail_after(quit_timeout):
-                                await self.wait_closed()
-                        except trio.TooSlowError:
-                            raise QmpTimeoutError("quit", quit_timeout) from None
+                    async for _ in events:  # SHUTDOWN: QEMU exits by itself next ...
+                        await self._quit(quit_timeout)  # ... unless -no-shutdown keeps it
                         return PowerdownOutcome.GUEST_SHUTDOWN
                     return PowerdownOutcome.EXITED  # the stream ended: EOF
         except (VmGoneError, SessionStateError):
             if self.ended or self.state is not SessionState.CONNECTED:
                 return PowerdownOutcome.ALREADY_GONE
             raise
-        with contextlib.suppress(VmGoneError):
-            await self.execute("quit", timeout=quit_timeout)
+        await self._quit(quit_timeout)
+        return PowerdownOutcome.QUIT
+
+    async def _quit(self, timeout: float) -> None:
+        """Ask QEMU to quit (it may be on its way out already) and wait until it has gone."""
+        with contextlib.suppress(VmGoneError, SessionStateError):
+            await self.execute("quit", timeout=timeout)
         try:
-            with trio.fail_after(quit_timeout):
+            with trio.fail_after(timeout):
                 await self.wait_closed()
         except trio.TooSlowError:
-            raise QmpTimeoutError("quit", quit_timeout) from None
-        return PowerdownOutcome.QUIT
+            raise QmpTimeoutError("quit", timeout) from None
 
 
 def _accept_nothing(_event: Any) -> bool:

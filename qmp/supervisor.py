@@ -149,14 +149,18 @@ class Supervisor:
             self.event_log.append(vm, "SUPERVISOR_ERROR", {"error": str(err)}, source="supervisor")
 
 
-async def _main(log_dir: Path, vms_file: Path) -> None:
-    supervisor = Supervisor(EventLog(log_dir), vms_file=vms_file)
+async def serve_until_signalled(service: Callable[..., Awaitable[None]]) -> None:
+    """Run ``service`` (a task that reports ``started``) until SIGTERM or SIGINT, then stop."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(supervisor.run)
+        await nursery.start(service)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _main(log_dir: Path, vms_file: Path) -> None:
+    await serve_until_signalled(Supervisor(EventLog(log_dir), vms_file=vms_file).run)
 
 
 def main(argv: list[str] | None = None) -> None:
