@@ -17,9 +17,10 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute, NetNS
-from pyroute2.netlink.exceptions import NetlinkError
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 from .errors import NeedsNetAdminError, PlumbingError
 
@@ -46,11 +47,20 @@ def require_net_admin() -> None:
 
 @contextlib.contextmanager
 def _netlink(netns: str | None) -> Iterator[IPRoute]:
+    from pyroute2 import IPRoute, NetNS  # imported here: ~130 ms, which `ps` need not pay
+
     ipr = NetNS(netns) if netns else IPRoute()
     try:
         yield ipr
     finally:
         ipr.close()
+
+
+def _netlink_error() -> type[Exception]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    error: type[Exception] = NetlinkError
+    return error
 
 
 def _index(ipr: IPRoute, name: str) -> int | None:
@@ -86,7 +96,7 @@ def ensure_bridge(
                 )
                 changed = True
             ipr.link("set", index=index, state="up", ifalias=alias)
-    except NetlinkError as err:
+    except _netlink_error() as err:
         raise PlumbingError(f"bridge {name}: {err}") from err
     return changed
 
@@ -115,7 +125,7 @@ def ensure_tap(
                 changed = True
             assert index is not None
             ipr.link("set", index=index, master=master, state="up", ifalias=alias)
-    except NetlinkError as err:
+    except _netlink_error() as err:
         raise PlumbingError(f"TAP {name}: {err}") from err
     return changed
 
@@ -129,7 +139,7 @@ def delete_link(name: str, *, netns: str | None = None) -> bool:
                 return False
             ipr.link("del", index=index)
             return True
-    except NetlinkError as err:
+    except _netlink_error() as err:
         raise PlumbingError(f"{name}: {err}") from err
 
 

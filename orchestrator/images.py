@@ -18,14 +18,17 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-import httpx
 import msgspec
 import trio
 
 from .errors import QemuComposeError
 from .state import atomic_write
+
+if TYPE_CHECKING:
+    import httpx
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 CHUNK = 1 << 20
@@ -111,6 +114,8 @@ async def fetch(
     part = target.with_name(target.name + ".part")
     if force:
         part.unlink(missing_ok=True)
+    import httpx  # here: ~80 ms that commands without downloads need not pay
+
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=timeout, follow_redirects=True)
     try:
@@ -131,6 +136,8 @@ async def fetch(
 async def _download(
     http: httpx.AsyncClient, url: str, part: Path, progress: Progress | None
 ) -> None:
+    import httpx
+
     have = part.stat().st_size if part.exists() else 0
     done, total = have, None
     headers = {"Range": f"bytes={have}-"} if have else {}

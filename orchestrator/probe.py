@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
 import trio
 import trio_asyncio
 
@@ -37,6 +36,8 @@ class CommandResult:
 async def run(target: SshTarget, command: str, *, timeout: float) -> CommandResult:
     """Run ``command`` (a shell line for the guest) once; OSError/asyncssh errors propagate."""
 
+    import asyncssh  # here, not at the top: ~140 ms that `ps` of VMs without SSH need not pay
+
     async def go() -> CommandResult:
         conn = await asyncssh.connect(
             target.host,
@@ -58,10 +59,16 @@ async def run(target: SshTarget, command: str, *, timeout: float) -> CommandResu
     return result
 
 
+def _ssh_error() -> type[Exception]:
+    import asyncssh
+
+    return asyncssh.Error
+
+
 async def reachable(target: SshTarget, *, timeout: float = 5.0) -> bool:
     try:
         return (await run(target, "true", timeout=timeout)).exit_status == 0
-    except (OSError, asyncssh.Error, trio.TooSlowError, TimeoutError):
+    except (OSError, _ssh_error(), trio.TooSlowError, TimeoutError):
         return False
 
 
@@ -80,7 +87,7 @@ async def wait_ready(
     while True:
         try:
             result = await run(target, READY_COMMAND, timeout=provision_timeout)
-        except (OSError, asyncssh.Error, trio.TooSlowError, TimeoutError):
+        except (OSError, _ssh_error(), trio.TooSlowError, TimeoutError):
             await trio.sleep(interval)
             continue
         if result.exit_status == 0:

@@ -316,7 +316,6 @@ async def _start_supervisor(ctx: Context, unit: str) -> None:
             restart="on-failure",
             restart_sec=1.0,
         ),
-        settle=0.2,
     )
     ctx.report("", "supervisor", "done", unit)
 
@@ -458,11 +457,11 @@ async def _run_vm(
     try:
         await _wait_for_dependencies(ctx, inst)
         async with limiter:
-            if action.kind is ActionKind.KEEP:
+            if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
                 report(inst.name, "unit", "done", "already running")
             else:
                 await _start_vm(ctx, inst, action)
-            await _wait_running(ctx, inst)
+                await _wait_running(ctx, inst)
         me.started.set()
         await _wait_ready(ctx, inst)
         me.healthy.set()
@@ -641,8 +640,7 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
             restart_sec=2.0 if restart != "no" else None,
             extra=extra_props,
         ),
-        settle=0.3,
-    )
+    )  # no settle: _wait_running sees a QEMU that dies at once, with its journal
     recorded = saved.config_hash if saved and ctx.settings.keep_config else None
     ctx.state.vms[name] = VmState(
         unit=unit,
@@ -659,12 +657,28 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
 
 
 async def _wait_running(ctx: Context, inst: Instance) -> None:
-    paths = ctx.paths.vm(inst.name)
+    """Until QMP says the VM runs; a QEMU that dies first fails with its unit's journal."""
+    socket = str(ctx.paths.vm(inst.name).qmp_control_socket)
+    unit = vm_unit(ctx.project.name, inst.name)
     with trio.fail_after(60):
-        async with qmp.open_session(str(paths.qmp_control_socket), timeout=30) as session:
-            status = await session.query_status()
-            if not status.running:
-                await session.execute("cont")
+        while True:
+            try:
+                async with qmp.open_session(socket, timeout=1.0) as session:
+                    if not (await session.query_status()).running:
+                        await session.execute("cont")
+                    break
+            except (qmp.QmpConnectError, qmp.VmGoneError):
+                status = await ctx.manager.status(unit)
+                if status.is_active or status.active_state == "activating":
+                    continue  # not listening yet
+                journal = await systemd_dbus.last_lines(
+                    unit,
+                    user=ctx.settings.bus != "system",
+                    directory=ctx.settings.journal_dir,
+                    pid=status.exec_main_pid,
+                )
+                lines = "".join(f"\n    {line}" for line in journal[-10:])
+                raise UpError(f"QEMU ended at once ({status.describe_exit()}){lines}") from None
     ctx.report(inst.name, "running", "done", "QEMU runs")
 
 

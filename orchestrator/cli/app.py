@@ -35,15 +35,6 @@ class GlobalOptions:
         )
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:
-        return "unknown"
-
-
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Run 'qemu-compose COMMAND --help' for more on a command.",
@@ -75,7 +66,7 @@ def _version() -> str:
     show_envvar=True,
     help="Log every step and show tracebacks.",
 )
-@click.version_option(_version(), "--version", "-V", prog_name="qemu-compose")
+@click.version_option(None, "--version", "-V", package_name=DISTRIBUTION, prog_name="qemu-compose")
 @click.pass_context
 def cli(
     ctx: click.Context,
