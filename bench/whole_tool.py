@@ -176,6 +176,10 @@ def median(f: Callable[[], float], repeat: int) -> float:
     return statistics.median(f() for _ in range(repeat))
 
 
+def median_cli(args: list[str], cwd: Path, env: dict[str, str], repeat: int) -> float:
+    return statistics.median(timed_cli(args, cwd, env)[0] for _ in range(repeat))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,50,100")
@@ -183,6 +187,13 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(tempfile.mkdtemp(prefix="qcb-", dir="/tmp"))
+    try:
+        measure(sizes, args.repeat, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(sizes: list[int], repeat: int, root: Path) -> None:
     with user_manager_env() as manager_env:
         env = {k: v for k, v in manager_env.items() if not k.startswith("QEMU_COMPOSE")}
         env["XDG_STATE_HOME"] = str(root / "xdg-state")
@@ -191,32 +202,29 @@ def main() -> None:
         print("| N | qemu-compose up | direct QEMU loop | systemd-run loop | ours / direct |"
               " ours - direct |")  # fmt: skip
         print("|---:|---:|---:|---:|---:|---:|")
-        largest: Path | None = None
-        up_rss = 0
-        for n in sizes:
-            project = no_disk_project(root / f"up{n}", f"up{n}", {f"v{i}": [] for i in range(n)})
-            ours, rss = timed_cli(["up", "-d", "--wait", "--progress", "quiet"], project, env)
-            up_rss = max(up_rss, rss)
-            if n == max(sizes):
-                largest = project
-            else:
-                timed_cli(["destroy", "--progress", "quiet"], project, env)
-            direct = baseline_direct(root / f"direct{n}", n)
-            sdrun = baseline_systemd_run(root / f"sdrun{n}", n, env)
-            print(f"| {n} | {ours:.2f} | {direct:.2f} | {sdrun:.2f} | {ours / direct:.2f}x |"
-                  f" {ours - direct:+.2f} |", flush=True)  # fmt: skip
-        assert largest is not None
         n = max(sizes)
-        print(f"\n## c. on {n} running VMs (s, median of {args.repeat})")
-        noop = median(
-            lambda: timed_cli(["up", "-d", "--progress", "quiet"], largest, env)[0], args.repeat
-        )
-        ps = median(lambda: timed_cli(["ps"], largest, env)[0], args.repeat)
-        print(f"| no-op up | {noop:.3f} |\n| ps | {ps:.3f} |")
-        print(f"\n## e. peak memory with {n} VMs (MiB)")
-        print(f"| CLI up (ru_maxrss) | {up_rss / 1024:.1f} |")
-        print(f"| supervisor (VmHWM) | {supervisor_hwm_kib(largest.name, env) / 1024:.1f} |")
-        timed_cli(["destroy", "--progress", "quiet"], largest, env)
+        extra: list[str] = []
+        for size in sizes:
+            project = no_disk_project(
+                root / f"up{size}", f"up{size}", {f"v{i}": [] for i in range(size)}
+            )
+            ours, rss = timed_cli(["up", "-d", "--wait", "--progress", "quiet"], project, env)
+            if size == n:  # c and e on the largest, before any baseline runs beside it
+                noop = median_cli(["up", "-d", "--progress", "quiet"], project, env, repeat)
+                ps = median_cli(["ps"], project, env, repeat)
+                extra += [
+                    f"\n## c. on {n} running VMs (s, median of {repeat})",
+                    f"| no-op up | {noop:.3f} |\n| ps | {ps:.3f} |",
+                    f"\n## e. peak memory with {n} VMs (MiB)",
+                    f"| CLI up (ru_maxrss) | {rss / 1024:.1f} |",
+                    f"| supervisor (VmHWM) | {supervisor_hwm_kib(project.name, env) / 1024:.1f} |",
+                ]
+            timed_cli(["destroy", "--progress", "quiet"], project, env)
+            direct = baseline_direct(root / f"direct{size}", size)
+            sdrun = baseline_systemd_run(root / f"sdrun{size}", size, env)
+            print(f"| {size} | {ours:.2f} | {direct:.2f} | {sdrun:.2f} | {ours / direct:.2f}x |"
+                  f" {ours - direct:+.2f} |", flush=True)  # fmt: skip
+        print("\n".join(extra), flush=True)
 
         print("\n## b. a dependency graph 5 deep, 10 wide (s)")
         single = no_disk_project(root / "single", "single", {"v": []})
@@ -230,9 +238,9 @@ def main() -> None:
         dag = no_disk_project(root / "dag", "dag", graph)
         wall, _ = timed_cli(["up", "-d", "--wait", "--progress", "quiet"], dag, env)
         timed_cli(["destroy", "--progress", "quiet"], dag, env)
-        help_time = median(lambda: timed_cli(["--help"], root, env)[0], max(args.repeat, 5))
+        help_time = median(lambda: timed_cli(["--help"], root, env)[0], max(repeat, 5))
         empty = no_disk_project(root / "empty", "empty", {"v": []})
-        empty_ps = median(lambda: timed_cli(["ps"], empty, env)[0], max(args.repeat, 5))
+        empty_ps = median(lambda: timed_cli(["ps"], empty, env)[0], max(repeat, 5))
         # the critical path: 5 VMs one after another; a 1-VM up is 1 VM + the CLI's own cost
         critical = 5 * (one - empty_ps) + empty_ps
         print(f"| 1-VM up | {one:.2f} |\n| 50-VM DAG up | {wall:.2f} |")
@@ -240,7 +248,6 @@ def main() -> None:
         print(f"| DAG / critical path | {wall / critical:.2f}x |")
         print("\n## d. CLI start-up (s, median)")
         print(f"| --help | {help_time:.3f} |\n| ps, nothing created | {empty_ps:.3f} |")
-    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

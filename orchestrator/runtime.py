@@ -67,6 +67,9 @@ from .state import ProjectLock, ProjectState, StateDir, VmState
 from .supervise import GIVE_UP_SIGNAL, Watched, write_supervised
 
 DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
+# systemd answers in milliseconds, but a host whose CPUs are all busy starting a hundred TCG
+# guests can keep it from answering for more than the default 10 s
+CALL_TIMEOUT = 60.0
 
 
 class UpError(QemuComposeError):
@@ -118,9 +121,31 @@ class Context:
     networks: dict[str, netcfg.BridgeNetwork] = field(default_factory=dict)
     conditions: dict[str, Conditions] = field(default_factory=dict)
     awaited_completion: set[str] = field(default_factory=set)  # VMs a dependant waits to end
+    deferred: bool = False  # while VMs start: saves are gathered, written by `flush` in a thread
+    dirty: bool = False
 
     def save(self) -> None:
-        self.state_dir.write_state(self.state)
+        if self.deferred:
+            self.dirty = True
+        else:
+            self.state_dir.write_state(self.state)
+            _write_supervised(self, set(self.state.vms))
+
+    async def flush(self) -> None:
+        """Write the state and the supervised VMs if they changed, off the event loop (each
+        write fsyncs: done inline for every VM of a large project, it stalled them all)."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        state = StateDir.encode(self.state)
+        supervised = _supervised_table(self, set(self.state.vms))
+        await trio.to_thread.run_sync(self.state_dir.write_encoded, state)
+        await trio.to_thread.run_sync(write_supervised, self.paths.supervised_vms, supervised)
+
+    async def flush_every(self, seconds: float) -> None:
+        while True:
+            await trio.sleep(seconds)
+            await self.flush()
 
 
 # -- observing ----------------------------------------------------------------------------------
@@ -177,7 +202,9 @@ async def up(
     try:
         async with (
             qmp.asyncio_loop(),
-            systemd_dbus.connect(settings.bus, journal_dir=settings.journal_dir) as manager,
+            systemd_dbus.connect(
+                settings.bus, journal_dir=settings.journal_dir, call_timeout=CALL_TIMEOUT
+            ) as manager,
         ):
             paths = ProjectPaths(project.state_dir, project.name)
             ctx = Context(
@@ -236,10 +263,18 @@ async def _execute(ctx: Context, actions: list[Action]) -> UpResult:
         if dep.condition == "service_completed_successfully"
     }
     limiter = trio.CapacityLimiter(ctx.settings.parallel or math.inf)
-    async with trio.open_nursery() as nursery:
-        for action in todo:
-            nursery.start_soon(_run_vm, ctx, by_name[action.vm], action, limiter)
-    ctx.save()
+    ctx.deferred = True
+    try:
+        async with trio.open_nursery() as saver:
+            saver.start_soon(ctx.flush_every, 0.2)
+            async with trio.open_nursery() as nursery:
+                for action in todo:
+                    nursery.start_soon(_run_vm, ctx, by_name[action.vm], action, limiter)
+            saver.cancel_scope.cancel()
+    finally:
+        ctx.deferred = False
+        ctx.dirty = False
+        ctx.save()  # whatever happened (cancelled too): what was started is recorded
     failed = {n: c.failure for n, c in ctx.conditions.items() if c.failure}
     ready = tuple(n for n, c in ctx.conditions.items() if not c.failure)
     result = UpResult(tuple(actions), ready, {n: str(f) for n, f in failed.items()})
@@ -276,6 +311,10 @@ async def _ensure_supervisor(ctx: Context, names: set[str]) -> None:
 
 
 def _write_supervised(ctx: Context, names: set[str]) -> None:
+    write_supervised(ctx.paths.supervised_vms, _supervised_table(ctx, names))
+
+
+def _supervised_table(ctx: Context, names: set[str]) -> dict[str, Watched]:
     """The VMs to watch, each with the policy its QEMU runs with (the state's, which is the
     file's of its last start: a VM not restarted since the file changed keeps the old one)."""
     by_name = {i.name: i for i in instances(ctx.project.model)}
@@ -286,17 +325,14 @@ def _write_supervised(ctx: Context, names: set[str]) -> None:
             return saved.restart
         return by_name[name].vm.restart if name in by_name else "no"
 
-    write_supervised(
-        ctx.paths.supervised_vms,
-        {
-            name: Watched(
-                qmp=str(ctx.paths.vm(name).qmp_socket),
-                unit=vm_unit(ctx.project.name, name),
-                restart=policy(name),
-            )
-            for name in names
-        },
-    )
+    return {
+        name: Watched(
+            qmp=str(ctx.paths.vm(name).qmp_socket),
+            unit=vm_unit(ctx.project.name, name),
+            restart=policy(name),
+        )
+        for name in names
+    }
 
 
 async def _start_supervisor(ctx: Context, unit: str) -> None:
@@ -531,29 +567,10 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
             report(name, "disk", "done", str(paths.disk))
         root = Drive("root", str(paths.disk), "qcow2", "root", bootindex=0)
     saved = ctx.state.vms.get(name)
-    ssh_port = saved.ssh_port if saved and saved.ssh_port else None
-    with netcfg.Registry().claims() as claims:
-        taken = claims.ports_of_others(ctx.project.name, name)
-        wanted = vm.ssh.port or ssh_port
-        try:
-            ssh_port = netcfg.choose_port(name, wanted, taken=taken)
-        except netcfg.PortInUseError:
-            if vm.ssh.port:
-                raise
-            ssh_port = netcfg.choose_port(name, None, taken=taken)  # last run's port is taken now
-        forwards = [Forward(ssh_port, 22)]
-        for port in vm.ports:
-            mine = {f.host_port for f in forwards}
-            if port.published:  # honoured, or a clear error naming the VM and the port
-                published = netcfg.choose_port(
-                    name, port.published, taken=taken, protocol=port.protocol
-                )
-            else:
-                published = netcfg.choose_port(
-                    name, None, taken=taken | mine, start=32768, protocol=port.protocol
-                )
-            forwards.append(Forward(published, port.target, port.host_ip, port.protocol))
-        claims.ports[f"{ctx.project.name}/{name}"] = [f.host_port for f in forwards]
+    previous_ssh = saved.ssh_port if saved and saved.ssh_port else None
+    # a thread: the claims file is locked and fsynced, and ports are tried by binding them
+    forwards = await trio.to_thread.run_sync(_claim_ports, ctx.project.name, name, vm, previous_ssh)
+    ssh_port = forwards[0].host_port
     nics: list[UserNic | TapNic] = [UserNic("nic0", _mac(ctx, inst, ""), tuple(forwards))]
     guest_nics = [Nic(nics[0].mac, "user")]
     for i, network in enumerate(sorted(vm.networks), start=1):
@@ -651,34 +668,76 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
         ports=[f"{f.host_ip}:{f.host_port}->{f.guest_port}/{f.protocol}" for f in forwards[1:]],
         restart=vm.restart,
     )
-    ctx.save()
-    _write_supervised(ctx, set(ctx.state.vms))  # its policy, as this QEMU runs it
+    ctx.save()  # with the supervised VMs: its policy, as this QEMU runs it
     report(name, "unit", "done", unit)
 
 
+def _claim_ports(project: str, name: str, vm: Vm, previous_ssh: int | None) -> list[Forward]:
+    """The VM's host ports (SSH first, then its published ports), claimed in the registry."""
+    with netcfg.Registry().claims() as claims:
+        taken = claims.ports_of_others(project, name)
+        wanted = vm.ssh.port or previous_ssh
+        try:
+            ssh_port = netcfg.choose_port(name, wanted, taken=taken)
+        except netcfg.PortInUseError:
+            if vm.ssh.port:
+                raise
+            ssh_port = netcfg.choose_port(name, None, taken=taken)  # last run's port is taken now
+        forwards = [Forward(ssh_port, 22)]
+        for port in vm.ports:
+            mine = {f.host_port for f in forwards}
+            if port.published:  # honoured, or a clear error naming the VM and the port
+                published = netcfg.choose_port(
+                    name, port.published, taken=taken, protocol=port.protocol
+                )
+            else:
+                published = netcfg.choose_port(
+                    name, None, taken=taken | mine, start=32768, protocol=port.protocol
+                )
+            forwards.append(Forward(published, port.target, port.host_ip, port.protocol))
+        claims.ports[f"{project}/{name}"] = [f.host_port for f in forwards]
+    return forwards
+
+
 async def _wait_running(ctx: Context, inst: Instance) -> None:
-    """Until QMP says the VM runs; a QEMU that dies first fails with its unit's journal."""
+    """Until QMP says the VM runs; a QEMU that dies first fails with its unit's journal.
+
+    One connection, however long QEMU takes to greet (seconds, on a host busy with many TCG
+    guests: retrying would only queue more connections), raced against the unit's end.
+    """
     socket = str(ctx.paths.vm(inst.name).qmp_control_socket)
     unit = vm_unit(ctx.project.name, inst.name)
+    ended: list[systemd_dbus.UnitStatus] = []
+
+    async def watch_unit(scope: trio.CancelScope) -> None:
+        async with ctx.manager.watch([unit]) as changes:
+            async for status in changes:
+                if status.has_stopped:
+                    ended.append(status)
+                    scope.cancel()
+                    return
+
     with trio.fail_after(60):
-        while True:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_unit, nursery.cancel_scope)
             try:
-                async with qmp.open_session(socket, timeout=1.0) as session:
+                async with qmp.open_session(socket, timeout=60) as session:
                     if not (await session.query_status()).running:
                         await session.execute("cont")
-                    break
+                nursery.cancel_scope.cancel()
             except (qmp.QmpConnectError, qmp.VmGoneError):
-                status = await ctx.manager.status(unit)
-                if status.is_active or status.active_state == "activating":
-                    continue  # not listening yet
-                journal = await systemd_dbus.last_lines(
-                    unit,
-                    user=ctx.settings.bus != "system",
-                    directory=ctx.settings.journal_dir,
-                    pid=status.exec_main_pid,
-                )
-                lines = "".join(f"\n    {line}" for line in journal[-10:])
-                raise UpError(f"QEMU ended at once ({status.describe_exit()}){lines}") from None
+                await trio.sleep(5)  # the unit's end, if that is why, comes and cancels this
+                raise
+    if ended:
+        status = ended[0]
+        journal = await systemd_dbus.last_lines(
+            unit,
+            user=ctx.settings.bus != "system",
+            directory=ctx.settings.journal_dir,
+            pid=status.exec_main_pid,
+        )
+        lines = "".join(f"\n    {line}" for line in journal[-10:])
+        raise UpError(f"QEMU ended at once ({status.describe_exit()}){lines}")
     ctx.report(inst.name, "running", "done", "QEMU runs")
 
 
@@ -816,7 +875,9 @@ async def _session(
         paths = ProjectPaths(project.state_dir, project.name)
         async with (
             qmp.asyncio_loop(),
-            systemd_dbus.connect(settings.bus, journal_dir=settings.journal_dir) as manager,
+            systemd_dbus.connect(
+                settings.bus, journal_dir=settings.journal_dir, call_timeout=CALL_TIMEOUT
+            ) as manager,
         ):
             yield Context(
                 project=project,

@@ -128,8 +128,16 @@ class StateDir:
         return ProjectState(project=project)
 
     def write_state(self, state: ProjectState) -> None:
+        self.write_encoded(self.encode(state))
+
+    @staticmethod
+    def encode(state: ProjectState) -> bytes:
+        return msgspec.json.format(msgspec.json.encode(state), indent=2)
+
+    def write_encoded(self, data: bytes) -> None:
+        """Write what `encode` made (in a worker thread, say: it fsyncs)."""
         self.ensure()
-        atomic_write(self.state_file, msgspec.json.format(msgspec.json.encode(state), indent=2))
+        atomic_write(self.state_file, data)
 
 
 class _Versioned(msgspec.Struct):

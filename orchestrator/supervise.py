@@ -151,7 +151,7 @@ class ProjectSupervisor:
         self._watches: dict[str, _VmWatch] = {}
         self._qmp = Supervisor(event_log, on_event=self._on_event)
         self._nursery: trio.Nursery | None = None
-        self._units_changed = trio.Event()
+        self._unit_watchers: dict[str, trio.CancelScope] = {}  # one task a unit
         self._logged_units: dict[str, tuple[str, str]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -159,7 +159,6 @@ class ProjectSupervisor:
             self._nursery = nursery
             self._reload()
             await nursery.start(self._qmp.run)
-            nursery.start_soon(self._watch_units)
             task_status.started()
             while True:
                 await trio.sleep(self.rescan_interval)
@@ -173,7 +172,6 @@ class ProjectSupervisor:
             return
         if vms == self.vms:
             return
-        units_before = {w.unit for w in self.vms.values()}
         self.vms = vms
         self._qmp.set_vms({name: w.qmp for name, w in vms.items()})
         for name in vms:
@@ -181,24 +179,22 @@ class ProjectSupervisor:
         for name in list(self._watches):
             if name not in vms:  # destroyed: a VM of that name later starts afresh
                 del self._watches[name]
-        if {w.unit for w in vms.values()} != units_before:
-            self._units_changed.set()
+        wanted = {w.unit: name for name, w in vms.items()}
+        for unit in list(self._unit_watchers):
+            if unit not in wanted:
+                self._unit_watchers.pop(unit).cancel()
+        for unit, name in wanted.items():  # a task a unit: adding one costs one GetAll
+            if unit not in self._unit_watchers and self._nursery is not None:
+                self._unit_watchers[unit] = scope = trio.CancelScope()
+                self._nursery.start_soon(self._watch_unit, unit, name, scope)
 
     # -- units ------------------------------------------------------------------------------
 
-    async def _watch_units(self) -> None:
-        while True:
-            self._units_changed = trio.Event()
-            units = {w.unit: name for name, w in self.vms.items()}
-            with trio.CancelScope() as scope:
-                if not units:
-                    await self._units_changed.wait()
-                    continue
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_on, self._units_changed, scope)
-                    async with self.manager.watch(units) as changes:
-                        async for status in changes:
-                            self._log_unit(units[status.name], status)
+    async def _watch_unit(self, unit: str, vm: str, scope: trio.CancelScope) -> None:
+        with scope:
+            async with self.manager.watch([unit]) as changes:
+                async for status in changes:
+                    self._log_unit(vm, status)
 
     def _log_unit(self, vm: str, status: systemd_dbus.UnitStatus) -> None:
         now = (status.active_state, status.sub_state)
@@ -289,16 +285,11 @@ class ProjectSupervisor:
                 watch.busy = False
 
 
-async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
 async def _main(state_dir: Path, bus: str) -> None:
     from .naming import ProjectPaths
 
     paths = ProjectPaths(state_dir, "")
-    async with qmp.asyncio_loop(), systemd_dbus.connect(bus) as manager:
+    async with qmp.asyncio_loop(), systemd_dbus.connect(bus, call_timeout=60) as manager:
         supervisor = ProjectSupervisor(EventLog(paths.events_dir), paths.supervised_vms, manager)
         await serve_until_signalled(supervisor.run)
 
