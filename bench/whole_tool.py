@@ -33,8 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.systemd_units import user_manager_env
+from netcfg import Forward, choose_port, mac_address
 from orchestrator.accel import choose_accel, read_host_facts
-from orchestrator.qemu_argv import VmLaunch, qemu_argv
+from orchestrator.qemu_argv import UserNic, VmLaunch, qemu_argv
 
 EXE = str(Path(sys.executable).parent / "qemu-compose")
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
@@ -95,9 +96,15 @@ def wait_all_running(sockets: list[str], timeout: float = 300) -> None:
 
 
 def launches(directory: Path, n: int) -> list[VmLaunch]:
+    """The command lines qemu-compose gives no-disk VMs: with the user-mode NIC and its SSH
+    forward, which every VM has."""
     accel = choose_accel("auto", read_host_facts())
     out = []
+    ports: set[int] = set()
     for i in range(n):
+        port = choose_port(f"v{i}", None, taken=ports, start=40000)
+        ports.add(port)
+        nic = UserNic("nic0", mac_address("bench", f"v{i}", "user"), (Forward(port, 22),))
         d = directory / f"v{i}"
         d.mkdir(parents=True, exist_ok=True)
         out.append(
@@ -112,6 +119,7 @@ def launches(directory: Path, n: int) -> list[VmLaunch]:
                 qmp_supervision=str(d / "qmp.sock"),
                 qmp_control=str(d / "qmp-ctl.sock"),
                 pidfile=str(d / "qemu.pid"),
+                nics=(nic,),
                 qemu=QEMU,
             )
         )

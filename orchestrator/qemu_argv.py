@@ -148,7 +148,9 @@ def qemu_argv(vm: VmLaunch) -> list[str]:
                 "-netdev",
                 f"tap,id={nic.netdev},ifname={nic.ifname},script=no,downscript=no,vhost=off",
             ]
-        argv += ["-device", f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac}"]
+        # romfile=: no iPXE option ROM. qemu-compose never boots from the network, and a VM
+        # without a disk would otherwise spend its first seconds of CPU in PXE (a lot, on TCG)
+        argv += ["-device", f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac},romfile="]
     return argv + list(vm.extra)
 
 

@@ -121,6 +121,7 @@ class Context:
     networks: dict[str, netcfg.BridgeNetwork] = field(default_factory=dict)
     conditions: dict[str, Conditions] = field(default_factory=dict)
     awaited_completion: set[str] = field(default_factory=set)  # VMs a dependant waits to end
+    ports: dict[str, list[Forward] | netcfg.NetcfgError] = field(default_factory=dict)
     deferred: bool = False  # while VMs start: saves are gathered, written by `flush` in a thread
     dirty: bool = False
 
@@ -256,6 +257,13 @@ async def _execute(ctx: Context, actions: list[Action]) -> UpResult:
     await _prepare_networks(ctx, chosen)
     await _ensure_supervisor(ctx, set(ctx.state.vms) | {i.name for i in chosen})
     ctx.conditions = {i.name: Conditions() for i in chosen}
+    starting = [
+        (a.vm, by_name[a.vm].vm, ctx.state.vms[a.vm].ssh_port if a.vm in ctx.state.vms else None)
+        for a in todo
+        if a.kind not in (ActionKind.KEEP, ActionKind.RECREATE)  # a recreated VM holds its
+    ]  # ports until it is stopped: it claims them then
+    if starting:  # a thread: the registry is locked and fsynced; ports are tried by binding
+        ctx.ports = await trio.to_thread.run_sync(_claim_ports, project.name, starting)
     ctx.awaited_completion = {
         name
         for other in instances(project.model)
@@ -567,9 +575,15 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
             report(name, "disk", "done", str(paths.disk))
         root = Drive("root", str(paths.disk), "qcow2", "root", bootindex=0)
     saved = ctx.state.vms.get(name)
-    previous_ssh = saved.ssh_port if saved and saved.ssh_port else None
-    # a thread: the claims file is locked and fsynced, and ports are tried by binding them
-    forwards = await trio.to_thread.run_sync(_claim_ports, ctx.project.name, name, vm, previous_ssh)
+    claimed = ctx.ports.pop(name, None)
+    if claimed is None:  # not claimed with the others (a lone start): claim them now
+        previous = saved.ssh_port if saved else None
+        claimed = (
+            await trio.to_thread.run_sync(_claim_ports, ctx.project.name, [(name, vm, previous)])
+        )[name]
+    if isinstance(claimed, Exception):
+        raise claimed
+    forwards = claimed
     ssh_port = forwards[0].host_port
     nics: list[UserNic | TapNic] = [UserNic("nic0", _mac(ctx, inst, ""), tuple(forwards))]
     guest_nics = [Nic(nics[0].mac, "user")]
@@ -672,30 +686,50 @@ async def _start_vm(ctx: Context, inst: Instance, action: Action) -> None:
     report(name, "unit", "done", unit)
 
 
-def _claim_ports(project: str, name: str, vm: Vm, previous_ssh: int | None) -> list[Forward]:
-    """The VM's host ports (SSH first, then its published ports), claimed in the registry."""
+PortClaim = tuple[str, Vm, int | None]  # VM, its definition, the SSH port it had last time
+
+
+def _claim_ports(
+    project: str, wanted: Sequence[PortClaim]
+) -> dict[str, list[Forward] | netcfg.NetcfgError]:
+    """Host ports of the VMs (SSH first, then published ports), claimed in the registry in
+    one transaction (it is locked and fsynced: once per VM, it made a queue at 100 VMs).
+
+    A VM whose port cannot be had gets its error, not the others'.
+    """
+    chosen: dict[str, list[Forward] | netcfg.NetcfgError] = {}
     with netcfg.Registry().claims() as claims:
-        taken = claims.ports_of_others(project, name)
-        wanted = vm.ssh.port or previous_ssh
-        try:
-            ssh_port = netcfg.choose_port(name, wanted, taken=taken)
-        except netcfg.PortInUseError:
-            if vm.ssh.port:
-                raise
-            ssh_port = netcfg.choose_port(name, None, taken=taken)  # last run's port is taken now
-        forwards = [Forward(ssh_port, 22)]
-        for port in vm.ports:
-            mine = {f.host_port for f in forwards}
-            if port.published:  # honoured, or a clear error naming the VM and the port
-                published = netcfg.choose_port(
-                    name, port.published, taken=taken, protocol=port.protocol
-                )
-            else:
-                published = netcfg.choose_port(
-                    name, None, taken=taken | mine, start=32768, protocol=port.protocol
-                )
-            forwards.append(Forward(published, port.target, port.host_ip, port.protocol))
-        claims.ports[f"{project}/{name}"] = [f.host_port for f in forwards]
+        for name, vm, previous_ssh in wanted:
+            try:
+                chosen[name] = _choose_ports(claims, project, name, vm, previous_ssh)
+            except netcfg.NetcfgError as err:
+                chosen[name] = err
+    return chosen
+
+
+def _choose_ports(
+    claims: netcfg.Claims, project: str, name: str, vm: Vm, previous_ssh: int | None
+) -> list[Forward]:
+    taken = claims.ports_of_others(project, name)
+    try:
+        ssh_port = netcfg.choose_port(name, vm.ssh.port or previous_ssh, taken=taken)
+    except netcfg.PortInUseError:
+        if vm.ssh.port:
+            raise
+        ssh_port = netcfg.choose_port(name, None, taken=taken)  # last run's port is taken now
+    forwards = [Forward(ssh_port, 22)]
+    for port in vm.ports:
+        mine = {f.host_port for f in forwards}
+        if port.published:  # honoured, or a clear error naming the VM and the port
+            published = netcfg.choose_port(
+                name, port.published, taken=taken, protocol=port.protocol
+            )
+        else:
+            published = netcfg.choose_port(
+                name, None, taken=taken | mine, start=32768, protocol=port.protocol
+            )
+        forwards.append(Forward(published, port.target, port.host_ip, port.protocol))
+    claims.ports[f"{project}/{name}"] = [f.host_port for f in forwards]
     return forwards
 
 

@@ -44,6 +44,7 @@ from .units import STATUS_PROPERTIES, TransientUnit, UnitStatus, UnitSummary
 log = logging.getLogger(__name__)
 
 BUS_NAME = "org.freedesktop.systemd1"
+MAX_CALLS_IN_FLIGHT = 16
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
@@ -144,6 +145,10 @@ class SystemdManager:
         self.call_timeout = call_timeout
         self.state = Runstate.IDLE
         self._bus: MessageBus | None = None
+        # Calls in flight at once. A burst of a hundred StartTransientUnit messages fills the
+        # socket's send buffer, and dbus-fast's writer then failing under trio-asyncio (EBADF
+        # on the bus socket) was seen to drop the connection; a few dozen keep it well below.
+        self._in_flight = trio.CapacityLimiter(MAX_CALLS_IN_FLIGHT)
         self._job_results: OrderedDict[str, str] = OrderedDict()
         self._job_waiters: dict[str, trio.Event] = {}
         self._watchers = _Watchers()
@@ -272,7 +277,8 @@ class SystemdManager:
         limit = self.call_timeout if timeout is None else timeout
         try:
             with trio.fail_after(limit):
-                reply = await trio_asyncio.aio_as_trio(self._bus.call)(msg)
+                async with self._in_flight:
+                    reply = await trio_asyncio.aio_as_trio(self._bus.call)(msg)
         except trio.TooSlowError:
             raise SystemdTimeoutError(member, limit) from None
         except Exception as err:

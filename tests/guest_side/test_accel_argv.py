@@ -130,9 +130,9 @@ def test_golden_argv_of_a_full_vm() -> None:
         "-fsdev", "local,id=fs1,path=/tmp/x,security_model=passthrough",
         "-device", "virtio-9p-pci,fsdev=fs1,mount_tag=mount1",
         "-netdev", "user,id=nic0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:0.0.0.0:8080-:80",
-        "-device", "virtio-net-pci,netdev=nic0,mac=52:54:00:00:00:01",
+        "-device", "virtio-net-pci,netdev=nic0,mac=52:54:00:00:00:01,romfile=",
         "-netdev", "tap,id=nic1,ifname=qct-0123456789,script=no,downscript=no,vhost=off",
-        "-device", "virtio-net-pci,netdev=nic1,mac=52:54:aa:bb:cc:dd",
+        "-device", "virtio-net-pci,netdev=nic1,mac=52:54:aa:bb:cc:dd,romfile=",
     ]  # fmt: skip
 
 
