@@ -17,14 +17,19 @@ async function; events arrive as typed ``Event`` objects through ``on_event``.
 
     trio.run(main)
 
+``events`` follows what the VMs do (QMP events, unit states, steps, restarts) as records.
+
 Errors are the CLI's: QemuComposeError and its subclasses (ConfigError with every problem,
 UpError listing the VMs that failed, LockHeldError naming the holder, ...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+from qmp.eventlog import EventRecord
 
 from . import runtime
 from .events import Event, Reporter
@@ -114,3 +119,47 @@ async def destroy(
 async def ps(project: Project, *vms: str, bus: str = "user") -> list[VmRow]:
     """Every VM (or those named) with its status, addresses, SSH port and unit."""
     return await runtime.ps(project, Settings(services=vms, bus=bus))
+
+
+@asynccontextmanager
+async def events(
+    project: Project, *vms: str, since: str | None = None
+) -> AsyncIterator[AsyncIterator[EventRecord]]:
+    """The project's event log (what `watch --json` prints), as EventRecord objects.
+
+    ``since``: as `watch --since` ("all", "#N", "10m", an ISO time); None: only new ones.
+    Records of the VMs named (all when none) and the project's own; it never ends by itself::
+
+        async with api.events(project, "web", since="all") as stream:
+            async for record in stream:
+                if record.event == "SHUTDOWN":
+                    break
+    """
+    from qmp.eventlog import EventLog
+
+    from .naming import ProjectPaths
+    from .watch import parse_since
+
+    start = parse_since(since)
+    log = EventLog(ProjectPaths(project.state_dir, project.name).events_dir)
+    async with log.follow(
+        since_seq=start.seq, since_time=start.time, from_end=start.from_end
+    ) as follower:
+        yield _Only(follower, set(vms))
+
+
+class _Only:
+    """The records of some VMs (and the project's own) from a follower."""
+
+    def __init__(self, records: AsyncIterator[EventRecord], vms: set[str]) -> None:
+        self._records = records
+        self._vms = vms
+
+    def __aiter__(self) -> _Only:
+        return self
+
+    async def __anext__(self) -> EventRecord:
+        while True:
+            record = await self._records.__anext__()
+            if not self._vms or not record.vm or record.vm in self._vms:
+                return record

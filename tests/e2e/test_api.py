@@ -48,8 +48,19 @@ async def test_up_ps_stop_destroy_from_python(
         rows = {row.name: row for row in await api.ps(project, bus=bus)}
         assert rows["a"].status == rows["b"].status == "active"
         assert rows["a"].unit == "qemu-compose-api-a.service"
-        started = trio.current_time()
-        assert await api.stop(project, "b", bus=bus) == ["b"]
+        async with api.events(project, "a", since="all") as stream:
+            with trio.fail_after(10):
+                async for record in stream:
+                    assert record.vm in ("a", "")  # b's are left out
+                    if record.event == "READY":
+                        assert record.source == "up"
+                        break
+        async with api.events(project, "b") as stream:  # from now on
+            started = trio.current_time()
+            assert await api.stop(project, "b", bus=bus) == ["b"]
+            with trio.fail_after(10):
+                names = [(await stream.__anext__()).event for _ in range(2)]
+            assert "STOP" in names
         assert trio.current_time() - started < 15  # firmware only: no grace period to wait out
         assert (await api.ps(project, "b", bus=bus))[0].status == "stopped"
     finally:
