@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.http import Files
+from tests.support.qemu import short_tempdir
 from tests.support.systemd_user import UserManager, pid1_is_systemd
 
 
@@ -71,3 +72,11 @@ def server() -> Iterator[tuple[str, type[Files]]]:
     yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def shortdir() -> Iterator[Path]:
+    """A directory with a short path (unix sockets), removed after the test."""
+    path = short_tempdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

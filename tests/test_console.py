@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from orchestrator.console import ConsoleError, attach
-from tests.support.qemu import short_tempdir
 
 
 class Guest:
@@ -38,8 +37,8 @@ class Guest:
                     self.got_x.set()
 
 
-def test_raw_terminal_goes_to_the_guest_and_ctrl_bracket_detaches() -> None:
-    directory = short_tempdir()
+def test_raw_terminal_goes_to_the_guest_and_ctrl_bracket_detaches(shortdir: Path) -> None:
+    directory = shortdir
     guest = Guest(directory / "console.sock")
     master, slave = os.openpty()
     before = termios.tcgetattr(slave)
@@ -66,8 +65,8 @@ def test_raw_terminal_goes_to_the_guest_and_ctrl_bracket_detaches() -> None:
         os.close(slave)
 
 
-def test_end_of_input_detaches_without_a_terminal() -> None:
-    directory = short_tempdir()
+def test_end_of_input_detaches_without_a_terminal(shortdir: Path) -> None:
+    directory = shortdir
     guest = Guest(directory / "console.sock")
     read_end, write_end = os.pipe()
     out_read, out_write = os.pipe()
@@ -83,6 +82,6 @@ def test_end_of_input_detaches_without_a_terminal() -> None:
     os.close(out_read)
 
 
-def test_a_vm_that_does_not_run_has_no_console() -> None:
+def test_a_vm_that_does_not_run_has_no_console(shortdir: Path) -> None:
     with pytest.raises(ConsoleError, match="is it running"):
-        attach(short_tempdir() / "console.sock", "web")
+        attach(shortdir / "console.sock", "web")

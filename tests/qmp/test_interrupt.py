@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.qemu import QEMU, short_tempdir
+from tests.support.qemu import QEMU
 
 CHILD = textwrap.dedent(
     """
@@ -64,8 +64,8 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("attempt", range(6))
-def test_sigint_during_connects(attempt: int) -> None:
-    directory = short_tempdir()
+def test_sigint_during_connects(attempt: int, shortdir: Path) -> None:
+    directory = shortdir
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(directory), QEMU],
         stdout=subprocess.PIPE,
