@@ -36,6 +36,7 @@ from .events import Event, Reporter
 from .plan import Action
 from .project import Project, load_project
 from .runtime import Settings, UpResult, VmRow
+from .watch import concerns, parse_since
 
 EventCallback = Callable[[Event], None]
 
@@ -138,7 +139,6 @@ async def events(
     from qmp.eventlog import EventLog
 
     from .naming import ProjectPaths
-    from .watch import parse_since
 
     start = parse_since(since)
     log = EventLog(ProjectPaths(project.state_dir, project.name).events_dir)
@@ -161,5 +161,5 @@ class _Only:
     async def __anext__(self) -> EventRecord:
         while True:
             record = await self._records.__anext__()
-            if not self._vms or not record.vm or record.vm in self._vms:
+            if concerns(record, self._vms):
                 return record

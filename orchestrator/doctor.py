@@ -11,8 +11,7 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -52,7 +51,6 @@ class Facts:
     is_root: bool
     cache_dir: Path
     cache_free: int | None  # bytes free where images are cached
-    python: str = field(default_factory=lambda: sys.executable)
 
 
 APT = {

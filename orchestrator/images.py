@@ -261,6 +261,11 @@ def backing_file(disk: Path) -> str | None:
 UNKNOWN_USERS = "unknown (no index entry): `image rm` it if nothing uses it"
 
 
+def image_users(image: Path) -> list[str]:
+    """The VM disks built on a cached image (or UNKNOWN_USERS without an index entry)."""
+    return _users(image, read_meta(image))
+
+
 def _users(image: Path, meta: ImageMeta | None) -> list[str]:
     """The VM disks, in the projects that used the image, that have it as their backing file."""
     if meta is None:

@@ -17,12 +17,12 @@ import systemd_dbus
 
 from . import runtime
 from .cloudinit import default_user, detect_os
-from .errors import UsageError
+from .errors import StateError, UsageError
 from .images import cache_dir, cache_name, is_remote, local_path
 from .naming import ProjectPaths, dnsmasq_unit, vm_unit
 from .plan import dependencies, instances
 from .project import Project
-from .secrets import ConsolePassword
+from .secrets import ConsolePassword, read_console_password
 from .state import StateDir
 
 
@@ -153,12 +153,9 @@ async def inspect(project: Project, settings: runtime.Settings, name: str) -> di
 
 
 def _console_password(paths: ProjectPaths) -> ConsolePassword | None:
-    import json
-
     try:
-        data = json.loads(paths.console_password.read_text())
-        return ConsolePassword(data["password"], data["hash"])
-    except (OSError, ValueError, KeyError):
+        return read_console_password(paths.console_password)
+    except (OSError, StateError):  # unreadable: inspect shows the rest
         return None
 
 

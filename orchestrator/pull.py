@@ -10,7 +10,7 @@ from typing import TextIO
 
 import trio
 
-from .images import ImageError, cache_dir, cache_name, fetch, is_remote, list_images
+from .images import ImageError, cache_dir, cache_name, fetch, image_users, is_remote
 
 # (url, bytes so far, total or None, status: "working", "done", "cached", "failed", detail)
 Show = Callable[[str, int, int | None, str, str], None]
@@ -25,9 +25,9 @@ async def pull(
     async def one(url: str, checksum: str | None) -> None:
         cached = (directory or cache_dir()) / cache_name(url)
         if cached.exists():
-            users = [i.in_use_by for i in list_images(cached.parent) if i.path == str(cached)]
-            if force and users and users[0]:  # a new file under their disks would ruin them
-                why = f"VM disks are built on it ({', '.join(users[0])}): destroy them first"
+            users = image_users(cached) if force else []
+            if users:  # a new file under their disks would ruin them
+                why = f"VM disks are built on it ({', '.join(users)}): destroy them first"
                 failures[url] = why
                 show(url, 0, None, "failed", why)
                 return

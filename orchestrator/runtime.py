@@ -974,11 +974,8 @@ async def destroy(
             for name in names:
                 nursery.start_soon(_remove_vm, ctx, name)
         await _remove_unused_networks(ctx)
-        if ctx.state.vms:
-            _write_supervised(ctx, set(ctx.state.vms))  # no longer the removed ones
-        else:
+        if not ctx.state.vms:  # (each removal saved the supervised VMs without it)
             await _stop_supervisor(ctx)
-            ctx.paths.supervised_vms.unlink(missing_ok=True)
         if volumes and not settings.services:
             for name in project.model.volumes:
                 path = ctx.paths.volume(name).parent

@@ -55,15 +55,22 @@ class ConsolePassword:
     crypt_hash: str
 
 
-def ensure_console_password(path: Path) -> ConsolePassword:
-    """The project's console password (made on first use), stored 0600 with its hash."""
+def read_console_password(path: Path) -> ConsolePassword | None:
+    """The project's console password, or None if none was made yet."""
     try:
         data = json.loads(path.read_text())
         return ConsolePassword(data["password"], data["hash"])
     except FileNotFoundError:
-        pass
+        return None
     except (ValueError, KeyError) as err:
         raise StateError(f"{path} is unreadable ({err}): delete it to make a new password") from err
+
+
+def ensure_console_password(path: Path) -> ConsolePassword:
+    """The project's console password (made on first use), stored 0600 with its hash."""
+    existing = read_console_password(path)
+    if existing is not None:
+        return existing
     password = secrets.token_urlsafe(12)
     result = subprocess.run(
         ["openssl", "passwd", "-6", "-stdin"],

@@ -79,6 +79,11 @@ def show(record: EventRecord, *, as_json: bool, out: TextIO) -> None:
     out.flush()
 
 
+def concerns(record: EventRecord, vms: Collection[str]) -> bool:
+    """A record of one of ``vms`` (any, when empty), or of the project as a whole."""
+    return not vms or not record.vm or record.vm in vms
+
+
 async def watch(
     events_dir: Path,
     vms: Collection[str],
@@ -90,18 +95,14 @@ async def watch(
 ) -> None:
     """Print the log's records of ``vms`` (all when empty; project-wide ones always)."""
     log = EventLog(events_dir)
-
-    def wanted(record: EventRecord) -> bool:
-        return not vms or not record.vm or record.vm in vms
-
     if not follow:
         for record in log.read(since_seq=since.seq, since_time=since.time):
-            if wanted(record):
+            if concerns(record, vms):
                 show(record, as_json=as_json, out=out)
         return
     async with log.follow(
         since_seq=since.seq, since_time=since.time, from_end=since.from_end
     ) as follower:
         async for record in follower:
-            if wanted(record):
+            if concerns(record, vms):
                 show(record, as_json=as_json, out=out)

@@ -405,6 +405,13 @@ def _instances_named(project: Project, names: tuple[str, ...]) -> list[str]:
     return chosen
 
 
+def _one_instance(project: Project, vm: str) -> None:
+    """VM names one instance: not a definition with replicas, not an unknown name."""
+    names = _instances_named(project, (vm,))
+    if names != [vm]:
+        raise click.UsageError(f"{vm} has replicas: name one of {', '.join(names)}")
+
+
 @cli.command()
 @click.argument("vms", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line (see README).")
@@ -482,9 +489,7 @@ def logs(opts: GlobalOptions, vm: str, follow: bool, lines: int | None, source: 
     """Print VM's serial console (everything since it was first powered on) and its unit's
     journal (QEMU's own messages)."""
     project = opts.load()
-    names = _instances_named(project, (vm,))
-    if names != [vm]:
-        raise click.UsageError(f"{vm} has replicas: name one of {', '.join(names)}")
+    _one_instance(project, vm)
     from ..logs import show_logs
     from ..naming import ProjectPaths, vm_unit
     from ..runner import run
@@ -513,9 +518,7 @@ def console(opts: GlobalOptions, vm: str) -> None:
     Log in as the VM's user with the console password that `inspect VM` shows.
     """
     project = opts.load()
-    names = _instances_named(project, (vm,))
-    if names != [vm]:
-        raise click.UsageError(f"{vm} has replicas: name one of {', '.join(names)}")
+    _one_instance(project, vm)
     from ..console import attach
     from ..naming import ProjectPaths
 

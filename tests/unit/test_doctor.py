@@ -23,7 +23,6 @@ def facts(**changes: object) -> Facts:
         is_root=False,
         cache_dir=Path("/home/me/.local/share/qemu-compose/images"),
         cache_free=50 << 30,
-        python="/opt/venv/bin/python3",  # not a link: realpath keeps it
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
