@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.systemd_units import user_manager_env
 from netcfg import Forward, choose_port, mac_address
-from orchestrator.accel import choose_accel, read_host_facts
-from orchestrator.qemu_argv import UserNic, VmLaunch, qemu_argv
+from orchestrator.guest.accel import choose_accel, read_host_facts
+from orchestrator.guest.qemu_argv import UserNic, VmLaunch, qemu_argv
 
 EXE = str(Path(sys.executable).parent / "qemu-compose")
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"

@@ -10,6 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .config.model import ComposeFile, Network, Vm, Volume
+    from .config.project import Project, find_compose_file, load_project
     from .errors import (
         ConfigError,
         LockHeldError,
@@ -18,9 +20,7 @@ if TYPE_CHECKING:
         QemuComposeError,
         StateError,
     )
-    from .model import ComposeFile, Network, Vm, Volume
-    from .project import Project, find_compose_file, load_project
-    from .state import ProjectLock, ProjectState, StateDir, atomic_write
+    from .state.files import ProjectLock, ProjectState, StateDir, atomic_write
 
 _EXPORTS = {
     "ConfigError": "errors",
@@ -29,17 +29,17 @@ _EXPORTS = {
     "ProjectNotFoundError": "errors",
     "QemuComposeError": "errors",
     "StateError": "errors",
-    "ComposeFile": "model",
-    "Network": "model",
-    "Vm": "model",
-    "Volume": "model",
-    "Project": "project",
-    "find_compose_file": "project",
-    "load_project": "project",
-    "ProjectLock": "state",
-    "ProjectState": "state",
-    "StateDir": "state",
-    "atomic_write": "state",
+    "ComposeFile": "config.model",
+    "Network": "config.model",
+    "Vm": "config.model",
+    "Volume": "config.model",
+    "Project": "config.project",
+    "find_compose_file": "config.project",
+    "load_project": "config.project",
+    "ProjectLock": "state.files",
+    "ProjectState": "state.files",
+    "StateDir": "state.files",
+    "atomic_write": "state.files",
 }
 
 __all__ = [

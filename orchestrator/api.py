@@ -29,14 +29,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from orchestrator import runtime
+from orchestrator.config.project import Project, load_project
+from orchestrator.runtime.engine import Settings, UpResult, VmRow
+from orchestrator.runtime.events import Event, Reporter
+from orchestrator.runtime.plan import Action
+from orchestrator.supervisor.watch import concerns, parse_since
 from qmp.eventlog import EventRecord
-
-from . import runtime
-from .events import Event, Reporter
-from .plan import Action
-from .project import Project, load_project
-from .runtime import Settings, UpResult, VmRow
-from .watch import concerns, parse_since
 
 EventCallback = Callable[[Event], None]
 
@@ -136,9 +135,8 @@ async def events(
                 if record.event == "SHUTDOWN":
                     break
     """
+    from orchestrator.state.paths import ProjectPaths
     from qmp.eventlog import EventLog
-
-    from .naming import ProjectPaths
 
     start = parse_since(since)
     log = EventLog(ProjectPaths(project.state_dir, project.name).events_dir)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 LEAVES = ("qmp", "systemd_dbus", "netcfg")
 ASYNCIO_LIBRARIES = ("asyncio", "trio_asyncio", "dbus_fast", "qemu", "asyncssh")
 # the one orchestrator module allowed to bridge to asyncio: the SSH probe
-ORCHESTRATOR_BRIDGES = {"orchestrator/probe.py"}
+ORCHESTRATOR_BRIDGES = {"orchestrator/guest/probe.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

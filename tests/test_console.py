@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.console import ConsoleError, attach
+from orchestrator.guest.console import ConsoleError, attach
 
 
 class Guest:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import trio
 
-from orchestrator.disks import create_overlay
-from orchestrator.images import backing_file, cache_name, record_use
+from orchestrator.guest.disks import create_overlay
+from orchestrator.guest.images import backing_file, cache_name, record_use
 from tests.e2e.test_runtime import EXE
 from tests.support.http import Files
 

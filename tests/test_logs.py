@@ -6,7 +6,7 @@ from pathlib import Path
 
 import trio
 
-from orchestrator.logs import follow_file, tail_bytes
+from orchestrator.guest.logs import follow_file, tail_bytes
 
 
 def test_tail(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     import trio, trio_asyncio
-    from orchestrator.runner import run
+    from orchestrator.cli.runner import run
     mode, addr, marker = sys.argv[1], sys.argv[2], sys.argv[3]
 
     async def command():
@@ -94,7 +94,7 @@ def test_signal_ends_the_command_after_cleanup(
 
 
 def test_a_result_is_returned_when_no_signal_came() -> None:
-    from orchestrator.runner import run
+    from orchestrator.cli.runner import run
 
     async def answer() -> int:
         return 42
@@ -105,8 +105,8 @@ def test_a_result_is_returned_when_no_signal_came() -> None:
 def test_an_error_wrapped_by_nurseries_comes_out_as_itself() -> None:
     import trio
 
+    from orchestrator.cli.runner import run
     from orchestrator.errors import UsageError
-    from orchestrator.runner import run
 
     async def fail_soon() -> None:
         await trio.lowlevel.checkpoint()

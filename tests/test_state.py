@@ -20,13 +20,13 @@ import pytest
 import trio
 
 from orchestrator import LockHeldError, ProjectLock, ProjectState, StateDir, StateError
-from orchestrator.state import STATE_VERSION, VmState, atomic_write
+from orchestrator.state.files import STATE_VERSION, VmState, atomic_write
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from orchestrator.state import ProjectLock
+    from orchestrator.state.files import ProjectLock
     lock = ProjectLock(Path(sys.argv[1]), command="qemu-compose up")
     lock.try_acquire()
     print("locked", flush=True)
@@ -113,7 +113,7 @@ def test_a_writer_killed_mid_write_leaves_the_old_state(tmp_path: Path) -> None:
         """
         import sys
         from pathlib import Path
-        from orchestrator.state import ProjectState, StateDir, VmState
+        from orchestrator.state.files import ProjectState, StateDir, VmState
         big = ProjectState(project="demo", vms={
             f"vm{i}": VmState(unit="u" * 200, config_hash="h" * 64, created_at=0.0)
             for i in range(20000)})

@@ -12,7 +12,7 @@ import trio
 
 import qmp
 import systemd_dbus
-from orchestrator.supervise import (
+from orchestrator.supervisor.service import (
     GIVE_UP_SIGNAL,
     Act,
     Ending,

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from ..events import Reporter
-    from ..project import Project
-    from ..runtime import Settings
+    from orchestrator.config.project import Project
+    from orchestrator.runtime.engine import Settings
+    from orchestrator.runtime.events import Reporter
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ class GlobalOptions:
     debug: bool
 
     def load(self) -> Project:
-        from ..project import load_project
+        from orchestrator.config.project import load_project
 
         return load_project(
             self.file, project_name=self.project_name, project_directory=self.project_directory
@@ -120,7 +120,7 @@ def config(
         for name in table:
             click.echo(name)
         return
-    from ..render import render_json, render_yaml
+    from orchestrator.config.render import render_json, render_yaml
 
     sys.stdout.write(render_json(project) if fmt == "json" else render_yaml(project))
 
@@ -161,7 +161,7 @@ def _settings(services: tuple[str, ...], **kwargs: object) -> Settings:
     user manager's journal is not where journalctl --user looks (a private manager)."""
     import os
 
-    from ..runtime import Settings
+    from orchestrator.runtime.engine import Settings
 
     journal = os.environ.get("QEMU_COMPOSE_JOURNAL_DIR")
     kwargs.setdefault("journal_dir", Path(journal) if journal else None)
@@ -172,7 +172,7 @@ async def _with_progress(mode: str, work: Callable[[Reporter], Awaitable[T]]) ->
     """Run ``work`` with a renderer consuming its events; the renderer ends after it."""
     import trio
 
-    from ..events import Event, Reporter, renderer_for
+    from orchestrator.runtime.events import Event, Reporter, renderer_for
 
     send, receive = trio.open_memory_channel[Event](10_000)
     render = renderer_for(mode)
@@ -240,10 +240,11 @@ def up(
         no_deps=no_deps,
         wait_lock=wait_lock,
     )
-    from .. import runtime
-    from ..events import Reporter
-    from ..plan import render_plan
-    from ..runner import run
+    from orchestrator import runtime
+    from orchestrator.runtime.events import Reporter
+    from orchestrator.runtime.plan import render_plan
+
+    from .runner import run
 
     if dry_run:
         result = run(lambda: runtime.up(project, settings, Reporter(), dry_run=True))
@@ -287,8 +288,9 @@ def stop(
     """Stop VMs gracefully: power button, grace period, then off. Disks are kept."""
     project = opts.load()
     settings = _settings(vms, wait_lock=wait_lock)
-    from .. import runtime
-    from ..runner import run
+    from orchestrator import runtime
+
+    from .runner import run
 
     run(
         lambda: _with_progress(
@@ -316,8 +318,9 @@ def destroy(
         raise click.UsageError("--volumes removes the project's volumes: give no VM names with it")
     project = opts.load()
     settings = _settings(vms, wait_lock=wait_lock)
-    from .. import runtime
-    from ..runner import run
+    from orchestrator import runtime
+
+    from .runner import run
 
     run(
         lambda: _with_progress(
@@ -339,8 +342,9 @@ def ps(opts: GlobalOptions, vms: tuple[str, ...], all_vms: bool, fmt: str) -> No
     """List the VMs with their status, addresses, size and unit."""
     project = opts.load()
     settings = _settings(vms)
-    from .. import runtime
-    from ..runner import run
+    from orchestrator import runtime
+
+    from .runner import run
 
     rows = run(lambda: runtime.ps(project, settings, all_vms=all_vms or bool(vms) or fmt == "json"))
     if fmt == "json":
@@ -374,9 +378,9 @@ def ssh(opts: GlobalOptions, vm: str, command: tuple[str, ...]) -> None:
     import os
     import shutil
 
-    from ..errors import UsageError
-    from ..sshcmd import ssh_argv
-    from ..state import StateDir
+    from orchestrator.errors import UsageError
+    from orchestrator.guest.sshcmd import ssh_argv
+    from orchestrator.state.files import StateDir
 
     project = opts.load()
     state = StateDir(project.state_dir).read_state(project.name)
@@ -391,8 +395,8 @@ def ssh(opts: GlobalOptions, vm: str, command: tuple[str, ...]) -> None:
 
 def _instances_named(project: Project, names: tuple[str, ...]) -> list[str]:
     """The instances NAMES mean (a VM, or every replica of one); an unknown name is an error."""
-    from ..errors import UsageError
-    from ..plan import instances
+    from orchestrator.errors import UsageError
+    from orchestrator.runtime.plan import instances
 
     everything = instances(project.model)
     chosen = []
@@ -436,10 +440,11 @@ def watch(
     qemu-compose watch web --since 10m    # web's events of the last ten minutes, then new ones
     qemu-compose watch --json --since all --no-follow | jq .event
     """
-    from ..naming import ProjectPaths
-    from ..runner import run
-    from ..watch import parse_since
-    from ..watch import watch as follow_log
+    from orchestrator.state.paths import ProjectPaths
+    from orchestrator.supervisor.watch import parse_since
+    from orchestrator.supervisor.watch import watch as follow_log
+
+    from .runner import run
 
     project = opts.load()
     names = _instances_named(project, vms)
@@ -460,9 +465,10 @@ def inspect(opts: GlobalOptions, vm: str, fmt: str) -> None:
     """Show everything about VM: status, configuration, disk, networks, volumes, how to reach
     it (SSH, console with its password, logs)."""
     project = opts.load()
-    from ..inspection import inspect as gather
-    from ..inspection import render_inspect
-    from ..runner import run
+    from orchestrator.runtime.inspection import inspect as gather
+    from orchestrator.runtime.inspection import render_inspect
+
+    from .runner import run
 
     info = run(lambda: gather(project, _settings((vm,)), vm))
     if fmt == "json":
@@ -490,9 +496,10 @@ def logs(opts: GlobalOptions, vm: str, follow: bool, lines: int | None, source: 
     journal (QEMU's own messages)."""
     project = opts.load()
     _one_instance(project, vm)
-    from ..logs import show_logs
-    from ..naming import ProjectPaths, vm_unit
-    from ..runner import run
+    from orchestrator.guest.logs import show_logs
+    from orchestrator.state.paths import ProjectPaths, vm_unit
+
+    from .runner import run
 
     settings = _settings((vm,))
     sources = frozenset({"console", "journal"} if source == "all" else {source})
@@ -519,8 +526,8 @@ def console(opts: GlobalOptions, vm: str) -> None:
     """
     project = opts.load()
     _one_instance(project, vm)
-    from ..console import attach
-    from ..naming import ProjectPaths
+    from orchestrator.guest.console import attach
+    from orchestrator.state.paths import ProjectPaths
 
     paths = ProjectPaths(project.state_dir, project.name).vm(vm)
     why = attach(paths.console_socket, vm)
@@ -553,10 +560,11 @@ def restart(
     """
     project = opts.load()
     named = _instances_named(project, vms)
-    from .. import runtime
-    from ..errors import UsageError
-    from ..runner import run
-    from ..state import StateDir
+    from orchestrator import runtime
+    from orchestrator.errors import UsageError
+    from orchestrator.state.files import StateDir
+
+    from .runner import run
 
     state_dir = StateDir(project.state_dir)
     created = set(state_dir.read_state(project.name).vms) if state_dir.path.exists() else set()
@@ -567,7 +575,7 @@ def restart(
                 f"not created: {', '.join(missing)} (`qemu-compose up {' '.join(missing)}`)"
             )
     else:
-        from ..plan import instances
+        from orchestrator.runtime.plan import instances
 
         named = [i.name for i in instances(project.model) if i.name in created]
         if not named:
@@ -606,8 +614,9 @@ def network() -> None:
 def network_ls(opts: GlobalOptions, fmt: str) -> None:
     """List the networks: subnet, bridge, DHCP/DNS server and the VMs on each."""
     project = opts.load()
-    from .. import runtime
-    from ..runner import run
+    from orchestrator import runtime
+
+    from .runner import run
 
     rows = run(lambda: runtime.networks(project, _settings(())))
     if fmt == "json":
@@ -633,8 +642,9 @@ def network_ls(opts: GlobalOptions, fmt: str) -> None:
 def network_rm(opts: GlobalOptions, names: tuple[str, ...], progress: str, wait_lock: bool) -> None:
     """Remove networks no VM uses: their bridge, DHCP/DNS server and subnet."""
     project = opts.load()
-    from .. import runtime
-    from ..runner import run
+    from orchestrator import runtime
+
+    from .runner import run
 
     settings = _settings((), wait_lock=wait_lock)
     run(
@@ -655,8 +665,9 @@ def doctor(fmt: str, bus: str) -> None:
     Every problem comes with the command that fixes it. Exits 1 when something required is
     missing; KVM, bridge networking and the other optional parts only warn.
     """
-    from ..doctor import evaluate, gather, render
-    from ..runner import run
+    from orchestrator.runtime.doctor import evaluate, gather, render
+
+    from .runner import run
 
     checks = evaluate(run(lambda: gather(bus)))
     if fmt == "json":
@@ -686,9 +697,10 @@ def pull(opts: GlobalOptions, urls: tuple[str, ...], force: bool, progress: str)
 
     Downloads resume where they stopped and are checked against the file's checksums.
     """
-    from ..pull import Show, plain_lines
-    from ..pull import pull as pull_all
-    from ..runner import run
+    from orchestrator.guest.pull import Show, plain_lines
+    from orchestrator.guest.pull import pull as pull_all
+
+    from .runner import run
 
     if urls:
         sources: dict[str, str | None] = dict.fromkeys(urls)
@@ -743,7 +755,7 @@ def pull(opts: GlobalOptions, urls: tuple[str, ...], force: bool, progress: str)
     else:
         failures = work(lambda *_: None)
     if failures:
-        from ..images import ImageError
+        from orchestrator.guest.images import ImageError
 
         lines = "".join(f"\n  {url}: {why}" for url, why in failures.items())
         raise ImageError(f"{len(failures)} of {len(sources)} images could not be pulled:{lines}")
@@ -760,7 +772,7 @@ def image() -> None:
 )
 def image_ls(fmt: str) -> None:
     """List the cached images: name, size, format, source URL, last use, VMs built on them."""
-    from ..images import UNKNOWN_USERS, list_images
+    from orchestrator.guest.images import UNKNOWN_USERS, list_images
 
     rows = list_images()
     if fmt == "json":
@@ -787,7 +799,7 @@ def image_ls(fmt: str) -> None:
 @click.option("--force", is_flag=True, help="Also when VM disks are built on it (breaks them).")
 def image_rm(images: tuple[str, ...], force: bool) -> None:
     """Remove cached images, by name (as `image ls` shows) or URL."""
-    from ..images import find_image, remove_image
+    from orchestrator.guest.images import find_image, remove_image
 
     for key in images:
         info = find_image(key)
@@ -803,8 +815,8 @@ def image_prune(opts: GlobalOptions, dry_run: bool) -> None:
 
     Images the compose file here names are kept too (when there is one).
     """
-    from ..errors import ProjectNotFoundError
-    from ..images import list_images, prune
+    from orchestrator.errors import ProjectNotFoundError
+    from orchestrator.guest.images import list_images, prune
 
     keep: set[str] = set()
     try:

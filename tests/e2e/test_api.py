@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from orchestrator import api
-from orchestrator.events import Event
-from orchestrator.plan import ActionKind
+from orchestrator.runtime.events import Event
+from orchestrator.runtime.plan import ActionKind
 from tests.conftest import ManagerHandle
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")

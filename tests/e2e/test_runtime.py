@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.state import ProjectLock
+from orchestrator.state.files import ProjectLock
 from tests.conftest import ManagerHandle
 from tests.guest.build import build
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from netcfg import Forward
-from orchestrator.accel import AccelError, HostFacts, choose_accel, read_host_facts
-from orchestrator.qemu_argv import (
+from orchestrator.guest.accel import AccelError, HostFacts, choose_accel, read_host_facts
+from orchestrator.guest.qemu_argv import (
     DirectBoot,
     Drive,
     Share,

@@ -21,8 +21,8 @@ import trio
 import trio_asyncio
 
 from netcfg import Forward, choose_port
-from orchestrator.accel import choose_accel, read_host_facts
-from orchestrator.cloudinit import (
+from orchestrator.guest.accel import choose_accel, read_host_facts
+from orchestrator.guest.cloudinit import (
     GuestConfig,
     Nic,
     instance_id,
@@ -31,9 +31,9 @@ from orchestrator.cloudinit import (
     volume_mount,
     write_seed_iso,
 )
-from orchestrator.disks import create_overlay, create_volume
-from orchestrator.qemu_argv import DirectBoot, Drive, Share, UserNic, VmLaunch, qemu_argv
-from orchestrator.secrets import ensure_console_password, ensure_project_key
+from orchestrator.guest.disks import create_overlay, create_volume
+from orchestrator.guest.qemu_argv import DirectBoot, Drive, Share, UserNic, VmLaunch, qemu_argv
+from orchestrator.guest.secrets import ensure_console_password, ensure_project_key
 from qmp import PowerdownOutcome, open_session
 from tests.guest.build import build
 from tests.support.qemu import short_tempdir

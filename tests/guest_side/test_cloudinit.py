@@ -9,7 +9,7 @@ import pycdlib
 import pytest
 import yaml
 
-from orchestrator.cloudinit import (
+from orchestrator.guest.cloudinit import (
     GuestConfig,
     Nic,
     default_user,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.disks import DiskError, create_overlay, create_volume, image_info
-from orchestrator.images import ImageError, cache_name, fetch
-from orchestrator.secrets import ensure_console_password, ensure_project_key
+from orchestrator.guest.disks import DiskError, create_overlay, create_volume, image_info
+from orchestrator.guest.images import ImageError, cache_name, fetch
+from orchestrator.guest.secrets import ensure_console_password, ensure_project_key
 from tests.support.http import Files
 
 pytestmark = pytest.mark.skipif(

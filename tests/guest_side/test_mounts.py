@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cloudinit import Mount
-from orchestrator.guest import MountError, check_bind_sources, mount_layout
-from orchestrator.model import VolumeMount
-from orchestrator.qemu_argv import Drive, Share
+from orchestrator.config.model import VolumeMount
+from orchestrator.guest.cloudinit import Mount
+from orchestrator.guest.mounts import MountError, check_bind_sources, mount_layout
+from orchestrator.guest.qemu_argv import Drive, Share
 
 
 def test_layout_of_named_volumes_and_bind_mounts() -> None:

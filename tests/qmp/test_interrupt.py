@@ -22,7 +22,7 @@ from tests.support.qemu import QEMU
 CHILD = textwrap.dedent(
     """
     import socket, sys, trio
-    from orchestrator.runner import run
+    from orchestrator.cli.runner import run
     from qmp import QmpSession, asyncio_loop, monitor_args
     directory = sys.argv[1]
 

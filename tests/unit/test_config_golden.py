@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from orchestrator import load_project
-from orchestrator.render import render_json, render_yaml
+from orchestrator.config.render import render_json, render_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "data" / "golden"

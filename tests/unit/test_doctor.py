@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from orchestrator.accel import HostFacts
-from orchestrator.doctor import APT, Facts, evaluate, render
+from orchestrator.guest.accel import HostFacts
+from orchestrator.runtime.doctor import APT, Facts, evaluate, render
 
 KVM_HOST = HostFacts(frozenset({"vmx", "sse2"}), kvm_openable=True, kvm_pvm_loaded=False)
 

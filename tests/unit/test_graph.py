@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.graph import find_cycle, start_layers
+from orchestrator.config.graph import find_cycle, start_layers
 
 
 def test_no_cycle() -> None:

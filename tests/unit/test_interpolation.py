@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.interpolation import (
+from orchestrator.config.interpolation import (
     InterpolationError,
     interpolate,
     interpolate_tree,

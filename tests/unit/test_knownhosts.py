@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.knownhosts import forget_host, host_alias, known_hosts
-from orchestrator.naming import ProjectPaths
+from orchestrator.guest.knownhosts import forget_host, host_alias, known_hosts
+from orchestrator.state.paths import ProjectPaths
 
 
 def test_forget_one_vm(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import load_project
+from orchestrator.config.model import ComposeFile
 from orchestrator.errors import UsageError
-from orchestrator.model import ComposeFile
-from orchestrator.plan import (
+from orchestrator.runtime.plan import (
     Observed,
     config_hash,
     dependencies,

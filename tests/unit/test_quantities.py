@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.quantities import (
+from orchestrator.config.quantities import (
     canonical_duration,
     canonical_size,
     format_duration,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ConfigError
-from orchestrator.yamlsource import MAX_FILE_BYTES, Position, load_yaml, read_yaml_file
+from orchestrator.config.yamlsource import MAX_FILE_BYTES, Position, load_yaml, read_yaml_file
 
 F = Path("f.yaml")
 

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from orchestrator.config.quantities import parse_duration
+from orchestrator.errors import UsageError
 from qmp.eventlog import EventLog, EventRecord, record_json
-
-from .errors import UsageError
-from .quantities import parse_duration
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import trio
 
-from .errors import QemuComposeError
-from .quantities import format_size
+from orchestrator.config.quantities import format_size
+from orchestrator.errors import QemuComposeError
 
 EXT4_LABEL_MAX = 16
 

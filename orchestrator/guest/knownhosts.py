@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .naming import ProjectPaths
-from .state import atomic_write
+from orchestrator.state.files import atomic_write
+from orchestrator.state.paths import ProjectPaths
 
 
 def host_alias(project: str, vm: str) -> str:

@@ -17,7 +17,7 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import QemuComposeError
+from orchestrator.errors import QemuComposeError
 
 DETACH = 0x1D  # Ctrl+]
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import QemuComposeError
+from orchestrator.errors import QemuComposeError
 
 
 class AccelError(QemuComposeError):

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import ConfigError
+
 from . import quantities
-from .errors import ConfigError
 from .yamlsource import PathKey, SourceMap, format_path, load_yaml
 
 Report = Callable[[PathKey, str], None]

@@ -27,19 +27,33 @@ import netcfg
 import qmp
 import systemd_dbus
 from netcfg import Forward
-from qmp.eventlog import EventLog
-
-from . import probe
-from .accel import choose_accel, read_host_facts
-from .cloudinit import GuestConfig, Nic, default_user, instance_id, seed_files, write_seed_iso
-from .disks import create_overlay, create_volume
-from .errors import QemuComposeError, UsageError
-from .events import Event, Reporter
-from .guest import check_bind_sources, mount_layout
-from .images import fetch, is_remote, record_use
-from .knownhosts import forget_host
-from .model import Vm
-from .naming import (
+from orchestrator.config.model import Vm
+from orchestrator.config.project import Project
+from orchestrator.config.quantities import parse_duration, parse_size
+from orchestrator.errors import QemuComposeError, UsageError
+from orchestrator.guest import probe
+from orchestrator.guest.accel import choose_accel, read_host_facts
+from orchestrator.guest.cloudinit import (
+    GuestConfig,
+    Nic,
+    default_user,
+    instance_id,
+    seed_files,
+    write_seed_iso,
+)
+from orchestrator.guest.disks import create_overlay, create_volume
+from orchestrator.guest.images import fetch, is_remote, record_use
+from orchestrator.guest.knownhosts import forget_host
+from orchestrator.guest.mounts import check_bind_sources, mount_layout
+from orchestrator.guest.qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
+from orchestrator.guest.secrets import (
+    ConsolePassword,
+    ProjectKey,
+    ensure_console_password,
+    ensure_project_key,
+)
+from orchestrator.state.files import ProjectLock, ProjectState, StateDir, VmState
+from orchestrator.state.paths import (
     ProjectPaths,
     dnsmasq_unit,
     ensure_socket_dir,
@@ -48,6 +62,10 @@ from .naming import (
     vm_of_unit,
     vm_unit,
 )
+from orchestrator.supervisor.service import GIVE_UP_SIGNAL, Watched, write_supervised
+from qmp.eventlog import EventLog
+
+from .events import Event, Reporter
 from .plan import (
     Action,
     ActionKind,
@@ -59,12 +77,6 @@ from .plan import (
     plan,
     select,
 )
-from .project import Project
-from .qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
-from .quantities import parse_duration, parse_size
-from .secrets import ConsolePassword, ProjectKey, ensure_console_password, ensure_project_key
-from .state import ProjectLock, ProjectState, StateDir, VmState
-from .supervise import GIVE_UP_SIGNAL, Watched, write_supervised
 
 DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
 # systemd answers in milliseconds, but a host whose CPUs are all busy starting a hundred TCG
@@ -349,7 +361,7 @@ async def _start_supervisor(ctx: Context, unit: str) -> None:
         return
     if status.active_state == "failed":
         await ctx.manager.reset_failed(unit)
-    argv = [sys.executable, "-m", "orchestrator.supervise"]
+    argv = [sys.executable, "-m", "orchestrator.supervisor"]
     argv += ["--state-dir", str(ctx.project.state_dir), "--bus", _bus_address(ctx.settings)]
     await ctx.manager.start(
         systemd_dbus.TransientUnit(

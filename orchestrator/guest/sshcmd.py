@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .errors import UsageError
+from orchestrator.config.project import Project
+from orchestrator.errors import UsageError
+from orchestrator.runtime.engine import ssh_target
+from orchestrator.runtime.plan import instances
+from orchestrator.state.files import ProjectState
+from orchestrator.state.paths import ProjectPaths
+
 from .knownhosts import host_alias, known_hosts
-from .naming import ProjectPaths
-from .plan import instances
-from .project import Project
-from .runtime import ssh_target
-from .state import ProjectState
 
 
 def ssh_argv(project: Project, vm: str, state: ProjectState, command: list[str]) -> list[str]:

@@ -24,8 +24,8 @@ from urllib.parse import unquote, urlparse
 import msgspec
 import trio
 
-from .errors import QemuComposeError
-from .state import atomic_write
+from orchestrator.errors import QemuComposeError
+from orchestrator.state.files import atomic_write
 
 if TYPE_CHECKING:
     import httpx

@@ -14,19 +14,19 @@ from typing import Any
 import netcfg
 import qmp
 import systemd_dbus
+from orchestrator.config.project import Project
+from orchestrator.errors import StateError, UsageError
+from orchestrator.guest.cloudinit import default_user, detect_os
+from orchestrator.guest.images import cache_dir, cache_name, is_remote, local_path
+from orchestrator.guest.secrets import ConsolePassword, read_console_password
+from orchestrator.state.files import StateDir
+from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, vm_unit
 
-from . import runtime
-from .cloudinit import default_user, detect_os
-from .errors import StateError, UsageError
-from .images import cache_dir, cache_name, is_remote, local_path
-from .naming import ProjectPaths, dnsmasq_unit, vm_unit
+from .engine import Settings, ps
 from .plan import dependencies, instances
-from .project import Project
-from .secrets import ConsolePassword, read_console_password
-from .state import StateDir
 
 
-async def inspect(project: Project, settings: runtime.Settings, name: str) -> dict[str, Any]:
+async def inspect(project: Project, settings: Settings, name: str) -> dict[str, Any]:
     by_name = {i.name: i for i in instances(project.model)}
     inst = by_name.get(name)
     if inst is None:
@@ -38,9 +38,9 @@ async def inspect(project: Project, settings: runtime.Settings, name: str) -> di
     state_dir = StateDir(project.state_dir)
     state = state_dir.read_state(project.name) if state_dir.path.exists() else None
     saved = state.vms.get(name) if state else None
-    [row] = await runtime.ps(
+    [row] = await ps(
         project,
-        runtime.Settings(services=[name], bus=settings.bus, journal_dir=settings.journal_dir),
+        Settings(services=[name], bus=settings.bus, journal_dir=settings.journal_dir),
     )
     unit = vm_unit(project.name, name)
     async with qmp.asyncio_loop(), systemd_dbus.connect(settings.bus) as manager:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .errors import UsageError
-from .model import ComposeFile, Dependency, Vm
-from .validate import replica_names
+from orchestrator.config.model import ComposeFile, Dependency, Vm
+from orchestrator.config.validate import replica_names
+from orchestrator.errors import UsageError
 
 RUNNING_STATES = frozenset({"active", "activating", "reloading"})
 

@@ -14,10 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.errors import StateError
 from qmp import check_socket_path
 from systemd_dbus import escape, unescape
-
-from .errors import StateError
 
 UNIT_PREFIX = "qemu-compose-"
 

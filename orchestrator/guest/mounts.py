@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.config.model import VolumeMount
+from orchestrator.errors import QemuComposeError
+
 from .cloudinit import Mount, share_mount, volume_mount
-from .errors import QemuComposeError
-from .model import VolumeMount
 from .qemu_argv import Drive, Share, volume_serial
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import msgspec
 
+from orchestrator.errors import ConfigError, Problem, ProjectNotFoundError
+
 from . import schema
-from .errors import ConfigError, Problem, ProjectNotFoundError
 from .interpolation import InterpolationError, interpolate_tree, read_env_file
 from .model import ComposeFile
 from .normalize import Normalizer

@@ -17,7 +17,7 @@ from typing import Literal
 
 import trio
 
-from .accel import HostFacts, kvm_usable, read_host_facts
+from orchestrator.guest.accel import HostFacts, kvm_usable, read_host_facts
 
 Verdict = Literal["ok", "warn", "fail"]
 LOW_SPACE = 5 << 30  # bytes: less than this in the image cache is a warning
@@ -173,8 +173,7 @@ def _os_name() -> str:
 async def gather(bus: str = "user") -> Facts:
     import netcfg
     import systemd_dbus
-
-    from .images import cache_dir
+    from orchestrator.guest.images import cache_dir
 
     binaries = {name: shutil.which(name) or _sbin(name) for name in APT}
     versions = {}

@@ -18,8 +18,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .errors import StateError
-from .state import atomic_write, ensure_private_dir
+from orchestrator.errors import StateError
+from orchestrator.state.files import atomic_write, ensure_private_dir
 
 
 @dataclass(frozen=True, slots=True)

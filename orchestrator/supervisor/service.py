@@ -1,6 +1,6 @@
 """The project supervisor: one systemd unit per project that watches its VMs and restarts them.
 
-``python -m orchestrator.supervise --state-dir DIR --bus ADDRESS`` runs as
+``python -m orchestrator.supervisor --state-dir DIR --bus ADDRESS`` runs as
 ``qemu-compose-<project>-supervisor.service`` (``up`` starts it, restarted by systemd if it
 fails). It reads the VMs to watch from ``supervised-vms.json`` (``up`` and ``destroy`` rewrite
 it; it is re-read when it changes) and, for each of them:
@@ -26,7 +26,6 @@ import contextlib
 import enum
 import logging
 import signal
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,10 +37,9 @@ import trio
 
 import qmp
 import systemd_dbus
+from orchestrator.state.files import atomic_write
 from qmp.eventlog import EventLog
 from qmp.supervisor import CONNECTED, Supervisor, serve_until_signalled
-
-from .state import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +284,7 @@ class ProjectSupervisor:
 
 
 async def _main(state_dir: Path, bus: str) -> None:
-    from .naming import ProjectPaths
+    from orchestrator.state.paths import ProjectPaths
 
     paths = ProjectPaths(state_dir, "")
     async with qmp.asyncio_loop(), systemd_dbus.connect(bus, call_timeout=60) as manager:
@@ -295,13 +293,9 @@ async def _main(state_dir: Path, bus: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.supervise", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.supervisor", description=__doc__)
     parser.add_argument("--state-dir", type=Path, required=True, help="the project's state dir")
     parser.add_argument("--bus", default="user", help="user, system, or a D-Bus address")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     trio.run(_main, args.state_dir, args.bus, restrict_keyboard_interrupt_to_checkpoints=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .errors import QemuComposeError
+from orchestrator.errors import QemuComposeError
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ from typing import Self
 
 import msgspec
 
-from .errors import LockHeldError, StateError
+from orchestrator.errors import LockHeldError, StateError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,7 @@
+"""``python -m orchestrator.supervisor``: the project supervisor's unit runs this."""
+
+import sys
+
+from .service import main
+
+main(sys.argv[1:])
