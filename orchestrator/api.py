@@ -31,7 +31,7 @@ from pathlib import Path
 
 from orchestrator import runtime
 from orchestrator.config.project import Project, load_project
-from orchestrator.runtime.engine import Settings, UpResult, VmRow
+from orchestrator.runtime import Settings, UpResult, VmRow
 from orchestrator.runtime.events import Event, Reporter
 from orchestrator.runtime.plan import Action
 from orchestrator.supervisor.watch import concerns, parse_since

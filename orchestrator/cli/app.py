@@ -12,7 +12,7 @@ import click
 
 if TYPE_CHECKING:
     from orchestrator.config.project import Project
-    from orchestrator.runtime.engine import Settings
+    from orchestrator.runtime import Settings
     from orchestrator.runtime.events import Reporter
 
 T = TypeVar("T")
@@ -161,7 +161,7 @@ def _settings(services: tuple[str, ...], **kwargs: object) -> Settings:
     user manager's journal is not where journalctl --user looks (a private manager)."""
     import os
 
-    from orchestrator.runtime.engine import Settings
+    from orchestrator.runtime import Settings
 
     journal = os.environ.get("QEMU_COMPOSE_JOURNAL_DIR")
     kwargs.setdefault("journal_dir", Path(journal) if journal else None)
@@ -379,7 +379,7 @@ def ssh(opts: GlobalOptions, vm: str, command: tuple[str, ...]) -> None:
     import shutil
 
     from orchestrator.errors import UsageError
-    from orchestrator.guest.sshcmd import ssh_argv
+    from orchestrator.runtime.query import ssh_argv
     from orchestrator.state.files import StateDir
 
     project = opts.load()
@@ -395,25 +395,16 @@ def ssh(opts: GlobalOptions, vm: str, command: tuple[str, ...]) -> None:
 
 def _instances_named(project: Project, names: tuple[str, ...]) -> list[str]:
     """The instances NAMES mean (a VM, or every replica of one); an unknown name is an error."""
-    from orchestrator.errors import UsageError
-    from orchestrator.runtime.plan import instances
+    from orchestrator.config.topology import select
 
-    everything = instances(project.model)
-    chosen = []
-    for name in names:
-        found = [i.name for i in everything if name in (i.name, i.definition)]
-        if not found:
-            known = ", ".join(i.name for i in everything) or "none"
-            raise UsageError(f"no VM named {name!r} in {project.name} (VMs: {known})")
-        chosen += found
-    return chosen
+    return [i.name for i in select(project.model, names, project=project.name)]
 
 
 def _one_instance(project: Project, vm: str) -> None:
     """VM names one instance: not a definition with replicas, not an unknown name."""
-    names = _instances_named(project, (vm,))
-    if names != [vm]:
-        raise click.UsageError(f"{vm} has replicas: name one of {', '.join(names)}")
+    from orchestrator.config.topology import select_one
+
+    select_one(project.model, vm, project=project.name)
 
 
 @cli.command()
@@ -575,7 +566,7 @@ def restart(
                 f"not created: {', '.join(missing)} (`qemu-compose up {' '.join(missing)}`)"
             )
     else:
-        from orchestrator.runtime.plan import instances
+        from orchestrator.config.topology import instances
 
         named = [i.name for i in instances(project.model) if i.name in created]
         if not named:

@@ -13,6 +13,7 @@ from typing import Protocol
 from .graph import find_cycle
 from .model import ComposeFile, Vm
 from .quantities import parse_duration, parse_size
+from .topology import replica_names
 from .yamlsource import PathKey
 
 
@@ -33,13 +34,6 @@ def validate(compose: ComposeFile, state_dir: Path, report: Report) -> None:
     for name, vm in compose.vms.items():
         path: PathKey = ("vms", name)
         _vm(name, vm, path, compose, subnets, state_dir, published, report)
-
-
-def replica_names(name: str, vm: Vm) -> list[str]:
-    """The VM names a definition stands for: itself, or ``name-1`` .. ``name-N``."""
-    if vm.replicas == 1:
-        return [name]
-    return [f"{name}-{i}" for i in range(1, vm.replicas + 1)]
 
 
 def _names(compose: ComposeFile, report: Report) -> None:

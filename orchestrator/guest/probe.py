@@ -65,11 +65,16 @@ def _ssh_error() -> type[Exception]:
     return asyncssh.Error
 
 
-async def reachable(target: SshTarget, *, timeout: float = 5.0) -> bool:
+async def passes(target: SshTarget, command: str, *, timeout: float) -> bool:
+    """``command`` ran and exited 0; an SSH failure or a timeout is a failure too."""
     try:
-        return (await run(target, "true", timeout=timeout)).exit_status == 0
+        return (await run(target, command, timeout=timeout)).exit_status == 0
     except (OSError, _ssh_error(), trio.TooSlowError, TimeoutError):
         return False
+
+
+async def reachable(target: SshTarget, *, timeout: float = 5.0) -> bool:
+    return await passes(target, "true", timeout=timeout)
 
 
 # Ready means provisioned: sshd answers before cloud-init has finished (which restarts it,

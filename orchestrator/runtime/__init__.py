@@ -10,34 +10,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .engine import (
-        DEFAULT_READY_TIMEOUT,
-        NetworkRow,
-        Settings,
-        UpError,
-        UpResult,
-        VmRow,
-        destroy,
-        networks,
-        ps,
-        remove_networks,
-        stop,
-        up,
-    )
+    from .execute import UpError, UpResult, up
+    from .query import NetworkRow, VmRow, networks, ps
+    from .session import DEFAULT_READY_TIMEOUT, Settings
+    from .teardown import destroy, remove_networks, stop
 
 _EXPORTS = {
-    "DEFAULT_READY_TIMEOUT": "engine",
-    "NetworkRow": "engine",
-    "Settings": "engine",
-    "UpError": "engine",
-    "UpResult": "engine",
-    "VmRow": "engine",
-    "destroy": "engine",
-    "networks": "engine",
-    "ps": "engine",
-    "remove_networks": "engine",
-    "stop": "engine",
-    "up": "engine",
+    "DEFAULT_READY_TIMEOUT": "session",
+    "NetworkRow": "query",
+    "Settings": "session",
+    "UpError": "execute",
+    "UpResult": "execute",
+    "VmRow": "query",
+    "destroy": "teardown",
+    "networks": "query",
+    "ps": "query",
+    "remove_networks": "teardown",
+    "stop": "teardown",
+    "up": "execute",
 }
 
 __all__ = [

@@ -15,23 +15,20 @@ import netcfg
 import qmp
 import systemd_dbus
 from orchestrator.config.project import Project
-from orchestrator.errors import StateError, UsageError
+from orchestrator.config.topology import dependencies, select_one
+from orchestrator.errors import StateError
 from orchestrator.guest.cloudinit import default_user, detect_os
 from orchestrator.guest.images import cache_dir, cache_name, is_remote, local_path
 from orchestrator.guest.secrets import ConsolePassword, read_console_password
 from orchestrator.state.files import StateDir
 from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, vm_unit
 
-from .engine import Settings, ps
-from .plan import dependencies, instances
+from .query import ps
+from .session import Settings
 
 
 async def inspect(project: Project, settings: Settings, name: str) -> dict[str, Any]:
-    by_name = {i.name: i for i in instances(project.model)}
-    inst = by_name.get(name)
-    if inst is None:
-        known = ", ".join(by_name) or "none"
-        raise UsageError(f"no VM named {name!r} in {project.name} (VMs: {known})")
+    inst = select_one(project.model, name, project=project.name)
     vm = inst.vm
     paths = ProjectPaths(project.state_dir, project.name)
     mine = paths.vm(name)

@@ -16,37 +16,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from orchestrator.config.model import ComposeFile, Dependency, Vm
-from orchestrator.config.validate import replica_names
-from orchestrator.errors import UsageError
+from orchestrator.config.model import ComposeFile
+from orchestrator.config.topology import Instance, instances
 
 RUNNING_STATES = frozenset({"active", "activating", "reloading"})
-
-
-@dataclass(frozen=True, slots=True)
-class Instance:
-    """One VM to run: a definition, or one replica of it."""
-
-    name: str
-    definition: str
-    vm: Vm
-
-
-def instances(compose: ComposeFile) -> list[Instance]:
-    return [
-        Instance(name, definition, vm)
-        for definition, vm in compose.vms.items()
-        for name in replica_names(definition, vm)
-    ]
-
-
-def dependencies(compose: ComposeFile, instance: Instance) -> dict[str, Dependency]:
-    """What an instance waits for, by instance name (a replicated VM means all its replicas)."""
-    needs: dict[str, Dependency] = {}
-    for target, dependency in instance.vm.depends_on.items():
-        for name in replica_names(target, compose.vms[target]):
-            needs[name] = dependency
-    return needs
 
 
 def config_hash(compose: ComposeFile, instance: Instance) -> str:
@@ -94,38 +67,6 @@ class Action:
     @property
     def changes_something(self) -> bool:
         return self.kind not in (ActionKind.KEEP, ActionKind.ORPHAN)
-
-
-def select(
-    compose: ComposeFile, names: Sequence[str], *, with_dependencies: bool = True
-) -> list[Instance]:
-    """The instances named (definitions or replicas) and everything they depend on."""
-    everything = {i.name: i for i in instances(compose)}
-    by_definition: dict[str, list[str]] = {}
-    for inst in everything.values():
-        by_definition.setdefault(inst.definition, []).append(inst.name)
-    wanted: list[str] = []
-    unknown = []
-    for name in names:
-        if name in by_definition:
-            wanted += by_definition[name]
-        elif name in everything:
-            wanted.append(name)
-        else:
-            unknown.append(name)
-    if unknown:
-        known = ", ".join(sorted(everything))
-        raise UsageError(f"no VM named {', '.join(unknown)} (VMs: {known})")
-    chosen: dict[str, None] = {}
-    stack = list(wanted)
-    while stack:
-        name = stack.pop()
-        if name in chosen:
-            continue
-        chosen[name] = None
-        if with_dependencies:
-            stack.extend(dependencies(compose, everything[name]))
-    return [inst for inst in everything.values() if inst.name in chosen]
 
 
 def plan(

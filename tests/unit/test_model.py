@@ -9,7 +9,7 @@ import pytest
 from orchestrator import ConfigError, ProjectNotFoundError, load_project
 from orchestrator.config.model import Dependency, PortMapping, VolumeMount
 from orchestrator.config.project import find_compose_file, normalize_project_name
-from orchestrator.config.validate import replica_names
+from orchestrator.config.topology import replica_names
 
 
 def write(directory: Path, text: str, name: str = "qemu-compose.yaml") -> Path:

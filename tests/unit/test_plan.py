@@ -8,16 +8,9 @@ import pytest
 
 from orchestrator import load_project
 from orchestrator.config.model import ComposeFile
+from orchestrator.config.topology import dependencies, instances, select
 from orchestrator.errors import UsageError
-from orchestrator.runtime.plan import (
-    Observed,
-    config_hash,
-    dependencies,
-    instances,
-    plan,
-    render_plan,
-    select,
-)
+from orchestrator.runtime.plan import Observed, config_hash, plan, render_plan
 
 TEXT = """
 name: demo
@@ -96,11 +89,19 @@ def test_the_hash_follows_what_shapes_a_vm(tmp_path: Path) -> None:
 
 
 def test_selection_takes_dependencies(compose: ComposeFile) -> None:
-    assert [i.name for i in select(compose, ["web"])] == ["db", "app", "web"]
-    assert [i.name for i in select(compose, ["worker-2"])] == ["db", "app", "worker-2"]
-    assert [i.name for i in select(compose, ["worker"])] == ["db", "app", "worker-1", "worker-2"]
-    with pytest.raises(UsageError, match="no VM named nope"):
-        select(compose, ["nope"])
+    assert [i.name for i in select(compose, ["web"], project="demo", with_dependencies=True)] == [
+        "db",
+        "app",
+        "web",
+    ]
+    assert [
+        i.name for i in select(compose, ["worker-2"], project="demo", with_dependencies=True)
+    ] == ["db", "app", "worker-2"]
+    assert [
+        i.name for i in select(compose, ["worker"], project="demo", with_dependencies=True)
+    ] == ["db", "app", "worker-1", "worker-2"]
+    with pytest.raises(UsageError, match="no VM named 'nope' in demo"):
+        select(compose, ["nope"], project="demo", with_dependencies=True)
 
 
 def test_dependencies_of_replicas(compose: ComposeFile) -> None:

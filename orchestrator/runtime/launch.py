@@ -1,0 +1,167 @@
+"""How one VM is launched, decided from its definition and the facts `up` found. Pure.
+
+`vm_launch` turns an instance and its facts (ports claimed, TAPs made, the accelerator, the
+project's key and password, the provision scripts' text) into everything the start needs:
+QEMU's command line, the guest's cloud-init configuration (None: no OS to configure) and the
+transient unit that runs it. It is golden-tested as `qemu_argv` is; the effects of a start
+(disks, seed, TAPs, the start job, the state) stay in `up`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import netcfg
+import systemd_dbus
+from netcfg import Forward
+from orchestrator.config.model import Vm
+from orchestrator.config.quantities import parse_duration
+from orchestrator.config.topology import Instance
+from orchestrator.guest.accel import Accel
+from orchestrator.guest.cloudinit import GuestConfig, Nic, default_user, instance_id
+from orchestrator.guest.mounts import mount_layout
+from orchestrator.guest.qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
+from orchestrator.state.paths import VmPaths, vm_unit
+from orchestrator.supervisor.service import GIVE_UP_SIGNAL
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchFacts:
+    """What a VM's launch depends on besides its definition."""
+
+    project: str
+    paths: VmPaths
+    accel: Accel
+    forwards: Sequence[Forward]  # SSH first, then the published ports
+    taps: Mapping[str, str] = field(default_factory=dict)  # network -> TAP device
+    volume_paths: Mapping[str, Path] = field(default_factory=dict)  # named volume -> image
+    ssh_public_key: str = ""
+    password_hash: str = ""
+    provision: Sequence[str] = ()  # the steps' scripts, in order
+    extra_user_data: Mapping[str, Any] | None = None
+    qemu: str = "/usr/bin/qemu-system-x86_64"
+    python: str = "/usr/bin/python3"  # runs qmp.stopvm, the unit's graceful ExecStop
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    argv: list[str]
+    guest: GuestConfig | None  # what the seed ISO says; None: no OS, no seed
+    unit: systemd_dbus.TransientUnit
+    macs: dict[str, str]  # netdev -> MAC
+
+
+def has_os(vm: Vm) -> bool:
+    return vm.image is not None or vm.boot is not None
+
+
+def grace_period(vm: Vm | None, override: float | None = None) -> float:
+    """Seconds a VM gets to power off; none for firmware-only VMs (nothing there to hear it)."""
+    if vm is not None and not has_os(vm):
+        return 0.0
+    if override is not None:
+        return override
+    return parse_duration(vm.stop_grace_period) if vm is not None else 60.0
+
+
+def probes_ssh(vm: Vm) -> bool:
+    """A VM with an operating system and no healthcheck: {disable: true} is probed by SSH."""
+    disabled = vm.healthcheck is not None and (
+        vm.healthcheck.disable or vm.healthcheck.test[:1] == ["NONE"]
+    )
+    return has_os(vm) and not disabled
+
+
+def mac_of(project: str, inst: Instance, network: str) -> str:
+    """The MAC of a VM's NIC on ``network`` ("" for its user-mode NIC): fixed, else derived."""
+    fixed = inst.vm.networks[network].mac_address if network else None
+    return fixed or netcfg.mac_address(project, inst.name, network or "user")
+
+
+def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
+    vm, name, paths = inst.vm, inst.name, facts.paths
+    layout = mount_layout(vm.volumes, facts.volume_paths)
+    nics: list[UserNic | TapNic] = [
+        UserNic("nic0", mac_of(facts.project, inst, ""), tuple(facts.forwards))
+    ]
+    guest_nics = [Nic(nics[0].mac, "user")]
+    for i, network in enumerate(sorted(vm.networks), start=1):
+        nics.append(TapNic(f"nic{i}", mac_of(facts.project, inst, network), facts.taps[network]))
+        guest_nics.append(Nic(nics[-1].mac, "bridge"))
+    root = Drive("root", str(paths.disk), "qcow2", "root", bootindex=0) if vm.image else None
+    guest = seed = None
+    if has_os(vm):
+        guest = GuestConfig(
+            hostname=vm.hostname or name,
+            domain=facts.project,
+            user=vm.user or default_user(vm.image.source if vm.image else None),
+            ssh_public_key=facts.ssh_public_key,
+            password_hash=facts.password_hash,
+            instance_id=instance_id(facts.project, name),
+            mounts=layout.mounts,
+            environment=vm.environment,
+            provision=facts.provision,
+            nics=guest_nics,
+            extra_user_data=facts.extra_user_data,
+        )
+        seed = Drive("seed", str(paths.seed), "raw", "cidata", read_only=True)
+    boot = DirectBoot(vm.boot.kernel, vm.boot.initrd, vm.boot.cmdline) if vm.boot else None
+    argv = qemu_argv(
+        VmLaunch(
+            name=name,
+            accel=facts.accel,
+            cpus=vm.cpu,
+            memory_mib=vm.memory,
+            machine=vm.machine,
+            console_socket=str(paths.console_socket),
+            console_log=str(paths.console_log),
+            qmp_supervision=str(paths.qmp_socket),
+            qmp_control=str(paths.qmp_control_socket),
+            pidfile=str(paths.pidfile),
+            drives=tuple(d for d in (root, seed) if d is not None) + layout.drives,
+            shares=layout.shares,
+            nics=tuple(nics),
+            boot=boot,
+            qemu=facts.qemu,
+            restart_in_place=vm.restart != "no",  # the supervisor restarts the guest
+        )
+    )
+    return Launch(
+        argv=argv,
+        guest=guest,
+        unit=_unit(inst, facts, argv),
+        macs={n.netdev: n.mac for n in nics},
+    )
+
+
+def _unit(inst: Instance, facts: LaunchFacts, argv: list[str]) -> systemd_dbus.TransientUnit:
+    vm, paths = inst.vm, facts.paths
+    grace = grace_period(vm)
+    # systemd's own policy is for QEMU crashing; the guest's ends are the supervisor's
+    restart: Literal["no", "on-failure"] = "no" if vm.restart == "no" else "on-failure"
+    extra = []
+    if restart != "no":  # the supervisor's giving up is final
+        extra.append(
+            systemd_dbus.ExtraProperty("RestartPreventExitStatus", "(aiai)", ([], [GIVE_UP_SIGNAL]))
+        )
+    if vm.restart.startswith("on-failure:"):
+        extra.append(
+            systemd_dbus.ExtraProperty("StartLimitBurst", "u", int(vm.restart.split(":")[1]))
+        )
+    stop = [facts.python, "-m", "qmp.stopvm", str(paths.qmp_control_socket)]
+    return systemd_dbus.TransientUnit(
+        vm_unit(facts.project, inst.name),
+        argv,
+        description=f"qemu-compose VM {facts.project}/{inst.name}",
+        working_directory=str(paths.directory),
+        exec_stop=[*stop, "--grace", f"{grace:g}"],
+        kill_mode="mixed",
+        timeout_stop=grace + 15,
+        collect_mode="inactive",  # a failed VM stays listed, failed, until reset
+        restart=restart,
+        restart_sec=2.0 if restart != "no" else None,
+        extra=extra,
+    )

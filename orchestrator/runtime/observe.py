@@ -1,0 +1,34 @@
+"""What is there: the project's units as systemd knows them, and its instance directories."""
+
+from __future__ import annotations
+
+import systemd_dbus
+from orchestrator.config.project import Project
+from orchestrator.state.files import ProjectState
+from orchestrator.state.paths import ProjectPaths, project_unit_prefix, vm_of_unit
+
+from .plan import Observed
+
+
+async def unit_states(project: Project, manager: systemd_dbus.SystemdManager) -> dict[str, str]:
+    """The ActiveState of each of the project's VM units that systemd has loaded."""
+    return {
+        vm: u.active_state
+        for u in await manager.list_units(project_unit_prefix(project.name))
+        if (vm := vm_of_unit(project.name, u.name)) is not None
+    }
+
+
+async def observe(
+    project: Project, manager: systemd_dbus.SystemdManager, state: ProjectState
+) -> dict[str, Observed]:
+    units = await unit_states(project, manager)
+    paths = ProjectPaths(project.state_dir, project.name)
+    observed = {}
+    for name in set(units) | set(state.vms):
+        saved = state.vms.get(name)
+        created = saved is not None or paths.vm(name).disk.exists()
+        observed[name] = Observed(
+            units.get(name, "not-found"), created, saved.config_hash if saved else None
+        )
+    return observed

@@ -1,0 +1,146 @@
+"""What the VMs of an `up` need before any starts: images, named volumes, bridge networks."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+import netcfg
+import systemd_dbus
+from orchestrator.config.quantities import parse_size
+from orchestrator.config.topology import Instance, instances
+from orchestrator.guest.disks import create_volume
+from orchestrator.guest.images import fetch, is_remote, record_use
+from orchestrator.state.paths import dnsmasq_unit
+
+from .session import Session
+
+
+async def prepare_images(session: Session, chosen: Sequence[Instance]) -> dict[str, Path]:
+    """Every image of ``chosen``, fetched (in parallel) or found: {source: local path}."""
+    sources = {i.vm.image.source: i.vm.image.checksum for i in chosen if i.vm.image is not None}
+    images: dict[str, Path] = {}
+    report = session.report
+
+    async def one(source: str, checksum: str | None) -> None:
+        report("", "image", "working", source)
+        last = [0.0]
+
+        def progress(done: int, total: int | None) -> None:
+            if time.monotonic() - last[0] > 1 and total:
+                last[0] = time.monotonic()
+                report("", "image", "working", f"{source} {100 * done // total}%")
+
+        images[source] = await fetch(source, checksum=checksum, progress=progress)
+        if is_remote(source):  # for `image ls` (last used) and `image prune` (who uses it)
+            record_use(images[source], source, state_dir=session.project.state_dir)
+        report("", "image", "done", str(images[source]))
+
+    async with trio.open_nursery() as nursery:
+        for source, checksum in sources.items():
+            nursery.start_soon(one, source, checksum)
+    return images
+
+
+async def prepare_volumes(session: Session, chosen: Sequence[Instance]) -> None:
+    """The named volumes of ``chosen`` that do not exist yet, created (ext4, without root)."""
+    volumes = session.project.model.volumes
+    names = {m.source for i in chosen for m in i.vm.volumes if m.type == "volume"}
+    for name in sorted(names):
+        path = session.paths.volume(name)
+        if not path.exists():
+            session.report("", "volume", "working", name)
+            await create_volume(path, parse_size(volumes[name].size), name)
+            session.report("", "volume", "done", f"{name} ({volumes[name].size})")
+
+
+async def prepare_networks(
+    session: Session, chosen: Sequence[Instance]
+) -> dict[str, netcfg.BridgeNetwork]:
+    """The bridge networks ``chosen`` are on: subnets and addresses allocated (kept across
+    runs), bridge and NAT made, dnsmasq running with every member's reservation."""
+    model = session.project.model
+    state = session.state
+    used = sorted({n for i in chosen for n in i.vm.networks})
+    if not used:
+        return {}
+    netcfg.require_net_admin()
+    project = session.project.name
+    own_bridges = [netcfg.bridge_name(project, n) for n in model.networks]
+    host = await netcfg.host_subnets(exclude=own_bridges)
+    with netcfg.Registry().claims() as claims:
+        avoid = host + [ipaddress.IPv4Network(s) for s in claims.subnets_of_others(project)]
+        previous = {n: ipaddress.IPv4Network(s) for n, s in state.subnets.items()}
+        subnets = netcfg.allocate_subnets(
+            [netcfg.SubnetRequest(n, model.networks[n].subnet) for n in used],
+            previous=previous,
+            avoid=avoid,
+        )
+        for name, subnet in subnets.items():
+            claims.subnets[f"{project}/{name}"] = str(subnet)
+            state.subnets[name] = str(subnet)
+    everyone = instances(model)  # addresses for all VMs of a network, not only these
+    macs = netcfg.assign_macs(project, [(i.name, n) for i in everyone for n in i.vm.networks])
+    networks = {}
+    for name in used:
+        members = [i for i in everyone if name in i.vm.networks]
+        previous_ips = {
+            vm: ipaddress.IPv4Address(a) for vm, a in state.addresses.get(name, {}).items()
+        }
+        addresses = netcfg.assign_addresses(
+            subnets[name],
+            [(i.name, i.vm.networks[name].ipv4_address) for i in members],
+            previous=previous_ips,
+        )
+        state.addresses[name] = {vm: str(a) for vm, a in addresses.items()}
+        hosts = [
+            netcfg.Host(
+                i.name, i.vm.networks[name].mac_address or macs[(i.name, name)], addresses[i.name]
+            )
+            for i in members
+        ]
+        spec = model.networks[name]
+        network = netcfg.BridgeNetwork(
+            project=project,
+            name=name,
+            subnet=subnets[name],
+            directory=session.paths.network_dir(name),
+            nat=spec.nat,
+            upstream=tuple(spec.upstream_dns),
+        )
+        networks[name] = network
+        session.report("", "network", "working", f"{name} {subnets[name]}")
+        await netcfg.ensure_network(network, hosts, _dnsmasq_starter(session, name))
+        session.report("", "network", "done", f"{name} {subnets[name]} on {network.bridge}")
+    session.store.save()
+    return networks
+
+
+def _dnsmasq_starter(session: Session, network: str) -> netcfg.network.StartDnsmasq:
+    unit = dnsmasq_unit(session.project.name, network)
+    manager = session.manager
+
+    async def start(argv: list[str], changed: bool) -> None:
+        status = await manager.status(unit)
+        if status.is_active and not changed:
+            return
+        if status.load_state != "not-found":
+            await manager.stop(unit)
+            if status.active_state == "failed":
+                await manager.reset_failed(unit)
+        binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
+        await manager.start(
+            systemd_dbus.TransientUnit(
+                unit,
+                [binary, *argv[1:]],
+                description=f"qemu-compose DHCP and DNS of {session.project.name}/{network}",
+            ),
+            settle=0.5,
+        )
+
+    return start

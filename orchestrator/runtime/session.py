@@ -1,0 +1,179 @@
+"""One session per command: the project locked (unless only reading), its state read, systemd
+connected, and the state written back as VMs change."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+import qmp
+import systemd_dbus
+from orchestrator.config.project import Project
+from orchestrator.config.topology import instances, select
+from orchestrator.state.files import ProjectLock, ProjectState, StateDir
+from orchestrator.state.paths import ProjectPaths
+from orchestrator.supervisor.service import write_supervised
+from qmp.eventlog import EventLog
+
+from .events import Event, Reporter
+from .supervision import supervised_table
+
+DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
+# systemd answers in milliseconds, but a host whose CPUs are all busy starting a hundred TCG
+# guests can keep it from answering for more than the default 10 s
+CALL_TIMEOUT = 60.0
+
+
+@dataclass
+class Settings:
+    services: Sequence[str] = ()
+    wait: bool = True  # until ready (SSH, healthchecks), not only started
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    parallel: int | None = None
+    no_recreate: bool = False
+    force_recreate: bool = False
+    remove_orphans: bool = False
+    no_deps: bool = False  # only the VMs named, not what they depend on
+    keep_config: bool = False  # restart: a VM keeps its recorded config hash (`up` applies)
+    wait_lock: bool = False
+    bus: str = "user"
+    journal_dir: Path | None = None
+
+
+@dataclass
+class Store:
+    """The state cache and the supervisor's VM table, written together.
+
+    While VMs start, saves are only noted (``deferred``) and ``flush`` writes them in a
+    thread: each write fsyncs, and done inline for every VM of a large project it stalled
+    them all.
+    """
+
+    project: Project
+    paths: ProjectPaths
+    state_dir: StateDir
+    state: ProjectState
+    deferred: bool = False
+    dirty: bool = False
+
+    def save(self) -> None:
+        if self.deferred:
+            self.dirty = True
+        else:
+            self.state_dir.write_state(self.state)
+            supervised = supervised_table(self.project, self.paths, self.state, set(self.state.vms))
+            write_supervised(self.paths.supervised_vms, supervised)
+
+    async def flush(self) -> None:
+        """Write the state and the supervised VMs if they changed, off the event loop."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        state = StateDir.encode(self.state)
+        supervised = supervised_table(self.project, self.paths, self.state, set(self.state.vms))
+        await trio.to_thread.run_sync(self.state_dir.write_encoded, state)
+        await trio.to_thread.run_sync(write_supervised, self.paths.supervised_vms, supervised)
+
+    async def flush_every(self, seconds: float) -> None:
+        while True:
+            await trio.sleep(seconds)
+            await self.flush()
+
+    @asynccontextmanager
+    async def deferring(self) -> AsyncIterator[None]:
+        """Saves are gathered and flushed every 0.2 s; whatever happens (cancelled too), what
+        was saved is written at the end."""
+        self.deferred = True
+        try:
+            async with trio.open_nursery() as saver:
+                saver.start_soon(self.flush_every, 0.2)
+                yield
+                saver.cancel_scope.cancel()
+        finally:
+            self.deferred = False
+            self.dirty = False
+            self.save()
+
+
+@dataclass
+class Session:
+    project: Project
+    paths: ProjectPaths
+    manager: systemd_dbus.SystemdManager
+    report: Reporter
+    settings: Settings
+    store: Store
+
+    @property
+    def state(self) -> ProjectState:
+        return self.store.state
+
+    def names(self, services: Sequence[str]) -> list[str]:
+        """The instances a command acts on: the named ones, else all (the file's and orphans)."""
+        model = self.project.model
+        if services:
+            return [i.name for i in select(model, services, project=self.project.name)]
+        everything = [i.name for i in instances(model)]
+        return everything + [n for n in self.state.vms if n not in everything]
+
+
+def read_state(project: Project) -> ProjectState:
+    """The state cache, or an empty state where the project has no state directory yet."""
+    state_dir = StateDir(project.state_dir)
+    return state_dir.read_state(project.name) if state_dir.path.exists() else ProjectState()
+
+
+@asynccontextmanager
+async def open_session(
+    project: Project, settings: Settings, report: Reporter, *, lock: bool = True
+) -> AsyncIterator[Session]:
+    """The project locked (unless only reading), its state read, systemd connected.
+
+    A locked session is one that changes things: its steps go to the event log too.
+    """
+    state_dir = StateDir(project.state_dir)
+    held: ProjectLock | None = None
+    if lock:
+        state_dir.ensure()
+        held = ProjectLock(state_dir.path)
+        await held.acquire(wait=settings.wait_lock)
+    try:
+        state = read_state(project)
+        if lock:
+            state.project = project.name
+        paths = ProjectPaths(project.state_dir, project.name)
+        async with (
+            qmp.asyncio_loop(),
+            systemd_dbus.connect(
+                settings.bus, journal_dir=settings.journal_dir, call_timeout=CALL_TIMEOUT
+            ) as manager,
+        ):
+            yield Session(
+                project=project,
+                paths=paths,
+                manager=manager,
+                report=report.also(_event_log_writer(paths)) if lock else report,
+                settings=settings,
+                store=Store(project, paths, state_dir, state),
+            )
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _event_log_writer(paths: ProjectPaths) -> Callable[[Event], None]:
+    """What `up`, `stop` and `destroy` do to each VM goes to the event log too (for `watch`)."""
+    log = EventLog(paths.events_dir)
+
+    def write(event: Event) -> None:
+        if event.vm:
+            with contextlib.suppress(OSError):  # the log is for watchers: never fail a VM on it
+                data = {"status": event.status, "detail": event.detail}
+                log.append(event.vm, event.stage.upper(), data, source="up")
+
+    return write

@@ -1,0 +1,83 @@
+"""The project's supervisor from the runtime's side: which VMs it watches (with the restart
+policy each one's QEMU runs with), started by `up`, stopped when nothing is left to watch."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import systemd_dbus
+from orchestrator.config.project import Project
+from orchestrator.config.topology import instances
+from orchestrator.state.files import ProjectState
+from orchestrator.state.paths import ProjectPaths, supervisor_unit, vm_unit
+from orchestrator.supervisor.service import Watched, write_supervised
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+def supervised_table(
+    project: Project, paths: ProjectPaths, state: ProjectState, names: set[str]
+) -> dict[str, Watched]:
+    """The VMs to watch, each with the policy its QEMU runs with (the state's, which is the
+    file's of its last start: a VM not restarted since the file changed keeps the old one)."""
+    by_name = {i.name: i for i in instances(project.model)}
+
+    def policy(name: str) -> str:
+        saved = state.vms.get(name)
+        if saved is not None:
+            return saved.restart
+        return by_name[name].vm.restart if name in by_name else "no"
+
+    return {
+        name: Watched(
+            qmp=str(paths.vm(name).qmp_socket),
+            unit=vm_unit(project.name, name),
+            restart=policy(name),
+        )
+        for name in names
+    }
+
+
+async def ensure_supervisor(session: Session, names: set[str]) -> None:
+    """Tell the project's supervisor which VMs to watch; start it if it does not run."""
+    table = supervised_table(session.project, session.paths, session.state, names)
+    write_supervised(session.paths.supervised_vms, table)
+    unit = supervisor_unit(session.project.name)
+    status = await session.manager.status(unit)
+    if status.active_state in ("active", "activating", "reloading"):
+        return
+    if status.active_state == "failed":
+        await session.manager.reset_failed(unit)
+    argv = [sys.executable, "-m", "orchestrator.supervisor"]
+    argv += ["--state-dir", str(session.project.state_dir)]
+    argv += ["--bus", _bus_address(session.settings.bus)]
+    await session.manager.start(
+        systemd_dbus.TransientUnit(
+            unit,
+            argv,
+            description=f"qemu-compose supervisor of {session.project.name}",
+            working_directory=str(session.project.state_dir),
+            restart="on-failure",
+            restart_sec=1.0,
+        ),
+    )
+    session.report("", "supervisor", "done", unit)
+
+
+async def stop_supervisor(session: Session) -> None:
+    unit = supervisor_unit(session.project.name)
+    status = await session.manager.status(unit)
+    if status.load_state == "not-found":
+        return
+    await session.manager.stop(unit, timeout=30)
+    if (await session.manager.status(unit)).active_state == "failed":
+        await session.manager.reset_failed(unit)
+
+
+def _bus_address(bus: str) -> str:
+    """The bus as the supervisor must be told it: "user" means this user's bus, by address."""
+    if bus == "system":
+        return "system"
+    return systemd_dbus.bus_address(bus)[0]

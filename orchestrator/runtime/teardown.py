@@ -1,0 +1,176 @@
+"""Taking things down: `stop` (gracefully, disks kept), `destroy` (instance directories too),
+and networks nobody uses (`network rm`, and after `destroy`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+from collections.abc import Sequence
+
+import trio
+
+import netcfg
+import qmp
+from orchestrator.config.project import Project
+from orchestrator.config.topology import instances
+from orchestrator.errors import UsageError
+from orchestrator.guest.knownhosts import forget_host
+from orchestrator.state.files import ProjectState
+from orchestrator.state.paths import dnsmasq_unit, vm_unit
+
+from .events import Reporter
+from .launch import grace_period
+from .observe import unit_states
+from .ports import release_ports
+from .session import Session, Settings, open_session
+from .supervision import stop_supervisor
+
+
+async def stop_one(session: Session, name: str, grace: float) -> None:
+    """Power button, ``grace`` seconds, then quit; the unit stopped (and reset if failed)."""
+    manager = session.manager
+    unit = vm_unit(session.project.name, name)
+    status = await manager.status(unit)
+    if not status.is_active and status.active_state != "activating":
+        if status.active_state == "failed":
+            await manager.reset_failed(unit)
+        return
+    session.report(name, "stop", "working", f"power button, {grace:g} s grace" if grace else "quit")
+    outcome = "stopped"
+    socket = session.paths.vm(name).qmp_control_socket
+    try:
+        async with qmp.open_session(str(socket), timeout=5) as qmp_session:
+            outcome = (await qmp_session.powerdown(grace=grace)).value
+    except qmp.QmpError as err:
+        outcome = f"no QMP ({err})"
+    await manager.stop(unit, timeout=grace + 60)
+    status = await manager.status(unit)
+    if status.active_state == "failed":
+        await manager.reset_failed(unit)
+    session.report(name, "stop", "done", outcome)
+
+
+async def remove_vm(session: Session, name: str) -> None:
+    """Stop a VM and remove its instance directory, addresses, known host and ports."""
+    project = session.project
+    inst = {i.name: i for i in instances(project.model)}.get(name)
+    await stop_one(session, name, grace_period(inst.vm if inst else None))
+    for network in session.state.addresses.values():
+        network.pop(name, None)
+    shutil.rmtree(session.paths.vm(name).directory, ignore_errors=True)
+    forget_host(session.paths, project.name, name)
+    session.state.vms.pop(name, None)
+    release_ports(project.name, name)
+    session.store.save()
+    session.report(name, "destroy", "done", "instance directory removed")
+
+
+async def stop(
+    project: Project, settings: Settings, report: Reporter, *, timeout: float | None = None
+) -> list[str]:
+    """Power the VMs down gracefully (grace: --timeout, else each VM's stop_grace_period)."""
+    async with open_session(project, settings, report) as session:
+        names = session.names(settings.services)
+        by_name = {i.name: i for i in instances(project.model)}
+
+        async def one(name: str) -> None:
+            inst = by_name.get(name)
+            await stop_one(session, name, grace_period(inst.vm if inst else None, timeout))
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(one, name)
+        if not settings.services or not await unit_states(project, session.manager):
+            await stop_supervisor(session)  # nothing left to watch
+        return names
+
+
+async def destroy(
+    project: Project, settings: Settings, report: Reporter, *, volumes: bool = False
+) -> list[str]:
+    """Stop and remove VMs; then the networks nobody uses; named volumes only if asked."""
+    async with open_session(project, settings, report) as session:
+        state = session.state
+        names = [
+            n
+            for n in session.names(settings.services)
+            if n in state.vms or session.paths.vm(n).directory.exists()
+        ]
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(remove_vm, session, name)
+        in_use = networks_in_use(state)
+        await _remove_networks(session, [n for n in state.subnets if n not in in_use])
+        if not state.vms:  # (each removal saved the supervised VMs without it)
+            await stop_supervisor(session)
+        if volumes and not settings.services:
+            for name in project.model.volumes:
+                path = session.paths.volume(name).parent
+                if path.exists():
+                    shutil.rmtree(path)
+                    report("", "volume", "done", f"{name} removed")
+        if not state.vms:
+            with netcfg.Registry().claims() as claims:
+                claims.forget_project(project.name)
+        session.store.save()
+        return names
+
+
+def networks_in_use(state: ProjectState) -> dict[str, list[str]]:
+    """Each network's created VMs (those with an address on it)."""
+    return {
+        n: sorted(vm for vm in members if vm in state.vms)
+        for n, members in state.addresses.items()
+        if any(vm in state.vms for vm in members)
+    }
+
+
+async def remove_networks(
+    project: Project, settings: Settings, report: Reporter, names: Sequence[str]
+) -> list[str]:
+    """Remove networks no created VM uses: bridge, dnsmasq unit, subnet claim."""
+    async with open_session(project, settings, report) as session:
+        state = session.state
+        in_use = networks_in_use(state)
+        known = set(project.model.networks) | set(state.subnets)
+        for name in names:
+            if name not in known:
+                raise UsageError(f"no network named {name!r} in {project.name}")
+            if name in in_use:
+                users = ", ".join(in_use[name])
+                raise UsageError(
+                    f"network {name!r} is in use by {users}: `qemu-compose destroy {users}` first"
+                )
+        created = [n for n in names if n in state.subnets]
+        for name in names:
+            if name not in created:
+                report("", "network", "skipped", f"{name} is not created")
+        await _remove_networks(session, created)
+        session.store.save()
+        return created
+
+
+async def _remove_networks(session: Session, names: Sequence[str]) -> None:
+    project, state = session.project, session.state
+    for name in names:
+        network = netcfg.BridgeNetwork(
+            project.name,
+            name,
+            ipaddress.IPv4Network(state.subnets[name]),
+            session.paths.network_dir(name),
+        )
+        unit = dnsmasq_unit(project.name, name)
+
+        async def stop_dnsmasq(unit: str = unit) -> None:
+            await session.manager.stop(unit)
+
+        if netcfg.has_net_admin():
+            await netcfg.remove_network(network, stop_dnsmasq)
+        else:
+            await stop_dnsmasq()
+        state.subnets.pop(name, None)
+        state.addresses.pop(name, None)
+        with netcfg.Registry().claims() as claims:
+            claims.subnets.pop(f"{project.name}/{name}", None)
+        orphan = "" if name in project.model.networks else " (orphan)"
+        session.report("", "network", "done", f"{name} removed{orphan}")

@@ -1,0 +1,206 @@
+"""How a VM is launched (`vm_launch`): QEMU's argv, the guest's configuration and the unit,
+from an instance and its facts. Pure, golden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netcfg import Forward
+from orchestrator import load_project
+from orchestrator.config.topology import Instance, instances
+from orchestrator.guest.accel import Accel
+from orchestrator.runtime.launch import (
+    Launch,
+    LaunchFacts,
+    grace_period,
+    probes_ssh,
+    vm_launch,
+)
+from orchestrator.state.paths import VmPaths
+
+TEXT = """
+name: lab
+networks: {back: {}}
+volumes: {data: {size: 1G}}
+vms:
+  db:
+    image: /images/debian.qcow2
+    cpu: 2
+    memory: 512
+    networks: [back]
+    volumes: [data:/var/lib/db]
+    ports: ["5432:5432"]
+    restart: on-failure:3
+    stop_grace_period: 20s
+    environment: {ROLE: db}
+    provision: [{inline: "echo hi"}]
+  fw:
+    memory: 64
+"""
+
+TCG = Accel("tcg", "max", "no KVM here")
+
+# restart: on-failure:3 runs QEMU with -no-shutdown and panic=pause (the supervisor decides);
+# disks root, seed, volume; the user NIC forwards SSH and the published port, the TAP is given
+GOLDEN_DB_ARGV = """
+/usr/bin/qemu-system-x86_64
+-name
+db,debug-threads=on
+-machine
+q35
+-accel
+tcg,thread=multi
+-cpu
+max
+-smp
+2
+-m
+512
+-nodefaults
+-no-user-config
+-display
+none
+-chardev
+socket,id=console,path=/p/.qemu-compose/db/console.sock,server=on,wait=off,logfile=/p/.qemu-compose/db/console.log,logappend=on
+-serial
+chardev:console
+-chardev
+socket,id=qmp-supervise,path=/p/.qemu-compose/db/qmp.sock,server=on,wait=off
+-mon
+chardev=qmp-supervise,mode=control
+-chardev
+socket,id=qmp-control,path=/p/.qemu-compose/db/qmp-ctl.sock,server=on,wait=off
+-mon
+chardev=qmp-control,mode=control
+-pidfile
+/p/.qemu-compose/db/qemu.pid
+-object
+rng-random,id=rng0,filename=/dev/urandom
+-device
+virtio-rng-pci,rng=rng0
+-device
+pvpanic
+-no-shutdown
+-action
+panic=pause
+-blockdev
+{"driver":"qcow2","node-name":"root","read-only":false,"file":{"driver":"file","filename":"/p/.qemu-compose/db/disk.qcow2"}}
+-device
+virtio-blk-pci,drive=root,id=root,serial=root,bootindex=0
+-blockdev
+{"driver":"raw","node-name":"seed","read-only":true,"file":{"driver":"file","filename":"/p/.qemu-compose/db/seed.iso"}}
+-device
+virtio-blk-pci,drive=seed,id=seed,serial=cidata
+-blockdev
+{"driver":"qcow2","node-name":"vol-data","read-only":false,"file":{"driver":"file","filename":"/p/.qemu-compose/volumes/data/data.img"}}
+-device
+virtio-blk-pci,drive=vol-data,id=vol-data,serial=data
+-netdev
+user,id=nic0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:5432-:5432
+-device
+virtio-net-pci,netdev=nic0,mac=52:54:81:40:99:57,romfile=
+-netdev
+tap,id=nic1,ifname=qc-tap0,script=no,downscript=no,vhost=off
+-device
+virtio-net-pci,netdev=nic1,mac=52:54:f1:bc:3c:55,romfile=
+"""
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> dict[str, Instance]:
+    (tmp_path / "qemu-compose.yaml").write_text(TEXT)
+    project = load_project(tmp_path / "qemu-compose.yaml")
+    return {i.name: i for i in instances(project.model)}
+
+
+def facts(name: str, **more: Any) -> LaunchFacts:
+    base = Path("/p/.qemu-compose") / name
+    fields: dict[str, Any] = {
+        "forwards": (Forward(2222, 22), Forward(5432, 5432, "127.0.0.1")),
+        **more,
+    }
+    return LaunchFacts(
+        project="lab",
+        paths=VmPaths(base, base),
+        accel=TCG,
+        qemu="/usr/bin/qemu-system-x86_64",
+        python="/venv/bin/python",
+        **fields,
+    )
+
+
+def render(launch: Launch) -> str:
+    unit = launch.unit
+    lines = [
+        f"unit {unit.name}",
+        f"description {unit.description}",
+        f"directory {unit.working_directory}",
+        f"stop {' '.join(unit.exec_stop or ())}",
+        f"kill {unit.kill_mode} timeout {unit.timeout_stop:g} collect {unit.collect_mode}",
+        f"restart {unit.restart} after {unit.restart_sec}",
+        *(f"extra {p.name} {p.signature} {p.value}" for p in unit.extra),
+        f"macs {launch.macs}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_vm_with_an_os_a_bridge_a_volume_and_a_restart_policy(
+    lab: dict[str, Instance],
+) -> None:
+    launch = vm_launch(
+        lab["db"],
+        facts(
+            "db",
+            taps={"back": "qc-tap0"},
+            volume_paths={"data": Path("/p/.qemu-compose/volumes/data/data.img")},
+            ssh_public_key="ssh-ed25519 AAAA lab",
+            password_hash="$6$x$y",
+            provision=["echo hi"],
+        ),
+    )
+    assert render(launch) == (
+        "unit qemu-compose-lab-db.service\n"
+        "description qemu-compose VM lab/db\n"
+        "directory /p/.qemu-compose/db\n"
+        "stop /venv/bin/python -m qmp.stopvm /p/.qemu-compose/db/qmp-ctl.sock --grace 20\n"
+        "kill mixed timeout 35 collect inactive\n"
+        "restart on-failure after 2.0\n"
+        "extra RestartPreventExitStatus (aiai) ([], [<Signals.SIGPWR: 30>])\n"
+        "extra StartLimitBurst u 3\n"
+        "macs {'nic0': '52:54:81:40:99:57', 'nic1': '52:54:f1:bc:3c:55'}\n"
+    )
+    assert launch.unit.argv == launch.argv
+    assert "\n".join(launch.argv) == GOLDEN_DB_ARGV.strip()
+    guest = launch.guest
+    assert guest is not None
+    assert (guest.hostname, guest.domain, guest.environment, guest.provision) == (
+        "db",
+        "lab",
+        {"ROLE": "db"},
+        ["echo hi"],
+    )
+    assert [(n.mac, n.kind) for n in guest.nics] == [
+        ("52:54:81:40:99:57", "user"),
+        ("52:54:f1:bc:3c:55", "bridge"),
+    ]
+    assert [m.target for m in guest.mounts] == ["/var/lib/db"]
+
+
+def test_a_firmware_only_vm_has_no_seed_no_grace_and_no_restart(lab: dict[str, Instance]) -> None:
+    fw = lab["fw"]
+    launch = vm_launch(fw, facts("fw", forwards=(Forward(2223, 22),)))
+    assert launch.guest is None
+    assert not any("seed" in a for a in launch.argv)
+    assert render(launch).splitlines()[3:6] == [
+        "stop /venv/bin/python -m qmp.stopvm /p/.qemu-compose/fw/qmp-ctl.sock --grace 0",
+        "kill mixed timeout 15 collect inactive",
+        "restart no after None",
+    ]
+    assert "-no-shutdown" not in launch.argv
+    assert (grace_period(fw.vm), grace_period(fw.vm, 5), probes_ssh(fw.vm)) == (0.0, 0.0, False)
+    db = lab["db"].vm
+    assert (grace_period(db), grace_period(db, 5), probes_ssh(db)) == (20.0, 5.0, True)
+    assert grace_period(None) == 60.0
