@@ -25,21 +25,43 @@ UpError listing the VMs that failed, LockHeldError naming the holder, ...).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from orchestrator import runtime
 from orchestrator.config.project import Project, load_project
-from orchestrator.runtime import Settings, UpResult, VmRow
+from orchestrator.config.topology import instances, select
+from orchestrator.errors import UsageError
+from orchestrator.runtime import NetworkRow, Settings, UpResult, VmRow
 from orchestrator.runtime.events import Event, Reporter
 from orchestrator.runtime.plan import Action
+from orchestrator.runtime.session import read_state
 from orchestrator.supervisor.watch import concerns, parse_since
 from qmp.eventlog import EventRecord
 
 EventCallback = Callable[[Event], None]
 
-__all__ = ["Event", "Project", "UpResult", "VmRow", "destroy", "load", "plan", "ps", "stop", "up"]
+__all__ = [
+    "Event",
+    "NetworkRow",
+    "Project",
+    "UpResult",
+    "VmRow",
+    "destroy",
+    "events",
+    "inspect",
+    "load",
+    "networks",
+    "plan",
+    "ps",
+    "remove_networks",
+    "restart",
+    "stop",
+    "up",
+]
 
 
 def load(
@@ -58,6 +80,19 @@ def load(
     )
 
 
+def journal_dir() -> Path | None:
+    """Where journald's files are when the user manager's journal is not where journalctl
+    --user looks (a private manager): QEMU_COMPOSE_JOURNAL_DIR. Failures then still come
+    with QEMU's own last words, and `logs` finds them."""
+    journal = os.environ.get("QEMU_COMPOSE_JOURNAL_DIR")
+    return Path(journal) if journal else None
+
+
+def _settings(vms: Sequence[str], bus: str, **options: Any) -> Settings:
+    """The settings of every call, made here only."""
+    return Settings(services=tuple(vms), bus=bus, journal_dir=journal_dir(), **options)
+
+
 async def up(
     project: Project,
     *vms: str,
@@ -67,28 +102,48 @@ async def up(
     no_recreate: bool = False,
     force_recreate: bool = False,
     remove_orphans: bool = False,
+    no_deps: bool = False,
     wait_lock: bool = False,
     bus: str = "user",
     on_event: EventCallback | None = None,
 ) -> UpResult:
-    """Create and start the VMs (``vms`` and what they depend on, or all)."""
-    settings = Settings(
-        services=vms,
+    """Create and start the VMs (``vms`` and what they depend on, or all).
+
+    UpError (with ``.result``) when some did not come up."""
+    settings = _settings(
+        vms,
+        bus,
         wait=wait,
         ready_timeout=ready_timeout,
         parallel=parallel,
         no_recreate=no_recreate,
         force_recreate=force_recreate,
         remove_orphans=remove_orphans,
+        no_deps=no_deps,
         wait_lock=wait_lock,
-        bus=bus,
     )
     return await runtime.up(project, settings, Reporter(callback=on_event))
 
 
-async def plan(project: Project, *vms: str, bus: str = "user") -> list[Action]:
+async def plan(
+    project: Project,
+    *vms: str,
+    no_recreate: bool = False,
+    force_recreate: bool = False,
+    remove_orphans: bool = False,
+    no_deps: bool = False,
+    bus: str = "user",
+) -> list[Action]:
     """What ``up`` would do, with causes; changes nothing."""
-    result = await runtime.up(project, Settings(services=vms, bus=bus), Reporter(), dry_run=True)
+    settings = _settings(
+        vms,
+        bus,
+        no_recreate=no_recreate,
+        force_recreate=force_recreate,
+        remove_orphans=remove_orphans,
+        no_deps=no_deps,
+    )
+    result = await runtime.up(project, settings, Reporter(), dry_run=True)
     return list(result.actions)
 
 
@@ -96,11 +151,12 @@ async def stop(
     project: Project,
     *vms: str,
     timeout: float | None = None,
+    wait_lock: bool = False,
     bus: str = "user",
     on_event: EventCallback | None = None,
 ) -> list[str]:
     """Power VMs down gracefully; ``timeout`` overrides their stop_grace_period."""
-    settings = Settings(services=vms, bus=bus)
+    settings = _settings(vms, bus, wait_lock=wait_lock)
     return await runtime.stop(project, settings, Reporter(callback=on_event), timeout=timeout)
 
 
@@ -108,17 +164,81 @@ async def destroy(
     project: Project,
     *vms: str,
     volumes: bool = False,
+    wait_lock: bool = False,
     bus: str = "user",
     on_event: EventCallback | None = None,
 ) -> list[str]:
     """Stop and remove VMs (and unused networks); named volumes only with ``volumes``."""
-    settings = Settings(services=vms, bus=bus)
+    settings = _settings(vms, bus, wait_lock=wait_lock)
     return await runtime.destroy(project, settings, Reporter(callback=on_event), volumes=volumes)
 
 
-async def ps(project: Project, *vms: str, bus: str = "user") -> list[VmRow]:
-    """Every VM (or those named) with its status, addresses, SSH port and unit."""
-    return await runtime.ps(project, Settings(services=vms, bus=bus))
+async def restart(
+    project: Project,
+    *vms: str,
+    timeout: float | None = None,
+    wait: bool = False,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> list[str]:
+    """Stop created VMs gracefully and start them again with their disks (all, or ``vms``).
+
+    Nothing is created or recreated, and what they depend on is left alone; the file is read
+    again (cpu, memory, ports take effect) but each VM keeps its recorded configuration, so
+    that `up` still recreates it when the file asks for more. Returns the VMs restarted.
+    """
+    named = [i.name for i in select(project.model, vms, project=project.name)] if vms else []
+    created = set(read_state(project).vms)
+    if named:
+        missing = [n for n in named if n not in created]
+        if missing:
+            raise UsageError(
+                f"not created: {', '.join(missing)} (`qemu-compose up {' '.join(missing)}`)"
+            )
+    else:
+        named = [i.name for i in instances(project.model) if i.name in created]
+        if not named:
+            return []
+    report = Reporter(callback=on_event)
+    await runtime.stop(project, _settings(named, bus, wait_lock=wait_lock), report, timeout=timeout)
+    again = _settings(
+        named, bus, wait=wait, no_recreate=True, no_deps=True, keep_config=True, wait_lock=wait_lock
+    )
+    await runtime.up(project, again, report)
+    return named
+
+
+async def ps(project: Project, *vms: str, all_vms: bool = True, bus: str = "user") -> list[VmRow]:
+    """Every VM (or those named) with its status, addresses, SSH port and unit; without
+    ``all_vms``, only those that are not stopped or not created."""
+    return await runtime.ps(project, _settings(vms, bus), all_vms=all_vms)
+
+
+async def networks(project: Project, *, bus: str = "user") -> list[NetworkRow]:
+    """The project's networks: the file's and those still created (orphans)."""
+    return await runtime.networks(project, _settings((), bus))
+
+
+async def remove_networks(
+    project: Project,
+    *names: str,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> list[str]:
+    """Remove networks no created VM uses; returns those that were created."""
+    settings = _settings((), bus, wait_lock=wait_lock)
+    return await runtime.remove_networks(
+        project, settings, Reporter(callback=on_event), list(names)
+    )
+
+
+async def inspect(project: Project, vm: str, *, bus: str = "user") -> dict[str, Any]:
+    """Everything about one VM, as `inspect --format json` prints it."""
+    from orchestrator.runtime.inspection import inspect as gather
+
+    return await gather(project, _settings((vm,), bus), vm)
 
 
 @asynccontextmanager

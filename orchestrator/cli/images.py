@@ -1,0 +1,150 @@
+"""pull, image ls, image rm, image prune: the cache of base images."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .options import GlobalOptions
+
+
+@click.command()
+@click.argument("urls", nargs=-1)
+@click.option("--force", is_flag=True, help="Download again even when cached.")
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "tty", "plain", "quiet"]),
+    default="auto",
+    show_default=True,
+    help="Progress bars, plain lines, or nothing.",
+)
+@click.pass_obj
+def pull(opts: GlobalOptions, urls: tuple[str, ...], force: bool, progress: str) -> None:
+    """Download the compose file's images (or the URLs given) into the cache, in parallel.
+
+    Downloads resume where they stopped and are checked against the file's checksums.
+    """
+    from orchestrator.guest.pull import Show, plain_lines
+    from orchestrator.guest.pull import pull as pull_all
+
+    from .runner import run
+
+    if urls:
+        sources: dict[str, str | None] = dict.fromkeys(urls)
+    else:
+        model = opts.load().model
+        sources = {
+            vm.image.source: vm.image.checksum for vm in model.vms.values() if vm.image is not None
+        }
+        if not sources:
+            click.echo("qemu-compose: no VM of the file has an image to pull", err=True)
+            return
+    if progress == "auto":
+        progress = "tty" if sys.stderr.isatty() else "plain"
+
+    def work(show: Show) -> dict[str, str]:
+        return run(lambda: pull_all(sources, force=force, show=show))
+
+    if progress == "tty":
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[status]}"),
+            transient=False,
+        )
+        tasks: dict[str, object] = {}
+
+        def show_bar(url: str, done: int, total: int | None, status: str, detail: str) -> None:
+            if url not in tasks:
+                name = url.rsplit("/", 1)[-1] or url
+                tasks[url] = bars.add_task(name, total=total, status="")
+            bars.update(
+                tasks[url],  # type: ignore[arg-type]
+                completed=done,
+                total=total,
+                status="" if status == "working" else status,
+            )
+
+        with bars:
+            failures = work(show_bar)
+    elif progress == "plain":
+        failures = work(plain_lines())
+    else:
+        failures = work(lambda *_: None)
+    if failures:
+        from orchestrator.guest.images import ImageError
+
+        lines = "".join(f"\n  {url}: {why}" for url, why in failures.items())
+        raise ImageError(f"{len(failures)} of {len(sources)} images could not be pulled:{lines}")
+
+
+@click.group()
+def image() -> None:
+    """List and remove the cached base images."""
+
+
+@image.command("ls")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def image_ls(fmt: str) -> None:
+    """List the cached images: name, size, format, source URL, last use, VMs built on them."""
+    from orchestrator.guest.images import UNKNOWN_USERS, list_images
+
+    from .tables import image_table, json_lines
+
+    rows = list_images()
+    sys.stdout.write(json_lines(rows) if fmt == "json" else image_table(rows, UNKNOWN_USERS))
+
+
+@image.command("rm")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Also when VM disks are built on it (breaks them).")
+def image_rm(images: tuple[str, ...], force: bool) -> None:
+    """Remove cached images, by name (as `image ls` shows) or URL."""
+    from orchestrator.guest.images import find_image, remove_image
+
+    for key in images:
+        info = find_image(key)
+        remove_image(info, force=force)
+        click.echo(f"removed {info.name}")
+
+
+@image.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.pass_obj
+def image_prune(opts: GlobalOptions, dry_run: bool) -> None:
+    """Remove the cached images no VM disk is built on.
+
+    Images the compose file here names are kept too (when there is one).
+    """
+    from orchestrator.errors import ProjectNotFoundError
+    from orchestrator.guest.images import list_images, prune
+
+    keep: set[str] = set()
+    try:
+        model = opts.load().model
+        keep = {vm.image.source for vm in model.vms.values() if vm.image is not None}
+    except ProjectNotFoundError:
+        pass
+    if dry_run:
+        for info in list_images():
+            if not info.in_use_by and info.source not in keep:
+                click.echo(f"would remove {info.name}")
+        return
+    removed = prune(keep=keep)
+    for info in removed:
+        click.echo(f"removed {info.name} ({info.size / (1 << 20):.1f}M)")
+    if not removed:
+        click.echo("nothing to remove")

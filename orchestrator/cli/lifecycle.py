@@ -1,0 +1,221 @@
+"""up, stop, destroy, restart: the commands that make VMs run or not, with live progress."""
+
+from __future__ import annotations
+
+import click
+
+from .options import GlobalOptions, progress_option, wait_lock_option
+
+
+@click.command()
+@click.argument("vms", nargs=-1, shell_complete=None)
+@click.option(
+    "-d", "--detach", is_flag=True, help="Return once the VMs run (with --wait: once ready)."
+)
+@click.option("--wait", "wait_ready", is_flag=True, help="With -d: wait until every VM is ready.")
+@click.option(
+    "--wait-timeout",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Seconds a VM may take to be ready.",
+)
+@click.option("--parallel", type=click.IntRange(min=1), help="Start at most N VMs at once.")
+@click.option("--no-recreate", is_flag=True, help="Keep VMs whose configuration changed.")
+@click.option("--force-recreate", is_flag=True, help="Recreate VMs even when unchanged.")
+@click.option("--remove-orphans", is_flag=True, help="Remove VMs no longer in the file.")
+@click.option("--no-deps", is_flag=True, help="Start only the VMs named, not their dependencies.")
+@click.option("--dry-run", is_flag=True, help="Print what would be done, do nothing.")
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def up(
+    opts: GlobalOptions,
+    vms: tuple[str, ...],
+    detach: bool,
+    wait_ready: bool,
+    wait_timeout: float,
+    parallel: int | None,
+    no_recreate: bool,
+    force_recreate: bool,
+    remove_orphans: bool,
+    no_deps: bool,
+    dry_run: bool,
+    progress: str,
+    wait_lock: bool,
+) -> None:
+    """Create and start the VMs (all, or those named and what they depend on).
+
+    Without -d, waits until every VM is ready, then stays attached until Ctrl-C, which
+    stops the VMs gracefully.
+    """
+    if no_recreate and force_recreate:
+        raise click.UsageError("--no-recreate and --force-recreate exclude each other")
+    project = opts.load()
+    from orchestrator import api
+    from orchestrator.runtime.plan import render_plan
+
+    from .progress import with_progress
+    from .runner import run
+
+    if dry_run:
+        actions = run(
+            lambda: api.plan(
+                project,
+                *vms,
+                no_recreate=no_recreate,
+                force_recreate=force_recreate,
+                remove_orphans=remove_orphans,
+                no_deps=no_deps,
+            )
+        )
+        click.echo(render_plan(actions), nl=False)
+        return
+
+    async def bring_up() -> None:
+        await with_progress(
+            progress,
+            lambda on_event: api.up(
+                project,
+                *vms,
+                wait=wait_ready or not detach,
+                ready_timeout=wait_timeout,
+                parallel=parallel,
+                no_recreate=no_recreate,
+                force_recreate=force_recreate,
+                remove_orphans=remove_orphans,
+                no_deps=no_deps,
+                wait_lock=wait_lock,
+                on_event=on_event,
+            ),
+        )
+
+    async def attached() -> None:
+        import trio
+
+        await bring_up()
+        click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                click.echo("qemu-compose: stopping", err=True)
+                await with_progress(
+                    progress,
+                    lambda on_event: api.stop(
+                        project, *vms, wait_lock=wait_lock, on_event=on_event
+                    ),
+                )
+
+    run(bring_up if detach else attached)
+
+
+@click.command()
+@click.argument("vms", nargs=-1)
+@click.option(
+    "-t",
+    "--timeout",
+    type=float,
+    help="Seconds of grace for every VM [default: its stop_grace_period].",
+)
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def stop(
+    opts: GlobalOptions, vms: tuple[str, ...], timeout: float | None, progress: str, wait_lock: bool
+) -> None:
+    """Stop VMs gracefully: power button, grace period, then off. Disks are kept."""
+    project = opts.load()
+    from orchestrator import api
+
+    from .progress import with_progress
+    from .runner import run
+
+    run(
+        lambda: with_progress(
+            progress,
+            lambda on_event: api.stop(
+                project, *vms, timeout=timeout, wait_lock=wait_lock, on_event=on_event
+            ),
+        )
+    )
+
+
+@click.command()
+@click.argument("vms", nargs=-1)
+@click.option(
+    "-v", "--volumes", is_flag=True, help="Also delete the named volumes (their data is lost)."
+)
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def destroy(
+    opts: GlobalOptions, vms: tuple[str, ...], volumes: bool, progress: str, wait_lock: bool
+) -> None:
+    """Stop VMs and remove their disks and units; networks nobody uses go too.
+
+    Named volumes are kept unless --volumes is given.
+    """
+    if volumes and vms:
+        raise click.UsageError("--volumes removes the project's volumes: give no VM names with it")
+    project = opts.load()
+    from orchestrator import api
+
+    from .progress import with_progress
+    from .runner import run
+
+    run(
+        lambda: with_progress(
+            progress,
+            lambda on_event: api.destroy(
+                project, *vms, volumes=volumes, wait_lock=wait_lock, on_event=on_event
+            ),
+        )
+    )
+
+
+@click.command()
+@click.argument("vms", nargs=-1)
+@click.option(
+    "-t", "--timeout", type=float, help="Seconds of grace to stop [default: stop_grace_period]."
+)
+@click.option("--wait", "wait_ready", is_flag=True, help="Wait until the VMs are ready again.")
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def restart(
+    opts: GlobalOptions,
+    vms: tuple[str, ...],
+    timeout: float | None,
+    wait_ready: bool,
+    progress: str,
+    wait_lock: bool,
+) -> None:
+    """Stop created VMs gracefully and start them again, with their disks (all, or those named).
+
+    Nothing is created or recreated, and what they depend on is left alone. The compose file
+    is read again: changes that need no new disk (cpu, memory, ports...) take effect; the
+    VM keeps its recorded configuration, so that `up` still recreates it when the file asks
+    for more.
+    """
+    project = opts.load()
+    from orchestrator import api
+
+    from .progress import with_progress
+    from .runner import run
+
+    restarted = run(
+        lambda: with_progress(
+            progress,
+            lambda on_event: api.restart(
+                project,
+                *vms,
+                timeout=timeout,
+                wait=wait_ready,
+                wait_lock=wait_lock,
+                on_event=on_event,
+            ),
+        )
+    )
+    if not restarted:
+        click.echo("qemu-compose: no VM is created; nothing to restart", err=True)
