@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 example=${1:-three-tier}
-.venv/bin/python -m tests.guest.build debian >/dev/null
+.venv/bin/python -m tests.guest_images.build debian >/dev/null
 if [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ]; then
   manager_env=$(.venv/bin/python -m tests.support.systemd_user ensure /tmp/qemu-compose-user-manager)
   eval "$manager_env"

@@ -59,6 +59,7 @@ __all__ = [
     "ps",
     "remove_networks",
     "restart",
+    "ssh_argv",
     "stop",
     "up",
 ]
@@ -232,6 +233,17 @@ async def remove_networks(
     return await runtime.remove_networks(
         project, settings, Reporter(callback=on_event), list(names)
     )
+
+
+def ssh_argv(project: Project, vm: str, command: Sequence[str] = ()) -> list[str]:
+    """The ssh command line that logs in to a created VM (or runs ``command`` there) with
+    the project's key, its host key recorded on first contact and checked after."""
+    from orchestrator.runtime.query import ssh_argv as argv_of
+
+    state = read_state(project)
+    if vm not in state.vms:
+        raise UsageError(f"VM {vm!r} is not created; run `qemu-compose up {vm}` first")
+    return argv_of(project, vm, state, list(command))
 
 
 async def inspect(project: Project, vm: str, *, bus: str = "user") -> dict[str, Any]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,24 +14,7 @@ import pytest
 
 from tests.support.http import Files
 from tests.support.qemu import short_tempdir
-from tests.support.systemd_user import UserManager, pid1_is_systemd
-
-
-@dataclass(frozen=True)
-class ManagerHandle:
-    """How to reach a systemd user manager for tests."""
-
-    bus_address: str
-    journal_dir: Path | None
-    private: UserManager | None  # None: the machine's own user manager
-
-    def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.bus_address}
-        if self.private is not None:
-            env["XDG_RUNTIME_DIR"] = str(self.private.runtime_dir)
-        return subprocess.run(
-            ["systemctl", "--user", *args], env=env, capture_output=True, text=True, check=False
-        )
+from tests.support.systemd_user import ManagerHandle, UserManager, pid1_is_systemd
 
 
 def _real_user_bus() -> str | None:

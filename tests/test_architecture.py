@@ -2,7 +2,8 @@
 
 qmp, systemd_dbus and netcfg are usable on their own: none imports orchestrator or another of
 them. asyncio libraries are wrapped once, in the package that owns them: orchestrator sees
-only trio-facing APIs.
+only trio-facing APIs. Inside orchestrator the arrows follow the pipeline: config (pure) <-
+state, guest <- runtime, supervisor <- api <- cli; nothing points back up.
 """
 
 from __future__ import annotations
@@ -17,17 +18,47 @@ LEAVES = ("qmp", "systemd_dbus", "netcfg")
 ASYNCIO_LIBRARIES = ("asyncio", "trio_asyncio", "dbus_fast", "qemu", "asyncssh")
 # the one orchestrator module allowed to bridge to asyncio: the SSH probe
 ORCHESTRATOR_BRIDGES = {"orchestrator/guest/probe.py"}
+# what each orchestrator subpackage must not import (of orchestrator's own, or at all)
+NOT_IMPORTED = {
+    "config": {"trio", "orchestrator.state", "orchestrator.guest", "orchestrator.runtime",
+               "orchestrator.supervisor", "orchestrator.cli", "orchestrator.api"},
+    "state": {"orchestrator.guest", "orchestrator.runtime", "orchestrator.supervisor",
+              "orchestrator.cli", "orchestrator.api"},
+    "guest": {"orchestrator.runtime", "orchestrator.supervisor", "orchestrator.cli",
+              "orchestrator.api"},
+    "supervisor": {"orchestrator.runtime", "orchestrator.cli", "orchestrator.api"},
+    "runtime": {"orchestrator.cli", "orchestrator.api"},
+}  # fmt: skip
+# the CLI drives VMs through orchestrator.api; of the runtime it uses only pure renderers
+# (the plan, inspect's text) and the host checks of `doctor`
+CLI_RUNTIME_ALLOWED = {
+    "orchestrator.runtime.plan",
+    "orchestrator.runtime.inspection",
+    "orchestrator.runtime.doctor",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, relative imports resolved (``from . import x`` counts as
+    the package and as ``package.x``)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    package = parts[:-1]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            if not node.module:
+                found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
+
+
+def within(module: str, prefixes: set[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
 def top_level(module: str) -> str:
@@ -50,7 +81,25 @@ def test_orchestrator_sees_no_asyncio_library() -> None:
         assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
 
 
+@pytest.mark.parametrize("package", sorted(NOT_IMPORTED))
+def test_orchestrator_packages_follow_the_pipeline(package: str) -> None:
+    files = list((REPO / "orchestrator" / package).rglob("*.py"))
+    assert files, package
+    for path in files:
+        bad = {m for m in imported_modules(path) if within(m, NOT_IMPORTED[package])}
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+def test_the_cli_drives_vms_through_the_api() -> None:
+    for path in (REPO / "orchestrator" / "cli").rglob("*.py"):
+        runtime = {m for m in imported_modules(path) if within(m, {"orchestrator.runtime"})}
+        bad = runtime - CLI_RUNTIME_ALLOWED
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
 def test_the_checker_sees_imports() -> None:
     """The test above would pass on an empty walk: make sure it reads real imports."""
     found = imported_modules(REPO / "systemd_dbus" / "manager.py")
     assert {"trio_asyncio", "dbus_fast", "dbus_fast.aio"} <= found
+    relative = imported_modules(REPO / "orchestrator" / "runtime" / "execute.py")
+    assert {"orchestrator.runtime.launch", "orchestrator.config.topology", "trio"} <= relative

@@ -44,15 +44,10 @@ def ssh(opts: GlobalOptions, vm: str, command: tuple[str, ...]) -> None:
     import os
     import shutil
 
+    from orchestrator import api
     from orchestrator.errors import UsageError
-    from orchestrator.runtime.query import ssh_argv
-    from orchestrator.runtime.session import read_state
 
-    project = opts.load()
-    state = read_state(project)
-    if vm not in state.vms:
-        raise UsageError(f"VM {vm!r} is not created; run `qemu-compose up {vm}` first")
-    argv = ssh_argv(project, vm, state, list(command))
+    argv = api.ssh_argv(opts.load(), vm, command)
     binary = shutil.which("ssh")
     if binary is None:
         raise UsageError("the ssh client is not installed (apt-get install openssh-client)")

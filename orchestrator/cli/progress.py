@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 import msgspec
 import trio
 
-from orchestrator.runtime.events import Event
+from orchestrator.api import Event
 
 if TYPE_CHECKING:
     from orchestrator.api import EventCallback

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from orchestrator.api import NetworkRow, VmRow
     from orchestrator.guest.images import ImageInfo
-    from orchestrator.runtime import NetworkRow, VmRow
 
 
 def vm_table(rows: Sequence[VmRow]) -> str:

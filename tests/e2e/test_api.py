@@ -13,7 +13,7 @@ import trio
 from orchestrator import api
 from orchestrator.runtime.events import Event
 from orchestrator.runtime.plan import ActionKind
-from tests.conftest import ManagerHandle
+from tests.support.systemd_user import ManagerHandle
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ManagerHandle
-from tests.e2e.test_runtime import EXE, compose, compose_env, events, ps_rows
-from tests.guest.build import build
+from tests.guest_images.build import build
+from tests.support.cli import EXE, compose, compose_env, events, ps_rows
+from tests.support.systemd_user import ManagerHandle
 
 pytestmark = [
     pytest.mark.slow,

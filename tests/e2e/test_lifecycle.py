@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import netcfg
-from tests.conftest import ManagerHandle
-from tests.e2e.test_runtime import compose, compose_background, events, ps_rows
+from tests.support.cli import compose, compose_background, events, ps_rows
+from tests.support.systemd_user import ManagerHandle
 
 pytestmark = [
     pytest.mark.slow,

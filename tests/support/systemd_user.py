@@ -236,3 +236,20 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+@dataclass(frozen=True)
+class ManagerHandle:
+    """How to reach a systemd user manager for tests."""
+
+    bus_address: str
+    journal_dir: Path | None
+    private: UserManager | None  # None: the machine's own user manager
+
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.bus_address}
+        if self.private is not None:
+            env["XDG_RUNTIME_DIR"] = str(self.private.runtime_dir)
+        return subprocess.run(
+            ["systemctl", "--user", *args], env=env, capture_output=True, text=True, check=False
+        )

@@ -25,8 +25,7 @@ from systemd_dbus import (
     UnitStartError,
     connect,
 )
-from tests.conftest import ManagerHandle
-from tests.support.systemd_user import UserManager
+from tests.support.systemd_user import ManagerHandle, UserManager
 
 PY = sys.executable
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ManagerHandle
-from tests.e2e.test_runtime import EXE, compose
+from tests.support.cli import EXE, compose
+from tests.support.systemd_user import ManagerHandle
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")

@@ -25,8 +25,8 @@ from orchestrator.supervisor.service import (
 )
 from qmp.eventlog import EventLog, EventRecord
 from systemd_dbus import ExtraProperty
-from tests.conftest import ManagerHandle
 from tests.support.qemu import PANIC_CODE, POWEROFF_CODE, Vm, short_tempdir
+from tests.support.systemd_user import ManagerHandle
 
 # -- decisions ------------------------------------------------------------------------------------
 

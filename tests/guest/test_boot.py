@@ -35,7 +35,7 @@ from orchestrator.guest.disks import create_overlay, create_volume
 from orchestrator.guest.qemu_argv import DirectBoot, Drive, Share, UserNic, VmLaunch, qemu_argv
 from orchestrator.guest.secrets import ensure_console_password, ensure_project_key
 from qmp import PowerdownOutcome, open_session
-from tests.guest.build import build
+from tests.guest_images.build import build
 from tests.support.qemu import short_tempdir
 
 pytestmark = [

@@ -14,7 +14,7 @@ import trio
 
 from orchestrator.guest.disks import create_overlay
 from orchestrator.guest.images import backing_file, cache_name, record_use
-from tests.e2e.test_runtime import EXE
+from tests.support.cli import EXE
 from tests.support.http import Files
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BAD = REPO / "tests" / "data" / "bad"
 EXE = shutil.which("qemu-compose", path=str(Path(sys.executable).parent)) or "qemu-compose"
 

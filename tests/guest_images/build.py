@@ -6,7 +6,7 @@ Each is cached in ``$QC_GUEST_CACHE`` (default ``~/.cache/qemu-compose/test-gues
 ``<kind>-<hash of its script>``, so a changed recipe builds anew; ``<kind>`` is a symlink
 to the newest build, for examples that name a fixed path.
 
-    python -m tests.guest.build debian|tiny     # prints the directory
+    python -m tests.guest_images.build debian|tiny     # prints the directory
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ import pytest
 
 from orchestrator import load_project
 from orchestrator.config.model import ComposeFile
-from orchestrator.config.topology import dependencies, instances, select
-from orchestrator.errors import UsageError
+from orchestrator.config.topology import instances
 from orchestrator.runtime.plan import Observed, config_hash, plan, render_plan
 
 TEXT = """
@@ -86,26 +85,3 @@ def test_the_hash_follows_what_shapes_a_vm(tmp_path: Path) -> None:
     assert before["db"] != after["db"]  # its volume changed
     assert before["app"] == after["app"]  # untouched
     assert before["worker-1"] != before["worker-2"]
-
-
-def test_selection_takes_dependencies(compose: ComposeFile) -> None:
-    assert [i.name for i in select(compose, ["web"], project="demo", with_dependencies=True)] == [
-        "db",
-        "app",
-        "web",
-    ]
-    assert [
-        i.name for i in select(compose, ["worker-2"], project="demo", with_dependencies=True)
-    ] == ["db", "app", "worker-2"]
-    assert [
-        i.name for i in select(compose, ["worker"], project="demo", with_dependencies=True)
-    ] == ["db", "app", "worker-1", "worker-2"]
-    with pytest.raises(UsageError, match="no VM named 'nope' in demo"):
-        select(compose, ["nope"], project="demo", with_dependencies=True)
-
-
-def test_dependencies_of_replicas(compose: ComposeFile) -> None:
-    web = next(i for i in instances(compose) if i.name == "web")
-    assert list(dependencies(compose, web)) == ["app"]
-    app = next(i for i in instances(compose) if i.name == "app")
-    assert dependencies(compose, app)["db"].condition == "service_healthy"
