@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
 import click
 
 from .options import GlobalOptions, progress_option, wait_lock_option
+
+if TYPE_CHECKING:
+    from orchestrator.api import EventCallback
+
+T = TypeVar("T")
+
+
+def _run(progress: str, work: Callable[[EventCallback], Awaitable[T]]) -> T:
+    """Run a command's work under trio, its events shown as ``progress`` asks."""
+    from .progress import with_progress
+    from .runner import run
+
+    return run(lambda: with_progress(progress, work))
 
 
 @click.command()
@@ -128,16 +144,11 @@ def stop(
     project = opts.load()
     from orchestrator import api
 
-    from .progress import with_progress
-    from .runner import run
-
-    run(
-        lambda: with_progress(
-            progress,
-            lambda on_event: api.stop(
-                project, *vms, timeout=timeout, wait_lock=wait_lock, on_event=on_event
-            ),
-        )
+    _run(
+        progress,
+        lambda on_event: api.stop(
+            project, *vms, timeout=timeout, wait_lock=wait_lock, on_event=on_event
+        ),
     )
 
 
@@ -161,16 +172,11 @@ def destroy(
     project = opts.load()
     from orchestrator import api
 
-    from .progress import with_progress
-    from .runner import run
-
-    run(
-        lambda: with_progress(
-            progress,
-            lambda on_event: api.destroy(
-                project, *vms, volumes=volumes, wait_lock=wait_lock, on_event=on_event
-            ),
-        )
+    _run(
+        progress,
+        lambda on_event: api.destroy(
+            project, *vms, volumes=volumes, wait_lock=wait_lock, on_event=on_event
+        ),
     )
 
 
@@ -201,21 +207,11 @@ def restart(
     project = opts.load()
     from orchestrator import api
 
-    from .progress import with_progress
-    from .runner import run
-
-    restarted = run(
-        lambda: with_progress(
-            progress,
-            lambda on_event: api.restart(
-                project,
-                *vms,
-                timeout=timeout,
-                wait=wait_ready,
-                wait_lock=wait_lock,
-                on_event=on_event,
-            ),
-        )
+    restarted = _run(
+        progress,
+        lambda on_event: api.restart(
+            project, *vms, timeout=timeout, wait=wait_ready, wait_lock=wait_lock, on_event=on_event
+        ),
     )
     if not restarted:
         click.echo("qemu-compose: no VM is created; nothing to restart", err=True)

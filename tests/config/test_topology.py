@@ -15,13 +15,9 @@ TEXT = """
 name: demo
 vms:
   db: {}
-  app:
-    depends_on: {db: {condition: service_healthy}}
-  worker:
-    replicas: 2
-    depends_on: [app]
-  web:
-    depends_on: [app]
+  app: {depends_on: {db: {condition: service_healthy}}}
+  worker: {replicas: 2, depends_on: [app]}
+  web: {depends_on: [app]}
 """
 
 
