@@ -21,9 +21,9 @@ class GlobalOptions:
     debug: bool
 
     def load(self) -> Project:
-        from orchestrator.api import load
+        from orchestrator.config import load_project  # not the api: `config` stays light
 
-        return load(
+        return load_project(
             self.file, project_name=self.project_name, project_directory=self.project_directory
         )
 

@@ -58,8 +58,9 @@ def test_watchers_inspect_logs_and_restart(project: Path, user_manager: ManagerH
     (project / "qemu-compose.yaml").write_text(
         "name: life\nvms:\n" + no_disk_vms(["a", "b"]) + "  c: {memory: 64, replicas: 2}\n"
     )
-    watchers = [
-        compose_background("watch", "--json", cwd=project, manager=user_manager) for _ in range(2)
+    watchers = [  # from the log's start: a watcher may be still starting when up writes
+        compose_background("watch", "--json", "--since", "all", cwd=project, manager=user_manager)
+        for _ in range(2)
     ]
     up = compose("up", "-d", "b", "--progress", "quiet", cwd=project, manager=user_manager)
     assert up.returncode == 0, up.stderr
