@@ -123,7 +123,7 @@ async def up(
         no_deps=no_deps,
         wait_lock=wait_lock,
     )
-    return await runtime.up(project, settings, Reporter(callback=on_event))
+    return await runtime.up(project, settings, Reporter(on_event))
 
 
 async def plan(
@@ -158,7 +158,7 @@ async def stop(
 ) -> list[str]:
     """Power VMs down gracefully; ``timeout`` overrides their stop_grace_period."""
     settings = _settings(vms, bus, wait_lock=wait_lock)
-    return await runtime.stop(project, settings, Reporter(callback=on_event), timeout=timeout)
+    return await runtime.stop(project, settings, Reporter(on_event), timeout=timeout)
 
 
 async def destroy(
@@ -171,7 +171,7 @@ async def destroy(
 ) -> list[str]:
     """Stop and remove VMs (and unused networks); named volumes only with ``volumes``."""
     settings = _settings(vms, bus, wait_lock=wait_lock)
-    return await runtime.destroy(project, settings, Reporter(callback=on_event), volumes=volumes)
+    return await runtime.destroy(project, settings, Reporter(on_event), volumes=volumes)
 
 
 async def restart(
@@ -201,7 +201,7 @@ async def restart(
         named = [i.name for i in instances(project.model) if i.name in created]
         if not named:
             return []
-    report = Reporter(callback=on_event)
+    report = Reporter(on_event)
     await runtime.stop(project, _settings(named, bus, wait_lock=wait_lock), report, timeout=timeout)
     again = _settings(
         named, bus, wait=wait, no_recreate=True, no_deps=True, keep_config=True, wait_lock=wait_lock
@@ -230,9 +230,7 @@ async def remove_networks(
 ) -> list[str]:
     """Remove networks no created VM uses; returns those that were created."""
     settings = _settings((), bus, wait_lock=wait_lock)
-    return await runtime.remove_networks(
-        project, settings, Reporter(callback=on_event), list(names)
-    )
+    return await runtime.remove_networks(project, settings, Reporter(on_event), list(names))
 
 
 def ssh_argv(project: Project, vm: str, command: Sequence[str] = ()) -> list[str]:

@@ -151,8 +151,7 @@ def doctor(fmt: str, bus: str) -> None:
         sys.exit(1)
 
 
-for command in (up, stop, destroy, ps, ssh, watch, inspect, logs, console, restart, network):
+for command in (up, stop, destroy, restart, ps, ssh, watch, inspect, logs, console, network):
     cli.add_command(command)
-cli.add_command(doctor)
-for command in (pull, image):
+for command in (doctor, pull, image):
     cli.add_command(command)

@@ -7,12 +7,10 @@ runtime never waits for a listener.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 
 import msgspec
-import trio
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -26,15 +24,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 class Reporter:
     """What the runtime holds: a way to send events that never blocks it.
 
-    Events go into a channel (for a renderer) and/or to a callback (for the Python API).
+    Each event goes to a callback (the CLI's renderer channel, a script's function, the event
+    log); a callback must not block. With none, events are dropped.
     """
 
-    def __init__(
-        self,
-        channel: trio.MemorySendChannel[Event] | None = None,
-        callback: Callable[[Event], None] | None = None,
-    ) -> None:
-        self._channel = channel
+    def __init__(self, callback: Callable[[Event], None] | None = None) -> None:
         self._callback = callback
 
     def also(self, callback: Callable[[Event], None]) -> Reporter:
@@ -46,18 +40,9 @@ class Reporter:
                 first(event)
             callback(event)
 
-        return Reporter(self._channel, both)
+        return Reporter(both)
 
     def __call__(self, vm: str, stage: str, status: str, detail: str = "") -> None:
-        if self._channel is None and self._callback is None:
-            return
-        event = Event(time=time.time(), vm=vm, stage=stage, status=status, detail=detail)
         if self._callback is not None:
+            event = Event(time=time.time(), vm=vm, stage=stage, status=status, detail=detail)
             self._callback(event)
-        if self._channel is None:
-            return
-        # a renderer that cannot keep up loses lines: the runtime never waits for it
-        with contextlib.suppress(
-            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
-        ):
-            self._channel.send_nowait(event)
