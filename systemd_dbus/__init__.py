@@ -26,9 +26,10 @@ from .errors import (
 from .escape import escape, is_valid_unit_name, unescape, unit_object_path
 from .journal import journal_argv, last_lines
 from .manager import Runstate, SystemdManager, UnitWatch, bus_address, connect
-from .units import ExtraProperty, TransientUnit, UnitStatus, UnitSummary
+from .units import ActiveState, ExtraProperty, TransientUnit, UnitStatus, UnitSummary
 
 __all__ = [
+    "ActiveState",
     "BusCallError",
     "ConnectionStateError",
     "ExtraProperty",

@@ -39,7 +39,7 @@ from .errors import (
 )
 from .escape import unit_object_path
 from .journal import last_lines
-from .units import STATUS_PROPERTIES, TransientUnit, UnitStatus, UnitSummary
+from .units import STATUS_PROPERTIES, ActiveState, TransientUnit, UnitStatus, UnitSummary
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ class SystemdManager:
     async def _latest(self, name: str, observed: UnitStatus) -> UnitStatus:
         """The unit's status now, or what its signals said last if it has been collected."""
         status = await self.status(name)
-        return observed if status.load_state == "not-found" else status
+        return observed if not status.exists else status
 
     async def kill(self, name: str, signum: int = signal.SIGTERM, *, whom: str = "all") -> None:
         """Send ``signum`` to the unit's processes (``whom``: main, control or all)."""
@@ -425,7 +425,7 @@ class SystemdManager:
             "GetAll", "s", [UNIT_IFACE], path=path, interface=PROPERTIES_IFACE
         )
         status = UnitStatus(name).updated({k: v.value for k, v in unit_props.items()})
-        if status.load_state != "not-found" and name.endswith(".service"):
+        if status.exists and name.endswith(".service"):
             (svc_props,) = await self._call(
                 "GetAll", "s", [SERVICE_IFACE], path=path, interface=PROPERTIES_IFACE
             )
@@ -437,7 +437,11 @@ class SystemdManager:
         (rows,) = await self._call("ListUnits")
         found = [
             UnitSummary(
-                name=r[0], description=r[1], load_state=r[2], active_state=r[3], sub_state=r[4]
+                name=r[0],
+                description=r[1],
+                load_state=r[2],
+                active_state=ActiveState.parse(r[3]),
+                sub_state=r[4],
             )
             for r in rows
             if r[0].startswith(prefix)

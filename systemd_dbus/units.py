@@ -7,6 +7,7 @@ the Unit and Service interfaces (or from their PropertiesChanged signals).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -95,13 +96,49 @@ def _exec(argv: Sequence[str]) -> Variant:
     return Variant("a(sasb)", [[argv[0], list(argv), False]])
 
 
+class ActiveState(enum.StrEnum):
+    """A unit's ActiveState, as systemd says it (compares equal to systemd's string)."""
+
+    ACTIVE = "active"
+    RELOADING = "reloading"
+    INACTIVE = "inactive"
+    FAILED = "failed"
+    ACTIVATING = "activating"
+    DEACTIVATING = "deactivating"
+    MAINTENANCE = "maintenance"
+    REFRESHING = "refreshing"
+    UNKNOWN = "unknown"  # a state this version does not know
+
+    @classmethod
+    def parse(cls, text: str) -> ActiveState:
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def running(self) -> bool:
+        """Its processes run, or are being started: what must be stopped to stop it."""
+        return self in _RUNNING
+
+    @property
+    def stopped(self) -> bool:
+        """It has ended: nothing of it runs (failed keeps its result until reset)."""
+        return self in (ActiveState.INACTIVE, ActiveState.FAILED)
+
+
+_RUNNING = frozenset(
+    {ActiveState.ACTIVE, ActiveState.ACTIVATING, ActiveState.RELOADING, ActiveState.REFRESHING}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class UnitStatus:
     """What systemd says about a unit now (or said last, for a unit already collected)."""
 
     name: str
     load_state: str = "not-found"  # loaded, not-found, ...
-    active_state: str = "inactive"  # active, activating, deactivating, inactive, failed
+    active_state: ActiveState = ActiveState.INACTIVE
     sub_state: str = "dead"
     result: str = ""  # success, exit-code, signal, timeout, ... ("" when unknown)
     main_pid: int = 0
@@ -113,12 +150,25 @@ class UnitStatus:
     inactive_enter_usec: int = 0
 
     @property
+    def exists(self) -> bool:
+        """systemd knows the unit (a collected or never-made one is "not-found")."""
+        return self.load_state != "not-found"
+
+    @property
     def is_active(self) -> bool:
-        return self.active_state == "active"
+        return self.active_state is ActiveState.ACTIVE
+
+    @property
+    def is_running(self) -> bool:
+        return self.active_state.running
+
+    @property
+    def is_failed(self) -> bool:
+        return self.active_state is ActiveState.FAILED
 
     @property
     def has_stopped(self) -> bool:
-        return self.active_state in ("inactive", "failed")
+        return self.active_state.stopped
 
     def describe_exit(self) -> str:
         if self.exec_main_code == 1:
@@ -132,6 +182,8 @@ class UnitStatus:
     def updated(self, changed: Mapping[str, Any]) -> UnitStatus:
         """A copy with the properties of a PropertiesChanged or GetAll applied."""
         fields = {_FIELDS[k]: v for k, v in changed.items() if k in _FIELDS}
+        if "active_state" in fields:
+            fields["active_state"] = ActiveState.parse(fields["active_state"])
         return replace(self, **fields) if fields else self
 
 
@@ -158,5 +210,5 @@ class UnitSummary:
     name: str
     description: str
     load_state: str
-    active_state: str
+    active_state: ActiveState
     sub_state: str

@@ -213,7 +213,7 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     paths.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ensure_socket_dir(paths.sockets)
     unit = vm_unit(project, name)
-    if (await session.manager.status(unit)).active_state == "failed":
+    if (await session.manager.status(unit)).is_failed:
         await session.manager.reset_failed(unit)
     check_bind_sources(name, vm.volumes)
     if vm.image is not None and not paths.disk.exists():

@@ -10,7 +10,9 @@ from orchestrator.state.paths import ProjectPaths, project_unit_prefix, vm_of_un
 from .plan import Observed
 
 
-async def unit_states(project: Project, manager: systemd_dbus.SystemdManager) -> dict[str, str]:
+async def unit_states(
+    project: Project, manager: systemd_dbus.SystemdManager
+) -> dict[str, systemd_dbus.ActiveState]:
     """The ActiveState of each of the project's VM units that systemd has loaded."""
     return {
         vm: u.active_state
@@ -28,7 +30,5 @@ async def observe(
     for name in set(units) | set(state.vms):
         saved = state.vms.get(name)
         created = saved is not None or paths.vm(name).disk.exists()
-        observed[name] = Observed(
-            units.get(name, "not-found"), created, saved.config_hash if saved else None
-        )
+        observed[name] = Observed(units.get(name), created, saved.config_hash if saved else None)
     return observed

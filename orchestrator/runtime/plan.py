@@ -18,8 +18,7 @@ import msgspec
 
 from orchestrator.config.model import ComposeFile
 from orchestrator.config.topology import Instance, instances
-
-RUNNING_STATES = frozenset({"active", "activating", "reloading"})
+from systemd_dbus import ActiveState
 
 
 def config_hash(compose: ComposeFile, instance: Instance) -> str:
@@ -40,13 +39,13 @@ def config_hash(compose: ComposeFile, instance: Instance) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Observed:
-    unit_state: str = "not-found"  # the unit's ActiveState, or not-found
+    unit: ActiveState | None = None  # its unit's state; None: systemd has no such unit
     created: bool = False  # its disk (or state entry) exists
     config_hash: str | None = None
 
     @property
     def running(self) -> bool:
-        return self.unit_state in RUNNING_STATES
+        return self.unit is not None and self.unit.running
 
 
 class ActionKind(enum.Enum):
@@ -93,7 +92,7 @@ def plan(
         elif seen.running:
             actions.append(Action(inst.name, ActionKind.KEEP, "running"))
         else:
-            why = "stopped" if seen.unit_state == "not-found" else f"stopped ({seen.unit_state})"
+            why = "stopped" if seen.unit is None else f"stopped ({seen.unit})"
             actions.append(Action(inst.name, ActionKind.START, why))
     desired = {i.name for i in instances(compose)}
     for name in sorted(set(observed) - desired):

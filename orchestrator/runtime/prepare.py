@@ -129,9 +129,9 @@ def _dnsmasq_starter(session: Session, network: str) -> netcfg.network.StartDnsm
         status = await manager.status(unit)
         if status.is_active and not changed:
             return
-        if status.load_state != "not-found":
+        if status.exists:
             await manager.stop(unit)
-            if status.active_state == "failed":
+            if status.is_failed:
                 await manager.reset_failed(unit)
         binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
         await manager.start(

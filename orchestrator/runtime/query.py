@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import trio
 
 import netcfg
+import systemd_dbus
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances, select_one
 from orchestrator.errors import UsageError
@@ -46,15 +47,15 @@ async def ps(project: Project, settings: Settings, *, all_vms: bool = True) -> l
         async def one(name: str) -> None:
             inst = by_name.get(name)
             saved = session.state.vms.get(name)
-            unit_state = units.get(name, "not-found")
+            unit = units.get(name)
             created = saved is not None or session.paths.vm(name).disk.exists()
-            if unit_state in ("active", "activating"):
+            if unit is not None and unit.running:
                 status = "active"
                 if inst is not None and probes_ssh(inst.vm):
                     target = ssh_target(project, inst, session.state)
                     ok = target is not None and await probe.reachable(target, timeout=2)
                     status = "ready" if ok else "starting"
-            elif unit_state == "failed":
+            elif unit is systemd_dbus.ActiveState.FAILED:
                 status = "failed"
             elif created:
                 status = "stopped"
@@ -119,7 +120,7 @@ async def networks(project: Project, settings: Settings) -> list[NetworkRow]:
                     subnet=session.state.subnets.get(name),
                     bridge=bridge,
                     bridge_exists=exists,
-                    dhcp=dhcp.active_state if dhcp.load_state != "not-found" else "none",
+                    dhcp=dhcp.active_state if dhcp.exists else "none",
                     vms=in_use.get(name, []),
                     in_file=spec is not None,
                 )

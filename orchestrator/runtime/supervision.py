@@ -46,9 +46,9 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
     write_supervised(session.paths.supervised_vms, table)
     unit = supervisor_unit(session.project.name)
     status = await session.manager.status(unit)
-    if status.active_state in ("active", "activating", "reloading"):
+    if status.is_running:
         return
-    if status.active_state == "failed":
+    if status.is_failed:
         await session.manager.reset_failed(unit)
     argv = [sys.executable, "-m", "orchestrator.supervisor"]
     argv += ["--state-dir", str(session.project.state_dir)]
@@ -69,10 +69,10 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
 async def stop_supervisor(session: Session) -> None:
     unit = supervisor_unit(session.project.name)
     status = await session.manager.status(unit)
-    if status.load_state == "not-found":
+    if not status.exists:
         return
     await session.manager.stop(unit, timeout=30)
-    if (await session.manager.status(unit)).active_state == "failed":
+    if (await session.manager.status(unit)).is_failed:
         await session.manager.reset_failed(unit)
 
 

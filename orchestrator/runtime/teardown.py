@@ -31,8 +31,8 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
     manager = session.manager
     unit = vm_unit(session.project.name, name)
     status = await manager.status(unit)
-    if not status.is_active and status.active_state != "activating":
-        if status.active_state == "failed":
+    if not status.is_running:
+        if status.is_failed:
             await manager.reset_failed(unit)
         return
     session.report(name, "stop", "working", f"power button, {grace:g} s grace" if grace else "quit")
@@ -44,8 +44,7 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
     except qmp.QmpError as err:
         outcome = f"no QMP ({err})"
     await manager.stop(unit, timeout=grace + 60)
-    status = await manager.status(unit)
-    if status.active_state == "failed":
+    if (await manager.status(unit)).is_failed:
         await manager.reset_failed(unit)
     session.report(name, "stop", "done", outcome)
 

@@ -197,11 +197,11 @@ class ProjectSupervisor:
     def _log_unit(self, vm: str, status: systemd_dbus.UnitStatus) -> None:
         now = (status.active_state, status.sub_state)
         before = self._logged_units.get(status.name)
-        unmade = status.load_state == "not-found" and now == ("inactive", "dead")
+        unmade = not status.exists and now == ("inactive", "dead")
         if before == now or (before is None and unmade):
             return  # no change, or a unit not made yet
         self._logged_units[status.name] = now
-        data = {"unit": status.name, "active_state": now[0], "sub_state": now[1]}
+        data = {"unit": status.name, "active_state": str(now[0]), "sub_state": now[1]}
         if status.has_stopped and status.result:
             data["result"] = status.result
         self.event_log.append(vm, "UNIT_STATE", data, source="unit")

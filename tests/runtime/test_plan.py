@@ -10,6 +10,7 @@ from orchestrator import load_project
 from orchestrator.config.model import ComposeFile
 from orchestrator.config.topology import instances
 from orchestrator.runtime.plan import Observed, config_hash, plan, render_plan
+from systemd_dbus import ActiveState
 
 TEXT = """
 name: demo
@@ -50,17 +51,17 @@ def test_a_new_project_creates_everything(compose: ComposeFile) -> None:
 
 
 def test_a_running_unchanged_project_plans_nothing(compose: ComposeFile) -> None:
-    observed = {n: Observed("active", True, h) for n, h in hashes(compose).items()}
+    observed = {n: Observed(ActiveState.ACTIVE, True, h) for n, h in hashes(compose).items()}
     actions = plan(compose, observed)
     assert not any(a.changes_something for a in actions)
     assert {a.kind.value for a in actions} == {"keep"}
 
 
 def test_changed_stopped_orphaned(compose: ComposeFile, tmp_path: Path) -> None:
-    observed = {n: Observed("active", True, h) for n, h in hashes(compose).items()}
-    observed["db"] = Observed("inactive", True, observed["db"].config_hash)
-    observed["web"] = Observed("active", True, "0ld")
-    observed["old-vm"] = Observed("active", True, "x")
+    observed = {n: Observed(ActiveState.ACTIVE, True, h) for n, h in hashes(compose).items()}
+    observed["db"] = Observed(ActiveState.INACTIVE, True, observed["db"].config_hash)
+    observed["web"] = Observed(ActiveState.ACTIVE, True, "0ld")
+    observed["old-vm"] = Observed(ActiveState.ACTIVE, True, "x")
     assert render_plan(plan(compose, observed)) == (
         "db        start     stopped (inactive)\n"
         "app       keep      running\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from dbus_fast import Variant
 
-from systemd_dbus import ExtraProperty, TransientUnit, UnitStatus
+from systemd_dbus import ActiveState, ExtraProperty, TransientUnit, UnitStatus
 
 
 def test_minimal_properties() -> None:
@@ -87,12 +87,27 @@ def test_status_updates_and_exit_description() -> None:
     status = UnitStatus("x.service").updated({"ActiveState": "failed", "Result": "exit-code"})
     status = status.updated({"ExecMainCode": 1, "ExecMainStatus": 3, "Unrelated": 1})
     assert (status.active_state, status.has_stopped, status.is_active) == ("failed", True, False)
+    assert status.active_state is ActiveState.FAILED and status.is_failed
     assert status.describe_exit() == "result exit-code, exit status 3"
     assert (
         UnitStatus("y", exec_main_code=2, exec_main_status=9)
         .describe_exit()
         .endswith("killed by signal 9")
     )
+
+
+def test_one_definition_of_running_and_stopped() -> None:
+    running = {s for s in ActiveState if s.running}
+    stopped = {s for s in ActiveState if s.stopped}
+    assert running == {"active", "activating", "reloading", "refreshing"}
+    assert stopped == {"inactive", "failed"}
+    assert not running & stopped
+    assert not ActiveState.DEACTIVATING.running and not ActiveState.DEACTIVATING.stopped
+    # a state a newer systemd may send is neither, not an error in a signal handler
+    status = UnitStatus("z.service").updated({"ActiveState": "hibernating", "LoadState": "loaded"})
+    assert status.active_state is ActiveState.UNKNOWN
+    assert not status.is_running and not status.has_stopped
+    assert not UnitStatus("gone.service").exists
 
 
 def test_journal_argv_matches_the_unit_and_its_process() -> None:
