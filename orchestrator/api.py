@@ -35,8 +35,8 @@ from orchestrator import runtime
 from orchestrator.config.project import Project, load_project
 from orchestrator.config.topology import instances, select
 from orchestrator.errors import UsageError
+from orchestrator.progress import Event, Reporter, Stage, Status
 from orchestrator.runtime import NetworkRow, Settings, UpResult, VmRow
-from orchestrator.runtime.events import Event, Reporter
 from orchestrator.runtime.plan import Action
 from orchestrator.runtime.session import read_state
 from orchestrator.supervisor.watch import concerns, parse_since
@@ -48,6 +48,8 @@ __all__ = [
     "Event",
     "NetworkRow",
     "Project",
+    "Stage",
+    "Status",
     "UpResult",
     "VmRow",
     "destroy",

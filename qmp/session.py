@@ -148,9 +148,12 @@ class QmpSession:
         client.register_listener(backlog)
         try:
             await client.connect(self.socket_path)
-        except BaseException:  # failed or cancelled (a socket that never greets): clean up
+        except BaseException as err:  # failed or cancelled (a socket that never greets): clean up
             with contextlib.suppress(Exception):
                 await client.disconnect()
+            if isinstance(err, AssertionError):  # qemu.qmp 0.0.6 asserts RUNNING after the
+                # handshake: QEMU hung up right after greeting (it is exiting)
+                raise ConnectionResetError("QEMU closed the connection as it greeted") from err
             raise
         self._client = client
         self._backlog = backlog

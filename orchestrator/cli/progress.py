@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 import msgspec
 import trio
 
-from orchestrator.api import Event
+from orchestrator.api import Event, Status
 
 if TYPE_CHECKING:
     from orchestrator.api import EventCallback
@@ -44,20 +44,23 @@ async def render_quiet(events: trio.MemoryReceiveChannel[Event]) -> None:
         pass
 
 
+_STYLES = {Status.DONE: "green", Status.FAILED: "bold red", Status.WAITING: "yellow"}
+
+
 async def render_live(events: trio.MemoryReceiveChannel[Event]) -> None:
     """A table with a row per VM: its current step, status and elapsed time (rich.live)."""
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
 
-    rows: dict[str, tuple[str, str, str, float]] = {}
+    rows: dict[str, tuple[str, Status, str, float]] = {}
     started: dict[str, float] = {}
     console = Console(stderr=True)
 
     def table() -> Table:
         grid = Table(box=None, show_header=False, pad_edge=False)
         for vm, (stage, status, detail, when) in rows.items():
-            style = {"done": "green", "failed": "bold red", "waiting": "yellow"}.get(status, "cyan")
+            style = _STYLES.get(status, "cyan")
             elapsed = f"{when - started[vm]:5.1f}s"
             grid.add_row(vm, f"[{style}]{status}[/]", stage, elapsed, detail)
         return grid

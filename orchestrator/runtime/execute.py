@@ -37,10 +37,10 @@ from orchestrator.guest.secrets import (
     ensure_console_password,
     ensure_project_key,
 )
+from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import VmState
 from orchestrator.state.paths import ensure_socket_dir, vm_unit
 
-from .events import Reporter
 from .launch import LaunchFacts, grace_period, vm_launch
 from .observe import observe
 from .plan import Action, ActionKind, Observed, config_hash, plan
@@ -126,7 +126,7 @@ async def _execute(session: Session, actions: list[Action]) -> UpResult:
         if action.kind is ActionKind.REMOVE:
             await remove_vm(session, action.vm)
         elif action.kind is ActionKind.ORPHAN:
-            session.report(action.vm, "plan", "skipped", action.cause)
+            session.report(action.vm, Stage.PLAN, Status.SKIPPED, action.cause)
     chosen = [by_name[a.vm] for a in todo]
     run = UpRun(
         session,
@@ -174,14 +174,14 @@ async def _run_vm(
         await wait_for_dependencies(session, run.conditions, inst)
         async with limiter:
             if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
-                report(inst.name, "unit", "done", "already running")
+                report(inst.name, Stage.UNIT, Status.DONE, "already running")
             else:
                 await start_vm(run, inst, action)
                 await wait_running(session, inst)
         me.started.set()
         await wait_ready(session, inst)
         me.healthy.set()
-        report(inst.name, "ready", "done")
+        report(inst.name, Stage.READY, Status.DONE)
         if inst.name in run.awaited_completion:
             await wait_completed(session, inst, me)
     except (
@@ -192,11 +192,11 @@ async def _run_vm(
         OSError,
     ) as err:
         me.fail(str(err).splitlines()[0])
-        report(inst.name, "failed", "failed", str(err))
+        report(inst.name, Stage.FAILED, Status.FAILED, str(err))
     except trio.TooSlowError:
         me.fail("not ready in time")
         limit = session.settings.ready_timeout
-        report(inst.name, "failed", "failed", f"not ready within {limit:g} s")
+        report(inst.name, Stage.FAILED, Status.FAILED, f"not ready within {limit:g} s")
 
 
 async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
@@ -206,7 +206,7 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     project = session.project.name
     paths = session.paths.vm(name)
     if action.kind is ActionKind.RECREATE:
-        report(name, "unit", "working", "recreating: stopping the old VM")
+        report(name, Stage.UNIT, Status.WORKING, "recreating: stopping the old VM")
         await stop_one(session, name, grace_period(vm))
         shutil.rmtree(paths.directory, ignore_errors=True)
         forget_host(session.paths, project, name)
@@ -217,10 +217,10 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         await session.manager.reset_failed(unit)
     check_bind_sources(name, vm.volumes)
     if vm.image is not None and not paths.disk.exists():
-        report(name, "disk", "working")
+        report(name, Stage.DISK, Status.WORKING)
         size = parse_size(vm.disk.size) if vm.disk.size else None
         await create_overlay(run.images[vm.image.source], paths.disk, size)
-        report(name, "disk", "done", str(paths.disk))
+        report(name, Stage.DISK, Status.DONE, str(paths.disk))
     saved = session.state.vms.get(name)
     claimed = run.ports.pop(name, None)
     if claimed is None:  # not claimed with the others (a lone start): claim them now
@@ -259,7 +259,7 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     )
     if launch.guest is not None:
         write_seed_iso(paths.seed, seed_files(launch.guest))
-    report(name, "unit", "working", f"{accel.name}, {vm.cpu} CPU, {vm.memory} MiB")
+    report(name, Stage.UNIT, Status.WORKING, f"{accel.name}, {vm.cpu} CPU, {vm.memory} MiB")
     await session.manager.start(launch.unit)  # no settle: wait_running sees a QEMU that dies
     recorded = saved.config_hash if saved and session.settings.keep_config else None
     session.state.vms[name] = VmState(
@@ -272,4 +272,4 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         restart=vm.restart,
     )
     session.store.save()  # with the supervised VMs: its policy, as this QEMU runs it
-    report(name, "unit", "done", launch.unit.name)
+    report(name, Stage.UNIT, Status.DONE, launch.unit.name)

@@ -16,6 +16,7 @@ from orchestrator.config.quantities import parse_size
 from orchestrator.config.topology import Instance, instances
 from orchestrator.guest.disks import create_volume
 from orchestrator.guest.images import fetch, is_remote, record_use
+from orchestrator.progress import Stage, Status
 from orchestrator.state.paths import dnsmasq_unit
 
 from .session import Session
@@ -28,18 +29,18 @@ async def prepare_images(session: Session, chosen: Sequence[Instance]) -> dict[s
     report = session.report
 
     async def one(source: str, checksum: str | None) -> None:
-        report("", "image", "working", source)
+        report("", Stage.IMAGE, Status.WORKING, source)
         last = [0.0]
 
         def progress(done: int, total: int | None) -> None:
             if time.monotonic() - last[0] > 1 and total:
                 last[0] = time.monotonic()
-                report("", "image", "working", f"{source} {100 * done // total}%")
+                report("", Stage.IMAGE, Status.WORKING, f"{source} {100 * done // total}%")
 
         images[source] = await fetch(source, checksum=checksum, progress=progress)
         if is_remote(source):  # for `image ls` (last used) and `image prune` (who uses it)
             record_use(images[source], source, state_dir=session.project.state_dir)
-        report("", "image", "done", str(images[source]))
+        report("", Stage.IMAGE, Status.DONE, str(images[source]))
 
     async with trio.open_nursery() as nursery:
         for source, checksum in sources.items():
@@ -54,9 +55,9 @@ async def prepare_volumes(session: Session, chosen: Sequence[Instance]) -> None:
     for name in sorted(names):
         path = session.paths.volume(name)
         if not path.exists():
-            session.report("", "volume", "working", name)
+            session.report("", Stage.VOLUME, Status.WORKING, name)
             await create_volume(path, parse_size(volumes[name].size), name)
-            session.report("", "volume", "done", f"{name} ({volumes[name].size})")
+            session.report("", Stage.VOLUME, Status.DONE, f"{name} ({volumes[name].size})")
 
 
 async def prepare_networks(
@@ -114,9 +115,11 @@ async def prepare_networks(
             upstream=tuple(spec.upstream_dns),
         )
         networks[name] = network
-        session.report("", "network", "working", f"{name} {subnets[name]}")
+        session.report("", Stage.NETWORK, Status.WORKING, f"{name} {subnets[name]}")
         await netcfg.ensure_network(network, hosts, _dnsmasq_starter(session, name))
-        session.report("", "network", "done", f"{name} {subnets[name]} on {network.bridge}")
+        session.report(
+            "", Stage.NETWORK, Status.DONE, f"{name} {subnets[name]} on {network.bridge}"
+        )
     session.store.save()
     return networks
 

@@ -13,10 +13,10 @@ from orchestrator.config.topology import instances, select_one
 from orchestrator.errors import UsageError
 from orchestrator.guest import probe
 from orchestrator.guest.knownhosts import host_alias, known_hosts
+from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, vm_unit
 
-from .events import Reporter
 from .launch import probes_ssh
 from .observe import unit_states
 from .readiness import ssh_target

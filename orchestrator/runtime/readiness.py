@@ -17,6 +17,7 @@ from orchestrator.config.topology import Instance, dependencies
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest import probe
 from orchestrator.guest.cloudinit import default_user
+from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, vm_unit
 from orchestrator.supervisor.health import HealthRules, until_healthy
@@ -60,7 +61,9 @@ async def wait_for_dependencies(
             "service_completed_successfully": theirs.completed,
         }[dependency.condition]
         if not event.is_set():
-            session.report(inst.name, "depends", "waiting", f"{name} ({dependency.condition})")
+            session.report(
+                inst.name, Stage.DEPENDS, Status.WAITING, f"{name} ({dependency.condition})"
+            )
             await event.wait()
         broken = theirs.failure or (
             dependency.condition == "service_completed_successfully" and not theirs.completed_ok
@@ -110,7 +113,7 @@ async def wait_running(session: Session, inst: Instance) -> None:
         )
         lines = "".join(f"\n    {line}" for line in journal[-10:])
         raise QemuEndedError(f"QEMU ended at once ({status.describe_exit()}){lines}")
-    session.report(inst.name, "running", "done", "QEMU runs")
+    session.report(inst.name, Stage.RUNNING, Status.DONE, "QEMU runs")
 
 
 def ssh_target(project: Project, inst: Instance, state: ProjectState) -> probe.SshTarget | None:
@@ -134,10 +137,10 @@ async def wait_ready(session: Session, inst: Instance) -> None:
         return
     target = ssh_target(session.project, inst, session.state)
     assert target is not None
-    session.report(inst.name, "ssh", "working", f"{target.user}@127.0.0.1:{target.port}")
+    session.report(inst.name, Stage.SSH, Status.WORKING, f"{target.user}@127.0.0.1:{target.port}")
     with trio.fail_after(session.settings.ready_timeout):
         await probe.wait_ready(target)
-    session.report(inst.name, "ssh", "done")
+    session.report(inst.name, Stage.SSH, Status.DONE)
     check = vm.healthcheck
     if check is None or not check.test:
         return
@@ -146,20 +149,22 @@ async def wait_ready(session: Session, inst: Instance) -> None:
     async def passes(timeout: float) -> bool:
         return await probe.passes(target, command, timeout=timeout)
 
-    session.report(inst.name, "health", "working", command)
+    session.report(inst.name, Stage.HEALTH, Status.WORKING, command)
     with trio.fail_after(session.settings.ready_timeout):
         await until_healthy(HealthRules.of(check), passes, what=repr(command))
-    session.report(inst.name, "health", "done", "healthy")
+    session.report(inst.name, Stage.HEALTH, Status.DONE, "healthy")
 
 
 async def wait_completed(session: Session, inst: Instance, me: Conditions) -> None:
     """Until the VM's unit ends; ``me.completed_ok`` says whether it ended well."""
     unit = vm_unit(session.project.name, inst.name)
-    session.report(inst.name, "complete", "waiting", "until it powers off")
+    session.report(inst.name, Stage.COMPLETE, Status.WAITING, "until it powers off")
     async with session.manager.watch([unit]) as changes:
         async for status in changes:
             if status.has_stopped:
                 me.completed_ok = status.result in ("success", "")
                 break
     me.completed.set()
-    session.report(inst.name, "complete", "done" if me.completed_ok else "failed", status.result)
+    session.report(
+        inst.name, Stage.COMPLETE, Status.DONE if me.completed_ok else Status.FAILED, status.result
+    )

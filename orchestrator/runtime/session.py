@@ -15,12 +15,12 @@ import qmp
 import systemd_dbus
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances, select
+from orchestrator.progress import Event, Reporter
 from orchestrator.state.files import ProjectLock, ProjectState, StateDir
 from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.service import write_supervised
 from qmp.eventlog import EventLog
 
-from .events import Event, Reporter
 from .supervision import supervised_table
 
 DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
@@ -173,7 +173,7 @@ def _event_log_writer(paths: ProjectPaths) -> Callable[[Event], None]:
     def write(event: Event) -> None:
         if event.vm:
             with contextlib.suppress(OSError):  # the log is for watchers: never fail a VM on it
-                data = {"status": event.status, "detail": event.detail}
-                log.append(event.vm, event.stage.upper(), data, source="up")
+                data = {"status": event.status.value, "detail": event.detail}
+                log.append(event.vm, event.stage.value.upper(), data, source="up")
 
     return write

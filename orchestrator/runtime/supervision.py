@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import systemd_dbus
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances
+from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, supervisor_unit, vm_unit
 from orchestrator.supervisor.service import Watched, write_supervised
@@ -63,7 +64,7 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
             restart_sec=1.0,
         ),
     )
-    session.report("", "supervisor", "done", unit)
+    session.report("", Stage.SUPERVISOR, Status.DONE, unit)
 
 
 async def stop_supervisor(session: Session) -> None:

@@ -15,10 +15,10 @@ from orchestrator.config.project import Project
 from orchestrator.config.topology import instances
 from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import forget_host
+from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import dnsmasq_unit, vm_unit
 
-from .events import Reporter
 from .launch import grace_period
 from .observe import unit_states
 from .ports import release_ports
@@ -35,7 +35,9 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
         if status.is_failed:
             await manager.reset_failed(unit)
         return
-    session.report(name, "stop", "working", f"power button, {grace:g} s grace" if grace else "quit")
+    session.report(
+        name, Stage.STOP, Status.WORKING, f"power button, {grace:g} s grace" if grace else "quit"
+    )
     outcome = "stopped"
     socket = session.paths.vm(name).qmp_control_socket
     try:
@@ -46,7 +48,7 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
     await manager.stop(unit, timeout=grace + 60)
     if (await manager.status(unit)).is_failed:
         await manager.reset_failed(unit)
-    session.report(name, "stop", "done", outcome)
+    session.report(name, Stage.STOP, Status.DONE, outcome)
 
 
 async def remove_vm(session: Session, name: str) -> None:
@@ -61,7 +63,7 @@ async def remove_vm(session: Session, name: str) -> None:
     session.state.vms.pop(name, None)
     release_ports(project.name, name)
     session.store.save()
-    session.report(name, "destroy", "done", "instance directory removed")
+    session.report(name, Stage.DESTROY, Status.DONE, "instance directory removed")
 
 
 async def stop(
@@ -107,7 +109,7 @@ async def destroy(
                 path = session.paths.volume(name).parent
                 if path.exists():
                     shutil.rmtree(path)
-                    report("", "volume", "done", f"{name} removed")
+                    report("", Stage.VOLUME, Status.DONE, f"{name} removed")
         if not state.vms:
             with netcfg.Registry().claims() as claims:
                 claims.forget_project(project.name)
@@ -143,7 +145,7 @@ async def remove_networks(
         created = [n for n in names if n in state.subnets]
         for name in names:
             if name not in created:
-                report("", "network", "skipped", f"{name} is not created")
+                report("", Stage.NETWORK, Status.SKIPPED, f"{name} is not created")
         await _remove_networks(session, created)
         session.store.save()
         return created
@@ -172,4 +174,4 @@ async def _remove_networks(session: Session, names: Sequence[str]) -> None:
         with netcfg.Registry().claims() as claims:
             claims.subnets.pop(f"{project.name}/{name}", None)
         orphan = "" if name in project.model.networks else " (orphan)"
-        session.report("", "network", "done", f"{name} removed{orphan}")
+        session.report("", Stage.NETWORK, Status.DONE, f"{name} removed{orphan}")

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from orchestrator import api
-from orchestrator.runtime.events import Event
+from orchestrator.progress import Event
 from orchestrator.runtime.plan import ActionKind
 from tests.support.systemd_user import ManagerHandle
 

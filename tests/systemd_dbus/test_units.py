@@ -87,7 +87,8 @@ def test_status_updates_and_exit_description() -> None:
     status = UnitStatus("x.service").updated({"ActiveState": "failed", "Result": "exit-code"})
     status = status.updated({"ExecMainCode": 1, "ExecMainStatus": 3, "Unrelated": 1})
     assert (status.active_state, status.has_stopped, status.is_active) == ("failed", True, False)
-    assert status.active_state is ActiveState.FAILED and status.is_failed
+    assert status.active_state is ActiveState.FAILED
+    assert status.is_failed
     assert status.describe_exit() == "result exit-code, exit status 3"
     assert (
         UnitStatus("y", exec_main_code=2, exec_main_status=9)
@@ -102,11 +103,13 @@ def test_one_definition_of_running_and_stopped() -> None:
     assert running == {"active", "activating", "reloading", "refreshing"}
     assert stopped == {"inactive", "failed"}
     assert not running & stopped
-    assert not ActiveState.DEACTIVATING.running and not ActiveState.DEACTIVATING.stopped
+    assert not ActiveState.DEACTIVATING.running
+    assert not ActiveState.DEACTIVATING.stopped
     # a state a newer systemd may send is neither, not an error in a signal handler
     status = UnitStatus("z.service").updated({"ActiveState": "hibernating", "LoadState": "loaded"})
     assert status.active_state is ActiveState.UNKNOWN
-    assert not status.is_running and not status.has_stopped
+    assert not status.is_running
+    assert not status.has_stopped
     assert not UnitStatus("gone.service").exists
 
 
