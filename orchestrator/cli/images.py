@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from .options import GlobalOptions
+
+if TYPE_CHECKING:
+    import trio
+
+    from orchestrator.progress import Event
 
 
 @click.command()
@@ -25,9 +32,10 @@ def pull(opts: GlobalOptions, urls: tuple[str, ...], force: bool, progress: str)
 
     Downloads resume where they stopped and are checked against the file's checksums.
     """
-    from orchestrator.guest.pull import Show, plain_lines
     from orchestrator.guest.pull import pull as pull_all
+    from orchestrator.progress import Reporter
 
+    from .progress import render_quiet, with_events
     from .runner import run
 
     if urls:
@@ -42,51 +50,75 @@ def pull(opts: GlobalOptions, urls: tuple[str, ...], force: bool, progress: str)
             return
     if progress == "auto":
         progress = "tty" if sys.stderr.isatty() else "plain"
-
-    def work(show: Show) -> dict[str, str]:
-        return run(lambda: pull_all(sources, force=force, show=show))
-
-    if progress == "tty":
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TransferSpeedColumn,
+    render = {"tty": render_bars, "plain": render_lines, "quiet": render_quiet}[progress]
+    failures = run(
+        lambda: with_events(
+            render,
+            lambda on_event: pull_all(sources, force=force, report=Reporter(on_event)),
         )
-
-        bars = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[status]}"),
-            transient=False,
-        )
-        tasks: dict[str, object] = {}
-
-        def show_bar(url: str, done: int, total: int | None, status: str, detail: str) -> None:
-            if url not in tasks:
-                name = url.rsplit("/", 1)[-1] or url
-                tasks[url] = bars.add_task(name, total=total, status="")
-            bars.update(
-                tasks[url],  # type: ignore[arg-type]
-                completed=done,
-                total=total,
-                status="" if status == "working" else status,
-            )
-
-        with bars:
-            failures = work(show_bar)
-    elif progress == "plain":
-        failures = work(plain_lines())
-    else:
-        failures = work(lambda *_: None)
+    )
     if failures:
         from orchestrator.guest.images import ImageError
 
         lines = "".join(f"\n  {url}: {why}" for url, why in failures.items())
         raise ImageError(f"{len(failures)} of {len(sources)} images could not be pulled:{lines}")
+
+
+async def render_bars(events: trio.MemoryReceiveChannel[Event]) -> None:
+    """A progress bar per image (rich)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    from orchestrator.progress import Status, Transfer
+
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[status]}"),
+        transient=False,
+    )
+    tasks: dict[str, TaskID] = {}
+    with bars:
+        async for event in events:
+            if not isinstance(event, Transfer):
+                continue
+            if event.source not in tasks:
+                name = event.source.rsplit("/", 1)[-1] or event.source
+                tasks[event.source] = bars.add_task(name, total=event.total, status="")
+            shown = "" if event.status is Status.WORKING else event.status.value
+            bars.update(tasks[event.source], completed=event.done, total=event.total, status=shown)
+
+
+async def render_lines(events: trio.MemoryReceiveChannel[Event], out: TextIO = sys.stderr) -> None:
+    """A line per image at start and end, and every 10 % (or 5 s) in between."""
+    from orchestrator.progress import Status, Transfer
+
+    last: dict[str, tuple[int, float]] = {}
+    async for event in events:
+        if not isinstance(event, Transfer):
+            continue
+        url, done, total = event.source, event.done, event.total
+        now = time.monotonic()
+        if event.status is Status.WORKING and done:
+            tenth = done * 10 // total if total else 0
+            before = last.get(url)
+            if before and before[0] == tenth and now - before[1] < 5:
+                continue
+            last[url] = (tenth, now)
+            share = f"{100 * done // total}% of {total >> 20} MiB" if total else f"{done >> 20} MiB"
+            out.write(f"pull {url}: {share}\n")
+        else:
+            detail = f": {event.detail}" if event.detail else ""
+            out.write(f"pull {url}: {event.status.value}{detail}\n")
+        out.flush()
 
 
 @click.group()

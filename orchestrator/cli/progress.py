@@ -88,11 +88,15 @@ def renderer_for(mode: str) -> Renderer:
 
 
 async def with_progress(mode: str, work: Callable[[EventCallback], Awaitable[T]]) -> T:
-    """Run ``work`` with a renderer consuming its events; the renderer ends after it.
+    """Run ``work`` with the renderer ``mode`` names consuming its events."""
+    return await with_events(renderer_for(mode), work)
+
+
+async def with_events(render: Renderer, work: Callable[[EventCallback], Awaitable[T]]) -> T:
+    """Run ``work`` with ``render`` consuming its events; the renderer ends after it.
 
     A renderer that cannot keep up loses lines: the work never waits for it."""
     send, receive = trio.open_memory_channel[Event](10_000)
-    render = renderer_for(mode)
 
     def on_event(event: Event) -> None:
         with contextlib.suppress(

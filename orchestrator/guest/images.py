@@ -15,7 +15,7 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,12 +25,12 @@ import msgspec
 import trio
 
 from orchestrator.errors import QemuComposeError
+from orchestrator.progress import Reporter, Status
 from orchestrator.state.files import atomic_write
 
 if TYPE_CHECKING:
     import httpx
 
-Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 CHUNK = 1 << 20
 
 
@@ -93,12 +93,14 @@ async def fetch(
     *,
     checksum: str | None = None,
     directory: Path | None = None,
-    progress: Progress | None = None,
+    report: Reporter | None = None,
     force: bool = False,
     timeout: float = 60.0,
     client: httpx.AsyncClient | None = None,
 ) -> Path:
-    """The local file of an image: downloaded into the cache if it is a URL."""
+    """The local file of an image: downloaded into the cache if it is a URL.
+
+    A download reports its progress to ``report`` (a Transfer event each chunk)."""
     expected = Checksum.parse(checksum) if checksum else None
     if not is_remote(source):
         path = local_path(source)
@@ -119,7 +121,7 @@ async def fetch(
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=timeout, follow_redirects=True)
     try:
-        await _download(http, source, part, progress)
+        await _download(http, source, part, report or Reporter())
     finally:
         if own_client:
             await http.aclose()
@@ -133,9 +135,7 @@ async def fetch(
     return target
 
 
-async def _download(
-    http: httpx.AsyncClient, url: str, part: Path, progress: Progress | None
-) -> None:
+async def _download(http: httpx.AsyncClient, url: str, part: Path, report: Reporter) -> None:
     import httpx
 
     have = part.stat().st_size if part.exists() else 0
@@ -156,8 +156,7 @@ async def _download(
                 async for chunk in response.aiter_bytes(CHUNK):
                     fh.write(chunk)
                     done += len(chunk)
-                    if progress:
-                        progress(done, total)
+                    report.transfer(url, Status.WORKING, done=done, total=total)
     except httpx.HTTPError as err:
         raise ImageError(f"{url}: download interrupted ({err}); run again to resume") from err
     if total is not None and done != total:

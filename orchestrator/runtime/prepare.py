@@ -16,7 +16,7 @@ from orchestrator.config.quantities import parse_size
 from orchestrator.config.topology import Instance, instances
 from orchestrator.guest.disks import create_volume
 from orchestrator.guest.images import fetch, is_remote, record_use
-from orchestrator.progress import Stage, Status
+from orchestrator.progress import Event, Reporter, Stage, Status, Transfer
 from orchestrator.state.paths import dnsmasq_unit
 
 from .session import Session
@@ -30,14 +30,8 @@ async def prepare_images(session: Session, chosen: Sequence[Instance]) -> dict[s
 
     async def one(source: str, checksum: str | None) -> None:
         report("", Stage.IMAGE, Status.WORKING, source)
-        last = [0.0]
-
-        def progress(done: int, total: int | None) -> None:
-            if time.monotonic() - last[0] > 1 and total:
-                last[0] = time.monotonic()
-                report("", Stage.IMAGE, Status.WORKING, f"{source} {100 * done // total}%")
-
-        images[source] = await fetch(source, checksum=checksum, progress=progress)
+        progress = _in_percent(report, source)
+        images[source] = await fetch(source, checksum=checksum, report=progress)
         if is_remote(source):  # for `image ls` (last used) and `image prune` (who uses it)
             record_use(images[source], source, state_dir=session.project.state_dir)
         report("", Stage.IMAGE, Status.DONE, str(images[source]))
@@ -46,6 +40,20 @@ async def prepare_images(session: Session, chosen: Sequence[Instance]) -> dict[s
         for source, checksum in sources.items():
             nursery.start_soon(one, source, checksum)
     return images
+
+
+def _in_percent(report: Reporter, source: str) -> Reporter:
+    """A download's Transfer events as steps of `up`: the share done, at most once a second."""
+    last = 0.0
+
+    def step(event: Event) -> None:
+        nonlocal last
+        if isinstance(event, Transfer) and event.total and time.monotonic() - last > 1:
+            last = time.monotonic()
+            share = 100 * event.done // event.total
+            report("", Stage.IMAGE, Status.WORKING, f"{source} {share}%")
+
+    return Reporter(step)
 
 
 async def prepare_volumes(session: Session, chosen: Sequence[Instance]) -> None:

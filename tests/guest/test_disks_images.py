@@ -12,6 +12,7 @@ import pytest
 from orchestrator.guest.disks import DiskError, create_overlay, create_volume, image_info
 from orchestrator.guest.images import ImageError, cache_name, fetch
 from orchestrator.guest.secrets import ensure_console_password, ensure_project_key
+from orchestrator.progress import Event, Reporter, Transfer
 from tests.support.http import Files
 
 pytestmark = pytest.mark.skipif(
@@ -89,16 +90,17 @@ async def test_download_into_the_cache_with_checksum(
     base, files = server
     url = f"{base}/images/disk.qcow2"
     digest = hashlib.sha256(files.content).hexdigest()
-    seen: list[tuple[int, int | None]] = []
+    seen: list[Event] = []
     path = await fetch(
-        url,
-        checksum=f"sha256:{digest}",
-        directory=tmp_path,
-        progress=lambda d, t: seen.append((d, t)),
+        url, checksum=f"sha256:{digest}", directory=tmp_path, report=Reporter(seen.append)
     )
     assert path == tmp_path / cache_name(url)
     assert path.read_bytes() == files.content
-    assert seen[-1] == (len(files.content), len(files.content))
+    transfers = [e for e in seen if isinstance(e, Transfer)]
+    assert len(transfers) == len(seen) == 3  # a chunk each MiB
+    assert {(e.source, e.stage, e.status) for e in transfers} == {(url, "image", "working")}
+    assert [e.done for e in transfers] == [1 << 20, 2 << 20, 3 << 20]
+    assert transfers[-1].total == len(files.content)
     assert not list(tmp_path.glob("*.part"))
     # cached: no second request
     assert await fetch(url, directory=tmp_path) == path
