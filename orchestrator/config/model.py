@@ -9,6 +9,8 @@ systemd unit names, QEMU option strings, file names and hostnames. Runtime state
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -170,6 +172,48 @@ class CloudInit(Model, frozen=True, kw_only=True):
     user_data: dict[str, Any] | AbsolutePath | None = None
 
 
+class RestartKind(enum.StrEnum):
+    NO = "no"
+    ALWAYS = "always"
+    UNLESS_STOPPED = "unless-stopped"
+    ON_FAILURE = "on-failure"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """A ``restart:`` policy, parsed (docker compose's values); ``str()`` spells it back."""
+
+    kind: RestartKind = RestartKind.NO
+    max_restarts: int | None = None  # on-failure:N
+
+    @classmethod
+    def parse(cls, text: str) -> RestartPolicy:
+        """The one reader of a policy: the model's pattern lets only these through."""
+        name, colon, limit = text.partition(":")
+        try:
+            kind = RestartKind(name)
+        except ValueError:
+            raise ValueError(f"not a restart policy: {text!r}") from None
+        if not colon:
+            return cls(kind)
+        if kind is not RestartKind.ON_FAILURE or not limit.isdigit() or int(limit) < 1:
+            raise ValueError(f"not a restart policy: {text!r}")
+        return cls(kind, int(limit))
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.max_restarts}" if self.max_restarts else str(self.kind)
+
+    @property
+    def supervised(self) -> bool:
+        """The supervisor decides what happens when the guest ends (QEMU keeps it, paused)."""
+        return self.kind is not RestartKind.NO
+
+    @property
+    def after_poweroff(self) -> bool:
+        """A guest that powers off by itself is started again."""
+        return self.kind in (RestartKind.ALWAYS, RestartKind.UNLESS_STOPPED)
+
+
 class Vm(Model, frozen=True, kw_only=True):
     image: Image | None = None  # none and no boot.kernel: firmware only (tests, benchmarks)
     boot: Boot | None = None
@@ -199,6 +243,10 @@ class Vm(Model, frozen=True, kw_only=True):
     cpu_model: OptionList | None = None  # default: host with KVM, max with TCG
     machine: OptionList = "q35"
     stop_grace_period: Duration = "1m"
+
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        return RestartPolicy.parse(self.restart)
 
 
 class Network(Model, frozen=True, kw_only=True):

@@ -126,7 +126,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
             nics=tuple(nics),
             boot=boot,
             qemu=facts.qemu,
-            restart_in_place=vm.restart != "no",  # the supervisor restarts the guest
+            restart_in_place=vm.restart_policy.supervised,  # the supervisor restarts the guest
         )
     )
     return Launch(
@@ -141,16 +141,15 @@ def _unit(inst: Instance, facts: LaunchFacts, argv: list[str]) -> systemd_dbus.T
     vm, paths = inst.vm, facts.paths
     grace = grace_period(vm)
     # systemd's own policy is for QEMU crashing; the guest's ends are the supervisor's
-    restart: Literal["no", "on-failure"] = "no" if vm.restart == "no" else "on-failure"
+    policy = vm.restart_policy
+    restart: Literal["no", "on-failure"] = "on-failure" if policy.supervised else "no"
     extra = []
     if restart != "no":  # the supervisor's giving up is final
         extra.append(
             systemd_dbus.ExtraProperty("RestartPreventExitStatus", "(aiai)", ([], [GIVE_UP_SIGNAL]))
         )
-    if vm.restart.startswith("on-failure:"):
-        extra.append(
-            systemd_dbus.ExtraProperty("StartLimitBurst", "u", int(vm.restart.split(":")[1]))
-        )
+    if policy.max_restarts is not None:
+        extra.append(systemd_dbus.ExtraProperty("StartLimitBurst", "u", policy.max_restarts))
     stop = [facts.python, "-m", "qmp.stopvm", str(paths.qmp_control_socket)]
     return systemd_dbus.TransientUnit(
         vm_unit(facts.project, inst.name),

@@ -37,6 +37,7 @@ import trio
 
 import qmp
 import systemd_dbus
+from orchestrator.config.model import RestartPolicy
 from orchestrator.state.files import atomic_write
 from qmp.eventlog import EventLog
 from qmp.supervisor import CONNECTED, Supervisor, serve_until_signalled
@@ -99,7 +100,7 @@ def backoff(recent_restarts: int) -> float:
     return min(BACKOFF_FIRST * 2.0**recent_restarts, BACKOFF_MAX)
 
 
-def decide(policy: str, ending: Ending, restarts: int, recent_restarts: int) -> Decision:
+def decide(policy: RestartPolicy, ending: Ending, restarts: int, recent_restarts: int) -> Decision:
     """What to do with a VM whose guest ended, under ``policy`` (docker compose's values).
 
     ``restarts``: how many times the supervisor restarted it so far (for on-failure:N);
@@ -107,15 +108,13 @@ def decide(policy: str, ending: Ending, restarts: int, recent_restarts: int) -> 
     """
     if ending is Ending.REQUESTED:
         return Decision(Act.QUIT, why="stop requested")
-    always = policy in ("always", "unless-stopped")
     if ending is Ending.POWEROFF:
-        if always:
+        if policy.after_poweroff:
             why = f"powered off, restart: {policy}"
             return Decision(Act.RESTART, backoff(recent_restarts), why)
         return Decision(Act.QUIT, why="powered off")
-    if always or policy.startswith("on-failure"):
-        _, _, limit = policy.partition(":")
-        if limit and restarts >= int(limit):
+    if policy.supervised:
+        if policy.max_restarts is not None and restarts >= policy.max_restarts:
             return Decision(Act.KILL, why=f"panicked; {restarts} restarts used, restart: {policy}")
         return Decision(Act.RESTART, backoff(recent_restarts), f"panicked, restart: {policy}")
     return Decision(Act.KILL, why="panicked, restart: no")
@@ -234,11 +233,12 @@ class ProjectSupervisor:
         spec = self.vms.get(vm)
         if ending is None or spec is None or watch.busy or self._nursery is None:
             return
-        if spec.restart == "no":  # QEMU ends by itself (no -no-shutdown): nothing to decide
+        policy = RestartPolicy.parse(spec.restart)
+        if not policy.supervised:  # QEMU ends by itself (no -no-shutdown): nothing to decide
             return
         now = time.monotonic()
         recent = sum(1 for t in watch.restarts if now - t < RESTART_WINDOW)
-        decision = decide(spec.restart, ending, len(watch.restarts), recent)
+        decision = decide(policy, ending, len(watch.restarts), recent)
         watch.busy = True
         self._nursery.start_soon(self._carry_out, vm, session, decision, watch)
 

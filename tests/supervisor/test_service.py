@@ -12,6 +12,7 @@ import trio
 
 import qmp
 import systemd_dbus
+from orchestrator.config.model import RestartKind, RestartPolicy
 from orchestrator.supervisor.service import (
     GIVE_UP_SIGNAL,
     Act,
@@ -48,12 +49,38 @@ from tests.support.systemd_user import ManagerHandle
     ],
 )
 def test_decide(policy: str, ending: Ending, restarts: int, act: Act) -> None:
-    assert decide(policy, ending, restarts, restarts).act is act
+    assert decide(RestartPolicy.parse(policy), ending, restarts, restarts).act is act
 
 
 def test_backoff_doubles_up_to_a_ceiling() -> None:
     assert [backoff(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    assert decide("always", Ending.POWEROFF, 9, 2).delay == 2.0  # only recent ones count
+    always = RestartPolicy.parse("always")
+    assert decide(always, Ending.POWEROFF, 9, 2).delay == 2.0  # only recent ones count
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "limit", "supervised", "after_poweroff"),
+    [
+        ("no", RestartKind.NO, None, False, False),
+        ("always", RestartKind.ALWAYS, None, True, True),
+        ("unless-stopped", RestartKind.UNLESS_STOPPED, None, True, True),
+        ("on-failure", RestartKind.ON_FAILURE, None, True, False),
+        ("on-failure:3", RestartKind.ON_FAILURE, 3, True, False),
+    ],
+)
+def test_restart_policies_parse_once_and_spell_back(
+    text: str, kind: RestartKind, limit: int | None, supervised: bool, after_poweroff: bool
+) -> None:
+    policy = RestartPolicy.parse(text)
+    assert (policy.kind, policy.max_restarts) == (kind, limit)
+    assert (policy.supervised, policy.after_poweroff) == (supervised, after_poweroff)
+    assert str(policy) == text
+
+
+@pytest.mark.parametrize("text", ["sometimes", "always:3", "on-failure:0", "on-failure:x", ""])
+def test_what_is_not_a_restart_policy(text: str) -> None:
+    with pytest.raises(ValueError, match="not a restart policy"):
+        RestartPolicy.parse(text)
 
 
 def test_supervised_vms_file_round_trip(tmp_path: Path) -> None:
