@@ -60,6 +60,20 @@ class UsageError(QemuComposeError):
     exit_status = 2
 
 
+class PeerError(QemuComposeError):
+    """systemd, QEMU or the host's network failed; ``__cause__`` is their own error."""
+
+
+class VmError(PeerError):
+    """One VM failed at one stage of a command; the message is why, ``__cause__`` the error."""
+
+    def __init__(self, vm: str, stage: str, unit: str, message: str) -> None:
+        self.vm = vm
+        self.stage = stage  # a progress.Stage: where the VM was when it failed
+        self.unit = unit
+        super().__init__(message)
+
+
 class StateError(QemuComposeError):
     """The project's state directory cannot be used as it is."""
 

@@ -40,11 +40,6 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(_render_error(err), err=True)
         status = err.exit_status
-    except _leaf_errors() as err:  # systemd, QMP or network trouble, said plainly
-        if debug:
-            traceback.print_exc()
-        click.echo(f"qemu-compose: error: {err}", err=True)
-        status = 1
     except KeyboardInterrupt:
         status = 130
     except BrokenPipeError:
@@ -62,20 +57,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         status = 1
     sys.exit(status if isinstance(status, int) else 0)
-
-
-def _leaf_errors() -> tuple[type[Exception], ...]:
-    """The root errors of systemd_dbus, qmp and netcfg, where they are already imported."""
-    roots = []
-    for module, name in (
-        ("systemd_dbus", "SystemdError"),
-        ("qmp", "QmpError"),
-        ("netcfg", "NetcfgError"),
-    ):
-        loaded = sys.modules.get(module)
-        if loaded is not None:
-            roots.append(getattr(loaded, name))
-    return tuple(roots)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -12,15 +12,13 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
 import yaml
 
 import netcfg
-import qmp
-import systemd_dbus
 from netcfg import Forward
 from orchestrator.config.project import Project
 from orchestrator.config.quantities import parse_size
@@ -37,7 +35,7 @@ from orchestrator.guest.secrets import (
     ensure_console_password,
     ensure_project_key,
 )
-from orchestrator.progress import Reporter, Stage, Status
+from orchestrator.progress import Event, Reporter, Stage, Status
 from orchestrator.state.files import VmState
 from orchestrator.state.paths import ensure_socket_dir, vm_unit
 
@@ -47,7 +45,7 @@ from .plan import Action, ActionKind, Observed, config_hash, plan
 from .ports import claim_ports
 from .prepare import prepare_images, prepare_networks, prepare_volumes
 from .readiness import Conditions, wait_completed, wait_for_dependencies, wait_ready, wait_running
-from .session import Session, Settings, open_session
+from .session import Session, Settings, open_session, vm_failures
 from .supervision import ensure_supervisor
 from .teardown import remove_vm, stop_one
 
@@ -79,6 +77,11 @@ class UpRun:
     conditions: dict[str, Conditions] = field(default_factory=dict)
     awaited_completion: set[str] = field(default_factory=set)  # VMs a dependant waits to end
     ports: dict[str, list[Forward] | netcfg.NetcfgError] = field(default_factory=dict)
+    reached: dict[str, Stage] = field(default_factory=dict)  # the stage each VM reported last
+
+    def note(self, event: Event) -> None:
+        if event.vm:
+            self.reached[event.vm] = event.stage
 
 
 async def up(
@@ -133,6 +136,7 @@ async def _execute(session: Session, actions: list[Action]) -> UpResult:
         key=ensure_project_key(session.paths.ssh_dir, project.name),
         password=ensure_console_password(session.paths.console_password),
     )
+    run.session = session = replace(session, report=session.report.also(run.note))
     run.images = await prepare_images(session, chosen)
     await prepare_volumes(session, chosen)
     run.networks = await prepare_networks(session, chosen)
@@ -170,27 +174,23 @@ async def _run_vm(
     session = run.session
     me = run.conditions[inst.name]
     report = session.report
+    unit = vm_unit(session.project.name, inst.name)
     try:
-        await wait_for_dependencies(session, run.conditions, inst)
-        async with limiter:
-            if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
-                report(inst.name, Stage.UNIT, Status.DONE, "already running")
-            else:
-                await start_vm(run, inst, action)
-                await wait_running(session, inst)
-        me.started.set()
-        await wait_ready(session, inst)
-        me.healthy.set()
-        report(inst.name, Stage.READY, Status.DONE)
-        if inst.name in run.awaited_completion:
-            await wait_completed(session, inst, me)
-    except (
-        QemuComposeError,
-        systemd_dbus.SystemdError,
-        qmp.QmpError,
-        netcfg.NetcfgError,
-        OSError,
-    ) as err:
+        with vm_failures(inst.name, unit, lambda: run.reached.get(inst.name, Stage.PLAN)):
+            await wait_for_dependencies(session, run.conditions, inst)
+            async with limiter:
+                if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
+                    report(inst.name, Stage.UNIT, Status.DONE, "already running")
+                else:
+                    await start_vm(run, inst, action)
+                    await wait_running(session, inst)
+            me.started.set()
+            await wait_ready(session, inst)
+            me.healthy.set()
+            report(inst.name, Stage.READY, Status.DONE)
+            if inst.name in run.awaited_completion:
+                await wait_completed(session, inst, me)
+    except QemuComposeError as err:  # a VmError, or one of ours (a dependency failed, ...)
         me.fail(str(err).splitlines()[0])
         report(inst.name, Stage.FAILED, Status.FAILED, str(err))
     except trio.TooSlowError:

@@ -9,73 +9,46 @@ from __future__ import annotations
 import contextlib
 import shlex
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import netcfg
 import qmp
-import systemd_dbus
+from orchestrator.config.model import Vm
 from orchestrator.config.project import Project
-from orchestrator.config.topology import dependencies, select_one
+from orchestrator.config.topology import Instance, dependencies, select_one
 from orchestrator.errors import StateError
 from orchestrator.guest.cloudinit import default_user, detect_os
 from orchestrator.guest.images import cache_dir, cache_name, is_remote, local_path
 from orchestrator.guest.secrets import ConsolePassword, read_console_password
-from orchestrator.state.files import StateDir
-from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, vm_unit
+from orchestrator.progress import Reporter
+from orchestrator.state.files import ProjectState
+from orchestrator.state.paths import ProjectPaths, VmPaths, dnsmasq_unit, vm_unit
 
-from .query import ps
-from .session import Settings
+from .query import VmRow, vm_rows
+from .session import Settings, open_session
 
 
 async def inspect(project: Project, settings: Settings, name: str) -> dict[str, Any]:
     inst = select_one(project.model, name, project=project.name)
-    vm = inst.vm
-    paths = ProjectPaths(project.state_dir, project.name)
-    mine = paths.vm(name)
-    state_dir = StateDir(project.state_dir)
-    state = state_dir.read_state(project.name) if state_dir.path.exists() else None
-    saved = state.vms.get(name) if state else None
-    [row] = await ps(
-        project,
-        Settings(services=[name], bus=settings.bus, journal_dir=settings.journal_dir),
-    )
-    unit = vm_unit(project.name, name)
-    async with qmp.asyncio_loop(), systemd_dbus.connect(settings.bus) as manager:
-        status = await manager.status(unit)
-        dhcp = {n: (await manager.status(dnsmasq_unit(project.name, n))) for n in vm.networks}
-    qemu_status = None
-    if status.is_active:
-        with contextlib.suppress(qmp.QmpError, OSError):
-            async with qmp.open_session(str(mine.qmp_control_socket), timeout=2) as session:
-                qemu_status = (await session.query_status()).status
+    vm, unit = inst.vm, vm_unit(project.name, name)
+    async with open_session(project, settings, Reporter(), lock=False) as session:
+        [row] = await vm_rows(session, [name])
+        status = await session.manager.status(unit)
+        dhcp = {
+            n: (await session.manager.status(dnsmasq_unit(project.name, n))).active_state
+            for n in vm.networks
+        }
+        qemu_status = None
+        if status.is_active:
+            with contextlib.suppress(qmp.QmpError, OSError):
+                socket = str(session.paths.vm(name).qmp_control_socket)
+                async with qmp.open_session(socket, timeout=2) as monitor:
+                    qemu_status = (await monitor.query_status()).status
+    paths, state = session.paths, session.state
+    saved = state.vms.get(name)
     image = vm.image.source if vm.image else None
     user = vm.user or default_user(image)
-    base = None
-    if image is not None:
-        base = str(cache_dir() / cache_name(image) if is_remote(image) else local_path(image))
-    networks: list[dict[str, Any]] = [
-        {
-            "name": "user",
-            "mode": "user",
-            "mac": saved.macs.get("nic0") if saved else None,
-            "ssh_port": row.ssh_port,
-            "ports": saved.ports if saved else [],
-        }
-    ]
-    for i, network in enumerate(sorted(vm.networks), start=1):
-        networks.append(
-            {
-                "name": network,
-                "mode": "bridge",
-                "bridge": netcfg.bridge_name(project.name, network),
-                "tap": netcfg.tap_name(project.name, name, network),
-                "subnet": state.subnets.get(network) if state else None,
-                "address": row.addresses.get(network),
-                "mac": saved.macs.get(f"nic{i}") if saved else None,
-                "dhcp": dhcp[network].active_state,
-                "dns_names": [name, f"{name}.{project.name}"],
-            }
-        )
     password = _console_password(paths)
     return {
         "name": name,
@@ -91,26 +64,9 @@ async def inspect(project: Project, settings: Settings, name: str) -> dict[str, 
             "main_pid": status.main_pid or None,
         },
         "qemu_status": qemu_status,
-        "config": {
-            "cpu": vm.cpu,
-            "memory": vm.memory,
-            "machine": vm.machine,
-            "accel": vm.accel,
-            "image": image,
-            "boot": vm.boot.kernel if vm.boot else None,
-            "os_type": detect_os(image),
-            "user": user,
-            "hostname": vm.hostname or name,
-            "restart": vm.restart,
-            "stop_grace_period": vm.stop_grace_period,
-        },
-        "disk": {
-            "size": vm.disk.size or ("the image's" if image else None),
-            "instance_disk": str(mine.disk) if mine.disk.exists() else None,
-            "base_image": base,
-            "seed": str(mine.seed) if mine.seed.exists() else None,
-        },
-        "networks": networks,
+        "config": _config(inst, image, user),
+        "disk": _disk(vm, paths.vm(name), image),
+        "networks": _networks(project, inst, state, row, dhcp),
         "volumes": [
             {
                 "type": m.type,
@@ -126,11 +82,90 @@ async def inspect(project: Project, settings: Settings, name: str) -> dict[str, 
         "provision": [p.script or _first_line(p.inline or "") for p in vm.provision],
         "depends_on": {n: d.condition for n, d in dependencies(project.model, inst).items()},
         "healthcheck": vm.healthcheck.test if vm.healthcheck and vm.healthcheck.test else None,
+        **_access(inst, paths, user, row.ssh_port, password, settings.bus),
+    }
+
+
+def _config(inst: Instance, image: str | None, user: str) -> dict[str, Any]:
+    vm = inst.vm
+    return {
+        "cpu": vm.cpu,
+        "memory": vm.memory,
+        "machine": vm.machine,
+        "accel": vm.accel,
+        "image": image,
+        "boot": vm.boot.kernel if vm.boot else None,
+        "os_type": detect_os(image),
+        "user": user,
+        "hostname": vm.hostname or inst.name,
+        "restart": vm.restart,
+        "stop_grace_period": vm.stop_grace_period,
+    }
+
+
+def _disk(vm: Vm, mine: VmPaths, image: str | None) -> dict[str, Any]:
+    base = None
+    if image is not None:
+        base = str(cache_dir() / cache_name(image) if is_remote(image) else local_path(image))
+    return {
+        "size": vm.disk.size or ("the image's" if image else None),
+        "instance_disk": str(mine.disk) if mine.disk.exists() else None,
+        "base_image": base,
+        "seed": str(mine.seed) if mine.seed.exists() else None,
+    }
+
+
+def _networks(
+    project: Project,
+    inst: Instance,
+    state: ProjectState,
+    row: VmRow,
+    dhcp: Mapping[str, str],
+) -> list[dict[str, Any]]:
+    name, saved = inst.name, state.vms.get(inst.name)
+    networks: list[dict[str, Any]] = [
+        {
+            "name": "user",
+            "mode": "user",
+            "mac": saved.macs.get("nic0") if saved else None,
+            "ssh_port": row.ssh_port,
+            "ports": saved.ports if saved else [],
+        }
+    ]
+    for i, network in enumerate(sorted(inst.vm.networks), start=1):
+        networks.append(
+            {
+                "name": network,
+                "mode": "bridge",
+                "bridge": netcfg.bridge_name(project.name, network),
+                "tap": netcfg.tap_name(project.name, name, network),
+                "subnet": state.subnets.get(network),
+                "address": row.addresses.get(network),
+                "mac": saved.macs.get(f"nic{i}") if saved else None,
+                "dhcp": dhcp[network],
+                "dns_names": [name, f"{name}.{project.name}"],
+            }
+        )
+    return networks
+
+
+def _access(
+    inst: Instance,
+    paths: ProjectPaths,
+    user: str,
+    ssh_port: int | None,
+    password: ConsolePassword | None,
+    bus: str,
+) -> dict[str, Any]:
+    """How to reach the VM: SSH, its console, its logs."""
+    name, mine = inst.name, paths.vm(inst.name)
+    unit = vm_unit(paths.project, name)
+    return {
         "ssh": {
             "command": f"qemu-compose ssh {name}",
-            "user": vm.ssh.user or user,
+            "user": inst.vm.ssh.user or user,
             "host": "127.0.0.1",
-            "port": row.ssh_port,
+            "port": ssh_port,
             "key": str(paths.ssh_dir / "id_ed25519"),
         },
         "console": {
@@ -143,7 +178,7 @@ async def inspect(project: Project, settings: Settings, name: str) -> dict[str, 
         "logs": {
             "command": f"qemu-compose logs {name}",
             "journal": shlex.join(
-                ["journalctl", *(["--user"] if settings.bus != "system" else []), "-u", unit]
+                ["journalctl", *(["--user"] if bus != "system" else []), "-u", unit]
             ),
         },
     }
@@ -168,62 +203,79 @@ def _first_line(text: str) -> str:
 def render_inspect(info: dict[str, Any]) -> str:
     """The dict of `inspect`, in sections, for a person."""
     out: list[str] = [f"VM: {info['name']}", f"Project: {info['project']}", "=" * 72]
-
-    def section(title: str, pairs: list[tuple[str, Any]]) -> None:
-        shown = [(k, v) for k, v in pairs if v not in (None, "", [], {})]
-        if shown:
-            out.append("")
-            out.append(f"{title}:")
-            out.extend(f"  {key}: {value}" for key, value in shown)
-
     unit, config, disk = info["unit"], info["config"], info["disk"]
-    section(
-        "Status",
-        [
-            ("State", info["status"]),
-            ("QEMU", info["qemu_status"]),
-            ("Systemd unit", f"{unit['name']} ({unit['active_state']}/{unit['sub_state']})"),
-            ("Main PID", unit["main_pid"]),
-            ("Created", info["created_at"]),
-        ],
-    )
-    section(
-        "Configuration",
-        [
-            ("CPU", config["cpu"]),
-            ("Memory", f"{config['memory']} MiB"),
-            ("Machine", config["machine"]),
-            ("Accelerator", config["accel"]),
-            ("Image", config["image"]),
-            ("Kernel", config["boot"]),
-            ("OS type", config["os_type"]),
-            ("Default user", config["user"]),
-            ("Hostname", config["hostname"]),
-            ("Restart", config["restart"]),
-            ("Stop grace period", config["stop_grace_period"]),
-        ],
-    )
-    section(
-        "Disk",
-        [
-            ("Size", disk["size"]),
-            ("Instance disk", disk["instance_disk"]),
-            ("Base image", disk["base_image"]),
-            ("Cloud-init seed", disk["seed"]),
-        ],
-    )
-    out += ["", "Networks:"]
-    for net in info["networks"]:
+    _section(out, "Status", [
+        ("State", info["status"]),
+        ("QEMU", info["qemu_status"]),
+        ("Systemd unit", f"{unit['name']} ({unit['active_state']}/{unit['sub_state']})"),
+        ("Main PID", unit["main_pid"]),
+        ("Created", info["created_at"]),
+    ])  # fmt: skip
+    _section(out, "Configuration", [
+        ("CPU", config["cpu"]),
+        ("Memory", f"{config['memory']} MiB"),
+        ("Machine", config["machine"]),
+        ("Accelerator", config["accel"]),
+        ("Image", config["image"]),
+        ("Kernel", config["boot"]),
+        ("OS type", config["os_type"]),
+        ("Default user", config["user"]),
+        ("Hostname", config["hostname"]),
+        ("Restart", config["restart"]),
+        ("Stop grace period", config["stop_grace_period"]),
+    ])  # fmt: skip
+    _section(out, "Disk", [
+        ("Size", disk["size"]),
+        ("Instance disk", disk["instance_disk"]),
+        ("Base image", disk["base_image"]),
+        ("Cloud-init seed", disk["seed"]),
+    ])  # fmt: skip
+    out += ["", "Networks:", *_network_lines(info["networks"])]
+    out += _definition_lines(info)
+    ssh, console, logs = info["ssh"], info["console"], info["logs"]
+    _section(out, "SSH", [("Connect", ssh["command"]), ("Port", ssh["port"]), ("Key", ssh["key"])])
+    _section(out, "Console", [
+        ("Attach", f"{console['attach']}  (Ctrl+] detaches)"),
+        ("Socket", console["socket"]),
+        ("Log", console["log"]),
+        ("Login", console["login"]),
+        ("Password", console["password"]),
+    ])  # fmt: skip
+    _section(out, "Logs", [("View", logs["command"]), ("Journal", logs["journal"])])
+    return "\n".join(out) + "\n"
+
+
+def _section(out: list[str], title: str, pairs: list[tuple[str, Any]]) -> None:
+    """A titled section of the pairs that have a value (none: no section)."""
+    shown = [(k, v) for k, v in pairs if v not in (None, "", [], {})]
+    if shown:
+        out.append("")
+        out.append(f"{title}:")
+        out.extend(f"  {key}: {value}" for key, value in shown)
+
+
+_NETWORK_LABELS = {
+    "bridge": "Bridge", "tap": "TAP", "subnet": "Subnet", "address": "IP address", "mac": "MAC",
+    "dhcp": "DHCP/DNS", "ssh_port": "SSH port",
+}  # fmt: skip
+
+
+def _network_lines(networks: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for net in networks:
         out.append(f"  - {net['name']} ({net['mode']}):")
-        labels = {"bridge": "Bridge", "tap": "TAP", "subnet": "Subnet", "address": "IP address",
-                  "mac": "MAC", "dhcp": "DHCP/DNS", "ssh_port": "SSH port"}  # fmt: skip
-        for key, label in labels.items():
-            if net.get(key):
-                out.append(f"      {label}: {net[key]}")
-        for port in net.get("ports") or []:
-            out.append(f"      Port: {port}")
+        out.extend(
+            f"      {label}: {net[key]}" for key, label in _NETWORK_LABELS.items() if net.get(key)
+        )
+        out.extend(f"      Port: {port}" for port in net.get("ports") or [])
         if net.get("dns_names"):
             out.append(f"      DNS names: {', '.join(net['dns_names'])}")
+    return out
+
+
+def _definition_lines(info: dict[str, Any]) -> list[str]:
+    """Volumes, environment, provisioning, dependencies and healthcheck, where there are any."""
+    out: list[str] = []
     if info["volumes"]:
         out += ["", "Volumes:"]
         for v in info["volumes"]:
@@ -238,17 +290,4 @@ def render_inspect(info: dict[str, Any]) -> str:
         out += ["", "Depends on:"] + [f"  {n} ({c})" for n, c in info["depends_on"].items()]
     if info["healthcheck"]:
         out += ["", "Healthcheck:", f"  {' '.join(info['healthcheck'])}"]
-    ssh, console, logs = info["ssh"], info["console"], info["logs"]
-    section("SSH", [("Connect", ssh["command"]), ("Port", ssh["port"]), ("Key", ssh["key"])])
-    section(
-        "Console",
-        [
-            ("Attach", f"{console['attach']}  (Ctrl+] detaches)"),
-            ("Socket", console["socket"]),
-            ("Log", console["log"]),
-            ("Login", console["login"]),
-            ("Password", console["password"]),
-        ],
-    )
-    section("Logs", [("View", logs["command"]), ("Journal", logs["journal"])])
-    return "\n".join(out) + "\n"
+    return out

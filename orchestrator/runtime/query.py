@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -20,7 +21,7 @@ from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, vm_unit
 from .launch import probes_ssh
 from .observe import unit_states
 from .readiness import ssh_target
-from .session import Settings, open_session
+from .session import Session, Settings, open_session
 from .teardown import networks_in_use
 
 
@@ -39,52 +40,53 @@ class VmRow:
 async def ps(project: Project, settings: Settings, *, all_vms: bool = True) -> list[VmRow]:
     """The status of every VM; SSH probed in parallel (2 s each) for running ones."""
     async with open_session(project, settings, Reporter(), lock=False) as session:
-        by_name = {i.name: i for i in instances(project.model)}
-        names = session.names(settings.services)
-        units = await unit_states(project, session.manager)
-        rows: dict[str, VmRow] = {}
+        rows = await vm_rows(session, session.names(settings.services))
+        return rows if all_vms else [r for r in rows if r.status not in ("not-created", "stopped")]
 
-        async def one(name: str) -> None:
-            inst = by_name.get(name)
-            saved = session.state.vms.get(name)
-            unit = units.get(name)
-            created = saved is not None or session.paths.vm(name).disk.exists()
-            if unit is not None and unit.running:
-                status = "active"
-                if inst is not None and probes_ssh(inst.vm):
-                    target = ssh_target(project, inst, session.state)
-                    ok = target is not None and await probe.reachable(target, timeout=2)
-                    status = "ready" if ok else "starting"
-            elif unit is systemd_dbus.ActiveState.FAILED:
-                status = "failed"
-            elif created:
-                status = "stopped"
-            else:
-                status = "not-created"
-            vm = inst.vm if inst else None
-            size = None
-            if vm is not None and vm.image is not None:
-                size = vm.disk.size or "image"
-            rows[name] = VmRow(
-                name=name,
-                status=status,
-                unit=vm_unit(project.name, name),
-                cpu=vm.cpu if vm else None,
-                memory=vm.memory if vm else None,
-                disk=size if created else None,
-                addresses={n: a[name] for n, a in session.state.addresses.items() if name in a},
-                ssh_port=saved.ssh_port if saved else None,
-            )
 
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(one, name)
-        ordered = [rows[n] for n in names]
-        return (
-            ordered
-            if all_vms
-            else [r for r in ordered if r.status not in ("not-created", "stopped")]
+async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
+    """A row for each VM named, in that order."""
+    project = session.project
+    by_name = {i.name: i for i in instances(project.model)}
+    units = await unit_states(project, session.manager)
+    rows: dict[str, VmRow] = {}
+
+    async def one(name: str) -> None:
+        inst = by_name.get(name)
+        saved = session.state.vms.get(name)
+        unit = units.get(name)
+        created = saved is not None or session.paths.vm(name).disk.exists()
+        if unit is not None and unit.running:
+            status = "active"
+            if inst is not None and probes_ssh(inst.vm):
+                target = ssh_target(project, inst, session.state)
+                ok = target is not None and await probe.reachable(target, timeout=2)
+                status = "ready" if ok else "starting"
+        elif unit is systemd_dbus.ActiveState.FAILED:
+            status = "failed"
+        elif created:
+            status = "stopped"
+        else:
+            status = "not-created"
+        vm = inst.vm if inst else None
+        size = None
+        if vm is not None and vm.image is not None:
+            size = vm.disk.size or "image"
+        rows[name] = VmRow(
+            name=name,
+            status=status,
+            unit=vm_unit(project.name, name),
+            cpu=vm.cpu if vm else None,
+            memory=vm.memory if vm else None,
+            disk=size if created else None,
+            addresses={n: a[name] for n, a in session.state.addresses.items() if name in a},
+            ssh_port=saved.ssh_port if saved else None,
         )
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(one, name)
+    return [rows[n] for n in names]
 
 
 @dataclass(frozen=True, slots=True)

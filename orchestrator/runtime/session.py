@@ -4,18 +4,20 @@ connected, and the state written back as VMs change."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
+import netcfg
 import qmp
 import systemd_dbus
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances, select
-from orchestrator.progress import Event, Reporter
+from orchestrator.errors import PeerError, VmError
+from orchestrator.progress import Event, Reporter, Stage
 from orchestrator.state.files import ProjectLock, ProjectState, StateDir
 from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.service import write_supervised
@@ -23,6 +25,8 @@ from qmp.eventlog import EventLog
 
 from .supervision import supervised_table
 
+# The roots of the leaf packages' errors: past the runtime they are PeerError (or VmError)
+PEER_ERRORS = (systemd_dbus.SystemdError, qmp.QmpError, netcfg.NetcfgError)
 DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
 # systemd answers in milliseconds, but a host whose CPUs are all busy starting a hundred TCG
 # guests can keep it from answering for more than the default 10 s
@@ -134,7 +138,8 @@ async def open_session(
 ) -> AsyncIterator[Session]:
     """The project locked (unless only reading), its state read, systemd connected.
 
-    A locked session is one that changes things: its steps go to the event log too.
+    A locked session is one that changes things: its steps go to the event log too. Errors
+    of systemd, QEMU and the network leave it as PeerError (raised from them).
     """
     state_dir = StateDir(project.state_dir)
     held: ProjectLock | None = None
@@ -147,23 +152,63 @@ async def open_session(
         if lock:
             state.project = project.name
         paths = ProjectPaths(project.state_dir, project.name)
-        async with (
-            qmp.asyncio_loop(),
-            systemd_dbus.connect(
-                settings.bus, journal_dir=settings.journal_dir, call_timeout=CALL_TIMEOUT
-            ) as manager,
-        ):
-            yield Session(
-                project=project,
-                paths=paths,
-                manager=manager,
-                report=report.also(_event_log_writer(paths)) if lock else report,
-                settings=settings,
-                store=Store(project, paths, state_dir, state),
-            )
+        with peer_errors():
+            async with (
+                qmp.asyncio_loop(),
+                systemd_dbus.connect(
+                    settings.bus, journal_dir=settings.journal_dir, call_timeout=CALL_TIMEOUT
+                ) as manager,
+            ):
+                yield Session(
+                    project=project,
+                    paths=paths,
+                    manager=manager,
+                    report=report.also(_event_log_writer(paths)) if lock else report,
+                    settings=settings,
+                    store=Store(project, paths, state_dir, state),
+                )
     finally:
         if held is not None:
             held.release()
+
+
+@contextmanager
+def peer_errors() -> Iterator[None]:
+    """The runtime's boundary: an error of systemd, QEMU or the network, alone or in a
+    nursery's group, leaves as PeerError raised from it."""
+    try:
+        yield
+    except PEER_ERRORS as err:
+        raise PeerError(str(err)) from err
+    except BaseExceptionGroup as group:
+        if group.subgroup(PEER_ERRORS) is None:
+            raise
+        raise _as_peer_errors(group) from None
+
+
+def _as_peer_errors(group: BaseExceptionGroup[BaseException]) -> BaseExceptionGroup[BaseException]:
+    def converted(err: BaseException) -> BaseException:
+        if isinstance(err, BaseExceptionGroup):
+            return _as_peer_errors(err)
+        if isinstance(err, PEER_ERRORS):
+            peer = PeerError(str(err))
+            peer.__cause__ = err
+            return peer
+        return err
+
+    return group.derive([converted(e) for e in group.exceptions])
+
+
+@contextmanager
+def vm_failures(vm: str, unit: str, stage: Callable[[], Stage]) -> Iterator[None]:
+    """One VM's boundary: what fails it (systemd, QEMU, the network, a file) leaves as
+    VmError naming the VM, its unit and the stage it had reached."""
+    try:
+        yield
+    except VmError:
+        raise
+    except (*PEER_ERRORS, OSError) as err:
+        raise VmError(vm, stage(), unit, str(err)) from err
 
 
 def _event_log_writer(paths: ProjectPaths) -> Callable[[Event], None]:

@@ -203,3 +203,15 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
         ["bash", "-c", pipeline], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["ps", "stop", "inspect db", "network ls"])
+def test_no_systemd_to_talk_to_is_one_clear_error(command: str, project: Path) -> None:
+    """systemd's errors reach the user as ours (PeerError): one line, exit 1, no trace."""
+    gone = f"unix:path={project}/no-such-bus"
+    result = run(*command.split(), cwd=project, env={"DBUS_SESSION_BUS_ADDRESS": gone})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("qemu-compose: error: "), result.stderr
+    assert "no-such-bus" in result.stderr
+    assert "internal error" not in result.stderr
+    assert "Traceback" not in result.stderr
