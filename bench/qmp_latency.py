@@ -23,8 +23,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from orchestrator.supervisor.eventlog import EventLog
+from orchestrator.supervisor.service import log_session_event
 from qmp import open_session
-from qmp.eventlog import EventLog
 from qmp.supervisor import Supervisor
 from tests.support.qemu import Vm, short_tempdir
 
@@ -111,7 +112,11 @@ def raw_event_latency(vm: Vm, events: int) -> list[float]:
 
 async def log_event_latency(vm: Vm, directory: Path, events: int, poll: float) -> list[float]:
     log = EventLog(directory)
-    supervisor = Supervisor(log, vms={"vm": vm.supervision_socket}, retry_interval=0.01)
+    supervisor = Supervisor(
+        lambda name, _, event: log_session_event(log, name, event),
+        vms={"vm": vm.supervision_socket},
+        retry_interval=0.01,
+    )
     times = []
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run)

@@ -39,8 +39,8 @@ from orchestrator.progress import Event, Reporter, Stage, Status
 from orchestrator.runtime import NetworkRow, Settings, UpResult, VmRow
 from orchestrator.runtime.plan import Action
 from orchestrator.runtime.session import read_state
+from orchestrator.supervisor.eventlog import EventRecord
 from orchestrator.supervisor.watch import concerns, parse_since
-from qmp.eventlog import EventRecord
 
 EventCallback = Callable[[Event], None]
 
@@ -268,7 +268,7 @@ async def events(
                     break
     """
     from orchestrator.state.paths import ProjectPaths
-    from qmp.eventlog import EventLog
+    from orchestrator.supervisor.eventlog import EventLog
 
     start = parse_since(since)
     log = EventLog(ProjectPaths(project.state_dir, project.name).events_dir)

@@ -25,7 +25,7 @@ from orchestrator.guest.cloudinit import GuestConfig, Nic, default_user, instanc
 from orchestrator.guest.mounts import mount_layout
 from orchestrator.guest.qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
 from orchestrator.state.paths import VmPaths, vm_unit
-from orchestrator.supervisor.service import GIVE_UP_SIGNAL
+from orchestrator.supervisor.lifecycle import GIVE_UP_SIGNAL
 
 
 @dataclass(frozen=True, slots=True)

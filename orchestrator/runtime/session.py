@@ -20,8 +20,8 @@ from orchestrator.errors import PeerError, VmError
 from orchestrator.progress import Event, Reporter, Stage
 from orchestrator.state.files import ProjectLock, ProjectState, StateDir
 from orchestrator.state.paths import ProjectPaths
-from orchestrator.supervisor.service import write_supervised
-from qmp.eventlog import EventLog
+from orchestrator.supervisor.eventlog import EventLog
+from orchestrator.supervisor.supervised import write_supervised
 
 from .supervision import supervised_table
 

@@ -12,7 +12,7 @@ from orchestrator.config.topology import instances
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, supervisor_unit, vm_unit
-from orchestrator.supervisor.service import Watched, write_supervised
+from orchestrator.supervisor.supervised import Watched, write_supervised
 
 if TYPE_CHECKING:
     from .session import Session

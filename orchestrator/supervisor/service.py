@@ -2,19 +2,14 @@
 
 ``python -m orchestrator.supervisor --state-dir DIR --bus ADDRESS`` runs as
 ``qemu-compose-<project>-supervisor.service`` (``up`` starts it, restarted by systemd if it
-fails). It reads the VMs to watch from ``supervised-vms.json`` (``up`` and ``destroy`` rewrite
-it; it is re-read when it changes) and, for each of them:
+fails). It reads the VMs to watch from ``supervised-vms.json`` (re-read when it changes) and,
+for each of them:
 
-- holds a QMP session on the VM's supervision monitor and writes every event to the project's
-  event log (qmp.supervisor does that part);
+- holds a QMP session on the VM's supervision monitor (qmp.supervisor) and writes every event
+  of it to the project's event log;
 - writes every change of the VM unit's state (``UNIT_STATE``) to the event log;
-- applies the VM's ``restart:`` policy. A VM with a policy other than ``no`` runs with
-  ``-no-shutdown`` and ``-action panic=pause``: when its guest powers off or panics, QEMU stays,
-  paused, and the supervisor decides (`decide`): reset the guest in place and resume it, after
-  a backoff that doubles with each restart in the last ten minutes; or quit QEMU; or, when an
-  ``on-failure:N`` policy has used its N restarts, kill it (GIVE_UP_SIGNAL) so that its unit
-ends failed, and stays so. A
-  poweroff that someone asked for (``stop``: a POWERDOWN came first) is never restarted.
+- feeds the QMP events to the VM's lifecycle machine (lifecycle.py, which applies its
+  ``restart:`` policy) and carries out what it decides.
 
 A crash of QEMU itself is systemd's to restart (the VM unit's Restart=on-failure).
 """
@@ -23,14 +18,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import enum
 import logging
 import signal
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import trio
@@ -38,97 +29,25 @@ import trio
 import qmp
 import systemd_dbus
 from orchestrator.config.model import RestartPolicy
-from orchestrator.state.files import atomic_write
-from qmp.eventlog import EventLog
-from qmp.supervisor import CONNECTED, Supervisor, serve_until_signalled
+from qmp.events import QmpEvent
+from qmp.supervisor import SessionEvent, Supervisor
+
+from .eventlog import EventLog
+from .lifecycle import (
+    GIVE_UP_SIGNAL,
+    ActionDone,
+    Command,
+    GiveUp,
+    Input,
+    Quit,
+    Reset,
+    RestartDue,
+    ScheduleRestart,
+    VmLifecycle,
+)
+from .supervised import Watched, read_supervised
 
 log = logging.getLogger(__name__)
-
-# Giving up on a VM: a signal QEMU does not handle (it ends it, without a core dump) and that
-# systemd is told not to restart on (RestartPreventExitStatus=SIGPWR): the unit ends failed.
-GIVE_UP_SIGNAL = signal.SIGPWR
-RESTART_WINDOW = 600.0  # restarts further back than this no longer lengthen the backoff
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
-
-
-class Watched(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One VM the supervisor watches."""
-
-    qmp: str  # its supervision monitor's socket
-    unit: str
-    restart: str = "no"  # the compose file's restart: policy
-
-
-_decode_vms = msgspec.json.Decoder(dict[str, Watched]).decode
-
-
-def read_supervised(path: Path) -> dict[str, Watched]:
-    try:
-        return _decode_vms(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-
-
-def write_supervised(path: Path, vms: Mapping[str, Watched]) -> None:
-    atomic_write(path, msgspec.json.encode(dict(sorted(vms.items()))), mode=0o600)
-
-
-# -- the decision (pure) --------------------------------------------------------------------------
-
-
-class Ending(enum.Enum):
-    POWEROFF = "poweroff"  # the guest powered off by itself
-    PANIC = "panic"  # the guest's kernel panicked
-    REQUESTED = "requested"  # someone pressed the power button first (stop, destroy, ExecStop)
-
-
-class Act(enum.Enum):
-    RESTART = "restart"  # system_reset and cont, after the delay
-    QUIT = "quit"  # QEMU exits cleanly: the unit ends as a success
-    KILL = "kill"  # the unit ends failed: a panic nobody restarts
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    act: Act
-    delay: float = 0.0
-    why: str = ""
-
-
-def backoff(recent_restarts: int) -> float:
-    return min(BACKOFF_FIRST * 2.0**recent_restarts, BACKOFF_MAX)
-
-
-def decide(policy: RestartPolicy, ending: Ending, restarts: int, recent_restarts: int) -> Decision:
-    """What to do with a VM whose guest ended, under ``policy`` (docker compose's values).
-
-    ``restarts``: how many times the supervisor restarted it so far (for on-failure:N);
-    ``recent_restarts``: how many of them in the last RESTART_WINDOW seconds (the backoff).
-    """
-    if ending is Ending.REQUESTED:
-        return Decision(Act.QUIT, why="stop requested")
-    if ending is Ending.POWEROFF:
-        if policy.after_poweroff:
-            why = f"powered off, restart: {policy}"
-            return Decision(Act.RESTART, backoff(recent_restarts), why)
-        return Decision(Act.QUIT, why="powered off")
-    if policy.supervised:
-        if policy.max_restarts is not None and restarts >= policy.max_restarts:
-            return Decision(Act.KILL, why=f"panicked; {restarts} restarts used, restart: {policy}")
-        return Decision(Act.RESTART, backoff(recent_restarts), f"panicked, restart: {policy}")
-    return Decision(Act.KILL, why="panicked, restart: no")
-
-
-# -- the service ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _VmWatch:
-    requested: bool = False  # a POWERDOWN came: the next poweroff was asked for
-    busy: bool = False  # a decision is being carried out
-    restarts: list[float] = field(default_factory=list)  # when (time.monotonic())
-    generation: int = 0  # one more with each connection: a new QEMU (restarts are in place)
 
 
 class ProjectSupervisor:
@@ -145,8 +64,8 @@ class ProjectSupervisor:
         self.manager = manager
         self.rescan_interval = rescan_interval
         self.vms: dict[str, Watched] = {}
-        self._watches: dict[str, _VmWatch] = {}
-        self._qmp = Supervisor(event_log, on_event=self._on_event)
+        self._lifecycles: dict[str, VmLifecycle] = {}
+        self._qmp = Supervisor(self._on_session)
         self._nursery: trio.Nursery | None = None
         self._unit_watchers: dict[str, trio.CancelScope] = {}  # one task a unit
         self._logged_units: dict[str, tuple[str, str]] = {}
@@ -164,18 +83,19 @@ class ProjectSupervisor:
     def _reload(self) -> None:
         try:
             vms = read_supervised(self.vms_file)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as err:
+            policies = {name: RestartPolicy.parse(w.restart) for name, w in vms.items()}
+        except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as err:
             log.warning("cannot read %s (%s): keeping the VMs I have", self.vms_file, err)
             return
         if vms == self.vms:
             return
         self.vms = vms
         self._qmp.set_vms({name: w.qmp for name, w in vms.items()})
-        for name in vms:
-            self._watches.setdefault(name, _VmWatch())
-        for name in list(self._watches):
+        for name, policy in policies.items():  # a new QEMU brings its policy with it
+            self._lifecycles.setdefault(name, VmLifecycle(policy)).policy = policy
+        for name in list(self._lifecycles):
             if name not in vms:  # destroyed: a VM of that name later starts afresh
-                del self._watches[name]
+                del self._lifecycles[name]
         wanted = {w.unit: name for name, w in vms.items()}
         for unit in list(self._unit_watchers):
             if unit not in wanted:
@@ -194,93 +114,74 @@ class ProjectSupervisor:
                     self._log_unit(vm, status)
 
     def _log_unit(self, vm: str, status: systemd_dbus.UnitStatus) -> None:
-        now = (status.active_state, status.sub_state)
+        now = (status.active_state.value, status.sub_state)
         before = self._logged_units.get(status.name)
         unmade = not status.exists and now == ("inactive", "dead")
         if before == now or (before is None and unmade):
             return  # no change, or a unit not made yet
         self._logged_units[status.name] = now
-        data = {"unit": status.name, "active_state": str(now[0]), "sub_state": now[1]}
+        data = {"unit": status.name, "active_state": now[0], "sub_state": now[1]}
         if status.has_stopped and status.result:
             data["result"] = status.result
         self.event_log.append(vm, "UNIT_STATE", data, source="unit")
 
-    # -- restart policies -------------------------------------------------------------------
+    # -- QMP: the event log, and the lifecycle ----------------------------------------------
 
-    async def _on_event(
-        self, vm: str, session: qmp.QmpSession, event: str, data: dict[str, Any]
-    ) -> None:
-        watch = self._watches.setdefault(vm, _VmWatch())
-        ending: Ending | None = None
-        if event == CONNECTED:  # a new QEMU (or a new supervisor): start counting afresh
-            watch.generation += 1
-            watch.requested = watch.busy = False
-            watch.restarts.clear()
-            status = data.get("status")  # it may have ended while nobody watched
-            if status == "shutdown":
-                ending = Ending.POWEROFF
-            elif status == "guest-panicked":
-                ending = Ending.PANIC
-        elif event == "POWERDOWN":
-            watch.requested = True
-        elif event == "SHUTDOWN" and data.get("guest"):
-            if data.get("reason") == "guest-panic":
-                ending = Ending.PANIC
-            else:
-                ending = Ending.REQUESTED if watch.requested else Ending.POWEROFF
-        elif event == "GUEST_PANICKED" and data.get("action") == "pause":
-            ending = Ending.PANIC
-        spec = self.vms.get(vm)
-        if ending is None or spec is None or watch.busy or self._nursery is None:
-            return
-        policy = RestartPolicy.parse(spec.restart)
-        if not policy.supervised:  # QEMU ends by itself (no -no-shutdown): nothing to decide
-            return
-        now = time.monotonic()
-        recent = sum(1 for t in watch.restarts if now - t < RESTART_WINDOW)
-        decision = decide(policy, ending, len(watch.restarts), recent)
-        watch.busy = True
-        self._nursery.start_soon(self._carry_out, vm, session, decision, watch)
+    def _on_session(self, vm: str, session: qmp.QmpSession, event: SessionEvent) -> None:
+        log_session_event(self.event_log, vm, event)
+        self._feed(vm, session, event)
 
-    async def _carry_out(
-        self, vm: str, session: qmp.QmpSession, decision: Decision, watch: _VmWatch
-    ) -> None:
-        generation = watch.generation
+    def _feed(self, vm: str, session: qmp.QmpSession, event: Input) -> None:
+        lifecycle = self._lifecycles.get(vm)
+        if lifecycle is None or self._nursery is None:
+            return
+        for command in lifecycle.on(event, trio.current_time()):
+            self._nursery.start_soon(self._carry_out, vm, session, command)
+
+    async def _carry_out(self, vm: str, session: qmp.QmpSession, command: Command) -> None:
+        if isinstance(command, ScheduleRestart):
+            data = {"reason": command.reason, "attempt": command.attempt, "delay": command.delay}
+            self.event_log.append(vm, "RESTARTING", data, source="supervisor")
+            await trio.sleep_until(command.at)
+            self._feed(vm, session, RestartDue(command.generation))
+            return
         try:
-            if decision.act is Act.RESTART:
-                watch.restarts.append(time.monotonic())
-                attempt = len(watch.restarts)
-                self.event_log.append(
-                    vm,
-                    "RESTARTING",
-                    {"reason": decision.why, "attempt": attempt, "delay": decision.delay},
-                    source="supervisor",
-                )
-                await trio.sleep(decision.delay)
-                if watch.generation != generation:
-                    return  # replaced by a new QEMU while we waited: not ours to touch
-                if watch.requested:  # a stop came while we waited: it wants the VM off
-                    with contextlib.suppress(qmp.VmGoneError, qmp.SessionStateError):
-                        await session.execute("quit")
-                    return
+            if isinstance(command, Reset):
                 await session.execute("system_reset")
                 await session.execute("cont")
-                self.event_log.append(vm, "RESTARTED", {"attempt": attempt}, source="supervisor")
-            elif decision.act is Act.QUIT:
+                data = {"attempt": command.attempt}
+                self.event_log.append(vm, "RESTARTED", data, source="supervisor")
+            elif isinstance(command, Quit):
                 with contextlib.suppress(qmp.VmGoneError, qmp.SessionStateError):
                     await session.execute("quit")
-            else:
-                self.event_log.append(
-                    vm, "RESTART_GIVEN_UP", {"reason": decision.why}, source="supervisor"
-                )
+            elif isinstance(command, GiveUp):
+                data = {"reason": command.reason}
+                self.event_log.append(vm, "RESTART_GIVEN_UP", data, source="supervisor")
                 spec = self.vms.get(vm)
                 if spec is not None:
                     await self.manager.kill(spec.unit, GIVE_UP_SIGNAL)
         except (qmp.QmpError, systemd_dbus.SystemdError) as err:
             self.event_log.append(vm, "SUPERVISOR_ERROR", {"error": str(err)}, source="supervisor")
         finally:
-            if watch.generation == generation:
-                watch.busy = False
+            self._feed(vm, session, ActionDone(command.generation))
+
+
+def log_session_event(event_log: EventLog, vm: str, event: SessionEvent) -> None:
+    """A QMP event as QEMU sent it (with its timestamp), or the session's opening or end."""
+    if isinstance(event, QmpEvent):
+        event_log.append(vm, event.event, event.data(), qemu_time=event.timestamp)
+    else:
+        event_log.append(vm, event.name, event.data(), source="supervisor")
+
+
+async def serve_until_signalled(service: Callable[..., Awaitable[None]]) -> None:
+    """Run ``service`` (a task that reports ``started``) until SIGTERM or SIGINT, then stop."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 async def _main(state_dir: Path, bus: str) -> None:

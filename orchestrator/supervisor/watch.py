@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from orchestrator.config.quantities import parse_duration
 from orchestrator.errors import UsageError
-from qmp.eventlog import EventLog, EventRecord, record_json
+from orchestrator.supervisor.eventlog import EventLog, EventRecord, record_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,13 @@
-"""The project supervisor: its decisions (pure), then against real QEMUs run as real units."""
+"""The project supervisor against real QEMUs run as real units (its decisions: test_lifecycle)."""
 
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -12,75 +15,14 @@ import trio
 
 import qmp
 import systemd_dbus
-from orchestrator.config.model import RestartKind, RestartPolicy
-from orchestrator.supervisor.service import (
-    GIVE_UP_SIGNAL,
-    Act,
-    Ending,
-    ProjectSupervisor,
-    Watched,
-    backoff,
-    decide,
-    read_supervised,
-    write_supervised,
-)
-from qmp.eventlog import EventLog, EventRecord
+from orchestrator.state.paths import ProjectPaths
+from orchestrator.supervisor.eventlog import EventLog, EventRecord
+from orchestrator.supervisor.lifecycle import GIVE_UP_SIGNAL
+from orchestrator.supervisor.service import ProjectSupervisor
+from orchestrator.supervisor.supervised import Watched, read_supervised, write_supervised
 from systemd_dbus import ExtraProperty
 from tests.support.qemu import PANIC_CODE, POWEROFF_CODE, Vm, short_tempdir
 from tests.support.systemd_user import ManagerHandle
-
-# -- decisions ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("policy", "ending", "restarts", "act"),
-    [
-        ("no", Ending.POWEROFF, 0, Act.QUIT),
-        ("no", Ending.PANIC, 0, Act.KILL),
-        ("always", Ending.POWEROFF, 5, Act.RESTART),
-        ("unless-stopped", Ending.POWEROFF, 0, Act.RESTART),
-        ("always", Ending.PANIC, 100, Act.RESTART),
-        ("on-failure", Ending.POWEROFF, 0, Act.QUIT),  # a clean poweroff is no failure
-        ("on-failure", Ending.PANIC, 100, Act.RESTART),
-        ("on-failure:3", Ending.PANIC, 2, Act.RESTART),
-        ("on-failure:3", Ending.PANIC, 3, Act.KILL),
-        ("always", Ending.REQUESTED, 0, Act.QUIT),  # stop means stop
-        ("on-failure", Ending.REQUESTED, 0, Act.QUIT),
-    ],
-)
-def test_decide(policy: str, ending: Ending, restarts: int, act: Act) -> None:
-    assert decide(RestartPolicy.parse(policy), ending, restarts, restarts).act is act
-
-
-def test_backoff_doubles_up_to_a_ceiling() -> None:
-    assert [backoff(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    always = RestartPolicy.parse("always")
-    assert decide(always, Ending.POWEROFF, 9, 2).delay == 2.0  # only recent ones count
-
-
-@pytest.mark.parametrize(
-    ("text", "kind", "limit", "supervised", "after_poweroff"),
-    [
-        ("no", RestartKind.NO, None, False, False),
-        ("always", RestartKind.ALWAYS, None, True, True),
-        ("unless-stopped", RestartKind.UNLESS_STOPPED, None, True, True),
-        ("on-failure", RestartKind.ON_FAILURE, None, True, False),
-        ("on-failure:3", RestartKind.ON_FAILURE, 3, True, False),
-    ],
-)
-def test_restart_policies_parse_once_and_spell_back(
-    text: str, kind: RestartKind, limit: int | None, supervised: bool, after_poweroff: bool
-) -> None:
-    policy = RestartPolicy.parse(text)
-    assert (policy.kind, policy.max_restarts) == (kind, limit)
-    assert (policy.supervised, policy.after_poweroff) == (supervised, after_poweroff)
-    assert str(policy) == text
-
-
-@pytest.mark.parametrize("text", ["sometimes", "always:3", "on-failure:0", "on-failure:x", ""])
-def test_what_is_not_a_restart_policy(text: str) -> None:
-    with pytest.raises(ValueError, match="not a restart policy"):
-        RestartPolicy.parse(text)
 
 
 def test_supervised_vms_file_round_trip(tmp_path: Path) -> None:
@@ -220,3 +162,72 @@ async def test_a_guest_without_a_policy_ends_and_a_panic_fails_its_unit(rig: Rig
             await trio.sleep(0.1)
     assert states[1].result == "exit-code"  # -action panic=exit-failure
     assert not [r for r in rig.log.read() if r.event.startswith("RESTART")]
+
+
+def start_supervisor(state_dir: Path, bus: str) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "orchestrator.supervisor", "--state-dir", str(state_dir)]
+    return subprocess.Popen(
+        [*argv, "--bus", bus], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+@pytestmark_real
+async def test_a_restarted_supervisor_loses_no_event_sent_while_it_was_connected(
+    user_manager: ManagerHandle,
+) -> None:
+    """The project supervisor as its unit runs it, killed and started again: every event QEMU
+    sent while one of them was connected is in the log, numbered without a gap."""
+    state_dir = short_tempdir("qc-sup-")
+    paths = ProjectPaths(state_dir, "")
+    vm = Vm(state_dir, name="vm").start()
+    write_supervised(
+        paths.supervised_vms, {"vm": Watched(vm.supervision_socket, "qc-none.service")}
+    )
+    log = EventLog(paths.events_dir)
+    sent: list[float] = []  # QEMU timestamps of the events, as the control session saw them
+
+    async def toggle(times: int) -> None:
+        async with qmp.open_session(vm.control_socket) as control, control.events() as events:
+            for _ in range(times):
+                await control.execute("cont")
+                await control.execute("stop")
+            with trio.fail_after(10):
+                sent.extend([(await events.__anext__()).timestamp for _ in range(2 * times)])
+
+    async def wait_for(predicate: Callable[[list[EventRecord]], bool]) -> list[EventRecord]:
+        with trio.fail_after(20):
+            while not predicate(records := log.read()):
+                await trio.sleep(0.05)
+            return records
+
+    def connects(records: list[EventRecord]) -> int:
+        return sum(r.event == "QMP_CONNECTED" for r in records)
+
+    try:
+        async with qmp.asyncio_loop():
+            first = start_supervisor(state_dir, user_manager.bus_address)
+            try:
+                await wait_for(lambda rs: connects(rs) == 1)
+                await toggle(20)
+                await wait_for(lambda rs: len([r for r in rs if r.source == "qmp"]) == 40)
+            finally:
+                first.kill()  # no chance to clean up
+                first.wait()
+            await toggle(5)  # nobody supervises: these may be lost, and are not counted
+            unsupervised = set(sent[40:])
+            second = start_supervisor(state_dir, user_manager.bus_address)
+            try:
+                await wait_for(lambda rs: connects(rs) == 2)
+                await toggle(20)
+                records = await wait_for(
+                    lambda rs: len([r for r in rs if r.qemu_time in set(sent[50:])]) == 40
+                )
+            finally:
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(timeout=10) == 0
+    finally:
+        vm.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    logged = [r.qemu_time for r in records if r.source == "qmp"]
+    assert set(sent) - unsupervised <= set(logged)
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))

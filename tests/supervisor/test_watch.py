@@ -7,8 +7,8 @@ import datetime
 import pytest
 
 from orchestrator.errors import UsageError
+from orchestrator.supervisor.eventlog import EventRecord
 from orchestrator.supervisor.watch import Since, format_record, parse_since
-from qmp.eventlog import EventRecord
 
 NOW = 1_800_000_000.0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from qmp.eventlog import EventLog, EventRecord, record_json
+from orchestrator.supervisor.eventlog import EventLog, EventRecord, record_json
 
 
 def test_append_and_read(tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_writers_in_several_processes_number_without_gaps(tmp_path: Path) -> Non
         """
         import sys
         from pathlib import Path
-        from qmp.eventlog import EventLog
+        from orchestrator.supervisor.eventlog import EventLog
         log = EventLog(Path(sys.argv[1]), max_bytes=2000, keep=1000)
         for i in range(100):
             log.append(sys.argv[2], "TICK", {"i": i})
