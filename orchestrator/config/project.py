@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import msgspec
 from orchestrator.errors import ConfigError, Problem, ProjectNotFoundError
 
 from . import schema
+from .files import NamedFiles, read_named_files
 from .interpolation import InterpolationError, interpolate_tree, read_env_file
 from .model import ComposeFile
 from .normalize import Normalizer
@@ -42,6 +43,7 @@ class Project:
     compose_file: Path
     directory: Path  # relative paths in the file are resolved against this
     model: ComposeFile
+    files: NamedFiles = field(default_factory=NamedFiles)  # its scripts and user-data files
 
     @property
     def state_dir(self) -> Path:
@@ -118,6 +120,7 @@ def load_project(
         model = _convert(_pruned(data, flagged))
         if model is not None:
             validate(model, directory / STATE_DIRNAME, report)
+            problems += read_named_files(model, source)[1]
         raise ConfigError(_ordered(problems))
     model = _convert(data)
     if model is None:  # the schema check should have said why first
@@ -125,9 +128,11 @@ def load_project(
     name = _project_name(project_name, environ, model, directory, compose_file)
     model = msgspec.structs.replace(model, name=name)
     validate(model, directory / STATE_DIRNAME, report)
+    files, unreadable = read_named_files(model, source)
+    problems += unreadable
     if problems:
         raise ConfigError(_ordered(problems))
-    return Project(name=name, compose_file=compose_file, directory=directory, model=model)
+    return Project(name, compose_file, directory, model, files)
 
 
 def _convert(data: dict[str, Any]) -> ComposeFile | None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
-import yaml
 
 import netcfg
 from netcfg import Forward
@@ -231,9 +230,8 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         raise claimed
     forwards = claimed
     taps = {n: await netcfg.attach_tap(run.networks[n], name) for n in sorted(vm.networks)}
+    named = session.project.files
     extra = vm.cloud_init.user_data
-    if isinstance(extra, str):
-        extra = yaml.safe_load(Path(extra).read_text())
     accel = choose_accel(vm.accel, read_host_facts(), vm.cpu_model)
     launch = vm_launch(
         inst,
@@ -249,10 +247,10 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
             ssh_public_key=run.key.public_line,
             password_hash=run.password.crypt_hash,
             provision=[
-                step.inline if step.inline is not None else Path(step.script or "").read_text()
+                step.inline if step.inline is not None else named.scripts[step.script or ""]
                 for step in vm.provision
             ],
-            extra_user_data=extra if isinstance(extra, dict) else None,
+            extra_user_data=named.user_data[extra] if isinstance(extra, str) else extra,
             qemu=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64",
             python=sys.executable,
         ),

@@ -200,6 +200,41 @@ def test_inline_cloud_config_string_becomes_data(tmp_path: Path) -> None:
     assert vm.cloud_init.user_data == {"packages": ["nginx"]}
 
 
+def test_named_files_are_read_at_load_time(tmp_path: Path) -> None:
+    (tmp_path / "setup.sh").write_text("#!/bin/sh\necho set up\n")
+    (tmp_path / "user-data.yaml").write_text("#cloud-config\npackages: [nginx]\n")
+    text = (
+        "vms:\n  web:\n    provision: [{script: ./setup.sh}, {inline: echo two}]\n"
+        "    cloud_init: {user_data: ./user-data.yaml}\n  db:\n    provision: [{script: setup.sh}]\n"
+    )
+    project = load_project(write(tmp_path, text), environ={})
+    script, user_data = str(tmp_path / "setup.sh"), str(tmp_path / "user-data.yaml")
+    assert project.files.scripts == {script: "#!/bin/sh\necho set up\n"}  # read once for both
+    assert project.files.user_data == {user_data: {"packages": ["nginx"]}}
+    (tmp_path / "setup.sh").unlink()  # what up uses is what was read
+    assert project.files.scripts[script].endswith("set up\n")
+
+
+def test_a_user_data_file_that_is_not_yaml_is_pinned_in_that_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("#cloud-config\npackages: [nginx\n")
+    (tmp_path / "list.yaml").write_text("- not\n- a mapping\n")
+    text = (
+        "vms:\n  a: {cloud_init: {user_data: ./broken.yaml}}\n"
+        "  b: {cloud_init: {user_data: ./list.yaml}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_project(write(tmp_path, text), environ={})
+    broken, listed = sorted(caught.value.problems, key=lambda p: p.file.name)
+    assert (broken.file, broken.line) == (tmp_path / "broken.yaml", 3)
+    assert "invalid YAML" in broken.message
+    assert (listed.file.name, listed.line, listed.path) == (
+        "qemu-compose.yaml",
+        3,
+        "vms.b.cloud_init.user_data",
+    )
+    assert listed.message.endswith("list.yaml must be a mapping")
+
+
 def test_the_model_is_frozen(tmp_path: Path) -> None:
     vm = load_project(write(tmp_path, "vms: {a: {}}\n"), environ={}).model.vms["a"]
     with pytest.raises(AttributeError):

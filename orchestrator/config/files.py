@@ -1,0 +1,81 @@
+"""The files a compose file names, read when it is loaded: provision scripts and cloud-init
+user-data files.
+
+A file that is missing, unreadable, too large or not UTF-8, or (user-data) not a YAML mapping,
+is a problem of the field that names it, reported with the others; `up` never opens them, so
+it cannot fail half-way on a file that went missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError, Problem
+
+from .model import ComposeFile
+from .yamlsource import MAX_FILE_BYTES, PathKey, SourceMap, load_yaml
+
+
+@dataclass(frozen=True, slots=True)
+class NamedFiles:
+    scripts: Mapping[str, str] = field(default_factory=dict)  # path -> its text
+    user_data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # path -> config
+
+
+def read_named_files(model: ComposeFile, source: SourceMap) -> tuple[NamedFiles, list[Problem]]:
+    """Every provision script and user-data file of the model, read; the problems found."""
+    scripts: dict[str, str] = {}
+    user_data: dict[str, Mapping[str, Any]] = {}
+    problems: list[Problem] = []
+    for name, vm in model.vms.items():
+        for i, step in enumerate(vm.provision):
+            where: PathKey = ("vms", name, "provision", i, "script")
+            if step.script is not None and step.script not in scripts:
+                text = _read_text(Path(step.script))
+                if isinstance(text, str):
+                    scripts[step.script] = text
+                else:
+                    problems.append(source.problem(where, f"the provision script {text.message}"))
+        named = vm.cloud_init.user_data
+        if isinstance(named, str) and named not in user_data:
+            where = ("vms", name, "cloud_init", "user_data")
+            text = _read_text(Path(named))
+            if isinstance(text, _Unreadable):
+                problems.append(source.problem(where, f"the user-data file {text.message}"))
+                continue
+            try:
+                config, _ = load_yaml(text.removeprefix("\ufeff"), Path(named))
+            except ConfigError as err:  # in its own file, at its own line and column
+                problems.extend(err.problems)
+                continue
+            if isinstance(config, dict):
+                user_data[named] = config
+            else:
+                problems.append(
+                    source.problem(where, f"the cloud-config in {named} must be a mapping")
+                )
+    return NamedFiles(scripts, user_data), problems
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    message: str
+
+
+def _read_text(path: Path) -> str | _Unreadable:
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return _Unreadable(f"{path} does not exist")
+    except OSError as err:
+        return _Unreadable(f"{path} cannot be read: {err.strerror}")
+    if len(raw) > MAX_FILE_BYTES:
+        return _Unreadable(f"{path} is larger than {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _Unreadable(f"{path} is not valid UTF-8")
