@@ -15,16 +15,22 @@ if TYPE_CHECKING:
     from .errors import (
         ConfigError,
         LockHeldError,
+        PeerError,
         Problem,
         ProjectNotFoundError,
         QemuComposeError,
         StateError,
+        UsageError,
+        VmError,
     )
     from .state.files import ProjectLock, ProjectState, StateDir, atomic_write
 
 _EXPORTS = {
     "ConfigError": "errors",
     "LockHeldError": "errors",
+    "PeerError": "errors",
+    "UsageError": "errors",
+    "VmError": "errors",
     "Problem": "errors",
     "ProjectNotFoundError": "errors",
     "QemuComposeError": "errors",
@@ -47,6 +53,7 @@ __all__ = [
     "ConfigError",
     "LockHeldError",
     "Network",
+    "PeerError",
     "Problem",
     "Project",
     "ProjectLock",
@@ -55,7 +62,9 @@ __all__ = [
     "QemuComposeError",
     "StateDir",
     "StateError",
+    "UsageError",
     "Vm",
+    "VmError",
     "Volume",
     "atomic_write",
     "find_compose_file",

@@ -9,6 +9,8 @@ state, guest <- runtime, supervisor <- api <- cli; nothing points back up.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,14 +30,10 @@ NOT_IMPORTED = {
               "orchestrator.api"},
     "supervisor": {"orchestrator.runtime", "orchestrator.cli", "orchestrator.api"},
     "runtime": {"orchestrator.cli", "orchestrator.api"},
+    "api": {"orchestrator.cli"},
 }  # fmt: skip
-# the CLI drives VMs through orchestrator.api; of the runtime it uses only pure renderers
-# (the plan, inspect's text) and the host checks of `doctor`
-CLI_RUNTIME_ALLOWED = {
-    "orchestrator.runtime.plan",
-    "orchestrator.runtime.inspection",
-    "orchestrator.runtime.doctor",
-}
+# the CLI sits on the public API: orchestrator.api and the names orchestrator exports
+CLI_MAY_IMPORT = {"orchestrator", "orchestrator.api", "orchestrator.cli"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -90,16 +88,30 @@ def test_orchestrator_packages_follow_the_pipeline(package: str) -> None:
         assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
 
 
-def test_the_cli_drives_vms_through_the_api() -> None:
+def test_the_cli_uses_only_the_public_api() -> None:
     for path in (REPO / "orchestrator" / "cli").rglob("*.py"):
-        runtime = {m for m in imported_modules(path) if within(m, {"orchestrator.runtime"})}
-        bad = runtime - CLI_RUNTIME_ALLOWED
+        ours = {m for m in imported_modules(path) if top_level(m) == "orchestrator"}
+        bad = {m for m in ours if m not in CLI_MAY_IMPORT and not within(m, {"orchestrator.cli"})}
         assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+def test_importing_the_api_leaves_the_runtime_and_the_peers_alone() -> None:
+    """The CLI's fast commands (config, watch, logs) import the API: it must stay light."""
+    code = (
+        "import sys, orchestrator.api; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('trio', 'systemd_dbus', 'qmp', 'netcfg', 'dbus_fast', 'asyncssh', 'httpx') "
+        "or m.startswith('orchestrator.runtime.') and m != 'orchestrator.runtime.options'))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"
 
 
 def test_the_checker_sees_imports() -> None:
     """The test above would pass on an empty walk: make sure it reads real imports."""
     found = imported_modules(REPO / "systemd_dbus" / "manager.py")
     assert {"trio_asyncio", "dbus_fast", "dbus_fast.aio"} <= found
-    relative = imported_modules(REPO / "orchestrator" / "runtime" / "execute.py")
+    relative = imported_modules(REPO / "orchestrator" / "runtime" / "start.py")
     assert {"orchestrator.runtime.launch", "orchestrator.config.topology", "trio"} <= relative

@@ -18,7 +18,7 @@ from .app import cli
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: one clear message and an exit status, never a trace."""
-    from orchestrator.errors import QemuComposeError
+    from orchestrator import QemuComposeError
 
     debug = _debug_requested(argv if argv is not None else sys.argv[1:])
     logging.basicConfig(
@@ -65,7 +65,7 @@ def _debug_requested(argv: list[str]) -> bool:
 
 
 def _render_error(err: Exception) -> str:
-    from orchestrator.errors import ConfigError
+    from orchestrator import ConfigError
 
     if isinstance(err, ConfigError):
         files = {p.file for p in err.problems}

@@ -102,9 +102,9 @@ def config(
         for name in table:
             click.echo(name)
         return
-    from orchestrator.config.render import render_json, render_yaml
+    from orchestrator import api
 
-    sys.stdout.write(render_json(project) if fmt == "json" else render_yaml(project))
+    sys.stdout.write(api.format_config(project, fmt))
 
 
 @cli.command()
@@ -135,18 +135,18 @@ def doctor(fmt: str, bus: str) -> None:
     Every problem comes with the command that fixes it. Exits 1 when something required is
     missing; KVM, bridge networking and the other optional parts only warn.
     """
-    from orchestrator.runtime.doctor import evaluate, gather, render
+    from orchestrator import api
 
     from .runner import run
 
-    checks = evaluate(run(lambda: gather(bus)))
+    checks = run(lambda: api.doctor(bus=bus))
     if fmt == "json":
         import dataclasses
         import json
 
         click.echo(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
     else:
-        click.echo(render(checks), nl=False)
+        click.echo(api.format_checks(checks), nl=False)
     if any(c.verdict == "fail" and c.required for c in checks):
         sys.exit(1)
 

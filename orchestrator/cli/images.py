@@ -13,7 +13,7 @@ from .options import GlobalOptions
 if TYPE_CHECKING:
     import trio
 
-    from orchestrator.progress import Event
+    from orchestrator.api import Event
 
 
 @click.command()
@@ -32,8 +32,7 @@ def pull(opts: GlobalOptions, urls: tuple[str, ...], force: bool, progress: str)
 
     Downloads resume where they stopped and are checked against the file's checksums.
     """
-    from orchestrator.guest.pull import pull as pull_all
-    from orchestrator.progress import Reporter
+    from orchestrator import api
 
     from .progress import render_quiet, with_events
     from .runner import run
@@ -51,17 +50,11 @@ def pull(opts: GlobalOptions, urls: tuple[str, ...], force: bool, progress: str)
     if progress == "auto":
         progress = "tty" if sys.stderr.isatty() else "plain"
     render = {"tty": render_bars, "plain": render_lines, "quiet": render_quiet}[progress]
-    failures = run(
+    run(
         lambda: with_events(
-            render,
-            lambda on_event: pull_all(sources, force=force, report=Reporter(on_event)),
+            render, lambda on_event: api.pull(sources, force=force, on_event=on_event)
         )
     )
-    if failures:
-        from orchestrator.guest.images import ImageError
-
-        lines = "".join(f"\n  {url}: {why}" for url, why in failures.items())
-        raise ImageError(f"{len(failures)} of {len(sources)} images could not be pulled:{lines}")
 
 
 async def render_bars(events: trio.MemoryReceiveChannel[Event]) -> None:
@@ -75,7 +68,7 @@ async def render_bars(events: trio.MemoryReceiveChannel[Event]) -> None:
         TransferSpeedColumn,
     )
 
-    from orchestrator.progress import Status, Transfer
+    from orchestrator.api import Status, Transfer
 
     bars = Progress(
         TextColumn("{task.description}"),
@@ -99,7 +92,7 @@ async def render_bars(events: trio.MemoryReceiveChannel[Event]) -> None:
 
 async def render_lines(events: trio.MemoryReceiveChannel[Event], out: TextIO = sys.stderr) -> None:
     """A line per image at start and end, and every 10 % (or 5 s) in between."""
-    from orchestrator.progress import Status, Transfer
+    from orchestrator.api import Status, Transfer
 
     last: dict[str, tuple[int, float]] = {}
     async for event in events:
@@ -132,12 +125,12 @@ def image() -> None:
 )
 def image_ls(fmt: str) -> None:
     """List the cached images: name, size, format, source URL, last use, VMs built on them."""
-    from orchestrator.guest.images import UNKNOWN_USERS, list_images
+    from orchestrator import api
 
     from .tables import image_table, json_lines
 
-    rows = list_images()
-    sys.stdout.write(json_lines(rows) if fmt == "json" else image_table(rows, UNKNOWN_USERS))
+    rows = api.images()
+    sys.stdout.write(json_lines(rows) if fmt == "json" else image_table(rows))
 
 
 @image.command("rm")
@@ -145,12 +138,10 @@ def image_ls(fmt: str) -> None:
 @click.option("--force", is_flag=True, help="Also when VM disks are built on it (breaks them).")
 def image_rm(images: tuple[str, ...], force: bool) -> None:
     """Remove cached images, by name (as `image ls` shows) or URL."""
-    from orchestrator.guest.images import find_image, remove_image
+    from orchestrator import api
 
     for key in images:
-        info = find_image(key)
-        remove_image(info, force=force)
-        click.echo(f"removed {info.name}")
+        click.echo(f"removed {api.remove_image(key, force=force).name}")
 
 
 @image.command("prune")
@@ -161,8 +152,7 @@ def image_prune(opts: GlobalOptions, dry_run: bool) -> None:
 
     Images the compose file here names are kept too (when there is one).
     """
-    from orchestrator.errors import ProjectNotFoundError
-    from orchestrator.guest.images import list_images, prune
+    from orchestrator import ProjectNotFoundError, api
 
     keep: set[str] = set()
     try:
@@ -170,13 +160,11 @@ def image_prune(opts: GlobalOptions, dry_run: bool) -> None:
         keep = {vm.image.source for vm in model.vms.values() if vm.image is not None}
     except ProjectNotFoundError:
         pass
-    if dry_run:
-        for info in list_images():
-            if not info.in_use_by and info.source not in keep:
-                click.echo(f"would remove {info.name}")
-        return
-    removed = prune(keep=keep)
+    removed = api.prune_images(keep=keep, dry_run=dry_run)
     for info in removed:
-        click.echo(f"removed {info.name} ({info.size / (1 << 20):.1f}M)")
-    if not removed:
+        if dry_run:
+            click.echo(f"would remove {info.name}")
+        else:
+            click.echo(f"removed {info.name} ({info.size / (1 << 20):.1f}M)")
+    if not removed and not dry_run:
         click.echo("nothing to remove")

@@ -44,8 +44,7 @@ def ssh(opts: GlobalOptions, vm: str, command: tuple[str, ...]) -> None:
     import os
     import shutil
 
-    from orchestrator import api
-    from orchestrator.errors import UsageError
+    from orchestrator import UsageError, api
 
     argv = api.ssh_argv(opts.load(), vm, command)
     binary = shutil.which("ssh")
@@ -78,20 +77,27 @@ def watch(
     qemu-compose watch web --since 10m    # web's events of the last ten minutes, then new ones
     qemu-compose watch --json --since all --no-follow | jq .event
     """
-    from orchestrator.config.topology import select
-    from orchestrator.state.paths import ProjectPaths
-    from orchestrator.supervisor.watch import parse_since
-    from orchestrator.supervisor.watch import watch as follow_log
+    from orchestrator import api
 
     from .runner import run
 
     project = opts.load()
-    names = [i.name for i in select(project.model, vms, project=project.name)]
-    start = parse_since(since)
-    if no_follow and start.from_end:
-        start = parse_since("all")
-    events_dir = ProjectPaths(project.state_dir, project.name).events_dir
-    run(lambda: follow_log(events_dir, names, start, as_json=as_json, follow=not no_follow))
+
+    def show(record: api.EventRecord) -> None:
+        sys.stdout.write(api.format_record(record, as_json=as_json) + "\n")
+        sys.stdout.flush()
+
+    if no_follow:
+        for record in api.records(project, *vms, since=since):
+            show(record)
+        return
+
+    async def follow() -> None:
+        async with api.events(project, *vms, since=since) as records:
+            async for record in records:
+                show(record)
+
+    run(follow)
 
 
 @click.command()
@@ -105,7 +111,6 @@ def inspect(opts: GlobalOptions, vm: str, fmt: str) -> None:
     it (SSH, console with its password, logs)."""
     project = opts.load()
     from orchestrator import api
-    from orchestrator.runtime.inspection import render_inspect
 
     from .runner import run
 
@@ -115,7 +120,7 @@ def inspect(opts: GlobalOptions, vm: str, fmt: str) -> None:
 
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(render_inspect(info), nl=False)
+        click.echo(api.format_inspect(info), nl=False)
 
 
 @click.command()
@@ -133,27 +138,13 @@ def inspect(opts: GlobalOptions, vm: str, fmt: str) -> None:
 def logs(opts: GlobalOptions, vm: str, follow: bool, lines: int | None, source: str) -> None:
     """Print VM's serial console (everything since it was first powered on) and its unit's
     journal (QEMU's own messages)."""
-    from orchestrator.api import journal_dir
-    from orchestrator.config.topology import select_one
-    from orchestrator.guest.logs import show_logs
-    from orchestrator.state.paths import ProjectPaths, vm_unit
+    from orchestrator import api
 
     from .runner import run
 
     project = opts.load()
-    select_one(project.model, vm, project=project.name)
-    sources = frozenset({"console", "journal"} if source == "all" else {source})
-    run(
-        lambda: show_logs(
-            vm_unit(project.name, vm),
-            ProjectPaths(project.state_dir, project.name).vm(vm).console_log,
-            user=True,
-            journal_dir=journal_dir(),
-            follow=follow,
-            lines=lines,
-            sources=sources,
-        )
-    )
+    sources = ("console", "journal") if source == "all" else (source,)
+    run(lambda: api.logs(project, vm, follow=follow, lines=lines, sources=sources))
 
 
 @click.command()
@@ -164,12 +155,7 @@ def console(opts: GlobalOptions, vm: str) -> None:
 
     Log in as the VM's user with the console password that `inspect VM` shows.
     """
-    from orchestrator.config.topology import select_one
-    from orchestrator.guest.console import attach
-    from orchestrator.state.paths import ProjectPaths
+    from orchestrator import api
 
-    project = opts.load()
-    select_one(project.model, vm, project=project.name)
-    paths = ProjectPaths(project.state_dir, project.name).vm(vm)
-    why = attach(paths.console_socket, vm)
+    why = api.console(opts.load(), vm)
     click.echo(f"\r\nqemu-compose: {why}", err=True)

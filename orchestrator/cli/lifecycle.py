@@ -69,13 +69,12 @@ def up(
         raise click.UsageError("--no-recreate and --force-recreate exclude each other")
     project = opts.load()
     from orchestrator import api
-    from orchestrator.runtime.plan import render_plan
 
     from .progress import with_progress
     from .runner import run
 
     if dry_run:
-        actions = run(
+        up_plan = run(
             lambda: api.plan(
                 project,
                 *vms,
@@ -85,7 +84,7 @@ def up(
                 no_deps=no_deps,
             )
         )
-        click.echo(render_plan(actions), nl=False)
+        click.echo(api.format_plan(up_plan), nl=False)
         return
 
     async def bring_up() -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from orchestrator.config.project import Project
+    from orchestrator import Project
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,7 @@ class GlobalOptions:
     debug: bool
 
     def load(self) -> Project:
-        from orchestrator.config import load_project  # not the api: `config` stays light
+        from orchestrator import load_project
 
         return load_project(
             self.file, project_name=self.project_name, project_directory=self.project_directory

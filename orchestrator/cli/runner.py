@@ -13,7 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from orchestrator.errors import QemuComposeError
+from orchestrator import QemuComposeError
 
 T = TypeVar("T")
 

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.api import NetworkRow, VmRow
-    from orchestrator.guest.images import ImageInfo
+    from orchestrator.api import ImageInfo, NetworkRow, VmRow
 
 
 def vm_table(rows: Sequence[VmRow]) -> str:
@@ -38,14 +37,14 @@ def network_table(rows: Sequence[NetworkRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def image_table(rows: Sequence[ImageInfo], unknown_users: str) -> str:
+def image_table(rows: Sequence[ImageInfo]) -> str:
     lines = [f"{'NAME':<44} {'SIZE':>9} {'FORMAT':<7} {'LAST USED':<17} {'VMS':>3} SOURCE"]
     for row in rows:
         used = (
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row.last_used)) if row.last_used else "-"
         )
         size = f"{row.size / (1 << 20):.1f}M"
-        vms = "?" if row.in_use_by == [unknown_users] else str(len(row.in_use_by))
+        vms = "?" if row.users_unknown else str(len(row.in_use_by))
         lines.append(
             f"{row.name:<44} {size:>9} {row.format:<7} {used:<17} {vms:>3} {row.source or '-'}"
         )

@@ -59,6 +59,13 @@ def local_path(source: str) -> Path:
     return Path(source)
 
 
+def image_path(source: str, directory: Path | None = None) -> Path:
+    """The file an image is: its place in the cache for a URL, else the file it names."""
+    if is_remote(source):
+        return (directory or cache_dir()) / cache_name(source)
+    return local_path(source)
+
+
 @dataclass(frozen=True, slots=True)
 class Checksum:
     algorithm: str  # sha256 or sha512
@@ -188,6 +195,11 @@ class ImageInfo(msgspec.Struct, frozen=True, kw_only=True):
     last_used: float | None
     in_use_by: list[str]  # VM disks that use it as their backing file
 
+    @property
+    def users_unknown(self) -> bool:
+        """Cached by an older version, without an index entry: who uses it is not known."""
+        return self.in_use_by == [UNKNOWN_USERS]
+
 
 def _meta_path(image: Path) -> Path:
     return image.with_name(image.name + ".json")
@@ -313,7 +325,7 @@ def find_image(key: str, directory: Path | None = None) -> ImageInfo:
 
 def remove_image(info: ImageInfo, *, force: bool = False) -> None:
     """Delete a cached image and its index entry; refused while a VM disk is built on it."""
-    if info.in_use_by and info.in_use_by != [UNKNOWN_USERS] and not force:
+    if info.in_use_by and not info.users_unknown and not force:
         raise ImageError(
             f"{info.name} is the base of {', '.join(info.in_use_by)}: destroy those VMs first "
             "(or --force, which breaks them)"

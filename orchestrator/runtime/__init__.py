@@ -1,25 +1,66 @@
 """The runtime: one session per command against systemd, QEMU and the guests.
 
 observe -> plan (pure) -> execute: `up`; teardown: `stop`, `destroy`, `network rm`; queries:
-`ps`, `network ls`, `inspect`. Only commands that act import it (the CLI starts fast).
+`ps`, `network ls`, `inspect`. Names are imported on first use: importing the package (or its
+options) does not pull systemd, QEMU and the network in (the CLI starts fast).
 """
 
-from .execute import UpError, UpResult, up
-from .query import NetworkRow, VmRow, networks, ps
-from .session import DEFAULT_READY_TIMEOUT, Settings
-from .teardown import destroy, remove_networks, stop
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .execute import UpError, UpResult, dry_run, up
+    from .options import DEFAULT_READY_TIMEOUT, Connection, PlanOptions, UpOptions
+    from .plan import Action, ActionKind, UpPlan
+    from .query import NetworkRow, VmRow, networks, ps
+    from .teardown import destroy, remove_networks, stop
+
+_EXPORTS = {
+    "UpError": "execute",
+    "UpResult": "execute",
+    "dry_run": "execute",
+    "up": "execute",
+    "DEFAULT_READY_TIMEOUT": "options",
+    "Connection": "options",
+    "PlanOptions": "options",
+    "UpOptions": "options",
+    "Action": "plan",
+    "ActionKind": "plan",
+    "UpPlan": "plan",
+    "NetworkRow": "query",
+    "VmRow": "query",
+    "networks": "query",
+    "ps": "query",
+    "destroy": "teardown",
+    "remove_networks": "teardown",
+    "stop": "teardown",
+}
 __all__ = [
     "DEFAULT_READY_TIMEOUT",
+    "Action",
+    "ActionKind",
+    "Connection",
     "NetworkRow",
-    "Settings",
+    "PlanOptions",
     "UpError",
+    "UpOptions",
+    "UpPlan",
     "UpResult",
     "VmRow",
     "destroy",
+    "dry_run",
     "networks",
     "ps",
     "remove_networks",
     "stop",
     "up",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator.runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -19,20 +19,21 @@ from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, dependencies, select_one
 from orchestrator.errors import StateError
 from orchestrator.guest.cloudinit import default_user, detect_os
-from orchestrator.guest.images import cache_dir, cache_name, is_remote, local_path
+from orchestrator.guest.images import image_path
 from orchestrator.guest.secrets import ConsolePassword, read_console_password
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, VmPaths, dnsmasq_unit, vm_unit
 
+from .options import Connection
 from .query import VmRow, vm_rows
-from .session import Settings, open_session
+from .session import open_session
 
 
-async def inspect(project: Project, settings: Settings, name: str) -> dict[str, Any]:
+async def inspect(project: Project, connection: Connection, name: str) -> dict[str, Any]:
     inst = select_one(project.model, name, project=project.name)
     vm, unit = inst.vm, vm_unit(project.name, name)
-    async with open_session(project, settings, Reporter(), lock=False) as session:
+    async with open_session(project, connection, Reporter(), lock=False) as session:
         [row] = await vm_rows(session, [name])
         status = await session.manager.status(unit)
         dhcp = {
@@ -82,7 +83,7 @@ async def inspect(project: Project, settings: Settings, name: str) -> dict[str, 
         "provision": [p.script or _first_line(p.inline or "") for p in vm.provision],
         "depends_on": {n: d.condition for n, d in dependencies(project.model, inst).items()},
         "healthcheck": vm.healthcheck.test if vm.healthcheck and vm.healthcheck.test else None,
-        **_access(inst, paths, user, row.ssh_port, password, settings.bus),
+        **_access(inst, paths, user, row.ssh_port, password, connection.bus),
     }
 
 
@@ -104,9 +105,7 @@ def _config(inst: Instance, image: str | None, user: str) -> dict[str, Any]:
 
 
 def _disk(vm: Vm, mine: VmPaths, image: str | None) -> dict[str, Any]:
-    base = None
-    if image is not None:
-        base = str(cache_dir() / cache_name(image) if is_remote(image) else local_path(image))
+    base = str(image_path(image)) if image is not None else None
     return {
         "size": vm.disk.size or ("the image's" if image else None),
         "instance_disk": str(mine.disk) if mine.disk.exists() else None,

@@ -1,10 +1,11 @@
 """Decide first, then act: what `up` will do, from the desired and the observed state. Pure.
 
 The desired state is the compose model with replicas expanded into VM instances; the
-observed state is what systemd and the state directory say of each instance. The plan is a
-list of actions, each with its cause, that `up --dry-run` prints and the runtime executes.
-A VM whose configuration changed (a hash of everything that shapes it) is recreated, as
-docker compose does; an unchanged running one is left alone.
+observed state is what systemd and the state directory say of each instance, and which
+images, volumes, networks and supervisor are there. The plan (UpPlan) is the VMs' actions,
+each with its cause, and the steps for what they need: `up --dry-run` prints it and the
+runtime executes it. A VM whose configuration changed (a hash of everything that shapes it)
+is recreated, as docker compose does; an unchanged running one is left alone.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
-from orchestrator.config.model import ComposeFile
+from orchestrator.config.model import ComposeFile, Vm
 from orchestrator.config.topology import Instance, instances
+from orchestrator.guest.images import is_remote
 from systemd_dbus import ActiveState
 
 
@@ -37,11 +39,15 @@ def config_hash(compose: ComposeFile, instance: Instance) -> str:
     return hashlib.sha256(msgspec.json.encode(related, order="sorted")).hexdigest()[:16]
 
 
+PortClaim = tuple[str, Vm, int | None]  # VM, its definition, the SSH port it had last time
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
     unit: ActiveState | None = None  # its unit's state; None: systemd has no such unit
     created: bool = False  # its disk (or state entry) exists
     config_hash: str | None = None
+    ssh_port: int | None = None  # the host port its SSH had last time
 
     @property
     def running(self) -> bool:
@@ -112,3 +118,146 @@ def render_plan(actions: Sequence[Action]) -> str:
         return "nothing to do\n"
     width = max(len(a.vm) for a in actions)
     return "".join(f"{a.vm:<{width}}  {a.kind.value:<8}  {a.cause}\n" for a in actions)
+
+
+# -- the whole of `up`: the VMs and what they need -------------------------------------------------
+
+
+class StepKind(enum.StrEnum):
+    FETCH = "fetch"  # an image not in the cache yet
+    USE = "use"  # an image in the cache (verified), or a local file
+    CREATE = "create"
+    KEEP = "keep"
+    START = "start"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What is there of what the VMs need (observed)."""
+
+    cached_images: frozenset[str] = frozenset()  # sources whose file is here
+    volumes: frozenset[str] = frozenset()  # named volumes that exist
+    subnets: Mapping[str, str] = field(default_factory=dict)  # networks created: subnet
+    supervisor_running: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImageStep:
+    source: str
+    checksum: str | None
+    kind: StepKind  # FETCH or USE
+    found: bool  # its file is here (in the cache, or where a local image's path says)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeStep:
+    name: str
+    size: str
+    kind: StepKind  # CREATE or KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkStep:
+    name: str
+    subnet: str  # the one it has, or what the file asks for ("auto")
+    kind: StepKind  # CREATE or KEEP (made again if its bridge or dnsmasq went away)
+
+
+@dataclass(frozen=True, slots=True)
+class UpPlan:
+    actions: tuple[Action, ...]
+    images: tuple[ImageStep, ...] = ()
+    volumes: tuple[VolumeStep, ...] = ()
+    networks: tuple[NetworkStep, ...] = ()
+    supervisor: StepKind | None = None  # START, KEEP (it runs), None: no VM to watch
+    ports: tuple[PortClaim, ...] = ()  # VMs that claim host ports as they start
+
+
+def plan_up(
+    compose: ComposeFile,
+    observed: Mapping[str, Observed],
+    resources: Resources,
+    *,
+    selected: Iterable[Instance] | None = None,
+    no_recreate: bool = False,
+    force_recreate: bool = False,
+    remove_orphans: bool = False,
+) -> UpPlan:
+    """The VMs' actions (`plan`) and the steps for the images, volumes and networks of those
+    it keeps or starts, the supervisor, and the port claims of those it starts."""
+    actions = plan(
+        compose,
+        observed,
+        selected=selected,
+        no_recreate=no_recreate,
+        force_recreate=force_recreate,
+        remove_orphans=remove_orphans,
+    )
+    by_name = {i.name: i for i in instances(compose)}
+    chosen = [by_name[a.vm] for a in actions if a.vm in by_name]
+    sources = {i.vm.image.source: i.vm.image.checksum for i in chosen if i.vm.image is not None}
+    volumes = sorted({m.source for i in chosen for m in i.vm.volumes if m.type == "volume"})
+    networks = sorted({n for i in chosen for n in i.vm.networks})
+    return UpPlan(
+        actions=tuple(actions),
+        images=tuple(
+            ImageStep(s, c, StepKind.FETCH if is_remote(s) and not here else StepKind.USE, here)
+            for s, c in sources.items()
+            for here in [s in resources.cached_images]
+        ),
+        volumes=tuple(
+            VolumeStep(
+                n,
+                compose.volumes[n].size,
+                StepKind.KEEP if n in resources.volumes else StepKind.CREATE,
+            )
+            for n in volumes
+        ),
+        networks=tuple(
+            NetworkStep(n, resources.subnets[n], StepKind.KEEP)
+            if n in resources.subnets
+            else NetworkStep(n, compose.networks[n].subnet, StepKind.CREATE)
+            for n in networks
+        ),
+        supervisor=(
+            None
+            if not chosen
+            else StepKind.KEEP
+            if resources.supervisor_running
+            else StepKind.START
+        ),
+        ports=tuple(
+            (a.vm, by_name[a.vm].vm, observed[a.vm].ssh_port if a.vm in observed else None)
+            for a in actions
+            if a.vm in by_name and a.kind in (ActionKind.CREATE, ActionKind.START)
+        ),  # a recreated VM holds its ports until it is stopped: it claims them then
+    )
+
+
+def render_up_plan(up_plan: UpPlan) -> str:
+    """`up --dry-run`: what the VMs need, then the VMs, a line each with its cause."""
+    rows = [
+        (f"image:{_file_name(s.source)}", s.kind.value, _image_cause(s)) for s in up_plan.images
+    ]
+    rows += [(f"volume:{v.name}", v.kind.value, v.size) for v in up_plan.volumes]
+    rows += [(f"network:{n.name}", n.kind.value, n.subnet) for n in up_plan.networks]
+    if up_plan.supervisor is not None:
+        running = up_plan.supervisor is StepKind.KEEP
+        rows.append(
+            ("(supervisor)", up_plan.supervisor.value, "running" if running else "not running")
+        )
+    rows += [(a.vm, a.kind.value, a.cause) for a in up_plan.actions]
+    if not rows:
+        return "nothing to do\n"
+    width = max(len(name) for name, _, _ in rows)
+    return "".join(f"{name:<{width}}  {kind:<8}  {cause}\n" for name, kind, cause in rows)
+
+
+def _file_name(source: str) -> str:
+    return source.rstrip("/").rsplit("/", 1)[-1] or source
+
+
+def _image_cause(step: ImageStep) -> str:
+    if not is_remote(step.source):
+        return f"{step.source} ({'a local file' if step.found else 'missing: no such file'})"
+    return f"{step.source} ({'in' if step.found else 'not in'} the cache)"

@@ -8,7 +8,7 @@ import netcfg
 from netcfg import Forward
 from orchestrator.config.model import Vm
 
-PortClaim = tuple[str, Vm, int | None]  # VM, its definition, the SSH port it had last time
+from .plan import PortClaim
 
 
 def claim_ports(

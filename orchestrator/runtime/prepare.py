@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -19,12 +19,13 @@ from orchestrator.guest.images import fetch, is_remote, record_use
 from orchestrator.progress import Event, Reporter, Stage, Status, Transfer
 from orchestrator.state.paths import dnsmasq_unit
 
+from .plan import ImageStep, StepKind, VolumeStep
 from .session import Session
 
 
-async def prepare_images(session: Session, chosen: Sequence[Instance]) -> dict[str, Path]:
-    """Every image of ``chosen``, fetched (in parallel) or found: {source: local path}."""
-    sources = {i.vm.image.source: i.vm.image.checksum for i in chosen if i.vm.image is not None}
+async def prepare_images(session: Session, steps: Sequence[ImageStep]) -> dict[str, Path]:
+    """Every image of the plan, fetched (in parallel) or found, and verified against its
+    checksum: {source: local path}."""
     images: dict[str, Path] = {}
     report = session.report
 
@@ -37,8 +38,8 @@ async def prepare_images(session: Session, chosen: Sequence[Instance]) -> dict[s
         report("", Stage.IMAGE, Status.DONE, str(images[source]))
 
     async with trio.open_nursery() as nursery:
-        for source, checksum in sources.items():
-            nursery.start_soon(one, source, checksum)
+        for step in steps:
+            nursery.start_soon(one, step.source, step.checksum)
     return images
 
 
@@ -56,66 +57,36 @@ def _in_percent(report: Reporter, source: str) -> Reporter:
     return Reporter(step)
 
 
-async def prepare_volumes(session: Session, chosen: Sequence[Instance]) -> None:
-    """The named volumes of ``chosen`` that do not exist yet, created (ext4, without root)."""
-    volumes = session.project.model.volumes
-    names = {m.source for i in chosen for m in i.vm.volumes if m.type == "volume"}
-    for name in sorted(names):
-        path = session.paths.volume(name)
-        if not path.exists():
-            session.report("", Stage.VOLUME, Status.WORKING, name)
-            await create_volume(path, parse_size(volumes[name].size), name)
-            session.report("", Stage.VOLUME, Status.DONE, f"{name} ({volumes[name].size})")
+async def prepare_volumes(session: Session, steps: Sequence[VolumeStep]) -> None:
+    """The named volumes the plan creates, made (ext4, without root)."""
+    for step in steps:
+        if step.kind is StepKind.CREATE:
+            session.report("", Stage.VOLUME, Status.WORKING, step.name)
+            await create_volume(session.paths.volume(step.name), parse_size(step.size), step.name)
+            session.report("", Stage.VOLUME, Status.DONE, f"{step.name} ({step.size})")
 
 
 async def prepare_networks(
-    session: Session, chosen: Sequence[Instance]
+    session: Session, used: Sequence[str]
 ) -> dict[str, netcfg.BridgeNetwork]:
-    """The bridge networks ``chosen`` are on: subnets and addresses allocated (kept across
-    runs), bridge and NAT made, dnsmasq running with every member's reservation."""
-    model = session.project.model
-    state = session.state
-    used = sorted({n for i in chosen for n in i.vm.networks})
+    """The bridge networks named: subnets and addresses allocated (kept across runs), bridge
+    and NAT made, dnsmasq running with every member's reservation."""
     if not used:
         return {}
     netcfg.require_net_admin()
-    project = session.project.name
-    own_bridges = [netcfg.bridge_name(project, n) for n in model.networks]
-    host = await netcfg.host_subnets(exclude=own_bridges)
-    with netcfg.Registry().claims() as claims:
-        avoid = host + [ipaddress.IPv4Network(s) for s in claims.subnets_of_others(project)]
-        previous = {n: ipaddress.IPv4Network(s) for n, s in state.subnets.items()}
-        subnets = netcfg.allocate_subnets(
-            [netcfg.SubnetRequest(n, model.networks[n].subnet) for n in used],
-            previous=previous,
-            avoid=avoid,
-        )
-        for name, subnet in subnets.items():
-            claims.subnets[f"{project}/{name}"] = str(subnet)
-            state.subnets[name] = str(subnet)
-    everyone = instances(model)  # addresses for all VMs of a network, not only these
-    macs = netcfg.assign_macs(project, [(i.name, n) for i in everyone for n in i.vm.networks])
+    subnets = await _allocate_subnets(session, used)
+    everyone = instances(session.project.model)  # addresses for all VMs of a network
+    macs = netcfg.assign_macs(
+        session.project.name, [(i.name, n) for i in everyone for n in i.vm.networks]
+    )
     networks = {}
     for name in used:
-        members = [i for i in everyone if name in i.vm.networks]
-        previous_ips = {
-            vm: ipaddress.IPv4Address(a) for vm, a in state.addresses.get(name, {}).items()
-        }
-        addresses = netcfg.assign_addresses(
-            subnets[name],
-            [(i.name, i.vm.networks[name].ipv4_address) for i in members],
-            previous=previous_ips,
+        hosts = _hosts(
+            session, name, subnets[name], [i for i in everyone if name in i.vm.networks], macs
         )
-        state.addresses[name] = {vm: str(a) for vm, a in addresses.items()}
-        hosts = [
-            netcfg.Host(
-                i.name, i.vm.networks[name].mac_address or macs[(i.name, name)], addresses[i.name]
-            )
-            for i in members
-        ]
-        spec = model.networks[name]
+        spec = session.project.model.networks[name]
         network = netcfg.BridgeNetwork(
-            project=project,
+            project=session.project.name,
             name=name,
             subnet=subnets[name],
             directory=session.paths.network_dir(name),
@@ -130,6 +101,50 @@ async def prepare_networks(
         )
     session.store.save()
     return networks
+
+
+async def _allocate_subnets(
+    session: Session, used: Sequence[str]
+) -> dict[str, ipaddress.IPv4Network]:
+    """A subnet for each network: the one it had, the file's, or a free /24 that neither the
+    host's interfaces nor another project use; claimed across projects, kept in the state."""
+    model, state, project = session.project.model, session.state, session.project.name
+    own_bridges = [netcfg.bridge_name(project, n) for n in model.networks]
+    host = await netcfg.host_subnets(exclude=own_bridges)
+    with netcfg.Registry().claims() as claims:
+        avoid = host + [ipaddress.IPv4Network(s) for s in claims.subnets_of_others(project)]
+        previous = {n: ipaddress.IPv4Network(s) for n, s in state.subnets.items()}
+        subnets = netcfg.allocate_subnets(
+            [netcfg.SubnetRequest(n, model.networks[n].subnet) for n in used],
+            previous=previous,
+            avoid=avoid,
+        )
+        for name, subnet in subnets.items():
+            claims.subnets[f"{project}/{name}"] = str(subnet)
+            state.subnets[name] = str(subnet)
+    return subnets
+
+
+def _hosts(
+    session: Session,
+    network: str,
+    subnet: ipaddress.IPv4Network,
+    members: Sequence[Instance],
+    macs: Mapping[tuple[str, str], str],
+) -> list[netcfg.Host]:
+    """The DHCP reservations of a network's members (addresses kept across runs)."""
+    state = session.state
+    previous = {vm: ipaddress.IPv4Address(a) for vm, a in state.addresses.get(network, {}).items()}
+    addresses = netcfg.assign_addresses(
+        subnet, [(i.name, i.vm.networks[network].ipv4_address) for i in members], previous=previous
+    )
+    state.addresses[network] = {vm: str(a) for vm, a in addresses.items()}
+    return [
+        netcfg.Host(
+            i.name, i.vm.networks[network].mac_address or macs[(i.name, network)], addresses[i.name]
+        )
+        for i in members
+    ]
 
 
 def _dnsmasq_starter(session: Session, network: str) -> netcfg.network.StartDnsmasq:

@@ -20,8 +20,9 @@ from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, vm_unit
 
 from .launch import probes_ssh
 from .observe import unit_states
+from .options import Connection
 from .readiness import ssh_target
-from .session import Session, Settings, open_session
+from .session import Session, open_session
 from .teardown import networks_in_use
 
 
@@ -37,10 +38,12 @@ class VmRow:
     ssh_port: int | None
 
 
-async def ps(project: Project, settings: Settings, *, all_vms: bool = True) -> list[VmRow]:
+async def ps(
+    project: Project, vms: Sequence[str], connection: Connection, *, all_vms: bool = True
+) -> list[VmRow]:
     """The status of every VM; SSH probed in parallel (2 s each) for running ones."""
-    async with open_session(project, settings, Reporter(), lock=False) as session:
-        rows = await vm_rows(session, session.names(settings.services))
+    async with open_session(project, connection, Reporter(), lock=False) as session:
+        rows = await vm_rows(session, session.names(vms))
         return rows if all_vms else [r for r in rows if r.status not in ("not-created", "stopped")]
 
 
@@ -101,9 +104,9 @@ class NetworkRow:
     in_file: bool  # False: an orphan, left by an earlier version of the file
 
 
-async def networks(project: Project, settings: Settings) -> list[NetworkRow]:
+async def networks(project: Project, connection: Connection) -> list[NetworkRow]:
     """The project's networks: those of the file and those still created."""
-    async with open_session(project, settings, Reporter(), lock=False) as session:
+    async with open_session(project, connection, Reporter(), lock=False) as session:
         in_use = networks_in_use(session.state)
         rows = []
         for name in sorted(set(project.model.networks) | set(session.state.subnets)):

@@ -107,8 +107,8 @@ async def wait_running(session: Session, inst: Instance) -> None:
         status = ended[0]
         journal = await systemd_dbus.last_lines(
             unit,
-            user=session.settings.bus != "system",
-            directory=session.settings.journal_dir,
+            user=session.connection.bus != "system",
+            directory=session.connection.journal_dir,
             pid=status.exec_main_pid,
         )
         lines = "".join(f"\n    {line}" for line in journal[-10:])
@@ -130,15 +130,15 @@ def ssh_target(project: Project, inst: Instance, state: ProjectState) -> probe.S
     return probe.SshTarget("127.0.0.1", saved.ssh_port, user, paths.ssh_dir / "id_ed25519")
 
 
-async def wait_ready(session: Session, inst: Instance) -> None:
+async def wait_ready(session: Session, inst: Instance, timeout: float) -> None:
     """Until SSH answers and cloud-init is done, then until the healthcheck passes."""
     vm = inst.vm
-    if not session.settings.wait or not probes_ssh(vm):
+    if not probes_ssh(vm):
         return
     target = ssh_target(session.project, inst, session.state)
     assert target is not None
     session.report(inst.name, Stage.SSH, Status.WORKING, f"{target.user}@127.0.0.1:{target.port}")
-    with trio.fail_after(session.settings.ready_timeout):
+    with trio.fail_after(timeout):
         await probe.wait_ready(target)
     session.report(inst.name, Stage.SSH, Status.DONE)
     check = vm.healthcheck
@@ -150,7 +150,7 @@ async def wait_ready(session: Session, inst: Instance) -> None:
         return await probe.passes(target, command, timeout=timeout)
 
     session.report(inst.name, Stage.HEALTH, Status.WORKING, command)
-    with trio.fail_after(session.settings.ready_timeout):
+    with trio.fail_after(timeout):
         await until_healthy(HealthRules.of(check), passes, what=repr(command))
     session.report(inst.name, Stage.HEALTH, Status.DONE, "healthy")
 

@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -23,30 +22,14 @@ from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.eventlog import EventLog
 from orchestrator.supervisor.supervised import write_supervised
 
+from .options import Connection
 from .supervision import supervised_table
 
 # The roots of the leaf packages' errors: past the runtime they are PeerError (or VmError)
 PEER_ERRORS = (systemd_dbus.SystemdError, qmp.QmpError, netcfg.NetcfgError)
-DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
 # systemd answers in milliseconds, but a host whose CPUs are all busy starting a hundred TCG
 # guests can keep it from answering for more than the default 10 s
 CALL_TIMEOUT = 60.0
-
-
-@dataclass
-class Settings:
-    services: Sequence[str] = ()
-    wait: bool = True  # until ready (SSH, healthchecks), not only started
-    ready_timeout: float = DEFAULT_READY_TIMEOUT
-    parallel: int | None = None
-    no_recreate: bool = False
-    force_recreate: bool = False
-    remove_orphans: bool = False
-    no_deps: bool = False  # only the VMs named, not what they depend on
-    keep_config: bool = False  # restart: a VM keeps its recorded config hash (`up` applies)
-    wait_lock: bool = False
-    bus: str = "user"
-    journal_dir: Path | None = None
 
 
 @dataclass
@@ -110,7 +93,7 @@ class Session:
     paths: ProjectPaths
     manager: systemd_dbus.SystemdManager
     report: Reporter
-    settings: Settings
+    connection: Connection
     store: Store
 
     @property
@@ -134,7 +117,7 @@ def read_state(project: Project) -> ProjectState:
 
 @asynccontextmanager
 async def open_session(
-    project: Project, settings: Settings, report: Reporter, *, lock: bool = True
+    project: Project, connection: Connection, report: Reporter, *, lock: bool = True
 ) -> AsyncIterator[Session]:
     """The project locked (unless only reading), its state read, systemd connected.
 
@@ -146,7 +129,7 @@ async def open_session(
     if lock:
         state_dir.ensure()
         held = ProjectLock(state_dir.path)
-        await held.acquire(wait=settings.wait_lock)
+        await held.acquire(wait=connection.wait_lock)
     try:
         state = read_state(project)
         if lock:
@@ -156,7 +139,7 @@ async def open_session(
             async with (
                 qmp.asyncio_loop(),
                 systemd_dbus.connect(
-                    settings.bus, journal_dir=settings.journal_dir, call_timeout=CALL_TIMEOUT
+                    connection.bus, journal_dir=connection.journal_dir, call_timeout=CALL_TIMEOUT
                 ) as manager,
             ):
                 yield Session(
@@ -164,7 +147,7 @@ async def open_session(
                     paths=paths,
                     manager=manager,
                     report=report.also(_event_log_writer(paths)) if lock else report,
-                    settings=settings,
+                    connection=connection,
                     store=Store(project, paths, state_dir, state),
                 )
     finally:

@@ -53,7 +53,7 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
         await session.manager.reset_failed(unit)
     argv = [sys.executable, "-m", "orchestrator.supervisor"]
     argv += ["--state-dir", str(session.project.state_dir)]
-    argv += ["--bus", _bus_address(session.settings.bus)]
+    argv += ["--bus", _bus_address(session.connection.bus)]
     await session.manager.start(
         systemd_dbus.TransientUnit(
             unit,

@@ -21,8 +21,9 @@ from orchestrator.state.paths import dnsmasq_unit, vm_unit
 
 from .launch import grace_period
 from .observe import unit_states
+from .options import Connection
 from .ports import release_ports
-from .session import Session, Settings, open_session
+from .session import Session, open_session
 from .supervision import stop_supervisor
 
 
@@ -67,11 +68,16 @@ async def remove_vm(session: Session, name: str) -> None:
 
 
 async def stop(
-    project: Project, settings: Settings, report: Reporter, *, timeout: float | None = None
+    project: Project,
+    vms: Sequence[str],
+    connection: Connection,
+    report: Reporter,
+    *,
+    timeout: float | None = None,
 ) -> list[str]:
     """Power the VMs down gracefully (grace: --timeout, else each VM's stop_grace_period)."""
-    async with open_session(project, settings, report) as session:
-        names = session.names(settings.services)
+    async with open_session(project, connection, report) as session:
+        names = session.names(vms)
         by_name = {i.name: i for i in instances(project.model)}
 
         async def one(name: str) -> None:
@@ -81,20 +87,25 @@ async def stop(
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(one, name)
-        if not settings.services or not await unit_states(project, session.manager):
+        if not vms or not await unit_states(project, session.manager):
             await stop_supervisor(session)  # nothing left to watch
         return names
 
 
 async def destroy(
-    project: Project, settings: Settings, report: Reporter, *, volumes: bool = False
+    project: Project,
+    vms: Sequence[str],
+    connection: Connection,
+    report: Reporter,
+    *,
+    volumes: bool = False,
 ) -> list[str]:
     """Stop and remove VMs; then the networks nobody uses; named volumes only if asked."""
-    async with open_session(project, settings, report) as session:
+    async with open_session(project, connection, report) as session:
         state = session.state
         names = [
             n
-            for n in session.names(settings.services)
+            for n in session.names(vms)
             if n in state.vms or session.paths.vm(n).directory.exists()
         ]
         async with trio.open_nursery() as nursery:
@@ -104,7 +115,7 @@ async def destroy(
         await _remove_networks(session, [n for n in state.subnets if n not in in_use])
         if not state.vms:  # (each removal saved the supervised VMs without it)
             await stop_supervisor(session)
-        if volumes and not settings.services:
+        if volumes and not vms:
             for name in project.model.volumes:
                 path = session.paths.volume(name).parent
                 if path.exists():
@@ -127,10 +138,10 @@ def networks_in_use(state: ProjectState) -> dict[str, list[str]]:
 
 
 async def remove_networks(
-    project: Project, settings: Settings, report: Reporter, names: Sequence[str]
+    project: Project, names: Sequence[str], connection: Connection, report: Reporter
 ) -> list[str]:
     """Remove networks no created VM uses: bridge, dnsmasq unit, subnet claim."""
-    async with open_session(project, settings, report) as session:
+    async with open_session(project, connection, report) as session:
         state = session.state
         in_use = networks_in_use(state)
         known = set(project.model.networks) | set(state.subnets)

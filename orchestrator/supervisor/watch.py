@@ -1,18 +1,17 @@
-"""`watch`: the project's event log as human lines or JSON. Formatting and --since are pure."""
+"""`watch`: which records of the project's event log, from when (--since), and each as a line
+for a person. Pure."""
 
 from __future__ import annotations
 
 import datetime
-import sys
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from orchestrator.config.quantities import parse_duration
 from orchestrator.errors import UsageError
-from orchestrator.supervisor.eventlog import EventLog, EventRecord, record_json
+from orchestrator.supervisor.eventlog import EventRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,35 +72,6 @@ def format_record(record: EventRecord) -> str:
     return f"{stamp} {record.vm or '-':<16} {' '.join(words)}"
 
 
-def show(record: EventRecord, *, as_json: bool, out: TextIO) -> None:
-    out.write((record_json(record) if as_json else format_record(record)) + "\n")
-    out.flush()
-
-
 def concerns(record: EventRecord, vms: Collection[str]) -> bool:
     """A record of one of ``vms`` (any, when empty), or of the project as a whole."""
     return not vms or not record.vm or record.vm in vms
-
-
-async def watch(
-    events_dir: Path,
-    vms: Collection[str],
-    since: Since,
-    *,
-    as_json: bool,
-    follow: bool,
-    out: TextIO = sys.stdout,
-) -> None:
-    """Print the log's records of ``vms`` (all when empty; project-wide ones always)."""
-    log = EventLog(events_dir)
-    if not follow:
-        for record in log.read(since_seq=since.seq, since_time=since.time):
-            if concerns(record, vms):
-                show(record, as_json=as_json, out=out)
-        return
-    async with log.follow(
-        since_seq=since.seq, since_time=since.time, from_end=since.from_end
-    ) as follower:
-        async for record in follower:
-            if concerns(record, vms):
-                show(record, as_json=as_json, out=out)

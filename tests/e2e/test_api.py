@@ -11,8 +11,7 @@ import pytest
 import trio
 
 from orchestrator import api
-from orchestrator.progress import Event
-from orchestrator.runtime.plan import ActionKind
+from orchestrator.api import ActionKind, Event
 from tests.support.systemd_user import ManagerHandle
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
@@ -31,7 +30,10 @@ async def test_up_ps_stop_destroy_from_python(
     )
     project = api.load(tmp_path / "qemu-compose.yaml", environ={})
     bus = user_manager.bus_address
-    assert [a.kind for a in await api.plan(project, bus=bus)] == [ActionKind.CREATE] * 2
+    planned = await api.plan(project, bus=bus)
+    assert [a.kind for a in planned.actions] == [ActionKind.CREATE] * 2
+    assert planned.supervisor == "start"
+    assert [vm for vm, _, _ in planned.ports] == ["a", "b"]
     seen: list[Event] = []
     try:
         result = await api.up(project, bus=bus, on_event=seen.append)

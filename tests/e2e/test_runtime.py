@@ -143,8 +143,12 @@ vms:
     }
     assert outcomes == {"db": "guest-shutdown", "web": "guest-shutdown"}
     assert "qemu-compose.tiny.web" in (project / ".qemu-compose/ssh/known_hosts").read_text()
-    plan = compose("up", "--dry-run", cwd=project, manager=user_manager).stdout.split()
-    assert plan == ["db", "start", "stopped", "web", "start", "stopped"]
+    plan = compose("up", "--dry-run", cwd=project, manager=user_manager).stdout.splitlines()
+    assert [line.split() for line in plan] == [  # stop stopped the supervisor too
+        ["(supervisor)", "start", "not", "running"],
+        ["db", "start", "stopped"],
+        ["web", "start", "stopped"],
+    ]
     again = compose("up", "-d", "--wait", "--progress", "quiet", cwd=project, manager=user_manager)
     assert again.returncode == 0, again.stderr
     rows = {

@@ -1,0 +1,130 @@
+"""The Python API: drive projects from scripts, with data in and data out.
+
+Everything the CLI does, without parsing its output (the CLI sits on it). ``load`` and the
+image functions are synchronous; the rest are trio async functions. Progress arrives as typed
+``Event`` objects through ``on_event``:
+
+    import trio
+    from orchestrator import api
+
+    project = api.load("lab/qemu-compose.yaml")
+
+    async def main() -> None:
+        await api.up(project, on_event=print)          # all VMs, ready (SSH, healthchecks)
+        for row in await api.ps(project):
+            print(row.name, row.status, row.addresses)
+        await api.stop(project, "web")                  # one VM, gracefully
+        await api.destroy(project)                      # named volumes are kept
+
+    trio.run(main)
+
+``events`` follows what the VMs do (QMP events, unit states, steps, restarts) as records.
+
+Errors are the CLI's: QemuComposeError and its subclasses (ConfigError with every problem,
+UpError listing the VMs that failed, LockHeldError naming the holder, PeerError when
+systemd, QEMU or the network failed, ...).
+
+Importing it costs what loading a compose file costs: the runtime is imported by the first
+call that needs it (types such as VmRow too, on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.progress import Event, Stage, Status, Transfer
+
+from .cache import images, prune_images, pull, remove_image
+from .host import doctor
+from .text import format_checks, format_config, format_inspect, format_plan, format_record
+from .vms import (
+    EventCallback,
+    destroy,
+    inspect,
+    journal_dir,
+    load,
+    networks,
+    plan,
+    ps,
+    remove_networks,
+    restart,
+    ssh_argv,
+    stop,
+    up,
+)
+from .watching import console, events, logs, records
+
+if TYPE_CHECKING:
+    from orchestrator.config.project import Project
+    from orchestrator.guest.images import ImageInfo
+    from orchestrator.runtime import NetworkRow, UpError, UpPlan, UpResult, VmRow
+    from orchestrator.runtime.doctor import Check
+    from orchestrator.runtime.plan import Action, ActionKind
+    from orchestrator.supervisor.eventlog import EventRecord
+
+_TYPES = {
+    "Project": "orchestrator.config.project",
+    "ImageInfo": "orchestrator.guest.images",
+    "NetworkRow": "orchestrator.runtime.query",
+    "VmRow": "orchestrator.runtime.query",
+    "UpError": "orchestrator.runtime.execute",
+    "UpResult": "orchestrator.runtime.execute",
+    "UpPlan": "orchestrator.runtime.plan",
+    "Action": "orchestrator.runtime.plan",
+    "ActionKind": "orchestrator.runtime.plan",
+    "Check": "orchestrator.runtime.doctor",
+    "EventRecord": "orchestrator.supervisor.eventlog",
+}
+
+__all__ = [
+    "Action",
+    "ActionKind",
+    "Check",
+    "Event",
+    "EventCallback",
+    "EventRecord",
+    "ImageInfo",
+    "NetworkRow",
+    "Project",
+    "Stage",
+    "Status",
+    "Transfer",
+    "UpError",
+    "UpPlan",
+    "UpResult",
+    "VmRow",
+    "console",
+    "destroy",
+    "doctor",
+    "events",
+    "format_checks",
+    "format_config",
+    "format_inspect",
+    "format_plan",
+    "format_record",
+    "images",
+    "inspect",
+    "journal_dir",
+    "load",
+    "logs",
+    "networks",
+    "plan",
+    "prune_images",
+    "ps",
+    "pull",
+    "records",
+    "remove_image",
+    "remove_networks",
+    "restart",
+    "ssh_argv",
+    "stop",
+    "up",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _TYPES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator.api' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,113 @@
+"""What the VMs do and say: the project's event log (followed or read), their consoles and logs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from orchestrator.config.project import Project
+from orchestrator.config.topology import select, select_one
+
+from .vms import journal_dir
+
+if TYPE_CHECKING:
+    from orchestrator.supervisor.eventlog import EventLog, EventRecord
+
+
+def _log(project: Project) -> EventLog:
+    from orchestrator.state.paths import ProjectPaths
+    from orchestrator.supervisor.eventlog import EventLog
+
+    return EventLog(ProjectPaths(project.state_dir, project.name).events_dir)
+
+
+def _named(project: Project, vms: Sequence[str]) -> set[str]:
+    """The instances of the VMs named (a name with replicas is all of them); none: all."""
+    return {i.name for i in select(project.model, vms, project=project.name)} if vms else set()
+
+
+@asynccontextmanager
+async def events(
+    project: Project, *vms: str, since: str | None = None
+) -> AsyncIterator[AsyncIterator[EventRecord]]:
+    """The project's event log (what `watch --json` prints), as EventRecord objects.
+
+    ``since``: as `watch --since` ("all", "#N", "10m", an ISO time); None: only new ones.
+    Records of the VMs named (all when none) and the project's own; it never ends by itself::
+
+        async with api.events(project, "web", since="all") as stream:
+            async for record in stream:
+                if record.event == "SHUTDOWN":
+                    break
+    """
+    from orchestrator.supervisor.watch import parse_since
+
+    names, start = _named(project, vms), parse_since(since)
+    async with _log(project).follow(
+        since_seq=start.seq, since_time=start.time, from_end=start.from_end
+    ) as follower:
+        yield _Only(follower, names)
+
+
+def records(project: Project, *vms: str, since: str | None = None) -> list[EventRecord]:
+    """The log's records so far (of the VMs named, and the project's own); ``since`` as for
+    `events`, None: all of them."""
+    from orchestrator.supervisor.watch import concerns, parse_since
+
+    names, start = _named(project, vms), parse_since(since or "all")
+    found = _log(project).read(since_seq=start.seq, since_time=start.time)
+    return [r for r in found if concerns(r, names)]
+
+
+class _Only:
+    """The records of some VMs (and the project's own) from a follower."""
+
+    def __init__(self, records: AsyncIterator[EventRecord], vms: set[str]) -> None:
+        self._records = records
+        self._vms = vms
+
+    def __aiter__(self) -> _Only:
+        return self
+
+    async def __anext__(self) -> EventRecord:
+        from orchestrator.supervisor.watch import concerns
+
+        while True:
+            record = await self._records.__anext__()
+            if concerns(record, self._vms):
+                return record
+
+
+async def logs(
+    project: Project,
+    vm: str,
+    *,
+    follow: bool = False,
+    lines: int | None = None,
+    sources: Collection[str] = ("console", "journal"),
+) -> None:
+    """Write a VM's serial console (since it was first powered on) and its unit's journal
+    (QEMU's own messages, marked ``unit |``) to standard output; ``follow``: until cancelled."""
+    from orchestrator.guest.logs import show_logs
+    from orchestrator.state.paths import ProjectPaths, vm_unit
+
+    select_one(project.model, vm, project=project.name)
+    await show_logs(
+        vm_unit(project.name, vm),
+        ProjectPaths(project.state_dir, project.name).vm(vm).console_log,
+        user=True,
+        journal_dir=journal_dir(),
+        follow=follow,
+        lines=lines,
+        sources=frozenset(sources),
+    )
+
+
+def console(project: Project, vm: str) -> str:
+    """Join this terminal to a VM's serial console until Ctrl+]; returns why it ended."""
+    from orchestrator.guest.console import attach
+    from orchestrator.state.paths import ProjectPaths
+
+    select_one(project.model, vm, project=project.name)
+    return attach(ProjectPaths(project.state_dir, project.name).vm(vm).console_socket, vm)

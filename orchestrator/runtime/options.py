@@ -1,0 +1,40 @@
+"""What each command is asked to do: its options, one dataclass per concern.
+
+Every command reaches systemd the same way (Connection); `up` and its dry run are planned
+with PlanOptions; `up` itself adds how long to wait and how much at once (UpOptions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """How a command reaches systemd, and whether it waits for the project's lock."""
+
+    bus: str = "user"  # user, system, or a D-Bus address
+    journal_dir: Path | None = None  # where a private user manager's journal is
+    wait_lock: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    services: Sequence[str] = ()  # the VMs named (and what they depend on); none: all
+    no_recreate: bool = False
+    force_recreate: bool = False
+    remove_orphans: bool = False
+    no_deps: bool = False  # only the VMs named, not what they depend on
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    wait: bool = True  # until ready (SSH, healthchecks), not only started
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    parallel: int | None = None  # at most this many VMs starting at once
+    keep_config: bool = False  # restart: a VM keeps its recorded config hash (`up` applies)

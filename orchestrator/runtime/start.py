@@ -1,0 +1,168 @@
+"""One VM of `up`, as a task: it waits for the conditions of what it depends on, starts
+its transient unit (`start_vm`: the effects of the launch that `vm_launch` decided), waits
+until it runs and is ready, and reports each step. What fails it is a VmError, reported; it
+never orphans the other VMs' tasks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+import netcfg
+from netcfg import Forward
+from orchestrator.config.quantities import parse_size
+from orchestrator.config.topology import Instance
+from orchestrator.errors import QemuComposeError
+from orchestrator.guest.accel import Accel, choose_accel, read_host_facts
+from orchestrator.guest.cloudinit import seed_files, write_seed_iso
+from orchestrator.guest.disks import create_overlay
+from orchestrator.guest.knownhosts import forget_host
+from orchestrator.guest.mounts import check_bind_sources
+from orchestrator.guest.secrets import ConsolePassword, ProjectKey
+from orchestrator.progress import Event, Stage, Status
+from orchestrator.state.files import VmState
+from orchestrator.state.paths import ensure_socket_dir, vm_unit
+
+from .launch import LaunchFacts, grace_period, vm_launch
+from .options import UpOptions
+from .plan import Action, ActionKind, config_hash
+from .ports import claim_ports
+from .readiness import Conditions, wait_completed, wait_for_dependencies, wait_ready, wait_running
+from .session import Session, vm_failures
+from .teardown import stop_one
+
+
+@dataclass
+class UpRun:
+    """What one `up` holds while its VMs start."""
+
+    session: Session
+    options: UpOptions
+    key: ProjectKey
+    password: ConsolePassword
+    images: dict[str, Path] = field(default_factory=dict)
+    networks: dict[str, netcfg.BridgeNetwork] = field(default_factory=dict)
+    conditions: dict[str, Conditions] = field(default_factory=dict)
+    awaited_completion: set[str] = field(default_factory=set)  # VMs a dependant waits to end
+    ports: dict[str, list[Forward] | netcfg.NetcfgError] = field(default_factory=dict)
+    reached: dict[str, Stage] = field(default_factory=dict)  # the stage each VM reported last
+
+    def note(self, event: Event) -> None:
+        if event.vm:
+            self.reached[event.vm] = event.stage
+
+
+async def run_vm(run: UpRun, inst: Instance, action: Action, limiter: trio.CapacityLimiter) -> None:
+    session = run.session
+    me = run.conditions[inst.name]
+    report = session.report
+    unit = vm_unit(session.project.name, inst.name)
+    try:
+        with vm_failures(inst.name, unit, lambda: run.reached.get(inst.name, Stage.PLAN)):
+            await wait_for_dependencies(session, run.conditions, inst)
+            async with limiter:
+                if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
+                    report(inst.name, Stage.UNIT, Status.DONE, "already running")
+                else:
+                    await start_vm(run, inst, action)
+                    await wait_running(session, inst)
+            me.started.set()
+            if run.options.wait:
+                await wait_ready(session, inst, run.options.ready_timeout)
+            me.healthy.set()
+            report(inst.name, Stage.READY, Status.DONE)
+            if inst.name in run.awaited_completion:
+                await wait_completed(session, inst, me)
+    except QemuComposeError as err:  # a VmError, or one of ours (a dependency failed, ...)
+        me.fail(str(err).splitlines()[0])
+        report(inst.name, Stage.FAILED, Status.FAILED, str(err))
+    except trio.TooSlowError:
+        me.fail("not ready in time")
+        limit = run.options.ready_timeout
+        report(inst.name, Stage.FAILED, Status.FAILED, f"not ready within {limit:g} s")
+
+
+async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
+    """Carry out a VM's launch: its directory, disk, ports, TAPs and seed, then its unit."""
+    session = run.session
+    vm, name, report = inst.vm, inst.name, session.report
+    project = session.project.name
+    paths = session.paths.vm(name)
+    if action.kind is ActionKind.RECREATE:
+        report(name, Stage.UNIT, Status.WORKING, "recreating: stopping the old VM")
+        await stop_one(session, name, grace_period(vm))
+        shutil.rmtree(paths.directory, ignore_errors=True)
+        forget_host(session.paths, project, name)
+    paths.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_socket_dir(paths.sockets)
+    unit = vm_unit(project, name)
+    if (await session.manager.status(unit)).is_failed:
+        await session.manager.reset_failed(unit)
+    check_bind_sources(name, vm.volumes)
+    if vm.image is not None and not paths.disk.exists():
+        report(name, Stage.DISK, Status.WORKING)
+        size = parse_size(vm.disk.size) if vm.disk.size else None
+        await create_overlay(run.images[vm.image.source], paths.disk, size)
+        report(name, Stage.DISK, Status.DONE, str(paths.disk))
+    saved = session.state.vms.get(name)
+    claimed = run.ports.pop(name, None)
+    if claimed is None:  # not claimed with the others (a lone start): claim them now
+        previous = saved.ssh_port if saved else None
+        wanted = [(name, vm, previous)]
+        claimed = (await trio.to_thread.run_sync(claim_ports, project, wanted))[name]
+    if isinstance(claimed, Exception):
+        raise claimed
+    forwards = claimed
+    taps = {n: await netcfg.attach_tap(run.networks[n], name) for n in sorted(vm.networks)}
+    accel = choose_accel(vm.accel, read_host_facts(), vm.cpu_model)
+    launch = vm_launch(inst, _facts(run, inst, accel, forwards, taps))
+    if launch.guest is not None:
+        write_seed_iso(paths.seed, seed_files(launch.guest))
+    report(name, Stage.UNIT, Status.WORKING, f"{accel.name}, {vm.cpu} CPU, {vm.memory} MiB")
+    await session.manager.start(launch.unit)  # no settle: wait_running sees a QEMU that dies
+    recorded = saved.config_hash if saved and run.options.keep_config else None
+    session.state.vms[name] = VmState(
+        unit=launch.unit.name,
+        config_hash=recorded or config_hash(session.project.model, inst),
+        created_at=saved.created_at if saved and action.kind is ActionKind.START else time.time(),
+        ssh_port=forwards[0].host_port,
+        macs=launch.macs,
+        ports=[f"{f.host_ip}:{f.host_port}->{f.guest_port}/{f.protocol}" for f in forwards[1:]],
+        restart=vm.restart,
+    )
+    session.store.save()  # with the supervised VMs: its policy, as this QEMU runs it
+    report(name, Stage.UNIT, Status.DONE, launch.unit.name)
+
+
+def _facts(
+    run: UpRun, inst: Instance, accel: Accel, forwards: list[Forward], taps: dict[str, str]
+) -> LaunchFacts:
+    """What the launch of ``inst`` depends on besides its definition."""
+    session, vm = run.session, inst.vm
+    named = session.project.files
+    extra = vm.cloud_init.user_data
+    return LaunchFacts(
+        project=session.project.name,
+        paths=session.paths.vm(inst.name),
+        accel=accel,
+        forwards=forwards,
+        taps=taps,
+        volume_paths={
+            m.source: session.paths.volume(m.source) for m in vm.volumes if m.type == "volume"
+        },
+        ssh_public_key=run.key.public_line,
+        password_hash=run.password.crypt_hash,
+        provision=[
+            step.inline if step.inline is not None else named.scripts[step.script or ""]
+            for step in vm.provision
+        ],
+        extra_user_data=named.user_data[extra] if isinstance(extra, str) else extra,
+        qemu=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64",
+        python=sys.executable,
+    )
