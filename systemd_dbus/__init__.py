@@ -10,6 +10,7 @@ Knows nothing of compose files. Usage::
         await manager.stop("demo.service")
 """
 
+from .bus import bus_address
 from .errors import (
     BusCallError,
     ConnectionStateError,
@@ -25,8 +26,9 @@ from .errors import (
 )
 from .escape import escape, is_valid_unit_name, unescape, unit_object_path
 from .journal import journal_argv, last_lines
-from .manager import Runstate, SystemdManager, UnitWatch, bus_address, connect
+from .manager import Runstate, SystemdManager, connect
 from .units import ActiveState, ExtraProperty, TransientUnit, UnitStatus, UnitSummary
+from .watch import UnitWatch
 
 __all__ = [
     "ActiveState",

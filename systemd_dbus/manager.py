@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
-import os
 import signal
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -26,6 +24,20 @@ import trio_asyncio
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from .bus import (
+    BUS_NAME,
+    GONE_ERRORS,
+    MANAGER_IFACE,
+    MANAGER_PATH,
+    MATCH_RULES,
+    MAX_CALLS_IN_FLIGHT,
+    PROPERTIES_IFACE,
+    SERVICE_IFACE,
+    SYSTEM_HINT,
+    UNIT_IFACE,
+    USER_HINT,
+    bus_address,
+)
 from .errors import (
     BusCallError,
     ConnectionStateError,
@@ -40,92 +52,17 @@ from .errors import (
 from .escape import unit_object_path
 from .journal import last_lines
 from .units import STATUS_PROPERTIES, ActiveState, TransientUnit, UnitStatus, UnitSummary
+from .watch import UnitWatch, Watchers, drain
 
 log = logging.getLogger(__name__)
 
-BUS_NAME = "org.freedesktop.systemd1"
-MAX_CALLS_IN_FLIGHT = 16
-MANAGER_PATH = "/org/freedesktop/systemd1"
-MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
-UNIT_IFACE = "org.freedesktop.systemd1.Unit"
-SERVICE_IFACE = "org.freedesktop.systemd1.Service"
-PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
-UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
-
-# D-Bus errors that mean the manager is not there (any more).
-_GONE_ERRORS = {
-    "org.freedesktop.DBus.Error.NoReply",
-    "org.freedesktop.DBus.Error.ServiceUnknown",
-    "org.freedesktop.DBus.Error.NameHasNoOwner",
-    "org.freedesktop.DBus.Error.Disconnected",
-}
-_MATCH_RULES = (
-    f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_IFACE}'",
-    f"type='signal',sender='{BUS_NAME}',interface='{PROPERTIES_IFACE}',"
-    f"member='PropertiesChanged',path_namespace='{MANAGER_PATH}/unit'",
-    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-    f"member='NameOwnerChanged',arg0='{BUS_NAME}'",
-)
 _KEPT_JOB_RESULTS = 4096
-
-USER_HINT = (
-    "qemu-compose runs VMs as units of your systemd user manager; log in to a session that "
-    "has one, or run `loginctl enable-linger $USER` so that it runs without one, then check "
-    "`systemctl --user status`"
-)
-SYSTEM_HINT = "is systemd running as PID 1 here, and may you talk to it (root or polkit)?"
 
 
 class Runstate(enum.Enum):
     IDLE = "idle"
     CONNECTED = "connected"
     CLOSED = "closed"
-
-
-def bus_address(bus: Literal["user", "system"] | str) -> tuple[str, bool]:
-    """The D-Bus address for ``bus`` and whether it is a user manager's."""
-    if bus == "user":
-        address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
-        if not address:
-            runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-            address = f"unix:path={runtime}/bus"
-        return address, True
-    if bus == "system":
-        address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
-        return address, False
-    return bus, True
-
-
-class _Watchers:
-    """Who wants PropertiesChanged of which unit path: path -> set of send channels."""
-
-    def __init__(self) -> None:
-        self.by_path: dict[str, set[trio.MemorySendChannel[dict[str, Any]]]] = {}
-
-    @contextmanager
-    def register(self, paths: Iterable[str]) -> Iterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
-        send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
-        paths = list(paths)
-        for path in paths:
-            self.by_path.setdefault(path, set()).add(send)
-        try:
-            yield receive
-        finally:
-            for path in paths:
-                channels = self.by_path.get(path, set())
-                channels.discard(send)
-                if not channels:
-                    self.by_path.pop(path, None)
-            send.close()
-
-    def publish(self, path: str, changed: dict[str, Any]) -> None:
-        for send in self.by_path.get(path, ()):
-            send.send_nowait({"_path": path, **changed})
-
-    def close_all(self) -> None:
-        for channels in self.by_path.values():
-            for send in channels:
-                send.close()
 
 
 class SystemdManager:
@@ -151,7 +88,7 @@ class SystemdManager:
         self._in_flight = trio.CapacityLimiter(MAX_CALLS_IN_FLIGHT)
         self._job_results: OrderedDict[str, str] = OrderedDict()
         self._job_waiters: dict[str, trio.Event] = {}
-        self._watchers = _Watchers()
+        self._watchers = Watchers()
         self._gone = trio.Event()
         self._gone_reason = ""
 
@@ -190,7 +127,7 @@ class SystemdManager:
         self.state = Runstate.CONNECTED
         nursery.start_soon(self._watch_disconnect, bus)
         try:
-            for rule in _MATCH_RULES:
+            for rule in MATCH_RULES:
                 await self._call(
                     "AddMatch",
                     "s",
@@ -291,7 +228,7 @@ class SystemdManager:
         if reply.message_type is MessageType.ERROR:
             name = reply.error_name or "unknown"
             text = str(reply.body[0]) if reply.body else ""
-            if name in _GONE_ERRORS:
+            if name in GONE_ERRORS:
                 self._mark_gone(f"the systemd manager at {self.address} is gone ({name})")
                 raise ManagerGoneError(f"{member}: {text or name}")
             if name == "org.freedesktop.systemd1.NoSuchUnit":
@@ -343,7 +280,7 @@ class SystemdManager:
                     timeout=timeout,
                 )
                 result = await self._job_result(job, f"starting {unit.name}", timeout)
-                status = _drain(status, updates)
+                status = drain(status, updates)
                 if result != "done":
                     journal = await self._journal(unit.name, status.exec_main_pid)
                     raise UnitStartError(unit.name, result, status, journal)
@@ -401,7 +338,7 @@ class SystemdManager:
             except NoSuchUnitError:
                 return status
             result = await self._job_result(job, f"stopping {name}", timeout)
-            status = _drain(status, updates)
+            status = drain(status, updates)
         if result != "done":
             raise JobFailedError(name, "stop", result)
         return await self._latest(name, status)
@@ -460,54 +397,10 @@ class SystemdManager:
                     updates.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            yield UnitWatch(self, current, paths, updates)
+            yield UnitWatch(lambda: self._gone_reason, current, paths, updates)
 
     async def _journal(self, name: str, pid: int = 0) -> list[str]:
         return await last_lines(name, user=self.user, directory=self.journal_dir, pid=pid)
-
-
-def _drain(status: UnitStatus, updates: trio.MemoryReceiveChannel[dict[str, Any]]) -> UnitStatus:
-    """Apply every change already received."""
-    while True:
-        try:
-            status = status.updated(updates.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return status
-
-
-class UnitWatch:
-    """An async iterator of UnitStatus: the initial ones, then one per change of state."""
-
-    def __init__(
-        self,
-        manager: SystemdManager,
-        current: dict[str, UnitStatus],
-        paths: dict[str, str],
-        updates: trio.MemoryReceiveChannel[dict[str, Any]],
-    ) -> None:
-        self._manager = manager
-        self._pending = list(current.values())
-        self._current = current
-        self._paths = paths
-        self._updates = updates
-
-    def __aiter__(self) -> UnitWatch:
-        return self
-
-    async def __anext__(self) -> UnitStatus:
-        if self._pending:
-            return self._pending.pop(0)
-        while True:
-            try:
-                changed = await self._updates.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise ManagerGoneError(self._manager._gone_reason or "watch closed") from None
-            name = self._paths[changed["_path"]]
-            before = self._current[name]
-            after = before.updated(changed)
-            if after != before:
-                self._current[name] = after
-                return after
 
 
 @asynccontextmanager

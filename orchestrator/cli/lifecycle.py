@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import click
 
 from .options import GlobalOptions, progress_option, wait_lock_option
 
 if TYPE_CHECKING:
+    from orchestrator import Project
     from orchestrator.api import EventCallback
 
 T = TypeVar("T")
+
+
+class _Planning(TypedDict):
+    """What up and its dry run are planned with."""
+
+    no_recreate: bool
+    force_recreate: bool
+    remove_orphans: bool
+    no_deps: bool
 
 
 def _run(progress: str, work: Callable[[EventCallback], Awaitable[T]]) -> T:
@@ -70,59 +80,61 @@ def up(
     project = opts.load()
     from orchestrator import api
 
-    from .progress import with_progress
     from .runner import run
 
+    planning = _Planning(
+        no_recreate=no_recreate,
+        force_recreate=force_recreate,
+        remove_orphans=remove_orphans,
+        no_deps=no_deps,
+    )
     if dry_run:
-        up_plan = run(
-            lambda: api.plan(
-                project,
-                *vms,
-                no_recreate=no_recreate,
-                force_recreate=force_recreate,
-                remove_orphans=remove_orphans,
-                no_deps=no_deps,
-            )
-        )
-        click.echo(api.format_plan(up_plan), nl=False)
+        click.echo(api.format_plan(run(lambda: api.plan(project, *vms, **planning))), nl=False)
         return
 
-    async def bring_up() -> None:
-        await with_progress(
-            progress,
-            lambda on_event: api.up(
-                project,
-                *vms,
-                wait=wait_ready or not detach,
-                ready_timeout=wait_timeout,
-                parallel=parallel,
-                no_recreate=no_recreate,
-                force_recreate=force_recreate,
-                remove_orphans=remove_orphans,
-                no_deps=no_deps,
-                wait_lock=wait_lock,
-                on_event=on_event,
-            ),
+    def bring_up(on_event: EventCallback) -> Awaitable[object]:
+        return api.up(
+            project,
+            *vms,
+            wait=wait_ready or not detach,
+            ready_timeout=wait_timeout,
+            parallel=parallel,
+            wait_lock=wait_lock,
+            on_event=on_event,
+            **planning,
         )
 
-    async def attached() -> None:
-        import trio
+    if detach:
+        _run(progress, bring_up)
+    else:
+        run(lambda: _up_attached(project, vms, progress, wait_lock, bring_up))
 
-        await bring_up()
-        click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
-        try:
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                click.echo("qemu-compose: stopping", err=True)
-                await with_progress(
-                    progress,
-                    lambda on_event: api.stop(
-                        project, *vms, wait_lock=wait_lock, on_event=on_event
-                    ),
-                )
 
-    run(bring_up if detach else attached)
+async def _up_attached(
+    project: Project,
+    vms: tuple[str, ...],
+    progress: str,
+    wait_lock: bool,
+    bring_up: Callable[[EventCallback], Awaitable[object]],
+) -> None:
+    """Up, then attached until Ctrl-C (or SIGTERM), which stops the VMs gracefully."""
+    import trio
+
+    from orchestrator import api
+
+    from .progress import with_progress
+
+    await with_progress(progress, bring_up)
+    click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            click.echo("qemu-compose: stopping", err=True)
+            await with_progress(
+                progress,
+                lambda on_event: api.stop(project, *vms, wait_lock=wait_lock, on_event=on_event),
+            )
 
 
 @click.command()

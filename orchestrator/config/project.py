@@ -79,20 +79,8 @@ def load_project(
     cwd: Path | None = None,
 ) -> Project:
     """Load and validate a project; raise ConfigError listing every problem."""
-    cwd = (cwd or Path.cwd()).absolute()
     environ = os.environ if environ is None else environ
-    if file is None:
-        compose_file = find_compose_file(project_directory or cwd)
-    else:
-        compose_file = cwd / file
-        if not compose_file.is_file():
-            raise ProjectNotFoundError(f"no compose file at {compose_file}")
-    compose_file = Path(os.path.normpath(compose_file))
-    directory = (
-        Path(os.path.normpath(cwd / project_directory))
-        if project_directory
-        else compose_file.parent
-    )
+    compose_file, directory = _locate(file, project_directory, (cwd or Path.cwd()).absolute())
     env = _environment(directory, environ)
 
     data, source = read_yaml_file(compose_file)
@@ -133,6 +121,20 @@ def load_project(
     if problems:
         raise ConfigError(_ordered(problems))
     return Project(name, compose_file, directory, model, files)
+
+
+def _locate(file: Path | None, project_directory: Path | None, cwd: Path) -> tuple[Path, Path]:
+    """The compose file (named, or found) and the project's directory."""
+    if file is None:
+        compose_file = find_compose_file(project_directory or cwd)
+    else:
+        compose_file = cwd / file
+        if not compose_file.is_file():
+            raise ProjectNotFoundError(f"no compose file at {compose_file}")
+    compose_file = Path(os.path.normpath(compose_file))
+    if project_directory:
+        return compose_file, Path(os.path.normpath(cwd / project_directory))
+    return compose_file, compose_file.parent
 
 
 def _convert(data: dict[str, Any]) -> ComposeFile | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .graph import find_cycle
-from .model import ComposeFile, Vm
+from .model import ComposeFile, Healthcheck, Vm
 from .quantities import parse_duration, parse_size
 from .topology import replica_names
 from .yamlsource import PathKey
@@ -112,7 +112,6 @@ def _vm(
     published: dict[tuple[str, str, int], PathKey],
     report: Report,
 ) -> None:
-    many = vm.replicas > 1
     if vm.image is not None and "://" in vm.image.source:
         scheme = vm.image.source.split("://", 1)[0]
         if scheme not in ("http", "https", "file"):
@@ -122,8 +121,25 @@ def _vm(
             )
     if vm.disk.size is not None and parse_size(vm.disk.size) < MIN_VOLUME_BYTES:
         report((*path, "disk", "size"), "a disk needs at least 1M")
-    if many and vm.hostname:
+    if vm.replicas > 1 and vm.hostname:
         report((*path, "hostname"), "cannot be set with replicas > 1: each replica is named <vm>-N")
+    _vm_networks(vm, path, compose, subnets, report)
+    _vm_mounts(vm, path, compose, state_dir, report)
+    _vm_ports(vm, path, published, report)
+    for i, step in enumerate(vm.provision):
+        if (step.inline is None) == (step.script is None):
+            report((*path, "provision", i), "give exactly one of inline: or script:")
+    if vm.healthcheck is not None and not vm.healthcheck.disable:
+        _healthcheck(vm.healthcheck, (*path, "healthcheck"), report)
+
+
+def _vm_networks(
+    vm: Vm,
+    path: PathKey,
+    compose: ComposeFile,
+    subnets: dict[str, ipaddress.IPv4Network],
+    report: Report,
+) -> None:
     for net_name, attachment in vm.networks.items():
         npath: PathKey = (*path, "networks", net_name)
         if net_name not in compose.networks:
@@ -133,7 +149,7 @@ def _vm(
                 key=True,
             )
             continue
-        if many and (attachment.ipv4_address or attachment.mac_address):
+        if vm.replicas > 1 and (attachment.ipv4_address or attachment.mac_address):
             report(npath, "fixed addresses cannot be shared by replicas")
         if attachment.mac_address and int(attachment.mac_address[:2], 16) & 1:
             report((*npath, "mac_address"), "a multicast MAC address cannot be a NIC's")
@@ -141,6 +157,11 @@ def _vm(
             _address(
                 attachment.ipv4_address, subnets.get(net_name), (*npath, "ipv4_address"), report
             )
+
+
+def _vm_mounts(
+    vm: Vm, path: PathKey, compose: ComposeFile, state_dir: Path, report: Report
+) -> None:
     targets: set[str] = set()
     for i, mount in enumerate(vm.volumes):
         mpath: PathKey = (*path, "volumes", i)
@@ -172,6 +193,12 @@ def _vm(
                     (*mpath, "source"),
                     f"cannot share qemu-compose's own state directory {state_dir}",
                 )
+
+
+def _vm_ports(
+    vm: Vm, path: PathKey, published: dict[tuple[str, str, int], PathKey], report: Report
+) -> None:
+    many = vm.replicas > 1
     for i, port in enumerate(vm.ports):
         ppath: PathKey = (*path, "ports", i)
         try:
@@ -189,23 +216,20 @@ def _vm(
         if many:
             report((*path, "ssh", "port"), "a fixed SSH port cannot be shared by replicas")
         _claim(published, ("127.0.0.1", "tcp", vm.ssh.port), (*path, "ssh", "port"), report)
-    for i, step in enumerate(vm.provision):
-        if (step.inline is None) == (step.script is None):
-            report((*path, "provision", i), "give exactly one of inline: or script:")
-    health = vm.healthcheck
-    if health is not None and not health.disable:
-        hpath: PathKey = (*path, "healthcheck")
-        if not health.test:
-            report((*hpath, "test"), "a test is required unless disable: true")
-        elif health.test[0] not in ("CMD", "CMD-SHELL", "NONE"):
-            report((*hpath, "test"), "must start with CMD, CMD-SHELL or NONE, or be a string")
-        elif health.test[0] != "NONE" and len(health.test) < 2:
-            report((*hpath, "test"), f"{health.test[0]} needs a command after it")
-        elif health.test[0] == "CMD-SHELL" and len(health.test) != 2:
-            report((*hpath, "test"), "CMD-SHELL takes one command string")
-        for key in ("interval", "timeout", "start_interval"):
-            if parse_duration(getattr(health, key)) <= 0:
-                report((*hpath, key), "must be longer than 0s")
+
+
+def _healthcheck(health: Healthcheck, hpath: PathKey, report: Report) -> None:
+    if not health.test:
+        report((*hpath, "test"), "a test is required unless disable: true")
+    elif health.test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+        report((*hpath, "test"), "must start with CMD, CMD-SHELL or NONE, or be a string")
+    elif health.test[0] != "NONE" and len(health.test) < 2:
+        report((*hpath, "test"), f"{health.test[0]} needs a command after it")
+    elif health.test[0] == "CMD-SHELL" and len(health.test) != 2:
+        report((*hpath, "test"), "CMD-SHELL takes one command string")
+    for key in ("interval", "timeout", "start_interval"):
+        if parse_duration(getattr(health, key)) <= 0:
+            report((*hpath, key), "must be longer than 0s")
 
 
 def _address(

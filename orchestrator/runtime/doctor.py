@@ -70,84 +70,96 @@ def _install(binary: str, root: bool) -> str:
 
 
 def evaluate(facts: Facts) -> list[Check]:
-    checks = [Check("os", "ok", facts.os_name)]
-    root = facts.is_root
+    """Every check, in the order `doctor` prints them. Pure."""
+    return [
+        Check("os", "ok", facts.os_name),
+        _systemd(facts),
+        _qemu(facts),
+        _binary(facts, "qemu-img", "makes the VMs' disks", required=True),
+        _binary(facts, "openssl", "hashes the console password", required=True),
+        _kvm(facts),
+        _net_admin(facts),
+        _binary(facts, "dnsmasq", "DHCP and DNS of bridge networks", required=False),
+        _binary(facts, "nft", "NAT of bridge networks with nat: true", required=False),
+        _binary(facts, "ssh", "`qemu-compose ssh`", required=False),
+        _binary(facts, "mkfs.ext4", "makes named volumes", required=False),
+        _binary(
+            facts, "journalctl", "`qemu-compose logs` shows the unit's journal", required=False
+        ),
+        _image_cache(facts),
+    ]
+
+
+def _binary(facts: Facts, name: str, what: str, *, required: bool) -> Check:
+    path = facts.binaries.get(name)
+    if path:
+        return Check(name, "ok", facts.versions.get(name) or path)
+    verdict: Verdict = "fail" if required else "warn"
+    return Check(name, verdict, f"not found: {what}", _install(name, facts.is_root), required)
+
+
+def _systemd(facts: Facts) -> Check:
     if facts.bus_error is None:
-        checks.append(Check("systemd", "ok", f"a systemd manager answers on the {facts.bus} bus"))
-    else:
-        fix = (
-            "run from a login session of this user (ssh, or machinectl shell USER@), or "
-            "`loginctl enable-linger $USER`; where PID 1 is not systemd (a container), see "
-            "examples/run.sh for a private user manager"
-        )
-        if not Path("/usr/lib/systemd/user/dbus.socket").exists():
-            fix = (
-                f"{'' if root else 'sudo '}apt-get install -y dbus-user-session, then log in again"
-            )
-        checks.append(Check("systemd", "fail", facts.bus_error, fix, required=True))
+        return Check("systemd", "ok", f"a systemd manager answers on the {facts.bus} bus")
+    fix = (
+        "run from a login session of this user (ssh, or machinectl shell USER@), or "
+        "`loginctl enable-linger $USER`; where PID 1 is not systemd (a container), see "
+        "examples/run.sh for a private user manager"
+    )
+    if not Path("/usr/lib/systemd/user/dbus.socket").exists():
+        sudo = "" if facts.is_root else "sudo "
+        fix = f"{sudo}apt-get install -y dbus-user-session, then log in again"
+    return Check("systemd", "fail", facts.bus_error, fix, required=True)
 
-    def binary(name: str, what: str, *, required: bool) -> None:
-        path = facts.binaries.get(name)
-        if path:
-            checks.append(Check(name, "ok", facts.versions.get(name) or path))
-        else:
-            verdict: Verdict = "fail" if required else "warn"
-            checks.append(
-                Check(name, verdict, f"not found: {what}", _install(name, root), required)
-            )
 
-    binary("qemu-system-x86_64", "runs the VMs", required=True)
+def _qemu(facts: Facts) -> Check:
+    found = _binary(facts, "qemu-system-x86_64", "runs the VMs", required=True)
     version = qemu_version(facts.versions.get("qemu-system-x86_64", ""))
-    if facts.binaries.get("qemu-system-x86_64") and version is not None and version < MIN_QEMU:
-        checks[-1] = Check(
-            "qemu-system-x86_64",
-            "fail",
-            f"{facts.versions['qemu-system-x86_64']}: {'.'.join(map(str, MIN_QEMU))} or newer "
-            "is needed (-action panic=exit-failure)",
-            "use Debian 12 or newer (QEMU 7.2), or a backport of QEMU",
-            required=True,
-        )
-    binary("qemu-img", "makes the VMs' disks", required=True)
-    binary("openssl", "hashes the console password", required=True)
+    if found.verdict != "ok" or version is None or version >= MIN_QEMU:
+        return found
+    return Check(
+        "qemu-system-x86_64",
+        "fail",
+        f"{facts.versions['qemu-system-x86_64']}: {'.'.join(map(str, MIN_QEMU))} or newer "
+        "is needed (-action panic=exit-failure)",
+        "use Debian 12 or newer (QEMU 7.2), or a backport of QEMU",
+        required=True,
+    )
+
+
+def _kvm(facts: Facts) -> Check:
     usable, why = kvm_usable(facts.host)
     if usable:
-        checks.append(Check("kvm", "ok", f"KVM: {why}"))
+        return Check("kvm", "ok", f"KVM: {why}")
+    if not facts.host.cpu_flags & {"vmx", "svm"}:
+        fix = "enable VT-x/AMD-V in the firmware, or give this VM nested virtualisation"
+    elif facts.host.kvm_pvm_loaded:
+        fix = "none here: use a host with hardware virtualisation for KVM speed"
     else:
-        if not facts.host.cpu_flags & {"vmx", "svm"}:
-            fix = "enable VT-x/AMD-V in the firmware, or give this VM nested virtualisation"
-        elif facts.host.kvm_pvm_loaded:
-            fix = "none here: use a host with hardware virtualisation for KVM speed"
-        else:
-            fix = "sudo usermod -aG kvm $USER (then log in again), or sudo modprobe kvm_intel"
-            fix += " / kvm_amd"
-        checks.append(Check("kvm", "warn", f"VMs run under TCG (slow): {why}", fix))
+        fix = "sudo usermod -aG kvm $USER (then log in again), or sudo modprobe kvm_intel"
+        fix += " / kvm_amd"
+    return Check("kvm", "warn", f"VMs run under TCG (slow): {why}", fix)
+
+
+def _net_admin(facts: Facts) -> Check:
     if facts.net_admin:
-        checks.append(Check("net_admin", "ok", "CAP_NET_ADMIN: bridge networks can be made"))
-    else:
-        checks.append(
-            Check(
-                "net_admin",
-                "warn",
-                "no CAP_NET_ADMIN: VMs on user-mode networking only, no bridge networks",
-                "run qemu-compose as root for bridge networks (a file capability on a shared "
-                "Python interpreter would give CAP_NET_ADMIN to every program it runs: do not)",
-            )
-        )
-    binary("dnsmasq", "DHCP and DNS of bridge networks", required=False)
-    binary("nft", "NAT of bridge networks with nat: true", required=False)
-    binary("ssh", "`qemu-compose ssh`", required=False)
-    binary("mkfs.ext4", "makes named volumes", required=False)
-    binary("journalctl", "`qemu-compose logs` shows the unit's journal", required=False)
+        return Check("net_admin", "ok", "CAP_NET_ADMIN: bridge networks can be made")
+    return Check(
+        "net_admin",
+        "warn",
+        "no CAP_NET_ADMIN: VMs on user-mode networking only, no bridge networks",
+        "run qemu-compose as root for bridge networks (a file capability on a shared "
+        "Python interpreter would give CAP_NET_ADMIN to every program it runs: do not)",
+    )
+
+
+def _image_cache(facts: Facts) -> Check:
     if facts.cache_free is None:
-        checks.append(Check("image_cache", "warn", f"cannot read free space of {facts.cache_dir}"))
-    else:
-        gib = facts.cache_free / (1 << 30)
-        verdict: Verdict = "ok" if facts.cache_free >= LOW_SPACE else "warn"
-        fix = "" if verdict == "ok" else "qemu-compose image prune, or free disk space"
-        checks.append(
-            Check("image_cache", verdict, f"{gib:.1f} GiB free in {facts.cache_dir}", fix)
-        )
-    return checks
+        return Check("image_cache", "warn", f"cannot read free space of {facts.cache_dir}")
+    gib = facts.cache_free / (1 << 30)
+    verdict: Verdict = "ok" if facts.cache_free >= LOW_SPACE else "warn"
+    fix = "" if verdict == "ok" else "qemu-compose image prune, or free disk space"
+    return Check("image_cache", verdict, f"{gib:.1f} GiB free in {facts.cache_dir}", fix)
 
 
 def _version(path: str) -> str:
