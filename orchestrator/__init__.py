@@ -6,8 +6,9 @@ Public names are re-exported here and imported on first use, so that the CLI sta
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .config.model import ComposeFile, Network, Vm, Volume
@@ -26,26 +27,26 @@ if TYPE_CHECKING:
     from .state.files import ProjectLock, ProjectState, StateDir, atomic_write
 
 _EXPORTS = {
-    "ConfigError": "errors",
-    "LockHeldError": "errors",
-    "PeerError": "errors",
-    "UsageError": "errors",
-    "VmError": "errors",
-    "Problem": "errors",
-    "ProjectNotFoundError": "errors",
-    "QemuComposeError": "errors",
-    "StateError": "errors",
-    "ComposeFile": "config.model",
-    "Network": "config.model",
-    "Vm": "config.model",
-    "Volume": "config.model",
-    "Project": "config.project",
-    "find_compose_file": "config.project",
-    "load_project": "config.project",
-    "ProjectLock": "state.files",
-    "ProjectState": "state.files",
-    "StateDir": "state.files",
-    "atomic_write": "state.files",
+    "ConfigError": ".errors",
+    "LockHeldError": ".errors",
+    "PeerError": ".errors",
+    "UsageError": ".errors",
+    "VmError": ".errors",
+    "Problem": ".errors",
+    "ProjectNotFoundError": ".errors",
+    "QemuComposeError": ".errors",
+    "StateError": ".errors",
+    "ComposeFile": ".config.model",
+    "Network": ".config.model",
+    "Vm": ".config.model",
+    "Volume": ".config.model",
+    "Project": ".config.project",
+    "find_compose_file": ".config.project",
+    "load_project": ".config.project",
+    "ProjectLock": ".state.files",
+    "ProjectState": ".state.files",
+    "StateDir": ".state.files",
+    "atomic_write": ".state.files",
 }
 
 __all__ = [
@@ -72,8 +73,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -159,10 +159,6 @@ class UnitStatus:
         return self.active_state is ActiveState.ACTIVE
 
     @property
-    def is_running(self) -> bool:
-        return self.active_state.running
-
-    @property
     def is_failed(self) -> bool:
         return self.active_state is ActiveState.FAILED
 

@@ -30,9 +30,9 @@ call that needs it (types such as VmRow too, on first use).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from orchestrator._lazy import lazy_exports
 from orchestrator.progress import Event, Stage, Status, Transfer
 
 from .cache import images, prune_images, pull, remove_image
@@ -123,8 +123,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _TYPES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'orchestrator.api' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _TYPES)

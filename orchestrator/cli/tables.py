@@ -4,7 +4,7 @@ json). Pure: rows in, text out."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -12,43 +12,51 @@ if TYPE_CHECKING:
 
 
 def vm_table(rows: Sequence[VmRow]) -> str:
-    lines = [
-        f"{'NAME':<20} {'STATUS':<12} {'ADDRESSES':<24} {'SSH':<6} {'CPU':<4} {'MEMORY':<7} "
-        f"{'DISK':<8} UNIT"
-    ]
-    for row in rows:
+    columns = [("NAME", "<20"), ("STATUS", "<12"), ("ADDRESSES", "<24"), ("SSH", "<6"),
+               ("CPU", "<4"), ("MEMORY", "<7"), ("DISK", "<8"), ("UNIT", "")]  # fmt: skip
+
+    def cells(row: VmRow) -> list[object]:
         addresses = ",".join(row.addresses.values()) or "-"
-        lines.append(
-            f"{row.name:<20} {row.status:<12} {addresses:<24} {row.ssh_port or '-'!s:<6} "
-            f"{row.cpu or '-'!s:<4} {row.memory or '-'!s:<7} {row.disk or '-':<8} {row.unit}"
-        )
-    return "\n".join(lines) + "\n"
+        return [row.name, row.status, addresses, row.ssh_port or "-", row.cpu or "-",
+                row.memory or "-", row.disk or "-", row.unit]  # fmt: skip
+
+    return _table(columns, map(cells, rows))
 
 
 def network_table(rows: Sequence[NetworkRow]) -> str:
-    lines = [f"{'NAME':<16} {'SUBNET':<18} {'BRIDGE':<16} {'LINK':<8} {'DHCP':<10} VMS"]
-    for row in rows:
-        link = {True: "up", False: "absent", None: "?"}[row.bridge_exists]
+    columns = [("NAME", "<16"), ("SUBNET", "<18"), ("BRIDGE", "<16"), ("LINK", "<8"),
+               ("DHCP", "<10"), ("VMS", "")]  # fmt: skip
+    links = {True: "up", False: "absent", None: "?"}
+
+    def cells(row: NetworkRow) -> list[object]:
         name = row.name if row.in_file else f"{row.name} (orphan)"
-        lines.append(
-            f"{name:<16} {row.subnet or '-':<18} {row.bridge:<16} {link:<8} {row.dhcp:<10} "
-            f"{','.join(row.vms) or '-'}"
-        )
-    return "\n".join(lines) + "\n"
+        return [name, row.subnet or "-", row.bridge, links[row.bridge_exists], row.dhcp,
+                ",".join(row.vms) or "-"]  # fmt: skip
+
+    return _table(columns, map(cells, rows))
 
 
 def image_table(rows: Sequence[ImageInfo]) -> str:
-    lines = [f"{'NAME':<44} {'SIZE':>9} {'FORMAT':<7} {'LAST USED':<17} {'VMS':>3} SOURCE"]
-    for row in rows:
-        used = (
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(row.last_used)) if row.last_used else "-"
-        )
-        size = f"{row.size / (1 << 20):.1f}M"
-        vms = "?" if row.users_unknown else str(len(row.in_use_by))
-        lines.append(
-            f"{row.name:<44} {size:>9} {row.format:<7} {used:<17} {vms:>3} {row.source or '-'}"
-        )
-    return "\n".join(lines) + "\n"
+    columns = [("NAME", "<44"), ("SIZE", ">9"), ("FORMAT", "<7"), ("LAST USED", "<17"),
+               ("VMS", ">3"), ("SOURCE", "")]  # fmt: skip
+
+    def cells(row: ImageInfo) -> list[object]:
+        when = row.last_used
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(when)) if when else "-"
+        users = "?" if row.users_unknown else len(row.in_use_by)
+        return [row.name, f"{row.size / (1 << 20):.1f}M", row.format, used, users,
+                row.source or "-"]  # fmt: skip
+
+    return _table(columns, map(cells, rows))
+
+
+def _table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[object]]) -> str:
+    """A header and a line a row, each cell padded as its column says (the last is not)."""
+
+    def line(cells: Sequence[object]) -> str:
+        return " ".join(f"{cell!s:{spec}}" for cell, (_, spec) in zip(cells, columns, strict=True))
+
+    return "".join(line(cells) + "\n" for cells in [[t for t, _ in columns], *rows])
 
 
 def json_lines(rows: object) -> str:

@@ -7,8 +7,9 @@ options) does not pull systemd, QEMU and the network in (the CLI starts fast).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from orchestrator._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .execute import UpError, UpResult, dry_run, up
@@ -18,24 +19,24 @@ if TYPE_CHECKING:
     from .teardown import destroy, remove_networks, stop
 
 _EXPORTS = {
-    "UpError": "execute",
-    "UpResult": "execute",
-    "dry_run": "execute",
-    "up": "execute",
-    "DEFAULT_READY_TIMEOUT": "options",
-    "Connection": "options",
-    "PlanOptions": "options",
-    "UpOptions": "options",
-    "Action": "plan",
-    "ActionKind": "plan",
-    "UpPlan": "plan",
-    "NetworkRow": "query",
-    "VmRow": "query",
-    "networks": "query",
-    "ps": "query",
-    "destroy": "teardown",
-    "remove_networks": "teardown",
-    "stop": "teardown",
+    "UpError": ".execute",
+    "UpResult": ".execute",
+    "dry_run": ".execute",
+    "up": ".execute",
+    "DEFAULT_READY_TIMEOUT": ".options",
+    "Connection": ".options",
+    "PlanOptions": ".options",
+    "UpOptions": ".options",
+    "Action": ".plan",
+    "ActionKind": ".plan",
+    "UpPlan": ".plan",
+    "NetworkRow": ".query",
+    "VmRow": ".query",
+    "networks": ".query",
+    "ps": ".query",
+    "destroy": ".teardown",
+    "remove_networks": ".teardown",
+    "stop": ".teardown",
 }
 __all__ = [
     "DEFAULT_READY_TIMEOUT",
@@ -59,8 +60,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'orchestrator.runtime' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

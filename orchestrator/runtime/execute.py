@@ -64,7 +64,7 @@ async def _plan(session: Session, options: PlanOptions) -> UpPlan:
     project = session.project
     observed = await observe(project, session.manager, session.state)
     supervisor = await session.manager.status(supervisor_unit(project.name))
-    resources = observe_resources(project, session.state, supervisor.is_running)
+    resources = observe_resources(project, session.state, supervisor.active_state.running)
     selected = (
         select(
             project.model,

@@ -47,7 +47,7 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
     write_supervised(session.paths.supervised_vms, table)
     unit = supervisor_unit(session.project.name)
     status = await session.manager.status(unit)
-    if status.is_running:
+    if status.active_state.running:
         return
     if status.is_failed:
         await session.manager.reset_failed(unit)

@@ -32,7 +32,7 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
     manager = session.manager
     unit = vm_unit(session.project.name, name)
     status = await manager.status(unit)
-    if not status.is_running:
+    if not status.active_state.running:
         if status.is_failed:
             await manager.reset_failed(unit)
         return

@@ -216,14 +216,13 @@ def test_named_files_are_read_at_load_time(tmp_path: Path) -> None:
 
 
 def test_a_user_data_file_that_is_not_yaml_is_pinned_in_that_file(tmp_path: Path) -> None:
-    (tmp_path / "broken.yaml").write_text("#cloud-config\npackages: [nginx\n")
-    (tmp_path / "list.yaml").write_text("- not\n- a mapping\n")
-    text = (
-        "vms:\n  a: {cloud_init: {user_data: ./broken.yaml}}\n"
-        "  b: {cloud_init: {user_data: ./list.yaml}}\n"
-    )
+    files = {"broken.yaml": "#cloud-config\npackages: [nginx\n", "list.yaml": "- a\n- b\n"}
+    lines = ["vms:"]
+    for vm, (name, content) in zip("ab", files.items(), strict=True):
+        write(tmp_path, content, name)
+        lines.append(f"  {vm}: {{cloud_init: {{user_data: ./{name}}}}}")
     with pytest.raises(ConfigError) as caught:
-        load_project(write(tmp_path, text), environ={})
+        load_project(write(tmp_path, "\n".join(lines) + "\n"), environ={})
     broken, listed = sorted(caught.value.problems, key=lambda p: p.file.name)
     assert (broken.file, broken.line) == (tmp_path / "broken.yaml", 3)
     assert "invalid YAML" in broken.message

@@ -108,7 +108,7 @@ def test_one_definition_of_running_and_stopped() -> None:
     # a state a newer systemd may send is neither, not an error in a signal handler
     status = UnitStatus("z.service").updated({"ActiveState": "hibernating", "LoadState": "loaded"})
     assert status.active_state is ActiveState.UNKNOWN
-    assert not status.is_running
+    assert not status.active_state.running
     assert not status.has_stopped
     assert not UnitStatus("gone.service").exists
 
