@@ -1,7 +1,10 @@
 """The Python API: drive projects from scripts, with data in and data out.
 
-Everything the CLI does, without parsing its output (the CLI sits on it). ``load`` and the
-image functions are synchronous; the rest are trio async functions. Progress arrives as typed
+Everything the CLI does, without parsing its output (the CLI sits on it). What talks to
+systemd, QEMU, guests or the network is a trio async function (up, plan, stop, destroy,
+restart, ps, inspect, networks, remove_networks, logs, pull, doctor; events is an async
+context manager); what only reads files or formats data is synchronous (load, ssh_argv,
+records, console, images, remove_image, prune_images, format_*). Progress arrives as typed
 ``Event`` objects through ``on_event``:
 
     import trio

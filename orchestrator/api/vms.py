@@ -1,7 +1,8 @@
 """The VMs of a project: up, plan, stop, destroy, restart, and what they are (ps, inspect).
 
-Only ``load`` is synchronous; the rest are trio async functions. The runtime is imported when
-a function runs, so that importing the API costs what loading a compose file costs.
+``load``, ``journal_dir`` and ``ssh_argv`` are synchronous; the rest are trio async functions.
+The runtime is imported when a function runs, so that importing the API costs what loading a
+compose file costs.
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ async def with_progress(mode: str, work: Callable[[EventCallback], Awaitable[T]]
 
 
 async def with_events(render: Renderer, work: Callable[[EventCallback], Awaitable[T]]) -> T:
-    """Run ``work`` with ``render`` consuming its events; the renderer ends after it.
+    """Run ``work`` with ``render`` consuming its events; the renderer ends after it, also
+    when it fails (then its error is raised once every event is shown).
 
     A renderer that cannot keep up loses lines: the work never waits for it."""
     send, receive = trio.open_memory_channel[Event](10_000)
@@ -105,8 +106,14 @@ async def with_events(render: Renderer, work: Callable[[EventCallback], Awaitabl
             send.send_nowait(event)
 
     result: list[T] = []
+    failure: Exception | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(render, receive)
         async with send:
-            result.append(await work(on_event))
+            try:
+                result.append(await work(on_event))
+            except Exception as err:  # the renderer shows what came before it first
+                failure = err
+    if failure is not None:
+        raise failure
     return result[0]

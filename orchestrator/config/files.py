@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ConfigError, Problem
+import yaml
+
+from orchestrator.errors import Problem
 
 from .model import ComposeFile
-from .yamlsource import MAX_FILE_BYTES, PathKey, SourceMap, load_yaml
+from .yamlsource import MAX_FILE_BYTES, PathKey, SourceMap
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,18 +48,32 @@ def read_named_files(model: ComposeFile, source: SourceMap) -> tuple[NamedFiles,
             if isinstance(text, _Unreadable):
                 problems.append(source.problem(where, f"the user-data file {text.message}"))
                 continue
-            try:
-                config, _ = load_yaml(text.removeprefix("\ufeff"), Path(named))
-            except ConfigError as err:  # in its own file, at its own line and column
-                problems.extend(err.problems)
-                continue
+            config = _cloud_config(text, Path(named), problems)
             if isinstance(config, dict):
                 user_data[named] = config
-            else:
+            elif config is not _UNPARSED:
                 problems.append(
                     source.problem(where, f"the cloud-config in {named} must be a mapping")
                 )
     return NamedFiles(scripts, user_data), problems
+
+
+_UNPARSED = object()
+
+
+def _cloud_config(text: str, path: Path, problems: list[Problem]) -> Any:
+    """The file as cloud-init reads it: PyYAML's safe loader, YAML 1.1 (``0644`` is octal,
+    ``yes`` is true, ``!!binary`` is bytes), not the compose file's stricter YAML 1.2.
+    A syntax error is a problem at its own line and column."""
+    try:
+        return yaml.safe_load(text.removeprefix("\ufeff"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        problems.append(Problem(path, line, column, "", f"invalid YAML: {err.problem or err}"))
+    except yaml.YAMLError as err:
+        problems.append(Problem(path, 0, 0, "", f"invalid YAML: {err}"))
+    return _UNPARSED
 
 
 @dataclass(frozen=True, slots=True)

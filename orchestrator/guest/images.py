@@ -115,7 +115,7 @@ async def fetch(
             raise ImageError(f"no image at {path}")
         await verify(path, expected)
         return path
-    target = (directory or cache_dir()) / cache_name(source)
+    target = image_path(source, directory)
     if target.exists() and not force:
         await verify(target, expected)
         return target

@@ -10,7 +10,7 @@ import trio
 
 from orchestrator.progress import Reporter, Status
 
-from .images import ImageError, cache_dir, cache_name, fetch, image_users, is_remote
+from .images import ImageError, fetch, image_path, image_users, is_remote
 
 
 async def pull(
@@ -28,7 +28,7 @@ async def pull(
         report.transfer(url, Status.FAILED, detail=why)
 
     async def one(url: str, checksum: str | None) -> None:
-        cached = (directory or cache_dir()) / cache_name(url)
+        cached = image_path(url, directory)
         if cached.exists():
             users = image_users(cached) if force else []
             if users:  # a new file under their disks would ruin them

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -111,13 +111,6 @@ def plan(
                 )
             )
     return actions
-
-
-def render_plan(actions: Sequence[Action]) -> str:
-    if not actions:
-        return "nothing to do\n"
-    width = max(len(a.vm) for a in actions)
-    return "".join(f"{a.vm:<{width}}  {a.kind.value:<8}  {a.cause}\n" for a in actions)
 
 
 # -- the whole of `up`: the VMs and what they need -------------------------------------------------

@@ -166,7 +166,7 @@ def peer_errors() -> Iterator[None]:
     except BaseExceptionGroup as group:
         if group.subgroup(PEER_ERRORS) is None:
             raise
-        raise _as_peer_errors(group) from None
+        raise _as_peer_errors(group) from group
 
 
 def _as_peer_errors(group: BaseExceptionGroup[BaseException]) -> BaseExceptionGroup[BaseException]:

@@ -131,19 +131,32 @@ class ProjectSupervisor:
         log_session_event(self.event_log, vm, event)
         self._feed(vm, session, event)
 
-    def _feed(self, vm: str, session: qmp.QmpSession, event: Input) -> None:
-        lifecycle = self._lifecycles.get(vm)
-        if lifecycle is None or self._nursery is None:
+    def _feed(
+        self,
+        vm: str,
+        session: qmp.QmpSession,
+        event: Input,
+        lifecycle: VmLifecycle | None = None,
+    ) -> None:
+        """``event`` to the VM's lifecycle, and what it decides carried out. A carry-out
+        feeds back to the lifecycle that decided it only: a VM destroyed and made again in the
+        meantime has a new one, which counts its generations afresh."""
+        current = self._lifecycles.get(vm)
+        if current is None or (lifecycle is not None and lifecycle is not current):
             return
-        for command in lifecycle.on(event, trio.current_time()):
-            self._nursery.start_soon(self._carry_out, vm, session, command)
+        if self._nursery is None:
+            return
+        for command in current.on(event, trio.current_time()):
+            self._nursery.start_soon(self._carry_out, vm, session, command, current)
 
-    async def _carry_out(self, vm: str, session: qmp.QmpSession, command: Command) -> None:
+    async def _carry_out(
+        self, vm: str, session: qmp.QmpSession, command: Command, lifecycle: VmLifecycle
+    ) -> None:
         if isinstance(command, ScheduleRestart):
             data = {"reason": command.reason, "attempt": command.attempt, "delay": command.delay}
             self.event_log.append(vm, "RESTARTING", data, source="supervisor")
             await trio.sleep_until(command.at)
-            self._feed(vm, session, RestartDue(command.generation))
+            self._feed(vm, session, RestartDue(command.generation), lifecycle)
             return
         try:
             if isinstance(command, Reset):
@@ -163,7 +176,7 @@ class ProjectSupervisor:
         except (qmp.QmpError, systemd_dbus.SystemdError) as err:
             self.event_log.append(vm, "SUPERVISOR_ERROR", {"error": str(err)}, source="supervisor")
         finally:
-            self._feed(vm, session, ActionDone(command.generation))
+            self._feed(vm, session, ActionDone(command.generation), lifecycle)
 
 
 def log_session_event(event_log: EventLog, vm: str, event: SessionEvent) -> None:

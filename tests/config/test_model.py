@@ -215,6 +215,22 @@ def test_named_files_are_read_at_load_time(tmp_path: Path) -> None:
     assert project.files.scripts[script].endswith("set up\n")
 
 
+def test_a_user_data_file_is_read_as_cloud_init_reads_it(tmp_path: Path) -> None:
+    """YAML 1.1, as cloud-init's PyYAML: octal modes, yes/no, !!binary (the compose file's
+    own YAML 1.2 would read 0644 as 644 and refuse the tag)."""
+    write(
+        tmp_path,
+        "#cloud-config\npackage_upgrade: yes\nwrite_files:\n"
+        "  - {path: /etc/x, permissions: 0644, content: !!binary aGk=}\n",
+        "user-data.yaml",
+    )
+    text = "vms:\n  web: {cloud_init: {user_data: ./user-data.yaml}}\n"
+    project = load_project(write(tmp_path, text), environ={})
+    config = project.files.user_data[str(tmp_path / "user-data.yaml")]
+    assert config["package_upgrade"] is True
+    assert config["write_files"] == [{"path": "/etc/x", "permissions": 0o644, "content": b"hi"}]
+
+
 def test_a_user_data_file_that_is_not_yaml_is_pinned_in_that_file(tmp_path: Path) -> None:
     files = {"broken.yaml": "#cloud-config\npackages: [nginx\n", "list.yaml": "- a\n- b\n"}
     lines = ["vms:"]

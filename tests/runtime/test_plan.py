@@ -10,6 +10,7 @@ from orchestrator import load_project
 from orchestrator.config.model import ComposeFile
 from orchestrator.config.topology import instances
 from orchestrator.runtime.plan import (
+    Action,
     ActionKind,
     Observed,
     Resources,
@@ -18,7 +19,6 @@ from orchestrator.runtime.plan import (
     config_hash,
     plan,
     plan_up,
-    render_plan,
     render_up_plan,
 )
 from systemd_dbus import ActiveState
@@ -45,6 +45,11 @@ vms:
 def compose(tmp_path: Path) -> ComposeFile:
     (tmp_path / "qemu-compose.yaml").write_text(TEXT)
     return load_project(tmp_path / "qemu-compose.yaml", environ={}).model
+
+
+def render_plan(actions: list[Action]) -> str:
+    """The VMs' lines of up --dry-run."""
+    return render_up_plan(UpPlan(tuple(actions)))
 
 
 def hashes(compose: ComposeFile) -> dict[str, str]:
