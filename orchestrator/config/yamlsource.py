@@ -184,12 +184,16 @@ class _Builder:
             Problem(self.source.file, pos.line, pos.column, format_path(path), message)
         )
 
-    def build(self, node: Node, path: PathKey) -> Any:
+    def spend(self, node: Node) -> None:
+        """One more value built or merged: a small file must not expand without bound."""
         self.budget -= 1
         if self.budget < 0:
             raise _TooBig(
                 node, f"the document expands to more than {MAX_NODES} values (too many aliases?)"
             )
+
+    def build(self, node: Node, path: PathKey) -> Any:
+        self.spend(node)
         if len(path) > MAX_DEPTH:
             raise _TooBig(node, f"the document nests deeper than {MAX_DEPTH} levels")
         self.source.values.setdefault(path, _position(node))
@@ -207,8 +211,12 @@ class _Builder:
             self.fail(node, path, f"invalid value: {err.problem}")
             return None
 
-    def _pairs(self, node: MappingNode, path: PathKey) -> Iterator[tuple[Node, Node, bool]]:
-        """The (key, value, merged) pairs of a mapping, merge keys (``<<``) expanded."""
+    def _pairs(
+        self, node: MappingNode, path: PathKey, merging: frozenset[int] = frozenset()
+    ) -> Iterator[tuple[Node, Node, bool]]:
+        """The (key, value, merged) pairs of a mapping, merge keys (``<<``) expanded; every
+        merged pair counts against the same budget as a value (``<<: [*m, *m]`` nested is
+        as much a bomb as aliases are)."""
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE:
                 sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
@@ -216,7 +224,11 @@ class _Builder:
                     if not isinstance(src, MappingNode):
                         self.fail(src, path, "a merge key (<<) takes a mapping or a list of them")
                         continue
-                    for k, v, _ in self._pairs(src, path):
+                    if id(src) in merging or src is node:
+                        self.fail(src, path, "a merge key (<<) cannot merge a mapping into itself")
+                        continue
+                    for k, v, _ in self._pairs(src, path, merging | {id(node)}):
+                        self.spend(k)
                         yield k, v, True
             else:
                 yield key_node, value_node, False

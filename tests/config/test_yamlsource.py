@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,38 @@ def test_deep_nesting_is_refused_without_a_crash() -> None:
         load_yaml("a: " + "[" * 5000 + "]" * 5000 + "\n", F)
     with pytest.raises(ConfigError, match="deeper than"):
         load_yaml("a: " + "[" * 100 + "]" * 100 + "\n", F)
+
+
+def bomb_of_aliases(depth: int) -> str:
+    lines = ["a0: &a0 [x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, depth)]
+    return "\n".join(lines) + "\n"
+
+
+def bomb_of_merges(depth: int) -> str:
+    lines = ["m0: &m0 {k: v}"]
+    lines += [f"m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], k{i}: v}}" for i in range(1, depth)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("bomb", [bomb_of_aliases, bomb_of_merges], ids=["aliases", "merges"])
+def test_a_small_file_cannot_expand_without_bound(bomb: Callable[[int], str]) -> None:
+    """A billion laughs, with lists or with merge keys (a 973-byte merge bomb ran for minutes
+    and took over a gigabyte): refused in well under a second, naming a line."""
+    text = bomb(24)
+    assert len(text) < 1500
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="expands to more than") as caught:
+        load_yaml(text, F)
+    assert time.monotonic() - started < 1.0
+    assert caught.value.problems[0].line >= 1  # where the budget ran out
+
+
+def test_a_mapping_merged_into_itself_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="cannot merge a mapping into itself"):
+        load_yaml("a: &a {b: 1, <<: *a}\n", F)
+
+
+def test_ordinary_merges_still_work() -> None:
+    data, _ = load_yaml("base: &b {cpu: 2, memory: 256}\nvm: {<<: *b, memory: 512}\n", F)
+    assert data["vm"] == {"cpu": 2, "memory": 512}
