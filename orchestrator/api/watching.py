@@ -107,7 +107,11 @@ async def logs(
 def console(project: Project, vm: str) -> str:
     """Join this terminal to a VM's serial console until Ctrl+]; returns why it ended."""
     from orchestrator.guest.console import attach
+    from orchestrator.state.files import check_private_dir
     from orchestrator.state.paths import ProjectPaths
 
     select_one(project.model, vm, project=project.name)
-    return attach(ProjectPaths(project.state_dir, project.name).vm(vm).console_socket, vm)
+    paths = ProjectPaths(project.state_dir, project.name).vm(vm)
+    if paths.sockets.exists():  # what is typed there goes to whoever serves the socket
+        check_private_dir(paths.sockets)
+    return attach(paths.console_socket, vm)

@@ -15,11 +15,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.errors import StateError
-from orchestrator.state.files import atomic_write, ensure_private_dir
+from orchestrator.state.files import atomic_write, check_owner, private_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,24 +30,50 @@ class ProjectKey:
 
 
 def ensure_project_key(ssh_dir: Path, project: str) -> ProjectKey:
-    ensure_private_dir(ssh_dir)
+    """The project's key, made on first use. The private key is the truth, written whole or
+    not at all; the public line is derived from it (``id_ed25519.pub`` is a copy for people,
+    written again when it is missing or does not match), so no crash or full disk between
+    two writes can leave a pair that does not fit."""
+    private_dir(ssh_dir)
     private = ssh_dir / "id_ed25519"
-    public = ssh_dir / "id_ed25519.pub"
-    if not private.exists():
+    if private.exists() or private.is_symlink():
+        check_owner(private)
+        key = _load_key(private)
+    else:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        line = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
         atomic_write(private, pem, mode=0o600)
-        atomic_write(public, line + f" qemu-compose@{project}\n".encode(), mode=0o644)
     if private.stat().st_mode & 0o077:
         private.chmod(0o600)
-    return ProjectKey(private, public.read_text().strip())
+    raw = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    line = f"{raw.decode()} qemu-compose@{project}"
+    public = ssh_dir / "id_ed25519.pub"
+    try:
+        written = public.read_text().strip()
+    except FileNotFoundError:
+        written = None
+    if written != line:
+        atomic_write(public, f"{line}\n".encode(), mode=0o644)
+    return ProjectKey(private, line)
+
+
+def _load_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise StateError(
+            f"{path} is not an unencrypted OpenSSH private key ({err}): delete it (and "
+            "recreate the project's VMs, which trust it) to make a new one"
+        ) from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise StateError(f"{path} is not an ed25519 key: delete it to make a new one")
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +109,7 @@ def ensure_console_password(path: Path) -> ConsolePassword:
     if result.returncode != 0:
         raise StateError(f"openssl passwd failed: {result.stderr.strip()}")
     made = ConsolePassword(password, result.stdout.strip())
-    ensure_private_dir(path.parent)
+    private_dir(path.parent)
     atomic_write(path, json.dumps({"password": made.password, "hash": made.crypt_hash}).encode())
     os.chmod(path, 0o600)
     return made

@@ -26,8 +26,8 @@ from orchestrator.guest.knownhosts import forget_host
 from orchestrator.guest.mounts import check_bind_sources
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
 from orchestrator.progress import Event, Stage, Status
-from orchestrator.state.files import VmState
-from orchestrator.state.paths import ensure_socket_dir, vm_unit
+from orchestrator.state.files import VmState, private_dir
+from orchestrator.state.paths import make_socket_dir, vm_unit
 
 from .launch import LaunchFacts, grace_period, vm_launch
 from .options import UpOptions
@@ -99,8 +99,8 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         await stop_one(session, name, grace_period(vm))
         shutil.rmtree(paths.directory, ignore_errors=True)
         forget_host(session.paths, project, name)
-    paths.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ensure_socket_dir(paths.sockets)
+    private_dir(paths.directory)
+    paths = make_socket_dir(session.paths, name)
     unit = vm_unit(project, name)
     if (await session.manager.status(unit)).is_failed:
         await session.manager.reset_failed(unit)

@@ -17,7 +17,7 @@ from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import ProjectState
-from orchestrator.state.paths import dnsmasq_unit, vm_unit
+from orchestrator.state.paths import dnsmasq_unit, remove_socket_dir, vm_unit
 
 from .launch import grace_period
 from .observe import unit_states
@@ -60,6 +60,7 @@ async def remove_vm(session: Session, name: str) -> None:
     for network in session.state.addresses.values():
         network.pop(name, None)
     shutil.rmtree(session.paths.vm(name).directory, ignore_errors=True)
+    remove_socket_dir(session.paths, name)
     forget_host(session.paths, project.name, name)
     session.state.vms.pop(name, None)
     release_ports(project.name, name)

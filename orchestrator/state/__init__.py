@@ -1,7 +1,7 @@
 """Where a project's things live: its state directory (the state cache, the lock, atomic
 writes; here) and the names of its units, files and sockets (`paths`)."""
 
-from .files import ProjectLock, ProjectState, StateDir, VmState, atomic_write, ensure_private_dir
+from .files import ProjectLock, ProjectState, StateDir, VmState, atomic_write, private_dir
 
 __all__ = [
     "ProjectLock",
@@ -9,5 +9,5 @@ __all__ = [
     "StateDir",
     "VmState",
     "atomic_write",
-    "ensure_private_dir",
+    "private_dir",
 ]

@@ -1,6 +1,7 @@
 """The project's state directory: versioned state file, atomic writes, the project lock.
 
-``.qemu-compose/`` beside the compose file is created 0700. Every file in it is replaced
+``.qemu-compose/`` beside the compose file is created 0700, and one that another user made
+or may write to is refused (see `check_private_dir`). Every file in it is replaced
 atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves the old
 version or the new one, never half of one. Mutating commands hold an exclusive flock on
 ``.qemu-compose/lock`` so that two runs on one project are serialised; the lock dies with its
@@ -14,7 +15,9 @@ import errno
 import fcntl
 import logging
 import os
+import pwd
 import shlex
+import stat
 import sys
 import tempfile
 import time
@@ -53,12 +56,53 @@ class ProjectState(msgspec.Struct, kw_only=True):
     addresses: dict[str, dict[str, str]] = {}  # network -> vm -> IPv4 address
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) if needed and make it 0700."""
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory that only this user can use: made 0700 if it is not there
+    (its missing parents too), else checked as `check_private_dir` does."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
+    return check_private_dir(path)
+
+
+def check_private_dir(path: Path) -> Path:
+    """Refuse a directory that is a link, belongs to another user or that other users can
+    write to (as OpenSSH's StrictModes refuses a ~/.ssh): whoever could write there could
+    have put their own key, password or socket in it. One that others can only read is made
+    0700, with a warning (its key may have been read).
+    """
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+        raise StateError(f"{path} is {what}: qemu-compose keeps its keys and sockets in a "
+                         "directory of its own there; remove it")  # fmt: skip
+    check_owner(path, info)
+    if info.st_mode & 0o022:
+        raise StateError(
+            f"{path} can be written by other users (mode {stat.S_IMODE(info.st_mode):o}): "
+            "anyone could have put keys or sockets in it; check what is in it, then "
+            f"`chmod 700 {path}`"
+        )
+    if info.st_mode & 0o077:
+        log.warning("%s was readable by other users: made it private (0700)", path)
         path.chmod(0o700)
     return path
+
+
+def check_owner(path: Path, info: os.stat_result | None = None) -> None:
+    """Refuse a file or directory that another user made."""
+    info = info or path.lstat()
+    if info.st_uid != os.geteuid():
+        raise StateError(
+            f"{path} belongs to {_user(info.st_uid)}, not to {_user(os.geteuid())}: another "
+            "user made it, and its keys and sockets cannot be trusted; remove it, or run "
+            "qemu-compose as its owner"
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -93,11 +137,14 @@ class StateDir:
         return self.path / STATE_FILE
 
     def ensure(self) -> Self:
-        ensure_private_dir(self.path)
+        private_dir(self.path)
         return self
 
     def read_state(self, project: str) -> ProjectState:
-        """The saved state; a fresh one if there is none or it is unreadable (moved aside)."""
+        """The saved state; a fresh one if there is none or it is unreadable (moved aside).
+        A state directory that is not this user's own is refused, never read."""
+        if self.path.exists() or self.path.is_symlink():
+            check_private_dir(self.path)
         try:
             raw = self.state_file.read_bytes()
         except FileNotFoundError:
@@ -162,8 +209,8 @@ class ProjectLock:
         """Take the lock now or raise LockHeldError naming its holder."""
         if self._fd is not None:
             raise StateError(f"{self.path} is already held by this process")
-        ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

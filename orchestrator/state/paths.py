@@ -1,20 +1,25 @@
-"""Names and places of a project's things: systemd units, files, sockets. Pure.
+"""Names and places of a project's things: systemd units, files, sockets.
 
 Units are ``qemu-compose-<project>-<vm>.service``, ``qemu-compose-dnsmasq-<project>-<network>
 .service`` and ``qemu-compose-<project>-supervisor.service``, each part escaped as
 ``systemd-escape`` does ("-" becomes ``\\x2d``), so that no two projects' units can collide.
 A VM's files live in ``.qemu-compose/<vm>/``; its sockets too, unless that path is longer
-than a unix socket allows, then under ``$XDG_RUNTIME_DIR/qemu-compose/``.
+than a unix socket allows, then under ``$XDG_RUNTIME_DIR/qemu-compose/`` or, without a
+runtime directory, in a private directory made by mkdtemp (see `make_socket_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import StateError
+from orchestrator.state.files import atomic_write, check_owner, check_private_dir, private_dir
 from qmp import check_socket_path
 from systemd_dbus import escape, unescape
 
@@ -47,15 +52,6 @@ def vm_of_unit(project: str, unit: str) -> str | None:
     if name == "supervisor" or "-" in name:  # escaped VM names contain no bare "-"
         return None
     return unescape(name)
-
-
-def ensure_socket_dir(path: Path) -> Path:
-    """Create a VM's socket directory 0700 and refuse one that someone else made."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise StateError(f"{path} is not a private directory of this user: remove it")
-    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +115,73 @@ class ProjectPaths:
     def network_dir(self, name: str) -> Path:
         return self.state_dir / "networks" / name
 
+    @property
+    def sockets_record(self) -> Path:
+        """Where the project's private socket directory under /tmp is recorded (when there is
+        no $XDG_RUNTIME_DIR and an instance directory's path is too long for a socket)."""
+        return self.state_dir / "sockets-dir"
+
     def vm(self, name: str) -> VmPaths:
         directory = self.state_dir / name
-        sockets = directory
         try:
             check_socket_path(str(directory / "qmp-ctl.sock"))
         except ValueError:
-            # /tmp only without a runtime dir; ensure_socket_dir refuses one that is not ours
-            runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/qemu-compose-{os.getuid()}"  # noqa: S108
-            digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
-            sockets = Path(runtime) / "qemu-compose" / f"{digest}-{name}"
-        return VmPaths(directory, sockets)
+            return VmPaths(directory, self._socket_base() / self._socket_leaf(name))
+        return VmPaths(directory, directory)
+
+    def _socket_leaf(self, name: str) -> str:
+        if os.environ.get("XDG_RUNTIME_DIR"):  # shared by the user's projects
+            return f"{hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]}-{name}"
+        return name
+
+    def _socket_base(self) -> Path:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            return Path(runtime) / "qemu-compose"
+        return self.recorded_socket_base() or Path("/nonexistent/qemu-compose-sockets")
+
+    def recorded_socket_base(self) -> Path | None:
+        """The private directory recorded for this project's sockets, if it is still there
+        and still this user's own (after a reboot anyone may have made one of that name)."""
+        try:
+            base = Path(self.sockets_record.read_text().strip())
+            check_private_dir(base)
+        except (OSError, StateError, ValueError):
+            return None
+        return base
+
+
+def make_socket_dir(paths: ProjectPaths, name: str) -> VmPaths:
+    """Create a VM's socket directory, private, and return its paths. Every directory on the
+    way is this user's and closed to others ($XDG_RUNTIME_DIR is checked); without a runtime
+    directory the project's sockets go to a directory of an unguessable name made by mkdtemp
+    and recorded in the state directory, never to a name another user could make first."""
+    vm = paths.vm(name)
+    if vm.sockets == vm.directory:
+        private_dir(vm.directory)
+        return vm
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        check_private_dir(Path(runtime))
+        private_dir(Path(runtime) / "qemu-compose")
+    elif paths.recorded_socket_base() is None:
+        base = Path(tempfile.mkdtemp(prefix="qemu-compose-"))
+        atomic_write(paths.sockets_record, str(base).encode())
+    vm = paths.vm(name)
+    private_dir(vm.sockets)
+    return vm
+
+
+def remove_socket_dir(paths: ProjectPaths, name: str) -> None:
+    """A destroyed VM's socket directory, when it is not its instance directory; the
+    project's private base under /tmp too once it is empty."""
+    vm = paths.vm(name)
+    if vm.sockets == vm.directory:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        check_owner(vm.sockets)
+        shutil.rmtree(vm.sockets)
+    base = paths.recorded_socket_base()
+    if base is not None and not any(base.iterdir()):
+        base.rmdir()
+        paths.sockets_record.unlink(missing_ok=True)
