@@ -23,6 +23,7 @@ from . import dnsmasq, links, names
 from .dnsmasq import DnsmasqNetwork, Host
 from .errors import PlumbingError
 from .ipam import gateway
+from .registry import write_whole
 
 # start_dnsmasq(argv, config_changed): start dnsmasq with argv if it is not running, or
 # restart it if config_changed.
@@ -66,10 +67,7 @@ def _write_if_changed(path: Path, text: str) -> bool:
             return False
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    write_whole(path, text.encode(), mode=0o644)
     return True
 
 

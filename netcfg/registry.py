@@ -16,6 +16,8 @@ from pathlib import Path
 
 import msgspec
 
+from .errors import NetcfgError
+
 
 class Claims(msgspec.Struct):
     """Owner keys are "project/network" for subnets and "project/vm" for ports."""
@@ -60,11 +62,26 @@ class Registry:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 claims = Claims()  # unreadable: start over; host interfaces still guard us
             yield claims
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".claims.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(msgspec.json.encode(claims))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            write_whole(self.path, msgspec.json.encode(claims), mode=0o600)
         finally:
             os.close(lock)
+
+
+def write_whole(path: Path, data: bytes, *, mode: int) -> None:
+    """Replace ``path`` with ``data``, whole or not at all (temporary file, fsync, rename); a
+    write that fails (a full disk) leaves the old file and no temporary one: NetcfgError."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise NetcfgError(f"cannot write {path}: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise NetcfgError(f"cannot write {path}: {err.strerror}") from err

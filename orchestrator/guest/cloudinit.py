@@ -19,6 +19,8 @@ from typing import Any
 import pycdlib
 import yaml
 
+from orchestrator.state.files import NO_SPACE, no_space
+
 PROVISION_DIR = "/var/lib/qemu-compose/provision"
 SEED_MIN_BYTES = 1 << 20
 NINE_P_OPTIONS = "trans=virtio,version=9p2000.L,msize=262144,nofail"
@@ -224,12 +226,20 @@ def write_seed_iso(path: Path, files: Mapping[str, bytes]) -> None:
         iso.add_fp(io.BytesIO(data), len(data), f"/FILE{i};1", rr_name=name)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        iso.write(str(tmp))
-    finally:
-        iso.close()
-    # Pad as genisoimage does: filesystem probes (busybox's) read past a tiny image's end.
-    with tmp.open("r+b") as fh:
-        if fh.seek(0, os.SEEK_END) < SEED_MIN_BYTES:
-            fh.truncate(SEED_MIN_BYTES)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+        try:
+            iso.write(str(tmp))
+        finally:
+            iso.close()
+        # Pad as genisoimage does: filesystem probes (busybox's) read past a tiny image's end.
+        with tmp.open("r+b") as fh:
+            if fh.seek(0, os.SEEK_END) < SEED_MIN_BYTES:
+                fh.truncate(SEED_MIN_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in NO_SPACE:
+            raise no_space(path, err) from err
+        raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import trio
 
 from orchestrator.config.quantities import format_size
 from orchestrator.errors import QemuComposeError
+from orchestrator.state.files import format_free, private_dir
 
 EXT4_LABEL_MAX = 16
 
@@ -31,14 +33,26 @@ class ImageInfo:
     backing_file: str | None = None
 
 
-async def _run(argv: list[str], what: str) -> str:
+async def _run(argv: list[str], what: str, writes: Path | None = None) -> str:
+    """Run a disk tool; its failure is a DiskError saying what it said (and, when it found
+    the disk full, how much is free where it wrote)."""
     try:
         result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
     except FileNotFoundError as err:
         raise DiskError(f"{what}: {argv[0]} is not installed") from err
     if result.returncode != 0:
-        raise DiskError(f"{what}: {result.stderr.decode(errors='replace').strip()}")
+        said = result.stderr.decode(errors="replace").strip()
+        if writes is not None and ("No space left" in said or "Disk quota exceeded" in said):
+            said += f" ({_free(writes.parent)})"
+        raise DiskError(f"{what}: {said}")
     return result.stdout.decode()
+
+
+def _free(directory: Path) -> str:
+    try:
+        return f"{format_free(shutil.disk_usage(directory).free)} free there"
+    except OSError:
+        return "free space unknown"
 
 
 async def image_info(path: Path) -> ImageInfo:
@@ -57,8 +71,11 @@ async def create_overlay(base: Path, path: Path, size: int | None = None) -> Ima
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", info.format, "-b", str(base), str(tmp)]
     if size is not None:
         argv.append(str(size))
-    await _run(argv, f"creating {path}")
-    os.replace(tmp, path)
+    try:
+        await _run(argv, f"creating {path}", writes=path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed create leaves no half a disk behind
     return await image_info(path)
 
 
@@ -66,7 +83,7 @@ async def create_volume(path: Path, size: int, label: str) -> None:
     """A new qcow2 volume holding an empty ext4 filesystem; refuses to replace one."""
     if path.exists():
         raise DiskError(f"{path} exists already: volumes are never recreated")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(path.parent)
     raw = path.with_name(f".{path.name}.raw")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -84,9 +101,12 @@ async def create_volume(path: Path, size: int, label: str) -> None:
                 str(raw),
             ],
             f"formatting {path}",
+            writes=path,
         )
         await _run(
-            ["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(tmp)], f"converting {path}"
+            ["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(tmp)],
+            f"converting {path}",
+            writes=path,
         )
         os.replace(tmp, path)
     finally:

@@ -26,7 +26,7 @@ import trio
 
 from orchestrator.errors import QemuComposeError
 from orchestrator.progress import Reporter, Status
-from orchestrator.state.files import atomic_write
+from orchestrator.state.files import NO_SPACE, atomic_write, no_space
 
 if TYPE_CHECKING:
     import httpx
@@ -166,6 +166,10 @@ async def _download(http: httpx.AsyncClient, url: str, part: Path, report: Repor
                     report.transfer(url, Status.WORKING, done=done, total=total)
     except httpx.HTTPError as err:
         raise ImageError(f"{url}: download interrupted ({err}); run again to resume") from err
+    except OSError as err:
+        if err.errno in NO_SPACE:  # what came so far stays: the next run resumes from it
+            raise ImageError(str(no_space(part, err))) from err
+        raise
     if total is not None and done != total:
         raise ImageError(f"{url}: got {done} of {total} bytes; run again to resume")
 

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -17,7 +18,7 @@ from orchestrator.config.project import Project
 from orchestrator.config.topology import instances, select
 from orchestrator.errors import PeerError, VmError
 from orchestrator.progress import Event, Reporter, Stage
-from orchestrator.state.files import ProjectLock, ProjectState, StateDir
+from orchestrator.state.files import NO_SPACE, ProjectLock, ProjectState, StateDir, no_space
 from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.eventlog import EventLog
 from orchestrator.supervisor.supervised import write_supervised
@@ -158,11 +159,16 @@ async def open_session(
 @contextmanager
 def peer_errors() -> Iterator[None]:
     """The runtime's boundary: an error of systemd, QEMU or the network, alone or in a
-    nursery's group, leaves as PeerError raised from it."""
+    nursery's group, leaves as PeerError raised from it; a full disk as a StateError that
+    says so."""
     try:
         yield
     except PEER_ERRORS as err:
         raise PeerError(str(err)) from err
+    except OSError as err:
+        if err.errno in NO_SPACE:  # a writer that does not say it itself: said here
+            raise no_space(Path(err.filename) if err.filename else None, err) from err
+        raise
     except BaseExceptionGroup as group:
         if group.subgroup(PEER_ERRORS) is None:
             raise

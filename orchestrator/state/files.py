@@ -17,6 +17,7 @@ import logging
 import os
 import pwd
 import shlex
+import shutil
 import stat
 import sys
 import tempfile
@@ -105,9 +106,38 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(path: Path | None, err: OSError) -> StateError:
+    """The error of a write that found the disk (or the quota) full: which file, how much is
+    free. What was being written is not there, so the same command converges once there is
+    room again."""
+    why = "no space left" if err.errno == errno.ENOSPC else "the disk quota is used up"
+    if path is None:
+        return StateError(f"cannot write: {why}; free some space, then run the command again")
+    try:
+        free = f"{format_free(shutil.disk_usage(path.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return StateError(
+        f"cannot write {path}: {why} ({free} there); free some space, then run the command again"
+    )
+
+
+def format_free(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size // 1024} KiB"
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, whole."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, whole. A
+    full disk is a StateError naming the file and the space left (see `no_space`)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            raise no_space(path, err) from err
+        raise
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -115,9 +145,11 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            raise no_space(path, err) from err
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

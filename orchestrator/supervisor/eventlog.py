@@ -12,6 +12,7 @@ segments were deleted under it is told how many records it lost, never silently.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -103,7 +104,8 @@ class EventLog:
         source: str = "qmp",
         qemu_time: float | None = None,
     ) -> EventRecord:
-        """Write one record and return it (with its sequence number)."""
+        """Write one record and return it (with its sequence number). OSError when it cannot
+        (a full disk): then nothing of it is in the log."""
         with self._locked():
             segments = self.segments()
             number = segments[-1][0] if segments else 1
@@ -126,9 +128,10 @@ class EventLog:
                 data=data or {},
                 qemu_time=qemu_time,
             )
+            line = _encode(record) + b"\n"
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, _encode(record) + b"\n")
+                _append_whole(fd, line, path)
             finally:
                 os.close(fd)
             for old, old_path in self.segments()[: -self.keep]:
@@ -175,6 +178,19 @@ class EventLog:
             yield follower
         finally:
             follower.close()
+
+
+def _append_whole(fd: int, line: bytes, path: Path) -> None:
+    """Append ``line`` or nothing: a write that a full disk cut short is taken back."""
+    size = os.fstat(fd).st_size
+    try:
+        written = os.write(fd, line)
+    except OSError:
+        os.ftruncate(fd, size)
+        raise
+    if written != len(line):
+        os.ftruncate(fd, size)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def _parse(line: bytes) -> EventRecord | None:

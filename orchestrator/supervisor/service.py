@@ -22,6 +22,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -123,13 +124,22 @@ class ProjectSupervisor:
         data = {"unit": status.name, "active_state": now[0], "sub_state": now[1]}
         if status.has_stopped and status.result:
             data["result"] = status.result
-        self.event_log.append(vm, "UNIT_STATE", data, source="unit")
+        self._record(vm, "UNIT_STATE", data, source="unit")
 
     # -- QMP: the event log, and the lifecycle ----------------------------------------------
 
     def _on_session(self, vm: str, session: qmp.QmpSession, event: SessionEvent) -> None:
-        log_session_event(self.event_log, vm, event)
+        try:
+            log_session_event(self.event_log, vm, event)
+        except OSError as err:  # a full disk loses the record, never the VM's restart
+            log.warning("cannot write %s of %s to the event log: %s", event, vm, err)
         self._feed(vm, session, event)
+
+    def _record(self, vm: str, event: str, data: dict[str, Any], *, source: str) -> None:
+        try:
+            self.event_log.append(vm, event, data, source=source)
+        except OSError as err:
+            log.warning("cannot write %s of %s to the event log: %s", event, vm, err)
 
     def _feed(
         self,
@@ -154,7 +164,7 @@ class ProjectSupervisor:
     ) -> None:
         if isinstance(command, ScheduleRestart):
             data = {"reason": command.reason, "attempt": command.attempt, "delay": command.delay}
-            self.event_log.append(vm, "RESTARTING", data, source="supervisor")
+            self._record(vm, "RESTARTING", data, source="supervisor")
             await trio.sleep_until(command.at)
             self._feed(vm, session, RestartDue(command.generation), lifecycle)
             return
@@ -163,18 +173,18 @@ class ProjectSupervisor:
                 await session.execute("system_reset")
                 await session.execute("cont")
                 data = {"attempt": command.attempt}
-                self.event_log.append(vm, "RESTARTED", data, source="supervisor")
+                self._record(vm, "RESTARTED", data, source="supervisor")
             elif isinstance(command, Quit):
                 with contextlib.suppress(qmp.VmGoneError, qmp.SessionStateError):
                     await session.execute("quit")
             elif isinstance(command, GiveUp):
                 data = {"reason": command.reason}
-                self.event_log.append(vm, "RESTART_GIVEN_UP", data, source="supervisor")
+                self._record(vm, "RESTART_GIVEN_UP", data, source="supervisor")
                 spec = self.vms.get(vm)
                 if spec is not None:
                     await self.manager.kill(spec.unit, GIVE_UP_SIGNAL)
         except (qmp.QmpError, systemd_dbus.SystemdError) as err:
-            self.event_log.append(vm, "SUPERVISOR_ERROR", {"error": str(err)}, source="supervisor")
+            self._record(vm, "SUPERVISOR_ERROR", {"error": str(err)}, source="supervisor")
         finally:
             self._feed(vm, session, ActionDone(command.generation), lifecycle)
 

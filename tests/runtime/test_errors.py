@@ -7,7 +7,7 @@ import pytest
 import netcfg
 import qmp
 import systemd_dbus
-from orchestrator.errors import PeerError, QemuComposeError, VmError
+from orchestrator.errors import PeerError, QemuComposeError, StateError, VmError
 from orchestrator.progress import Stage
 from orchestrator.runtime.session import peer_errors, vm_failures
 
@@ -74,3 +74,14 @@ def test_our_own_errors_pass_a_vm_boundary_as_they_are() -> None:
     with pytest.raises(QemuComposeError) as caught, vm_failures("web", "u", lambda: Stage.DEPENDS):
         raise ours
     assert caught.value is ours
+
+
+def test_a_full_disk_anywhere_is_said_plainly() -> None:
+    """An ENOSPC of a writer that does not say it itself ends as a StateError naming the
+    file, not as an internal error."""
+    full = OSError(28, "No space left on device", "/tmp/project/.qemu-compose/web/x")
+    expected = r"cannot write /tmp/project/\.qemu-compose/web/x: no space"
+    with pytest.raises(StateError, match=expected), peer_errors():
+        raise full
+    with pytest.raises(FileNotFoundError), peer_errors():  # other OSErrors are not ours to say
+        raise FileNotFoundError(2, "No such file or directory")
