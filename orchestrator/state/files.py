@@ -252,7 +252,12 @@ class ProjectLock:
             pid, command = self._holder()
             raise LockHeldError(self.path, pid, command) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{self.command}\n".encode(), 0)
+        try:  # who holds it, for whoever waits: worth nothing on a full disk
+            os.pwrite(fd, f"{os.getpid()}\n{self.command}\n".encode(), 0)
+        except OSError as err:
+            if err.errno not in NO_SPACE:
+                os.close(fd)
+                raise
         self._fd = fd
 
     def _holder(self) -> tuple[int | None, str]:
