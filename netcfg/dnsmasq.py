@@ -5,7 +5,8 @@ only the NICs qemu-compose reserved an address for get one, so addresses are kno
 boot. Every VM resolves as ``name`` and ``name.<project>``. Nothing is forwarded upstream
 unless the network names upstream servers. VMs come and go without a restart: their
 reservations and names live in one file each under ``dhcp-hosts/`` and ``hosts/``, which
-dnsmasq watches.
+dnsmasq watches. It runs unprivileged once its sockets are bound (as root: the ``dnsmasq``
+user, or ``nobody``), writes nothing, and so needs only to read its directory.
 """
 
 from __future__ import annotations
@@ -25,16 +26,13 @@ class DnsmasqNetwork:
     directory: Path  # config, lease file and the watched host directories live here
     upstream: Sequence[str] = ()
     router: bool = False  # advertise the bridge as default route (only with NAT)
-    user: str = "root"  # dnsmasq keeps running as this user
+    user: str = "nobody"  # dnsmasq drops to this user once it has bound its sockets
+    group: str | None = None  # and to this group
     lease_time: str = "infinite"
 
     @property
     def config_file(self) -> Path:
         return self.directory / "dnsmasq.conf"
-
-    @property
-    def lease_file(self) -> Path:
-        return self.directory / "leases"
 
     @property
     def dhcp_hosts_dir(self) -> Path:
@@ -69,12 +67,13 @@ def render_config(net: DnsmasqNetwork) -> str:
         f"dhcp-range={net.subnet.network_address},static,{net.subnet.netmask},{net.lease_time}",
         f"dhcp-option=option:dns-server,{net.gateway}",
         f"dhcp-option=option:domain-search,{net.domain}",
-        f"dhcp-leasefile={net.lease_file}",
+        "leasefile-ro",  # reservations are static and leases infinite: nothing to keep
         f"dhcp-hostsdir={net.dhcp_hosts_dir}",
         f"hostsdir={net.hosts_dir}",
         "dhcp-authoritative",
         "pid-file=",
         f"user={net.user}",
+        *([f"group={net.group}"] if net.group else []),
         "log-facility=-",
     ]
     if net.router:

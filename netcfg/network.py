@@ -8,6 +8,7 @@ VMs join and leave with ``set_hosts``, which dnsmasq picks up without a restart.
 from __future__ import annotations
 
 import contextlib
+import grp
 import ipaddress
 import os
 import pwd
@@ -49,6 +50,7 @@ class BridgeNetwork:
         return gateway(self.subnet)
 
     def dnsmasq(self) -> DnsmasqNetwork:
+        user, group = _unprivileged()
         return DnsmasqNetwork(
             bridge=self.bridge,
             subnet=self.subnet,
@@ -57,8 +59,44 @@ class BridgeNetwork:
             directory=self.directory,
             upstream=tuple(self.upstream),
             router=self.nat,
-            user=pwd.getpwuid(os.getuid()).pw_name,
+            user=user,
+            group=group,
         )
+
+
+def _unprivileged() -> tuple[str, str | None]:
+    """Who dnsmasq runs as once its sockets are bound (user, group): as root, an unprivileged
+    user of its own (Debian's ``dnsmasq``, else ``nobody``); otherwise the user it was
+    started as."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name, None
+    group = "nogroup" if _group_exists("nogroup") else None
+    for user in ("dnsmasq", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(user)
+            return user, group
+    return "nobody", group
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def readable_dir(path: Path) -> None:
+    """``path`` and its missing parents, 0755 whatever the umask: dnsmasq reads them once it
+    has dropped its privileges (only names and addresses are there, nothing secret)."""
+    missing = []
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o755, exist_ok=True)
+        directory.chmod(0o755)
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
@@ -79,7 +117,7 @@ def set_hosts(network: BridgeNetwork, hosts: Sequence[Host]) -> None:
         (config.dhcp_hosts_dir, dnsmasq.dhcp_host_line),
         (config.hosts_dir, lambda h: dnsmasq.hosts_line(h, config.domain)),
     ):
-        directory.mkdir(parents=True, exist_ok=True)
+        readable_dir(directory)
         for stale in directory.iterdir():
             if stale.name not in wanted:
                 stale.unlink()
@@ -110,7 +148,7 @@ async def ensure_network(
         with contextlib.suppress(PlumbingError):  # no table: nothing to undo
             await trio.to_thread.run_sync(lambda: links.disable_nat(network.bridge, netns=netns))
     config = network.dnsmasq()
-    network.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    readable_dir(network.directory)
     set_hosts(network, hosts)
     changed = _write_if_changed(config.config_file, dnsmasq.render_config(config))
     await start_dnsmasq(dnsmasq.argv(config), changed)

@@ -173,6 +173,8 @@ def _vm_mounts(
             )
         elif target == "/":
             report((*mpath, "target"), "cannot mount over the guest's root directory")
+        elif any(c.isspace() for c in target):  # fstab (cloud-init's mounts:) splits on it
+            report((*mpath, "target"), f"{target!r} cannot contain white space")
         if target in targets:
             report((*mpath, "target"), f"{target!r} is already a mount target of this VM")
         targets.add(target)

@@ -24,6 +24,7 @@ from qmp import check_socket_path
 from systemd_dbus import escape, unescape
 
 UNIT_PREFIX = "qemu-compose-"
+SHARED_NETWORKS = Path("/var/lib/qemu-compose/networks")
 
 
 def vm_unit(project: str, vm: str) -> str:
@@ -113,6 +114,12 @@ class ProjectPaths:
         return self.state_dir / "volumes" / name / "disk.qcow2"
 
     def network_dir(self, name: str) -> Path:
+        """dnsmasq's files of a network. As root, dnsmasq reads them after it has dropped to
+        an unprivileged user, who cannot enter the private state directory: they live under
+        /var/lib/qemu-compose then (names and addresses only, nothing secret)."""
+        if os.geteuid() == 0:
+            digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+            return SHARED_NETWORKS / f"{digest}-{name}"
         return self.state_dir / "networks" / name
 
     @property

@@ -12,8 +12,10 @@ import ipaddress
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,16 @@ pytestmark = pytest.mark.skipif(
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
+
+
+@pytest.fixture
+def readable() -> Iterator[Path]:
+    """A directory any user can enter (pytest's tmp_path is private to root): dnsmasq reads
+    its files there after dropping to an unprivileged user."""
+    path = Path(tempfile.mkdtemp(prefix="qc-net-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -89,13 +101,15 @@ class Dnsmasq:
             self.process.wait(timeout=10)
 
 
-async def test_bridge_dhcp_reservation_and_dns(namespaces: tuple[str, str], tmp_path: Path) -> None:
+async def test_bridge_dhcp_reservation_and_dns(
+    namespaces: tuple[str, str], tmp_path: Path, readable: Path
+) -> None:
     server, client = namespaces
     network = BridgeNetwork(
         project="demo",
         name="lan",
         subnet=ipaddress.IPv4Network("10.231.7.0/24"),
-        directory=tmp_path / "lan",
+        directory=readable / "networks" / "lan",  # made by ensure_network, readable to dnsmasq
     )
     client_mac = mac_address("demo", "client", "lan")
     hosts = [
@@ -107,6 +121,10 @@ async def test_bridge_dhcp_reservation_and_dns(namespaces: tuple[str, str], tmp_
         await ensure_network(network, hosts, dns.start, netns=server)
         await ensure_network(network, hosts, dns.start, netns=server)  # idempotent
         assert dns.starts == 1  # the same config: no restart
+        assert dns.process is not None  # it dropped root once it had bound its sockets
+        uid = int(Path(f"/proc/{dns.process.pid}/status").read_text().split("Uid:")[1].split()[0])
+        assert uid != 0
+        assert stat.S_IMODE(network.directory.stat().st_mode) == 0o755
         assert await link_present(network.bridge, netns=server)
         addr = sh("ip", "-n", server, "-br", "addr", "show", network.bridge).stdout
         assert "10.231.7.1/24" in addr
