@@ -6,7 +6,6 @@ a person. Reading only: no lock is taken, nothing is changed.
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import time
 from collections.abc import Mapping
@@ -42,10 +41,14 @@ async def inspect(project: Project, connection: Connection, name: str) -> dict[s
         }
         qemu_status = None
         if status.is_active:
-            with contextlib.suppress(qmp.QmpError, OSError):
-                socket = str(session.paths.vm(name).qmp_control_socket)
+            socket = str(session.paths.vm(name).qmp_control_socket)
+            try:
                 async with qmp.open_session(socket, timeout=2) as monitor:
                     qemu_status = (await monitor.query_status()).status
+            except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+                qemu_status = "unresponsive"  # its unit is active, QEMU does not answer
+            except (qmp.QmpError, OSError):
+                qemu_status = None
     paths, state = session.paths, session.state
     saved = state.vms.get(name)
     image = vm.image.source if vm.image else None

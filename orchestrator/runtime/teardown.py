@@ -26,6 +26,8 @@ from .ports import release_ports
 from .session import Session, open_session
 from .supervision import stop_supervisor
 
+QMP_ANSWER = 5.0  # seconds a running QEMU has to greet on its control monitor
+
 
 async def stop_one(session: Session, name: str, grace: float) -> None:
     """Power button, ``grace`` seconds, then quit; the unit stopped (and reset if failed)."""
@@ -41,12 +43,20 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
     )
     outcome = "stopped"
     socket = session.paths.vm(name).qmp_control_socket
+    answered = True
     try:
-        async with qmp.open_session(str(socket), timeout=5) as qmp_session:
+        async with qmp.open_session(str(socket), timeout=QMP_ANSWER) as qmp_session:
             outcome = (await qmp_session.powerdown(grace=grace)).value
-    except qmp.QmpError as err:
+    except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+        answered = False
+    except qmp.QmpError as err:  # it went away meanwhile, say
         outcome = f"no QMP ({err})"
-    await manager.stop(unit, timeout=grace + 60)
+    stopped = await manager.stop(unit, timeout=grace + 60)
+    if not answered:  # frozen (SIGSTOP) or hung: systemd's stop is what ended it
+        outcome = (
+            f"QEMU did not answer QMP within {QMP_ANSWER:g} s (frozen or hung); stopped by "
+            f"systemd ({stopped.describe_exit()})"
+        )
     if (await manager.status(unit)).is_failed:
         await manager.reset_failed(unit)
     session.report(name, Stage.STOP, Status.DONE, outcome)

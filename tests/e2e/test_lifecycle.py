@@ -5,6 +5,7 @@ a CLI killed mid-`up`, two `up` at once. The real CLI, a real user manager, real
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -198,3 +199,21 @@ def test_two_ups_at_once_are_serialised(project: Path, user_manager: ManagerHand
             "qemu-compose-twice-supervisor.service",
         ]
     )
+
+
+def test_a_frozen_qemu_is_said_so_and_stopped(project: Path, user_manager: ManagerHandle) -> None:
+    """A SIGSTOPped QEMU (#13, item 8): inspect says it does not answer, and stop names what
+    happened instead of a bare errno."""
+    (project / "qemu-compose.yaml").write_text("name: frozen\nvms:\n" + no_disk_vms(["a"]))
+    up = compose("up", "-d", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert up.returncode == 0, up.stderr
+    pid = int((project / ".qemu-compose" / "a" / "qemu.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    info = compose("inspect", "a", "--format", "json", cwd=project, manager=user_manager)
+    assert json.loads(info.stdout)["qemu_status"] == "unresponsive"
+    stopped = compose("stop", "--progress", "json", cwd=project, manager=user_manager)
+    assert stopped.returncode == 0, stopped.stderr
+    [done] = [e for e in events(stopped.stdout) if e["stage"] == "stop" and e["status"] == "done"]
+    assert done["detail"].startswith("QEMU did not answer QMP within 5 s (frozen or hung)")
+    assert "Errno" not in done["detail"]
+    assert ps_rows(project, user_manager)["a"]["status"] == "stopped"
