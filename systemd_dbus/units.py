@@ -148,6 +148,8 @@ class UnitStatus:
     active_enter_usec: int = 0  # CLOCK_REALTIME microseconds; 0 if never
     active_exit_usec: int = 0
     inactive_enter_usec: int = 0
+    description: str = ""
+    environment: tuple[str, ...] = ()  # a service's Environment= ("NAME=value" each)
 
     @property
     def exists(self) -> bool:
@@ -180,6 +182,8 @@ class UnitStatus:
         fields = {_FIELDS[k]: v for k, v in changed.items() if k in _FIELDS}
         if "active_state" in fields:
             fields["active_state"] = ActiveState.parse(fields["active_state"])
+        if "environment" in fields:
+            fields["environment"] = tuple(fields["environment"])
         return replace(self, **fields) if fields else self
 
 
@@ -195,6 +199,8 @@ _FIELDS = {
     "ActiveEnterTimestamp": "active_enter_usec",
     "ActiveExitTimestamp": "active_exit_usec",
     "InactiveEnterTimestamp": "inactive_enter_usec",
+    "Description": "description",
+    "Environment": "environment",
 }
 STATUS_PROPERTIES = frozenset(_FIELDS)
 

@@ -17,7 +17,6 @@ from orchestrator.config.topology import dependencies, instances, select
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.secrets import ensure_console_password, ensure_project_key
 from orchestrator.progress import Reporter, Stage, Status
-from orchestrator.state.paths import supervisor_unit
 
 from .observe import observe, observe_resources
 from .options import Connection, PlanOptions, UpOptions
@@ -61,10 +60,11 @@ async def dry_run(project: Project, options: PlanOptions, connection: Connection
 
 
 async def _plan(session: Session, options: PlanOptions) -> UpPlan:
-    project = session.project
-    observed = await observe(project, session.manager, session.state)
-    supervisor = await session.manager.status(supervisor_unit(project.name))
-    resources = observe_resources(project, session.state, supervisor.active_state.running)
+    project, units = session.project, session.units
+    units.refuse_foreign(project)  # the same name from another directory: its, not ours
+    observed = await observe(project, units, session.state)
+    supervisor = units.supervisor is not None and units.supervisor.active_state.running
+    resources = observe_resources(project, session.state, supervisor)
     selected = (
         select(
             project.model,

@@ -9,6 +9,7 @@ transient unit that runs it. It is golden-tested as `qemu_argv` is; the effects 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from orchestrator.guest.accel import Accel
 from orchestrator.guest.cloudinit import GuestConfig, Nic, default_user, instance_id
 from orchestrator.guest.mounts import mount_layout
 from orchestrator.guest.qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
+from orchestrator.state.files import VmState
+from orchestrator.state.identity import Owner, state_variable
 from orchestrator.state.paths import VmPaths, vm_unit
 from orchestrator.supervisor.lifecycle import GIVE_UP_SIGNAL
 
@@ -44,6 +47,7 @@ class LaunchFacts:
     extra_user_data: Mapping[str, Any] | None = None
     qemu: str = "/usr/bin/qemu-system-x86_64"
     python: str = "/usr/bin/python3"  # runs qmp.stopvm, the unit's graceful ExecStop
+    project_dir: str = ""  # recorded on the unit: whose VM it is (see state.identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +155,11 @@ def _unit(inst: Instance, facts: LaunchFacts, argv: list[str]) -> systemd_dbus.T
     if policy.max_restarts is not None:
         extra.append(systemd_dbus.ExtraProperty("StartLimitBurst", "u", policy.max_restarts))
     stop = [facts.python, "-m", "qmp.stopvm", str(paths.qmp_control_socket)]
+    owner = Owner("vm", facts.project, inst.name, facts.project_dir or None)
     return systemd_dbus.TransientUnit(
         vm_unit(facts.project, inst.name),
         argv,
-        description=f"qemu-compose VM {facts.project}/{inst.name}",
+        description=owner.describe(),
         working_directory=str(paths.directory),
         exec_stop=[*stop, "--grace", f"{grace:g}"],
         kill_mode="mixed",
@@ -164,3 +169,10 @@ def _unit(inst: Instance, facts: LaunchFacts, argv: list[str]) -> systemd_dbus.T
         restart_sec=2.0 if restart != "no" else None,
         extra=extra,
     )
+
+
+def recorded(unit: systemd_dbus.TransientUnit, state: VmState) -> systemd_dbus.TransientUnit:
+    """The unit, carrying in its Environment what the state file says of its VM: a lost
+    state file is rebuilt from the running units."""
+    name, _, value = state_variable(state).partition("=")
+    return dataclasses.replace(unit, environment={**unit.environment, name: value})

@@ -1,39 +1,137 @@
-"""What is there: the project's units as systemd knows them, its instance directories, and
-the images, volumes and networks its VMs need."""
+"""What is there: the project's units as systemd knows them (and whose they are, as each
+unit records it), its instance directories, and the images, volumes and networks its VMs
+need; and what the state file lost, rebuilt from them."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
 import systemd_dbus
 from orchestrator.config.project import Project
+from orchestrator.errors import QemuComposeError
 from orchestrator.guest.images import image_path
 from orchestrator.state.files import ProjectState
-from orchestrator.state.paths import ProjectPaths, project_unit_prefix, vm_of_unit
+from orchestrator.state.identity import Owner, owner_of, state_of, subnet_of
+from orchestrator.state.paths import UNIT_PREFIX, ProjectPaths, read_record
 
 from .plan import Observed, Resources
+
+log = logging.getLogger(__name__)
+
+
+class ProjectConflictError(QemuComposeError):
+    """Another project of the same name (another directory) has units: they are its."""
+
+
+@dataclass
+class ProjectUnits:
+    """The units of one project (by the owner each records), and those of another project
+    of the same name."""
+
+    vms: dict[str, systemd_dbus.UnitSummary] = field(default_factory=dict)  # by VM
+    networks: dict[str, systemd_dbus.UnitSummary] = field(default_factory=dict)  # dnsmasq
+    supervisor: systemd_dbus.UnitSummary | None = None
+    foreign: list[tuple[Owner, systemd_dbus.UnitSummary]] = field(default_factory=list)
+
+    def vm_states(self) -> dict[str, systemd_dbus.ActiveState]:
+        return {vm: unit.active_state for vm, unit in self.vms.items()}
+
+    def refuse_foreign(self, project: Project) -> None:
+        """ProjectConflictError when another directory's project of this name has units."""
+        if not self.foreign:
+            return
+        where = sorted({o.directory or "?" for o, _ in self.foreign})
+        vms = sorted(o.name for o, _ in self.foreign if o.kind == "vm")
+        networks = sorted(o.name for o, _ in self.foreign if o.kind == "dnsmasq")
+        what = f"its VMs: {', '.join(vms)}" if vms else f"its networks: {', '.join(networks)}"
+        raise ProjectConflictError(
+            f"project {project.name!r} already runs from {', '.join(where)} ({what}); stop or "
+            f"destroy it there, or choose another name with -p"
+        )
+
+
+async def project_units(project: Project, manager: systemd_dbus.SystemdManager) -> ProjectUnits:
+    """One ListUnits call: every qemu-compose unit, sorted by the owner it records."""
+    units = ProjectUnits()
+    directory = str(project.directory)
+    for row in await manager.list_units(UNIT_PREFIX):
+        owner = owner_of(row.description)
+        if owner is None or owner.project != project.name:
+            continue
+        if not owner.is_of(project.name, directory):
+            units.foreign.append((owner, row))
+        elif owner.kind == "vm":
+            units.vms[owner.name] = row
+        elif owner.kind == "dnsmasq":
+            units.networks[owner.name] = row
+        else:
+            units.supervisor = row
+    return units
 
 
 async def unit_states(
     project: Project, manager: systemd_dbus.SystemdManager
 ) -> dict[str, systemd_dbus.ActiveState]:
-    """The ActiveState of each of the project's VM units that systemd has loaded."""
-    return {
-        vm: u.active_state
-        for u in await manager.list_units(project_unit_prefix(project.name))
-        if (vm := vm_of_unit(project.name, u.name)) is not None
-    }
+    """The ActiveState of each of the project's own VM units that systemd has loaded."""
+    return (await project_units(project, manager)).vm_states()
+
+
+async def rebuild(
+    project: Project, manager: systemd_dbus.SystemdManager, state: ProjectState, units: ProjectUnits
+) -> list[str]:
+    """What the state file lost, taken back from the live system: each running VM's record
+    from its unit, each stopped VM's from its instance directory, each network's subnet from
+    its dnsmasq unit and its addresses from dnsmasq's files. Returns what was rebuilt."""
+    paths = ProjectPaths(project.state_dir, project.name)
+    rebuilt = []
+    for vm, row in units.vms.items():
+        if vm not in state.vms and row.active_state.running:
+            saved = state_of((await manager.status(row.name)).environment)
+            if saved is not None:
+                state.vms[vm] = saved
+                rebuilt.append(vm)
+    for entry in sorted(project.state_dir.glob("*/vm-state.json")):
+        vm = entry.parent.name
+        if vm not in state.vms and (saved := read_record(paths.vm(vm))) is not None:
+            state.vms[vm] = saved
+            rebuilt.append(vm)
+    for network, row in units.networks.items():
+        if network not in state.subnets:
+            subnet = subnet_of((await manager.status(row.name)).environment)
+            if subnet is not None:
+                state.subnets[network] = subnet
+                state.addresses[network] = _addresses(paths, network)
+                rebuilt.append(f"network {network}")
+    if rebuilt:
+        log.warning("the state file had lost %s: rebuilt from systemd", ", ".join(rebuilt))
+    return rebuilt
+
+
+def _addresses(paths: ProjectPaths, network: str) -> dict[str, str]:
+    """dnsmasq's reservations of a network (a file a VM: MAC,address,name)."""
+    found = {}
+    for entry in (paths.network_dir(network) / "dhcp-hosts").glob("*"):
+        try:
+            _, address, name = entry.read_text().strip().split(",")
+            found[name] = str(ipaddress.IPv4Address(address))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 async def observe(
-    project: Project, manager: systemd_dbus.SystemdManager, state: ProjectState
+    project: Project, units: ProjectUnits, state: ProjectState
 ) -> dict[str, Observed]:
-    units = await unit_states(project, manager)
+    states = units.vm_states()
     paths = ProjectPaths(project.state_dir, project.name)
     observed = {}
-    for name in set(units) | set(state.vms):
+    for name in set(states) | set(state.vms):
         saved = state.vms.get(name)
         created = saved is not None or paths.vm(name).disk.exists()
         observed[name] = Observed(
-            units.get(name),
+            states.get(name),
             created,
             saved.config_hash if saved else None,
             saved.ssh_port if saved else None,

@@ -93,6 +93,11 @@ def plan(
             actions.append(Action(inst.name, ActionKind.CREATE, "not created yet"))
         elif force_recreate:
             actions.append(Action(inst.name, ActionKind.RECREATE, "--force-recreate"))
+        elif seen.config_hash is None:  # its record is lost: never a reason to lose its disk
+            kind = ActionKind.KEEP if seen.running else ActionKind.START
+            state = "running" if seen.running else "stopped"
+            why = f"{state}; its configuration is not known (kept as it is)"
+            actions.append(Action(inst.name, kind, why))
         elif seen.config_hash != wanted_hash and not no_recreate:
             actions.append(Action(inst.name, ActionKind.RECREATE, "configuration changed"))
         elif seen.running:

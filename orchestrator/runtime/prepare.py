@@ -17,6 +17,7 @@ from orchestrator.config.topology import Instance, instances
 from orchestrator.guest.disks import create_volume
 from orchestrator.guest.images import fetch, is_remote, record_use
 from orchestrator.progress import Event, Reporter, Stage, Status, Transfer
+from orchestrator.state.identity import SUBNET_VARIABLE, Owner
 from orchestrator.state.paths import dnsmasq_unit
 
 from .plan import ImageStep, StepKind, VolumeStep
@@ -95,7 +96,8 @@ async def prepare_networks(
         )
         networks[name] = network
         session.report("", Stage.NETWORK, Status.WORKING, f"{name} {subnets[name]}")
-        await netcfg.ensure_network(network, hosts, _dnsmasq_starter(session, name))
+        starter = _dnsmasq_starter(session, name, subnets[name])
+        await netcfg.ensure_network(network, hosts, starter)
         session.report(
             "", Stage.NETWORK, Status.DONE, f"{name} {subnets[name]} on {network.bridge}"
         )
@@ -147,7 +149,9 @@ def _hosts(
     ]
 
 
-def _dnsmasq_starter(session: Session, network: str) -> netcfg.network.StartDnsmasq:
+def _dnsmasq_starter(
+    session: Session, network: str, subnet: ipaddress.IPv4Network
+) -> netcfg.network.StartDnsmasq:
     unit = dnsmasq_unit(session.project.name, network)
     manager = session.manager
 
@@ -164,7 +168,10 @@ def _dnsmasq_starter(session: Session, network: str) -> netcfg.network.StartDnsm
             systemd_dbus.TransientUnit(
                 unit,
                 [binary, *argv[1:]],
-                description=f"qemu-compose DHCP and DNS of {session.project.name}/{network}",
+                description=Owner(
+                    "dnsmasq", session.project.name, network, str(session.project.directory)
+                ).describe(),
+                environment={SUBNET_VARIABLE: str(subnet)},  # for a state file that is lost
             ),
             settle=0.5,
         )

@@ -23,6 +23,7 @@ from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.eventlog import EventLog
 from orchestrator.supervisor.supervised import write_supervised
 
+from .observe import ProjectUnits, project_units, rebuild
 from .options import Connection
 from .supervision import supervised_table
 
@@ -96,6 +97,7 @@ class Session:
     report: Reporter
     connection: Connection
     store: Store
+    units: ProjectUnits  # as they were when it opened (with whose they are)
 
     @property
     def state(self) -> ProjectState:
@@ -123,7 +125,8 @@ async def open_session(
     """The project locked (unless only reading), its state read, systemd connected.
 
     A locked session is one that changes things: its steps go to the event log too. Errors
-    of systemd, QEMU and the network leave it as PeerError (raised from them).
+    of systemd, QEMU and the network leave it as PeerError (raised from them). What the state
+    file lost is rebuilt from the project's units and instance directories first.
     """
     state_dir = StateDir(project.state_dir)
     held: ProjectLock | None = None
@@ -143,13 +146,18 @@ async def open_session(
                     connection.bus, journal_dir=connection.journal_dir, call_timeout=CALL_TIMEOUT
                 ) as manager,
             ):
+                units = await project_units(project, manager)
+                store = Store(project, paths, state_dir, state)
+                if await rebuild(project, manager, state, units) and lock:
+                    store.save()
                 yield Session(
                     project=project,
                     paths=paths,
                     manager=manager,
                     report=report.also(_event_log_writer(paths)) if lock else report,
                     connection=connection,
-                    store=Store(project, paths, state_dir, state),
+                    store=store,
+                    units=units,
                 )
     finally:
         if held is not None:

@@ -27,9 +27,9 @@ from orchestrator.guest.mounts import check_bind_sources
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
 from orchestrator.progress import Event, Stage, Status
 from orchestrator.state.files import VmState, private_dir
-from orchestrator.state.paths import make_socket_dir, vm_unit
+from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
 
-from .launch import LaunchFacts, grace_period, vm_launch
+from .launch import LaunchFacts, grace_period, recorded, vm_launch
 from .options import UpOptions
 from .plan import Action, ActionKind, config_hash
 from .ports import claim_ports
@@ -125,17 +125,19 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     if launch.guest is not None:
         write_seed_iso(paths.seed, seed_files(launch.guest))
     report(name, Stage.UNIT, Status.WORKING, f"{accel.name}, {vm.cpu} CPU, {vm.memory} MiB")
-    await session.manager.start(launch.unit)  # no settle: wait_running sees a QEMU that dies
-    recorded = saved.config_hash if saved and run.options.keep_config else None
-    session.state.vms[name] = VmState(
+    kept = saved.config_hash if saved and run.options.keep_config else None
+    state = VmState(
         unit=launch.unit.name,
-        config_hash=recorded or config_hash(session.project.model, inst),
+        config_hash=kept or config_hash(session.project.model, inst),
         created_at=saved.created_at if saved and action.kind is ActionKind.START else time.time(),
         ssh_port=forwards[0].host_port,
         macs=launch.macs,
         ports=[f"{f.host_ip}:{f.host_port}->{f.guest_port}/{f.protocol}" for f in forwards[1:]],
         restart=vm.restart,
     )
+    write_record(paths, state)  # the VM's own copy, for when the state file is lost
+    await session.manager.start(recorded(launch.unit, state))  # no settle: wait_running
+    session.state.vms[name] = state  # sees a QEMU that dies
     session.store.save()  # with the supervised VMs: its policy, as this QEMU runs it
     report(name, Stage.UNIT, Status.DONE, launch.unit.name)
 
@@ -165,4 +167,5 @@ def _facts(
         extra_user_data=named.user_data[extra] if isinstance(extra, str) else extra,
         qemu=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64",
         python=sys.executable,
+        project_dir=str(session.project.directory),
     )

@@ -11,6 +11,7 @@ from orchestrator.config.project import Project
 from orchestrator.config.topology import instances
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
+from orchestrator.state.identity import Owner
 from orchestrator.state.paths import ProjectPaths, supervisor_unit, vm_unit
 from orchestrator.supervisor.supervised import Watched, write_supervised
 
@@ -58,7 +59,9 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
         systemd_dbus.TransientUnit(
             unit,
             argv,
-            description=f"qemu-compose supervisor of {session.project.name}",
+            description=Owner(
+                "supervisor", session.project.name, "", str(session.project.directory)
+            ).describe(),
             working_directory=str(session.project.state_dir),
             restart="on-failure",
             restart_sec=1.0,

@@ -17,6 +17,7 @@ from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import ProjectState
+from orchestrator.state.identity import owner_of
 from orchestrator.state.paths import dnsmasq_unit, remove_socket_dir, vm_unit
 
 from .launch import grace_period
@@ -34,6 +35,10 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
     manager = session.manager
     unit = vm_unit(session.project.name, name)
     status = await manager.status(unit)
+    owner = owner_of(status.description) if status.exists else None
+    if owner is not None and not owner.is_of(session.project.name, str(session.project.directory)):
+        session.report(name, Stage.STOP, Status.SKIPPED, f"{unit} is of {owner.directory}")
+        return  # another project of the same name: not ours to stop
     if not status.active_state.running:
         if status.is_failed:
             await manager.reset_failed(unit)

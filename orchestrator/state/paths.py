@@ -18,8 +18,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from orchestrator.errors import StateError
-from orchestrator.state.files import atomic_write, check_owner, check_private_dir, private_dir
+from orchestrator.state.files import (
+    VmState,
+    atomic_write,
+    check_owner,
+    check_private_dir,
+    private_dir,
+)
 from qmp import check_socket_path
 from systemd_dbus import escape, unescape
 
@@ -87,6 +95,11 @@ class VmPaths:
     @property
     def qmp_control_socket(self) -> Path:
         return self.sockets / "qmp-ctl.sock"
+
+    @property
+    def record(self) -> Path:
+        """The VM's own record of its state (as state.json has it): survives a lost state."""
+        return self.directory / "vm-state.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,3 +205,15 @@ def remove_socket_dir(paths: ProjectPaths, name: str) -> None:
     if base is not None and not any(base.iterdir()):
         base.rmdir()
         paths.sockets_record.unlink(missing_ok=True)
+
+
+def write_record(vm: VmPaths, state: VmState) -> None:
+    atomic_write(vm.record, msgspec.json.encode(state))
+
+
+def read_record(vm: VmPaths) -> VmState | None:
+    """A VM's own record, if it has one that can be read."""
+    try:
+        return msgspec.json.decode(vm.record.read_bytes(), type=VmState)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None

@@ -17,8 +17,11 @@ from orchestrator.runtime.launch import (
     LaunchFacts,
     grace_period,
     probes_ssh,
+    recorded,
     vm_launch,
 )
+from orchestrator.state.files import VmState
+from orchestrator.state.identity import state_of
 from orchestrator.state.paths import VmPaths
 
 TEXT = """
@@ -187,6 +190,15 @@ def test_a_vm_with_an_os_a_bridge_a_volume_and_a_restart_policy(
         ("52:54:f1:bc:3c:55", "bridge"),
     ]
     assert [m.target for m in guest.mounts] == ["/var/lib/db"]
+
+
+def test_the_unit_records_whose_it_is_and_what_the_state_says(lab: dict[str, Instance]) -> None:
+    launch = vm_launch(lab["fw"], facts("fw", forwards=(Forward(2223, 22),), project_dir="/p"))
+    assert launch.unit.description == "qemu-compose VM lab/fw of /p"
+    state = VmState(unit=launch.unit.name, config_hash="h", created_at=1.0, ssh_port=2223)
+    unit = recorded(launch.unit, state)
+    assert state_of([f"{k}={v}" for k, v in unit.environment.items()]) == state
+    assert unit.argv == launch.unit.argv
 
 
 def test_a_firmware_only_vm_has_no_seed_no_grace_and_no_restart(lab: dict[str, Instance]) -> None:

@@ -186,3 +186,16 @@ def test_up_plan_of_some_vms_needs_only_theirs(up_compose: ComposeFile) -> None:
 
 def test_nothing_to_plan_says_so() -> None:
     assert render_up_plan(UpPlan(actions=())) == "nothing to do\n"
+
+
+def test_a_vm_whose_record_is_lost_is_kept_not_recreated(compose: ComposeFile) -> None:
+    """A created VM with no configuration hash (its state lost, no record left) keeps its disk."""
+    observed = {n: Observed(ActiveState.ACTIVE, True, h) for n, h in hashes(compose).items()}
+    observed["db"] = Observed(ActiveState.ACTIVE, True, None)
+    observed["app"] = Observed(None, True, None)
+    actions = {a.vm: a for a in plan(compose, observed)}
+    assert (actions["db"].kind, actions["db"].cause) == (
+        ActionKind.KEEP, "running; its configuration is not known (kept as it is)",
+    )  # fmt: skip
+    assert actions["app"].kind is ActionKind.START
+    assert plan(compose, observed, force_recreate=True)[0].kind is ActionKind.RECREATE

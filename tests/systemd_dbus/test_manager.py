@@ -78,6 +78,11 @@ async def test_environment_working_directory_and_extra_properties(
         assert out.read_text() == f"hello world {tmp_path}\n"
         shown = user_manager.systemctl("show", "-p", "RuntimeMaxUSec", name).stdout.strip()
         assert shown == "RuntimeMaxUSec=5min"
+        status = await manager.status(name)  # what the unit records, read back
+        assert status.environment == ("GREETING=hello world",)
+        assert status.description == name  # none given: the name
+        [row] = await manager.list_units(name)
+        assert row.description == name
         await manager.stop(name)
 
 

@@ -1,0 +1,141 @@
+"""The live system is the truth, not state.json (#13, items 1 and 3), with the real CLI, a
+real user manager, real QEMUs (no-disk VMs, and one whose disk is a small blank image) and,
+as root, a bridge network with its dnsmasq.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import compose, ps_rows
+from tests.support.systemd_user import ManagerHandle
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"),
+]
+BRIDGES = os.geteuid() == 0  # root: the bridge network and its dnsmasq are part of it
+PATTERN = "0xab"
+
+
+def qemu_io(disk: Path, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(disk)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+
+def units(manager: ManagerHandle, pattern: str) -> list[str]:
+    out = manager.systemctl("list-units", "--all", "--plain", "--no-legend", pattern).stdout
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def links_of(project: str) -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    return [line for line in out.splitlines() if f"alias qemu-compose {project}/" in line]
+
+
+def write_project(directory: Path, name: str) -> None:
+    base = directory / "blank.raw"
+    base.write_bytes(b"\0" * (1 << 20))
+    network = "\nnetworks: {lan: {}}" if BRIDGES else ""
+    on_lan = ", networks: [lan]" if BRIDGES else ""
+    (directory / "qemu-compose.yaml").write_text(
+        f"name: {name}{network}\nvms:\n"
+        f"  a: {{image: {base}, memory: 64, cpu: 1, healthcheck: {{disable: true}},"
+        " stop_grace_period: 1s}\n"  # firmware that never powers off: do not wait long
+        f"  b: {{memory: 64, cpu: 1, healthcheck: {{disable: true}}{on_lan}}}\n"
+    )
+
+
+def dry_run(project: Path, manager: ManagerHandle) -> dict[str, list[str]]:
+    out = compose("up", "--dry-run", cwd=project, manager=manager)
+    assert out.returncode == 0, out.stderr
+    return {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()}
+
+
+@pytest.fixture
+def project(tmp_path: Path, user_manager: ManagerHandle) -> Any:
+    yield tmp_path
+    compose("destroy", "--progress", "quiet", cwd=tmp_path, manager=user_manager, timeout=300)
+
+
+@pytest.mark.parametrize("loss", ["emptied", "corrupted", "deleted"])
+def test_a_lost_state_file_loses_no_disk_and_leaks_nothing(
+    project: Path, user_manager: ManagerHandle, loss: str
+) -> None:
+    write_project(project, f"lost-{loss}")
+    up = compose("up", "-d", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert up.returncode == 0, up.stderr
+    disk = project / ".qemu-compose" / "a" / "disk.qcow2"
+    assert (
+        compose("stop", "a", "--progress", "quiet", cwd=project, manager=user_manager).returncode
+        == 0
+    )
+    assert qemu_io(disk, f"write -P {PATTERN} 0 64k").returncode == 0  # what a user installed
+    again = compose("up", "-d", "a", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert again.returncode == 0, again.stderr
+
+    state = project / ".qemu-compose" / "state.json"
+    if loss == "deleted":
+        state.unlink()
+    else:
+        state.write_text("{}" if loss == "emptied" else "{not json")
+    rows = ps_rows(project, user_manager)  # read-only, and it rebuilds what it shows
+    assert {rows["a"]["status"], rows["b"]["status"]} == {"active"}
+    assert rows["a"]["ssh_port"] is not None
+    plan = dry_run(project, user_manager)
+    assert plan["a"][0] == plan["b"][0] == "keep", plan  # adopted, never recreated
+    kept = compose("up", "-d", "--progress", "json", cwd=project, manager=user_manager)
+    assert kept.returncode == 0, kept.stderr
+    assert '"recreat' not in kept.stdout
+    assert compose("stop", "--progress", "quiet", cwd=project, manager=user_manager).returncode == 0
+    assert qemu_io(disk, f"read -P {PATTERN} 0 64k").returncode == 0  # the disk is the same
+
+    state.unlink()  # lost while stopped: the instance directories still say what they are
+    plan = dry_run(project, user_manager)
+    assert plan["a"][0] == "start", plan
+    gone = compose("destroy", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert gone.returncode == 0, gone.stderr
+    assert units(user_manager, f"qemu-compose-*lost*{loss}*") == []
+    if BRIDGES:  # found by their recorded owner, not by a state file that lost them
+        assert links_of(f"lost-{loss}") == []
+    assert not disk.exists()
+
+
+def test_two_projects_of_one_name_do_not_take_each_other_over(
+    tmp_path: Path, user_manager: ManagerHandle
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+        (directory / "qemu-compose.yaml").write_text(
+            "name: same\nvms:\n  web: {memory: 64, cpu: 1, healthcheck: {disable: true}}\n"
+        )
+    try:
+        up = compose("up", "-d", "--progress", "quiet", cwd=first, manager=user_manager)
+        assert up.returncode == 0, up.stderr
+        refused = compose("up", "-d", "--progress", "quiet", cwd=second, manager=user_manager)
+        assert refused.returncode == 1
+        assert f"project 'same' already runs from {first} (its VMs: web)" in refused.stderr
+        assert "-p" in refused.stderr
+        assert ps_rows(second, user_manager)["web"]["status"] == "not-created"
+        destroyed = compose("destroy", "--progress", "json", cwd=second, manager=user_manager)
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert ps_rows(first, user_manager)["web"]["status"] == "active"  # untouched
+        stopped = compose("stop", "--progress", "json", cwd=second, manager=user_manager)
+        assert stopped.returncode == 0
+        assert ps_rows(first, user_manager)["web"]["status"] == "active"
+        info = json.loads(
+            compose("inspect", "web", "--format", "json", cwd=first, manager=user_manager).stdout
+        )
+        assert info["unit"]["active_state"] == "active"
+    finally:
+        compose("destroy", "--progress", "quiet", cwd=first, manager=user_manager)
+        compose("destroy", "--progress", "quiet", cwd=second, manager=user_manager)
