@@ -19,7 +19,6 @@ from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, vm_unit
 
 from .launch import probes_ssh
-from .observe import unit_states
 from .options import Connection
 from .readiness import ssh_target
 from .session import Session, open_session
@@ -51,7 +50,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
     """A row for each VM named, in that order."""
     project = session.project
     by_name = {i.name: i for i in instances(project.model)}
-    units = await unit_states(project, session.manager)
+    units = session.units.vm_states()  # as the session found them
     rows: dict[str, VmRow] = {}
 
     async def one(name: str) -> None:

@@ -104,12 +104,14 @@ class Session:
         return self.store.state
 
     def names(self, services: Sequence[str]) -> list[str]:
-        """The instances a command acts on: the named ones, else all (the file's and orphans)."""
+        """The instances a command acts on: the named ones, else all (the file's, then the
+        orphans)."""
         model = self.project.model
         if services:
             return [i.name for i in select(model, services, project=self.project.name)]
         everything = [i.name for i in instances(model)]
-        return everything + [n for n in self.state.vms if n not in everything]
+        others = sorted((set(self.state.vms) | set(self.units.vms)) - set(everything))
+        return everything + others  # orphans: in the state, or only on systemd's side
 
 
 def read_state(project: Project) -> ProjectState:
