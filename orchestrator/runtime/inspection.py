@@ -22,7 +22,7 @@ from orchestrator.guest.images import image_path
 from orchestrator.guest.secrets import ConsolePassword, read_console_password
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState
-from orchestrator.state.paths import ProjectPaths, VmPaths, dnsmasq_unit, vm_unit
+from orchestrator.state.paths import ProjectPaths, VmPaths, vm_unit
 
 from .options import Connection
 from .query import VmRow, vm_rows
@@ -31,12 +31,13 @@ from .session import open_session
 
 async def inspect(project: Project, connection: Connection, name: str) -> dict[str, Any]:
     inst = select_one(project.model, name, project=project.name)
-    vm, unit = inst.vm, vm_unit(project.name, name)
+    vm = inst.vm
     async with open_session(project, connection, Reporter(), lock=False) as session:
+        unit = session.vm_unit(name)
         [row] = await vm_rows(session, [name])
         status = await session.manager.status(unit)
         dhcp = {
-            n: (await session.manager.status(dnsmasq_unit(project.name, n))).active_state
+            n: (await session.manager.status(session.dnsmasq_unit(n))).active_state
             for n in vm.networks
         }
         qemu_status = None

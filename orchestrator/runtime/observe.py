@@ -25,6 +25,11 @@ class ProjectConflictError(QemuComposeError):
     """Another project of the same name (another directory) has units: they are its."""
 
 
+class UnitTakenError(QemuComposeError):
+    """A unit's name is another project's unit (plain names can collide: "a-b"/"c" and
+    "a"/"b-c" are both qemu-compose-a-b-c.service)."""
+
+
 @dataclass
 class ProjectUnits:
     """The units of one project (by the owner each records), and those of another project
@@ -62,8 +67,10 @@ async def project_units(project: Project, manager: systemd_dbus.SystemdManager) 
             continue
         if not owner.is_of(project.name, directory):
             units.foreign.append((owner, row))
-        elif owner.kind == "vm":
-            units.vms[owner.name] = row
+        elif owner.kind == "vm":  # an earlier version's unit beside this one's: the running
+            before = units.vms.get(owner.name)
+            if before is None or not before.active_state.running:
+                units.vms[owner.name] = row
         elif owner.kind == "dnsmasq":
             units.networks[owner.name] = row
         else:

@@ -17,9 +17,10 @@ from orchestrator.config.topology import Instance, instances
 from orchestrator.guest.disks import create_volume
 from orchestrator.guest.images import fetch, is_remote, record_use
 from orchestrator.progress import Event, Reporter, Stage, Status, Transfer
-from orchestrator.state.identity import SUBNET_VARIABLE, Owner
+from orchestrator.state.identity import SUBNET_VARIABLE, Owner, owner_of
 from orchestrator.state.paths import dnsmasq_unit
 
+from .observe import UnitTakenError
 from .plan import ImageStep, StepKind, VolumeStep
 from .session import Session
 
@@ -154,15 +155,23 @@ def _dnsmasq_starter(
 ) -> netcfg.network.StartDnsmasq:
     unit = dnsmasq_unit(session.project.name, network)
     manager = session.manager
+    earlier = session.units.networks.get(network)  # maybe under an earlier version's name
 
     async def start(argv: list[str], changed: bool) -> None:
         status = await manager.status(unit)
         if status.is_active and not changed:
             return
-        if status.exists:
-            await manager.stop(unit)
-            if status.is_failed:
-                await manager.reset_failed(unit)
+        owner = owner_of(status.description) if status.exists else None
+        if owner is not None and not owner.is_of(
+            session.project.name, str(session.project.directory)
+        ):
+            raise UnitTakenError(f"{unit} is taken by project {owner.project} ({owner.directory})")
+        for old in dict.fromkeys([unit, *([earlier.name] if earlier else [])]):
+            old_status = status if old == unit else await manager.status(old)
+            if old_status.exists:
+                await manager.stop(old)
+                if old_status.is_failed:
+                    await manager.reset_failed(old)
         binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
         await manager.start(
             systemd_dbus.TransientUnit(

@@ -16,7 +16,7 @@ from orchestrator.guest import probe
 from orchestrator.guest.knownhosts import host_alias, known_hosts
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState
-from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, vm_unit
+from orchestrator.state.paths import ProjectPaths
 
 from .launch import probes_ssh
 from .options import Connection
@@ -77,7 +77,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         rows[name] = VmRow(
             name=name,
             status=status,
-            unit=vm_unit(project.name, name),
+            unit=session.vm_unit(name),
             cpu=vm.cpu if vm else None,
             memory=vm.memory if vm else None,
             disk=size if created else None,
@@ -115,7 +115,7 @@ async def networks(project: Project, connection: Connection) -> list[NetworkRow]
                 exists = await netcfg.link_present(bridge)
             except Exception:  # no netlink here (a sandbox, say): say we do not know
                 exists = None
-            dhcp = await session.manager.status(dnsmasq_unit(project.name, name))
+            dhcp = await session.manager.status(session.dnsmasq_unit(name))
             spec = project.model.networks.get(name)
             rows.append(
                 NetworkRow(

@@ -19,7 +19,7 @@ from orchestrator.guest import probe
 from orchestrator.guest.cloudinit import default_user
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
-from orchestrator.state.paths import ProjectPaths, vm_unit
+from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.health import HealthRules, until_healthy
 
 from .launch import probes_ssh
@@ -81,7 +81,7 @@ async def wait_running(session: Session, inst: Instance) -> None:
     guests: retrying would only queue more connections), raced against the unit's end.
     """
     socket = str(session.paths.vm(inst.name).qmp_control_socket)
-    unit = vm_unit(session.project.name, inst.name)
+    unit = session.vm_unit(inst.name)
     ended: list[systemd_dbus.UnitStatus] = []
 
     async def watch_unit(scope: trio.CancelScope) -> None:
@@ -157,7 +157,7 @@ async def wait_ready(session: Session, inst: Instance, timeout: float) -> None:
 
 async def wait_completed(session: Session, inst: Instance, me: Conditions) -> None:
     """Until the VM's unit ends; ``me.completed_ok`` says whether it ended well."""
-    unit = vm_unit(session.project.name, inst.name)
+    unit = session.vm_unit(inst.name)
     session.report(inst.name, Stage.COMPLETE, Status.WAITING, "until it powers off")
     async with session.manager.watch([unit]) as changes:
         async for status in changes:

@@ -19,7 +19,7 @@ from orchestrator.config.topology import instances, select
 from orchestrator.errors import PeerError, VmError
 from orchestrator.progress import Event, Reporter, Stage
 from orchestrator.state.files import NO_SPACE, ProjectLock, ProjectState, StateDir, no_space
-from orchestrator.state.paths import ProjectPaths
+from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, supervisor_unit, vm_unit
 from orchestrator.supervisor.eventlog import EventLog
 from orchestrator.supervisor.supervised import write_supervised
 
@@ -102,6 +102,23 @@ class Session:
     @property
     def state(self) -> ProjectState:
         return self.store.state
+
+    def vm_unit(self, vm: str) -> str:
+        """The unit a VM runs (or ran) as: the one its state names, or that systemd has
+        for it (an earlier version's name), else the one it will get."""
+        saved = self.state.vms.get(vm)
+        if saved is not None:
+            return saved.unit
+        found = self.units.vms.get(vm)
+        return found.name if found else vm_unit(self.project.name, vm)
+
+    def dnsmasq_unit(self, network: str) -> str:
+        found = self.units.networks.get(network)
+        return found.name if found else dnsmasq_unit(self.project.name, network)
+
+    def supervisor_unit(self) -> str:
+        found = self.units.supervisor
+        return found.name if found else supervisor_unit(self.project.name)
 
     def names(self, services: Sequence[str]) -> list[str]:
         """The instances a command acts on: the named ones, else all (the file's, then the

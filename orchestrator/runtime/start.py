@@ -27,9 +27,11 @@ from orchestrator.guest.mounts import check_bind_sources
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
 from orchestrator.progress import Event, Stage, Status
 from orchestrator.state.files import VmState, private_dir
+from orchestrator.state.identity import owner_of
 from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
 
 from .launch import LaunchFacts, grace_period, recorded, vm_launch
+from .observe import UnitTakenError
 from .options import UpOptions
 from .plan import Action, ActionKind, config_hash
 from .ports import claim_ports
@@ -62,7 +64,7 @@ async def run_vm(run: UpRun, inst: Instance, action: Action, limiter: trio.Capac
     session = run.session
     me = run.conditions[inst.name]
     report = session.report
-    unit = vm_unit(session.project.name, inst.name)
+    unit = session.vm_unit(inst.name)
     try:
         with vm_failures(inst.name, unit, lambda: run.reached.get(inst.name, Stage.PLAN)):
             await wait_for_dependencies(session, run.conditions, inst)
@@ -101,9 +103,7 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         forget_host(session.paths, project, name)
     private_dir(paths.directory)
     paths = make_socket_dir(session.paths, name)
-    unit = vm_unit(project, name)
-    if (await session.manager.status(unit)).is_failed:
-        await session.manager.reset_failed(unit)
+    await _clear_unit(session, name)
     check_bind_sources(name, vm.volumes)
     if vm.image is not None and not paths.disk.exists():
         report(name, Stage.DISK, Status.WORKING)
@@ -140,6 +140,25 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     session.state.vms[name] = state  # sees a QEMU that dies
     session.store.save()  # with the supervised VMs: its policy, as this QEMU runs it
     report(name, Stage.UNIT, Status.DONE, launch.unit.name)
+
+
+async def _clear_unit(session: Session, name: str) -> None:
+    """Make way for the VM's unit: a failed one (of an earlier run, or of an earlier version
+    under its escaped name) is reset; one that another project made is never taken."""
+    unit = vm_unit(session.project.name, name)
+    old = session.units.vms.get(name)
+    for candidate in dict.fromkeys([unit, *([old.name] if old else [])]):
+        status = await session.manager.status(candidate)
+        owner = owner_of(status.description) if status.exists else None
+        project, directory = session.project.name, str(session.project.directory)
+        if owner is not None and not owner.is_of(project, directory):
+            raise UnitTakenError(
+                f"{candidate} is taken by {owner.kind} {owner.name or owner.project} of "
+                f"project {owner.project} ({owner.directory}): the names collide; rename the "
+                "VM, or the project with -p"
+            )
+        if status.is_failed:
+            await session.manager.reset_failed(candidate)
 
 
 def _facts(

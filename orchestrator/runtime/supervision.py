@@ -12,7 +12,7 @@ from orchestrator.config.topology import instances
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.identity import Owner
-from orchestrator.state.paths import ProjectPaths, supervisor_unit, vm_unit
+from orchestrator.state.paths import ProjectPaths, vm_unit
 from orchestrator.supervisor.supervised import Watched, write_supervised
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def supervised_table(
     return {
         name: Watched(
             qmp=str(paths.vm(name).qmp_socket),
-            unit=vm_unit(project.name, name),
+            unit=state.vms[name].unit if name in state.vms else vm_unit(project.name, name),
             restart=policy(name),
         )
         for name in names
@@ -46,7 +46,7 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
     """Tell the project's supervisor which VMs to watch; start it if it does not run."""
     table = supervised_table(session.project, session.paths, session.state, names)
     write_supervised(session.paths.supervised_vms, table)
-    unit = supervisor_unit(session.project.name)
+    unit = session.supervisor_unit()
     status = await session.manager.status(unit)
     if status.active_state.running:
         return
@@ -71,7 +71,7 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
 
 
 async def stop_supervisor(session: Session) -> None:
-    unit = supervisor_unit(session.project.name)
+    unit = session.supervisor_unit()
     status = await session.manager.status(unit)
     if not status.exists:
         return

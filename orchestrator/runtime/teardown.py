@@ -18,7 +18,7 @@ from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.identity import owner_of
-from orchestrator.state.paths import dnsmasq_unit, remove_socket_dir, vm_unit
+from orchestrator.state.paths import remove_socket_dir
 
 from .launch import grace_period
 from .observe import unit_states
@@ -33,7 +33,7 @@ QMP_ANSWER = 5.0  # seconds a running QEMU has to greet on its control monitor
 async def stop_one(session: Session, name: str, grace: float) -> None:
     """Power button, ``grace`` seconds, then quit; the unit stopped (and reset if failed)."""
     manager = session.manager
-    unit = vm_unit(session.project.name, name)
+    unit = session.vm_unit(name)
     status = await manager.status(unit)
     owner = owner_of(status.description) if status.exists else None
     if owner is not None and not owner.is_of(session.project.name, str(session.project.directory)):
@@ -187,7 +187,7 @@ async def _remove_networks(session: Session, names: Sequence[str]) -> None:
             ipaddress.IPv4Network(state.subnets[name]),
             session.paths.network_dir(name),
         )
-        unit = dnsmasq_unit(project.name, name)
+        unit = session.dnsmasq_unit(name)
 
         async def stop_dnsmasq(unit: str = unit) -> None:
             await session.manager.stop(unit)

@@ -1,8 +1,9 @@
 """Names and places of a project's things: systemd units, files, sockets.
 
 Units are ``qemu-compose-<project>-<vm>.service``, ``qemu-compose-dnsmasq-<project>-<network>
-.service`` and ``qemu-compose-<project>-supervisor.service``, each part escaped as
-``systemd-escape`` does ("-" becomes ``\\x2d``), so that no two projects' units can collide.
+.service`` and ``qemu-compose-<project>-supervisor.service``, as the spec names them; whose
+a unit is, is recorded on it (state.identity). Units of earlier versions had each part
+escaped as ``systemd-escape`` does; they are found by what they record, not by name.
 A VM's files live in ``.qemu-compose/<vm>/``; its sockets too, unless that path is longer
 than a unix socket allows, then under ``$XDG_RUNTIME_DIR/qemu-compose/`` or, without a
 runtime directory, in a private directory made by mkdtemp (see `make_socket_dir`).
@@ -29,38 +30,24 @@ from orchestrator.state.files import (
     private_dir,
 )
 from qmp import check_socket_path
-from systemd_dbus import escape, unescape
 
 UNIT_PREFIX = "qemu-compose-"
 SHARED_NETWORKS = Path("/var/lib/qemu-compose/networks")
 
 
 def vm_unit(project: str, vm: str) -> str:
-    return f"{UNIT_PREFIX}{escape(project)}-{escape(vm)}.service"
+    """``qemu-compose-<project>-<vm>.service``, as the spec has it. The names are not unique
+    across projects ("a-b"/"c" and "a"/"b-c"): whose a unit is, its Description says, and a
+    unit of another owner is never taken (see state.identity)."""
+    return f"{UNIT_PREFIX}{project}-{vm}.service"
 
 
 def dnsmasq_unit(project: str, network: str) -> str:
-    return f"{UNIT_PREFIX}dnsmasq-{escape(project)}-{escape(network)}.service"
+    return f"{UNIT_PREFIX}dnsmasq-{project}-{network}.service"
 
 
 def supervisor_unit(project: str) -> str:
-    return f"{UNIT_PREFIX}{escape(project)}-supervisor.service"
-
-
-def project_unit_prefix(project: str) -> str:
-    """Every VM unit of the project starts with this (and nothing of another project does)."""
-    return f"{UNIT_PREFIX}{escape(project)}-"
-
-
-def vm_of_unit(project: str, unit: str) -> str | None:
-    """The VM a unit of this project runs, or None for its other units."""
-    prefix = project_unit_prefix(project)
-    if not unit.startswith(prefix) or not unit.endswith(".service"):
-        return None
-    name = unit[len(prefix) : -len(".service")]
-    if name == "supervisor" or "-" in name:  # escaped VM names contain no bare "-"
-        return None
-    return unescape(name)
+    return f"{UNIT_PREFIX}{project}-supervisor.service"
 
 
 @dataclass(frozen=True, slots=True)
