@@ -139,3 +139,56 @@ def test_two_projects_of_one_name_do_not_take_each_other_over(
     finally:
         compose("destroy", "--progress", "quiet", cwd=first, manager=user_manager)
         compose("destroy", "--progress", "quiet", cwd=second, manager=user_manager)
+
+
+def test_unit_names_as_the_spec_has_them_and_a_colliding_one_is_refused(
+    tmp_path: Path, user_manager: ManagerHandle
+) -> None:
+    """a-b/c and a/b-c are both qemu-compose-a-b-c.service: the second is refused, with
+    whose the unit is; neither takes the other's VM."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory, name, vm in ((first, "a-b", "c"), (second, "a", "b-c")):
+        directory.mkdir()
+        (directory / "qemu-compose.yaml").write_text(
+            f"name: {name}\nvms:\n  {vm}: {{memory: 64, cpu: 1, healthcheck: {{disable: true}}}}\n"
+        )
+    try:
+        up = compose("up", "-d", "--progress", "quiet", cwd=first, manager=user_manager)
+        assert up.returncode == 0, up.stderr
+        assert ps_rows(first, user_manager)["c"]["unit"] == "qemu-compose-a-b-c.service"
+        refused = compose("up", "-d", "--progress", "plain", cwd=second, manager=user_manager)
+        assert refused.returncode == 1
+        assert "qemu-compose-a-b-c.service is taken by vm c of project a-b" in refused.stderr
+        assert ps_rows(first, user_manager)["c"]["status"] == "active"
+    finally:
+        compose("destroy", "--progress", "quiet", cwd=first, manager=user_manager)
+        compose("destroy", "--progress", "quiet", cwd=second, manager=user_manager)
+
+
+def test_a_unit_of_an_earlier_version_is_still_found_stopped_and_destroyed(
+    project: Path, user_manager: ManagerHandle
+) -> None:
+    """Earlier versions escaped unit names (old\\x2dproj) and recorded no directory: such a
+    VM is still the project's, by its Description."""
+    (project / "qemu-compose.yaml").write_text(
+        "name: old-proj\nvms:\n  web: {memory: 64, cpu: 1, healthcheck: {disable: true}}\n"
+    )
+    legacy = r"qemu-compose-old\x2dproj-web.service"
+    run = subprocess.run(
+        ["systemd-run", "--user", f"--unit={legacy}", "--description=qemu-compose VM old-proj/web",
+         "sleep", "600"],
+        env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": user_manager.bus_address,
+             **({"XDG_RUNTIME_DIR": str(user_manager.private.runtime_dir)}
+                if user_manager.private else {})},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr  # what an earlier version left running
+    try:
+        rows = ps_rows(project, user_manager)
+        assert (rows["web"]["status"], rows["web"]["unit"]) == ("active", legacy)
+        assert dry_run(project, user_manager)["web"][0] == "keep"
+        stopped = compose("stop", "--progress", "quiet", cwd=project, manager=user_manager)
+        assert stopped.returncode == 0, stopped.stderr
+        assert units(user_manager, "qemu-compose-old*") == []
+    finally:
+        user_manager.systemctl("stop", legacy)
