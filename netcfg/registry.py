@@ -81,7 +81,9 @@ def write_whole(path: Path, data: bytes, *, mode: int) -> None:
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:  # interrupted too: no temporary file is left behind
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise NetcfgError(f"cannot write {path}: {err.strerror}") from err
+        if isinstance(err, OSError):
+            raise NetcfgError(f"cannot write {path}: {err.strerror}") from err
+        raise

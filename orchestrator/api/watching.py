@@ -12,6 +12,8 @@ from orchestrator.config.topology import select, select_one
 from .vms import journal_dir
 
 if TYPE_CHECKING:
+    from orchestrator.state.files import VmState
+    from orchestrator.state.paths import VmPaths
     from orchestrator.supervisor.eventlog import EventLog, EventRecord
 
 
@@ -90,12 +92,13 @@ async def logs(
     """Write a VM's serial console (since it was first powered on) and its unit's journal
     (QEMU's own messages, marked ``unit |``) to standard output; ``follow``: until cancelled."""
     from orchestrator.guest.logs import show_logs
-    from orchestrator.state.paths import ProjectPaths, vm_unit
+    from orchestrator.state.paths import vm_unit
 
     select_one(project.model, vm, project=project.name)
+    paths, saved = _checked(project, vm)
     await show_logs(
-        vm_unit(project.name, vm),
-        ProjectPaths(project.state_dir, project.name).vm(vm).console_log,
+        saved.unit if saved else vm_unit(project.name, vm),  # an earlier version's name too
+        paths.console_log,
         user=True,
         journal_dir=journal_dir(),
         follow=follow,
@@ -107,11 +110,21 @@ async def logs(
 def console(project: Project, vm: str) -> str:
     """Join this terminal to a VM's serial console until Ctrl+]; returns why it ended."""
     from orchestrator.guest.console import attach
+
+    select_one(project.model, vm, project=project.name)
+    paths, _ = _checked(project, vm)  # what is typed goes to whoever serves the socket
+    return attach(paths.console_socket, vm)
+
+
+def _checked(project: Project, vm: str) -> tuple[VmPaths, VmState | None]:
+    """A VM's paths and record, every directory on the way checked to be this user's own."""
+    from orchestrator.runtime.session import read_state
     from orchestrator.state.files import check_private_dir
     from orchestrator.state.paths import ProjectPaths
 
-    select_one(project.model, vm, project=project.name)
+    saved = read_state(project).vms.get(vm)  # refuses a state directory that is not ours
     paths = ProjectPaths(project.state_dir, project.name).vm(vm)
-    if paths.sockets.exists():  # what is typed there goes to whoever serves the socket
-        check_private_dir(paths.sockets)
-    return attach(paths.console_socket, vm)
+    for directory in dict.fromkeys([paths.directory, paths.sockets]):
+        if directory.exists() or directory.is_symlink():
+            check_private_dir(directory)
+    return paths, saved

@@ -22,7 +22,11 @@ class Report(Protocol):
 
 
 MIN_VOLUME_BYTES = 1024 * 1024  # mkfs.ext4 needs some room
-RESERVED_VM_NAMES = frozenset({"supervisor"})  # qemu-compose-<project>-supervisor.service
+# qemu-compose-<project>-supervisor.service, and the entries of .qemu-compose/ beside the VMs'
+RESERVED_VM_NAMES = frozenset(
+    {"supervisor", "ssh", "events", "volumes", "networks", "lock", "console-password",
+     "sockets-dir"}
+)  # fmt: skip
 
 
 def validate(compose: ComposeFile, state_dir: Path, report: Report) -> None:
@@ -40,7 +44,8 @@ def _names(compose: ComposeFile, report: Report) -> None:
     seen: dict[str, str] = {}
     for name in compose.vms:
         if name in RESERVED_VM_NAMES:
-            report(("vms", name), f"{name!r} is reserved for qemu-compose's own unit", key=True)
+            what = "unit" if name == "supervisor" else "files (.qemu-compose/" + name + ")"
+            report(("vms", name), f"{name!r} is reserved for qemu-compose's own {what}", key=True)
     for name, vm in compose.vms.items():
         for instance in replica_names(name, vm):
             if len(instance) > 63:

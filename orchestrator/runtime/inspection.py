@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import netcfg
@@ -22,7 +23,7 @@ from orchestrator.guest.images import image_path
 from orchestrator.guest.secrets import ConsolePassword, read_console_password
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState
-from orchestrator.state.paths import ProjectPaths, VmPaths, vm_unit
+from orchestrator.state.paths import ProjectPaths, VmPaths
 
 from .options import Connection
 from .query import VmRow, vm_rows
@@ -47,7 +48,8 @@ async def inspect(project: Project, connection: Connection, name: str) -> dict[s
                 async with qmp.open_session(socket, timeout=2) as monitor:
                     qemu_status = (await monitor.query_status()).status
             except (qmp.QmpConnectError, qmp.QmpTimeoutError):
-                qemu_status = "unresponsive"  # its unit is active, QEMU does not answer
+                if Path(socket).is_socket():  # its unit is active, QEMU does not answer
+                    qemu_status = "unresponsive"
             except (qmp.QmpError, OSError):
                 qemu_status = None
     paths, state = session.paths, session.state
@@ -87,7 +89,7 @@ async def inspect(project: Project, connection: Connection, name: str) -> dict[s
         "provision": [p.script or _first_line(p.inline or "") for p in vm.provision],
         "depends_on": {n: d.condition for n, d in dependencies(project.model, inst).items()},
         "healthcheck": vm.healthcheck.test if vm.healthcheck and vm.healthcheck.test else None,
-        **_access(inst, paths, user, row.ssh_port, password, connection.bus),
+        **_access(inst, paths, user, row.ssh_port, password, connection.bus, unit),
     }
 
 
@@ -159,10 +161,10 @@ def _access(
     ssh_port: int | None,
     password: ConsolePassword | None,
     bus: str,
+    unit: str,
 ) -> dict[str, Any]:
     """How to reach the VM: SSH, its console, its logs."""
     name, mine = inst.name, paths.vm(inst.name)
-    unit = vm_unit(paths.project, name)
     return {
         "ssh": {
             "command": f"qemu-compose ssh {name}",

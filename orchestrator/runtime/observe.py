@@ -13,12 +13,13 @@ from orchestrator.config.project import Project
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.images import image_path
 from orchestrator.state.files import ProjectState
-from orchestrator.state.identity import Owner, owner_of, state_of, subnet_of
+from orchestrator.state.identity import Owner, owner_of, project_dir, state_of, subnet_of
 from orchestrator.state.paths import UNIT_PREFIX, ProjectPaths, read_record
 
 from .plan import Observed, Resources
 
 log = logging.getLogger(__name__)
+EARLIER = "elsewhere (started by an earlier qemu-compose)"  # an old unit this project never had
 
 
 class ProjectConflictError(QemuComposeError):
@@ -57,25 +58,53 @@ class ProjectUnits:
         )
 
 
-async def project_units(project: Project, manager: systemd_dbus.SystemdManager) -> ProjectUnits:
-    """One ListUnits call: every qemu-compose unit, sorted by the owner it records."""
+async def project_units(
+    project: Project, manager: systemd_dbus.SystemdManager, state: ProjectState | None = None
+) -> ProjectUnits:
+    """One ListUnits call: every qemu-compose unit, sorted by the owner it records. A unit of
+    an earlier version records no directory: it is this project's only if this project knows
+    it (its state names the unit, or the VM's directory or the network is there)."""
     units = ProjectUnits()
-    directory = str(project.directory)
+    directory = project_dir(project)
     for row in await manager.list_units(UNIT_PREFIX):
         owner = owner_of(row.description)
         if owner is None or owner.project != project.name:
             continue
+        if owner.directory is None and not _known(project, state, owner, row):
+            owner = Owner(owner.kind, owner.project, owner.name, EARLIER)
         if not owner.is_of(project.name, directory):
             units.foreign.append((owner, row))
-        elif owner.kind == "vm":  # an earlier version's unit beside this one's: the running
-            before = units.vms.get(owner.name)
-            if before is None or not before.active_state.running:
-                units.vms[owner.name] = row
-        elif owner.kind == "dnsmasq":
-            units.networks[owner.name] = row
-        else:
-            units.supervisor = row
+            continue
+        table = {"vm": units.vms, "dnsmasq": units.networks}.get(owner.kind)
+        if table is None:
+            units.supervisor = _preferred(units.supervisor, row)
+        else:  # an earlier version's unit beside this one's: the running one
+            table[owner.name] = _preferred(table.get(owner.name), row)
     return units
+
+
+def _preferred(
+    before: systemd_dbus.UnitSummary | None, row: systemd_dbus.UnitSummary
+) -> systemd_dbus.UnitSummary:
+    if before is None or (row.active_state.running and not before.active_state.running):
+        return row
+    return before
+
+
+def _known(
+    project: Project, state: ProjectState | None, owner: Owner, row: systemd_dbus.UnitSummary
+) -> bool:
+    paths = ProjectPaths(project.state_dir, project.name)
+    if owner.kind == "vm":
+        saved = state.vms.get(owner.name) if state else None
+        return (saved is not None and saved.unit == row.name) or paths.vm(
+            owner.name
+        ).directory.exists()
+    if owner.kind == "dnsmasq":
+        return (state is not None and owner.name in state.subnets) or paths.network_dir(
+            owner.name
+        ).exists()
+    return project.state_dir.exists()
 
 
 async def unit_states(

@@ -17,7 +17,7 @@ from orchestrator.config.topology import Instance, instances
 from orchestrator.guest.disks import create_volume
 from orchestrator.guest.images import fetch, is_remote, record_use
 from orchestrator.progress import Event, Reporter, Stage, Status, Transfer
-from orchestrator.state.identity import SUBNET_VARIABLE, Owner, owner_of
+from orchestrator.state.identity import SUBNET_VARIABLE, Owner, project_dir
 from orchestrator.state.paths import dnsmasq_unit
 
 from .observe import UnitTakenError
@@ -159,13 +159,11 @@ def _dnsmasq_starter(
 
     async def start(argv: list[str], changed: bool) -> None:
         status = await manager.status(unit)
+        other = session.taken(status, "dnsmasq", network)
+        if other is not None:  # checked first: another's active dnsmasq is no DHCP of ours
+            raise UnitTakenError(f"{unit} is taken by {other}; rename the network or the project")
         if status.is_active and not changed:
             return
-        owner = owner_of(status.description) if status.exists else None
-        if owner is not None and not owner.is_of(
-            session.project.name, str(session.project.directory)
-        ):
-            raise UnitTakenError(f"{unit} is taken by project {owner.project} ({owner.directory})")
         for old in dict.fromkeys([unit, *([earlier.name] if earlier else [])]):
             old_status = status if old == unit else await manager.status(old)
             if old_status.exists:
@@ -178,7 +176,7 @@ def _dnsmasq_starter(
                 unit,
                 [binary, *argv[1:]],
                 description=Owner(
-                    "dnsmasq", session.project.name, network, str(session.project.directory)
+                    "dnsmasq", session.project.name, network, project_dir(session.project)
                 ).describe(),
                 environment={SUBNET_VARIABLE: str(subnet)},  # for a state file that is lost
             ),

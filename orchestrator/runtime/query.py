@@ -15,7 +15,7 @@ from orchestrator.errors import UsageError
 from orchestrator.guest import probe
 from orchestrator.guest.knownhosts import host_alias, known_hosts
 from orchestrator.progress import Reporter
-from orchestrator.state.files import ProjectState
+from orchestrator.state.files import ProjectState, check_owner, check_private_dir
 from orchestrator.state.paths import ProjectPaths
 
 from .launch import probes_ssh
@@ -138,6 +138,10 @@ def ssh_argv(project: Project, vm: str, state: ProjectState, command: list[str])
     if target is None:
         raise UsageError(f"VM {vm!r} has no SSH port yet; run `qemu-compose up {vm}`")
     paths = ProjectPaths(project.state_dir, project.name)
+    check_private_dir(paths.ssh_dir)  # the key and known_hosts must be this user's own
+    for path in (target.key, known_hosts(paths)):
+        if path.exists() or path.is_symlink():
+            check_owner(path)
     return [
         "ssh",
         "-i", str(target.key),

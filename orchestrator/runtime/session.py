@@ -4,6 +4,7 @@ connected, and the state written back as VMs change."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -16,9 +17,17 @@ import qmp
 import systemd_dbus
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances, select
-from orchestrator.errors import PeerError, VmError
+from orchestrator.errors import PeerError, QemuComposeError, VmError
 from orchestrator.progress import Event, Reporter, Stage
-from orchestrator.state.files import NO_SPACE, ProjectLock, ProjectState, StateDir, no_space
+from orchestrator.state.files import (
+    NO_SPACE,
+    ProjectLock,
+    ProjectState,
+    StateDir,
+    check_project_dir,
+    no_space,
+)
+from orchestrator.state.identity import Kind, project_dir, taken_by
 from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, supervisor_unit, vm_unit
 from orchestrator.supervisor.eventlog import EventLog
 from orchestrator.supervisor.supervised import write_supervised
@@ -26,6 +35,8 @@ from orchestrator.supervisor.supervised import write_supervised
 from .observe import ProjectUnits, project_units, rebuild
 from .options import Connection
 from .supervision import supervised_table
+
+log = logging.getLogger(__name__)
 
 # The roots of the leaf packages' errors: past the runtime they are PeerError (or VmError)
 PEER_ERRORS = (systemd_dbus.SystemdError, qmp.QmpError, netcfg.NetcfgError)
@@ -83,10 +94,15 @@ class Store:
                 saver.start_soon(self.flush_every, 0.2)
                 yield
                 saver.cancel_scope.cancel()
-        finally:
-            self.deferred = False
-            self.dirty = False
-            self.save()
+        except BaseException:
+            self.deferred = self.dirty = False
+            try:  # what failed is what the user must hear of; a full disk here is logged
+                self.save()
+            except (QemuComposeError, OSError) as err:
+                log.warning("cannot save the state after a failure: %s", err)
+            raise
+        self.deferred = self.dirty = False
+        self.save()
 
 
 @dataclass
@@ -102,6 +118,14 @@ class Session:
     @property
     def state(self) -> ProjectState:
         return self.store.state
+
+    def taken(self, status: systemd_dbus.UnitStatus, kind: Kind, name: str = "") -> str | None:
+        """Whose a unit is, if it is there and not this project's ``kind`` ``name``."""
+        if not status.exists:
+            return None
+        return taken_by(
+            status.description, kind, self.project.name, project_dir(self.project), name
+        )
 
     def vm_unit(self, vm: str) -> str:
         """The unit a VM runs (or ran) as: the one its state names, or that systemd has
@@ -149,23 +173,26 @@ async def open_session(
     """
     state_dir = StateDir(project.state_dir)
     held: ProjectLock | None = None
-    if lock:
-        state_dir.ensure()
-        held = ProjectLock(state_dir.path)
-        await held.acquire(wait=connection.wait_lock)
     try:
-        state = read_state(project)
-        if lock:
-            state.project = project.name
-        paths = ProjectPaths(project.state_dir, project.name)
         with peer_errors():
+            check_project_dir(project.directory)
+            if lock:
+                state_dir.ensure()
+                held = ProjectLock(state_dir.path)
+                await held.acquire(wait=connection.wait_lock)
+            state = read_state(project)
+            if lock:
+                state.project = project.name
+            paths = ProjectPaths(project.state_dir, project.name)
             async with (
                 qmp.asyncio_loop(),
                 systemd_dbus.connect(
                     connection.bus, journal_dir=connection.journal_dir, call_timeout=CALL_TIMEOUT
                 ) as manager,
             ):
-                units = await project_units(project, manager)
+                units = await project_units(project, manager, state)
+                if lock:  # what changes things never touches another project of this name
+                    units.refuse_foreign(project)
                 store = Store(project, paths, state_dir, state)
                 if await rebuild(project, manager, state, units) and lock:
                     store.save()
@@ -194,22 +221,33 @@ def peer_errors() -> Iterator[None]:
         raise PeerError(str(err)) from err
     except OSError as err:
         if err.errno in NO_SPACE:  # a writer that does not say it itself: said here
-            raise no_space(Path(err.filename) if err.filename else None, err) from err
+            raise _ours(err) from err
         raise
     except BaseExceptionGroup as group:
-        if group.subgroup(PEER_ERRORS) is None:
+        if group.subgroup(_translated) is None:
             raise
         raise _as_peer_errors(group) from group
+
+
+def _translated(err: BaseException) -> bool:
+    return isinstance(err, PEER_ERRORS) or (isinstance(err, OSError) and err.errno in NO_SPACE)
+
+
+def _ours(err: BaseException) -> QemuComposeError:
+    """What a leaf error (or a full disk) is said as."""
+    if isinstance(err, OSError) and not isinstance(err, PEER_ERRORS) and err.errno in NO_SPACE:
+        return no_space(Path(err.filename) if err.filename else None, err)
+    return PeerError(str(err))
 
 
 def _as_peer_errors(group: BaseExceptionGroup[BaseException]) -> BaseExceptionGroup[BaseException]:
     def converted(err: BaseException) -> BaseException:
         if isinstance(err, BaseExceptionGroup):
             return _as_peer_errors(err)
-        if isinstance(err, PEER_ERRORS):
-            peer = PeerError(str(err))
-            peer.__cause__ = err
-            return peer
+        if _translated(err):
+            ours = _ours(err)
+            ours.__cause__ = err
+            return ours
         return err
 
     return group.derive([converted(e) for e in group.exceptions])

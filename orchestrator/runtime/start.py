@@ -27,7 +27,7 @@ from orchestrator.guest.mounts import check_bind_sources
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
 from orchestrator.progress import Event, Stage, Status
 from orchestrator.state.files import VmState, private_dir
-from orchestrator.state.identity import owner_of
+from orchestrator.state.identity import project_dir
 from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
 
 from .launch import LaunchFacts, grace_period, recorded, vm_launch
@@ -149,13 +149,11 @@ async def _clear_unit(session: Session, name: str) -> None:
     old = session.units.vms.get(name)
     for candidate in dict.fromkeys([unit, *([old.name] if old else [])]):
         status = await session.manager.status(candidate)
-        owner = owner_of(status.description) if status.exists else None
-        project, directory = session.project.name, str(session.project.directory)
-        if owner is not None and not owner.is_of(project, directory):
+        other = session.taken(status, "vm", name)
+        if other is not None:
             raise UnitTakenError(
-                f"{candidate} is taken by {owner.kind} {owner.name or owner.project} of "
-                f"project {owner.project} ({owner.directory}): the names collide; rename the "
-                "VM, or the project with -p"
+                f"{candidate} is taken by {other}: the names collide; rename the VM, or the "
+                "project with -p"
             )
         if status.is_failed:
             await session.manager.reset_failed(candidate)
@@ -186,5 +184,5 @@ def _facts(
         extra_user_data=named.user_data[extra] if isinstance(extra, str) else extra,
         qemu=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64",
         python=sys.executable,
-        project_dir=str(session.project.directory),
+        project_dir=project_dir(session.project),
     )

@@ -11,9 +11,11 @@ from orchestrator.config.project import Project
 from orchestrator.config.topology import instances
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
-from orchestrator.state.identity import Owner
+from orchestrator.state.identity import Owner, project_dir
 from orchestrator.state.paths import ProjectPaths, vm_unit
 from orchestrator.supervisor.supervised import Watched, write_supervised
+
+from .observe import UnitTakenError
 
 if TYPE_CHECKING:
     from .session import Session
@@ -48,6 +50,9 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
     write_supervised(session.paths.supervised_vms, table)
     unit = session.supervisor_unit()
     status = await session.manager.status(unit)
+    other = session.taken(status, "supervisor")
+    if other is not None:
+        raise UnitTakenError(f"{unit} is taken by {other}: rename the project with -p")
     if status.active_state.running:
         return
     if status.is_failed:
@@ -60,7 +65,7 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
             unit,
             argv,
             description=Owner(
-                "supervisor", session.project.name, "", str(session.project.directory)
+                "supervisor", session.project.name, "", project_dir(session.project)
             ).describe(),
             working_directory=str(session.project.state_dir),
             restart="on-failure",
@@ -73,8 +78,8 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
 async def stop_supervisor(session: Session) -> None:
     unit = session.supervisor_unit()
     status = await session.manager.status(unit)
-    if not status.exists:
-        return
+    if not status.exists or session.taken(status, "supervisor") is not None:
+        return  # none, or another project's: not ours to stop
     await session.manager.stop(unit, timeout=30)
     if (await session.manager.status(unit)).is_failed:
         await session.manager.reset_failed(unit)

@@ -17,7 +17,6 @@ from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import ProjectState
-from orchestrator.state.identity import owner_of
 from orchestrator.state.paths import remove_socket_dir
 
 from .launch import grace_period
@@ -30,19 +29,20 @@ from .supervision import stop_supervisor
 QMP_ANSWER = 5.0  # seconds a running QEMU has to greet on its control monitor
 
 
-async def stop_one(session: Session, name: str, grace: float) -> None:
-    """Power button, ``grace`` seconds, then quit; the unit stopped (and reset if failed)."""
+async def stop_one(session: Session, name: str, grace: float) -> bool:
+    """Power button, ``grace`` seconds, then quit; the unit stopped (and reset if failed).
+    False when the unit of that name is another project's: it is left alone."""
     manager = session.manager
     unit = session.vm_unit(name)
     status = await manager.status(unit)
-    owner = owner_of(status.description) if status.exists else None
-    if owner is not None and not owner.is_of(session.project.name, str(session.project.directory)):
-        session.report(name, Stage.STOP, Status.SKIPPED, f"{unit} is of {owner.directory}")
-        return  # another project of the same name: not ours to stop
+    other = session.taken(status, "vm", name)
+    if other is not None:  # another project's unit of that name: not ours to stop
+        session.report(name, Stage.STOP, Status.SKIPPED, f"{unit} is {other}")
+        return False
     if not status.active_state.running:
         if status.is_failed:
             await manager.reset_failed(unit)
-        return
+        return True
     session.report(
         name, Stage.STOP, Status.WORKING, f"power button, {grace:g} s grace" if grace else "quit"
     )
@@ -52,8 +52,11 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
     try:
         async with qmp.open_session(str(socket), timeout=QMP_ANSWER) as qmp_session:
             outcome = (await qmp_session.powerdown(grace=grace)).value
-    except (qmp.QmpConnectError, qmp.QmpTimeoutError):
-        answered = False
+    except (qmp.QmpConnectError, qmp.QmpTimeoutError) as err:
+        if socket.is_socket():  # there, and silent: frozen or hung
+            answered = False
+        else:  # gone: QEMU ended meanwhile
+            outcome = f"no QMP ({err})"
     except qmp.QmpError as err:  # it went away meanwhile, say
         outcome = f"no QMP ({err})"
     stopped = await manager.stop(unit, timeout=grace + 60)
@@ -65,13 +68,15 @@ async def stop_one(session: Session, name: str, grace: float) -> None:
     if (await manager.status(unit)).is_failed:
         await manager.reset_failed(unit)
     session.report(name, Stage.STOP, Status.DONE, outcome)
+    return True
 
 
 async def remove_vm(session: Session, name: str) -> None:
     """Stop a VM and remove its instance directory, addresses, known host and ports."""
     project = session.project
     inst = {i.name: i for i in instances(project.model)}.get(name)
-    await stop_one(session, name, grace_period(inst.vm if inst else None))
+    if not await stop_one(session, name, grace_period(inst.vm if inst else None)):
+        return  # the unit is another project's: so may the directory be, in a moved project
     for network in session.state.addresses.values():
         network.pop(name, None)
     shutil.rmtree(session.paths.vm(name).directory, ignore_errors=True)
@@ -188,6 +193,10 @@ async def _remove_networks(session: Session, names: Sequence[str]) -> None:
             session.paths.network_dir(name),
         )
         unit = session.dnsmasq_unit(name)
+        other = session.taken(await session.manager.status(unit), "dnsmasq", name)
+        if other is not None:  # its bridge is that project's too: leave the network alone
+            session.report("", Stage.NETWORK, Status.SKIPPED, f"{name}: {unit} is {other}")
+            continue
 
         async def stop_dnsmasq(unit: str = unit) -> None:
             await session.manager.stop(unit)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import grp
 import logging
 import os
 import pwd
@@ -60,8 +61,33 @@ class ProjectState(msgspec.Struct, kw_only=True):
 def private_dir(path: Path) -> Path:
     """``path`` as a directory that only this user can use: made 0700 if it is not there
     (its missing parents too), else checked as `check_private_dir` does."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except PermissionError as err:
+        raise StateError(f"cannot make {path}: {err.strerror}") from err
     return check_private_dir(path)
+
+
+def check_project_dir(path: Path) -> None:
+    """The directory that holds ``.qemu-compose`` must be this user's (or root's) and closed
+    to other writers, or sticky as /tmp is: who may rename entries in it could put another
+    ``.qemu-compose`` (or a link to anywhere) in place while a command works in it."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return  # nothing there yet: load_project found the compose file elsewhere
+    if info.st_uid not in (os.geteuid(), 0):
+        raise StateError(
+            f"{path} belongs to {_user(info.st_uid)}: its owner could replace the project's "
+            f"state under qemu-compose's feet; run qemu-compose as {_user(info.st_uid)}, or "
+            "move the project to a directory of your own"
+        )
+    if _writable_by_others(info) and not info.st_mode & stat.S_ISVTX:
+        raise StateError(
+            f"{path} can be written by other users (mode {stat.S_IMODE(info.st_mode):o}): "
+            "they could replace .qemu-compose under qemu-compose's feet; `chmod go-w "
+            f"{path}` (or make it sticky, as /tmp is)"
+        )
 
 
 def check_private_dir(path: Path) -> Path:
@@ -97,6 +123,20 @@ def check_owner(path: Path, info: os.stat_result | None = None) -> None:
             "user made it, and its keys and sockets cannot be trusted; remove it, or run "
             "qemu-compose as its owner"
         )
+
+
+def _writable_by_others(info: os.stat_result) -> bool:
+    """Writable by another user: world-writable, or group-writable by a group that is not the
+    owner's own (the private group of one user that umask 002 systems give each user)."""
+    if info.st_mode & 0o002:
+        return True
+    if not info.st_mode & 0o020:
+        return False
+    try:
+        group, owner = grp.getgrgid(info.st_gid), pwd.getpwuid(info.st_uid)
+    except KeyError:
+        return True
+    return group.gr_name != owner.pw_name or bool(set(group.gr_mem) - {owner.pw_name})
 
 
 def _user(uid: int) -> str:

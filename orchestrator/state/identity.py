@@ -4,7 +4,7 @@ The live system is the truth: a unit's Description says which project (by name a
 directory) and which VM or network it is, so that one ListUnits call tells every command
 which units are its own, and another project of the same name is seen as such. A VM unit's
 Environment also carries what the state file says of the VM (its configuration hash, host
-ports, MACs, restart policy, instance directory), so that a lost state file is rebuilt from
+ports, MACs, restart policy), so that a lost state file is rebuilt from
 the running units, never a reason to recreate them.
 
 Descriptions, in full (project and VM names have no spaces or slashes; the directory is the
@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from .files import VmState
+
+if TYPE_CHECKING:
+    from orchestrator.config.project import Project
 
 Kind = Literal["vm", "dnsmasq", "supervisor"]
 STATE_VARIABLE = "QEMU_COMPOSE_VM_STATE"  # a VM unit's VmState, as JSON
@@ -60,6 +63,20 @@ class Owner:
         return self.project == project and self.directory in (None, directory)
 
 
+def taken_by(
+    description: str, kind: Kind, project: str, directory: str, name: str = ""
+) -> str | None:
+    """Who else has a unit that this project means to stop, reset or replace: None when it
+    is this project's ``kind`` ``name``; else whose it is, said for an error."""
+    owner = owner_of(description)
+    if owner is None:
+        return f"a unit qemu-compose did not make ({description!r})"
+    if owner.kind == kind and owner.name == name and owner.is_of(project, directory):
+        return None
+    what = f"{owner.kind} {owner.name}" if owner.name else owner.kind
+    return f"{what} of project {owner.project} ({owner.directory or 'an earlier version'})"
+
+
 def owner_of(description: str) -> Owner | None:
     """Whose a unit is, from its Description; None for a unit qemu-compose did not make."""
     for kind, pattern in _PATTERNS.items():
@@ -89,3 +106,9 @@ def state_of(environment: list[str] | tuple[str, ...]) -> VmState | None:
 def subnet_of(environment: list[str] | tuple[str, ...]) -> str | None:
     prefix = f"{SUBNET_VARIABLE}="
     return next((e[len(prefix) :] for e in environment if e.startswith(prefix)), None)
+
+
+def project_dir(project: Project) -> str:
+    """The project's directory as units record it: resolved, so that a path through a link
+    names the same project."""
+    return str(project.directory.resolve())

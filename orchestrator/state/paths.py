@@ -11,8 +11,8 @@ runtime directory, in a private directory made by mkdtemp (see `make_socket_dir`
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +30,8 @@ from orchestrator.state.files import (
     private_dir,
 )
 from qmp import check_socket_path
+
+log = logging.getLogger(__name__)
 
 UNIT_PREFIX = "qemu-compose-"
 SHARED_NETWORKS = Path("/var/lib/qemu-compose/networks")
@@ -185,9 +187,13 @@ def remove_socket_dir(paths: ProjectPaths, name: str) -> None:
     vm = paths.vm(name)
     if vm.sockets == vm.directory:
         return
-    with contextlib.suppress(FileNotFoundError):
+    try:
         check_owner(vm.sockets)
         shutil.rmtree(vm.sockets)
+    except FileNotFoundError:
+        pass
+    except StateError as err:  # not ours: not to delete, and no reason to fail destroy
+        log.warning("left %s alone: %s", vm.sockets, err)
     base = paths.recorded_socket_base()
     if base is not None and not any(base.iterdir()):
         base.rmdir()

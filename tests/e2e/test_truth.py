@@ -126,12 +126,16 @@ def test_two_projects_of_one_name_do_not_take_each_other_over(
         assert f"project 'same' already runs from {first} (its VMs: web)" in refused.stderr
         assert "-p" in refused.stderr
         assert ps_rows(second, user_manager)["web"]["status"] == "not-created"
-        destroyed = compose("destroy", "--progress", "json", cwd=second, manager=user_manager)
-        assert destroyed.returncode == 0, destroyed.stderr
-        assert ps_rows(first, user_manager)["web"]["status"] == "active"  # untouched
-        stopped = compose("stop", "--progress", "json", cwd=second, manager=user_manager)
-        assert stopped.returncode == 0
+        for command in ("stop", "destroy"):  # nothing of the first is touched
+            refused = compose(command, "--progress", "json", cwd=second, manager=user_manager)
+            assert refused.returncode == 1, (command, refused.stderr)
+            assert f"project 'same' already runs from {first}" in refused.stderr
         assert ps_rows(first, user_manager)["web"]["status"] == "active"
+        assert units(user_manager, "qemu-compose-same-supervisor.service") == [
+            "qemu-compose-same-supervisor.service"
+        ]
+        claims = json.loads((first / ".xdg-state/qemu-compose/claims.json").read_text())
+        assert "same/web" in claims["ports"]
         info = json.loads(
             compose("inspect", "web", "--format", "json", cwd=first, manager=user_manager).stdout
         )
@@ -174,6 +178,8 @@ def test_a_unit_of_an_earlier_version_is_still_found_stopped_and_destroyed(
         "name: old-proj\nvms:\n  web: {memory: 64, cpu: 1, healthcheck: {disable: true}}\n"
     )
     legacy = r"qemu-compose-old\x2dproj-web.service"
+    for directory in (project / ".qemu-compose", project / ".qemu-compose" / "web"):
+        directory.mkdir(mode=0o700)  # what the earlier version made: the VM is known here
     run = subprocess.run(
         ["systemd-run", "--user", f"--unit={legacy}", "--description=qemu-compose VM old-proj/web",
          "sleep", "600"],
@@ -184,6 +190,13 @@ def test_a_unit_of_an_earlier_version_is_still_found_stopped_and_destroyed(
     )  # fmt: skip
     assert run.returncode == 0, run.stderr  # what an earlier version left running
     try:
+        elsewhere = project / "elsewhere"  # the same name, but it never knew that VM
+        elsewhere.mkdir()
+        (elsewhere / "qemu-compose.yaml").write_text((project / "qemu-compose.yaml").read_text())
+        assert ps_rows(elsewhere, user_manager)["web"]["status"] == "not-created"
+        refused = compose("stop", "--progress", "quiet", cwd=elsewhere, manager=user_manager)
+        assert refused.returncode == 1
+        assert "already runs from elsewhere (started by an earlier" in refused.stderr
         rows = ps_rows(project, user_manager)
         assert (rows["web"]["status"], rows["web"]["unit"]) == ("active", legacy)
         assert dry_run(project, user_manager)["web"][0] == "keep"

@@ -67,6 +67,34 @@ def test_a_state_directory_another_user_made_is_refused(other: User, shared: Pat
     assert os.stat(shared / ".qemu-compose").st_uid == other.uid
 
 
+def test_a_project_directory_others_may_write_to_is_refused(reachable: Path) -> None:
+    """Who may rename entries in the project's directory could swap .qemu-compose (for a
+    link to /etc, say) while a command works in it: refused unless sticky, as /tmp is."""
+    project = reachable / "open"
+    project.mkdir()
+    project.chmod(0o777)
+    (project / "qemu-compose.yaml").write_text("vms:\n  web: {memory: 64}\n")
+    result = subprocess.run([EXE, "ps"], cwd=project, capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert f"{project} can be written by other users (mode 777)" in result.stderr
+    assert not (project / ".qemu-compose").exists()
+
+
+def test_a_project_directory_of_another_user_is_refused(other: User, reachable: Path) -> None:
+    """root working in another user's directory: that user could replace the state."""
+    shared = reachable / "pub"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    project = shared / "theirs"
+    other.run("mkdir", str(project))
+    other.run("sh", "-c", f"printf 'vms:\\n  web: {{memory: 64}}\\n' > {project}/qemu-compose.yaml")
+    result = subprocess.run([EXE, "up", "--dry-run"], cwd=project, capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"{project} belongs to qc-intruder" in result.stderr
+
+
 def test_a_directory_others_may_write_to_is_refused(tmp_path: Path) -> None:
     state = tmp_path / ".qemu-compose"
     state.mkdir()
