@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,64 +110,64 @@ def test_a_lost_state_file_loses_no_disk_and_leaks_nothing(
     assert not disk.exists()
 
 
-def test_two_projects_of_one_name_do_not_take_each_other_over(
-    tmp_path: Path, user_manager: ManagerHandle
-) -> None:
+def one_vm(directory: Path, name: str, vm: str) -> Path:
+    directory.mkdir()
+    (directory / "qemu-compose.yaml").write_text(
+        f"name: {name}\nvms:\n  {vm}: {{memory: 64, cpu: 1, healthcheck: {{disable: true}}}}\n"
+    )
+    return directory
+
+
+@pytest.fixture
+def two(tmp_path: Path, user_manager: ManagerHandle) -> Iterator[tuple[Path, Path]]:
+    """Two project directories, both destroyed after the test."""
     first, second = tmp_path / "first", tmp_path / "second"
+    yield first, second
     for directory in (first, second):
-        directory.mkdir()
-        (directory / "qemu-compose.yaml").write_text(
-            "name: same\nvms:\n  web: {memory: 64, cpu: 1, healthcheck: {disable: true}}\n"
-        )
-    try:
-        up = compose("up", "-d", "--progress", "quiet", cwd=first, manager=user_manager)
-        assert up.returncode == 0, up.stderr
-        refused = compose("up", "-d", "--progress", "quiet", cwd=second, manager=user_manager)
-        assert refused.returncode == 1
-        assert f"project 'same' already runs from {first} (its VMs: web)" in refused.stderr
-        assert "-p" in refused.stderr
-        assert ps_rows(second, user_manager)["web"]["status"] == "not-created"
-        for command in ("stop", "destroy"):  # nothing of the first is touched
-            refused = compose(command, "--progress", "json", cwd=second, manager=user_manager)
-            assert refused.returncode == 1, (command, refused.stderr)
-            assert f"project 'same' already runs from {first}" in refused.stderr
-        assert ps_rows(first, user_manager)["web"]["status"] == "active"
-        assert units(user_manager, "qemu-compose-same-supervisor.service") == [
-            "qemu-compose-same-supervisor.service"
-        ]
-        claims = json.loads((first / ".xdg-state/qemu-compose/claims.json").read_text())
-        assert "same/web" in claims["ports"]
-        info = json.loads(
-            compose("inspect", "web", "--format", "json", cwd=first, manager=user_manager).stdout
-        )
-        assert info["unit"]["active_state"] == "active"
-    finally:
-        compose("destroy", "--progress", "quiet", cwd=first, manager=user_manager)
-        compose("destroy", "--progress", "quiet", cwd=second, manager=user_manager)
+        if directory.exists():
+            compose("destroy", "--progress", "quiet", cwd=directory, manager=user_manager)
+
+
+def test_two_projects_of_one_name_do_not_take_each_other_over(
+    two: tuple[Path, Path], user_manager: ManagerHandle
+) -> None:
+    first, second = one_vm(two[0], "same", "web"), one_vm(two[1], "same", "web")
+    up = compose("up", "-d", "--progress", "quiet", cwd=first, manager=user_manager)
+    assert up.returncode == 0, up.stderr
+    refused = compose("up", "-d", "--progress", "quiet", cwd=second, manager=user_manager)
+    assert refused.returncode == 1
+    assert f"project 'same' already runs from {first} (its VMs: web)" in refused.stderr
+    assert "-p" in refused.stderr
+    assert ps_rows(second, user_manager)["web"]["status"] == "not-created"
+    for command in ("stop", "destroy"):  # nothing of the first is touched
+        refused = compose(command, "--progress", "json", cwd=second, manager=user_manager)
+        assert refused.returncode == 1, (command, refused.stderr)
+        assert f"project 'same' already runs from {first}" in refused.stderr
+    assert ps_rows(first, user_manager)["web"]["status"] == "active"
+    assert units(user_manager, "qemu-compose-same-supervisor.service") == [
+        "qemu-compose-same-supervisor.service"
+    ]
+    claims = json.loads((first / ".xdg-state/qemu-compose/claims.json").read_text())
+    assert "same/web" in claims["ports"]
+    info = json.loads(
+        compose("inspect", "web", "--format", "json", cwd=first, manager=user_manager).stdout
+    )
+    assert info["unit"]["active_state"] == "active"
 
 
 def test_unit_names_as_the_spec_has_them_and_a_colliding_one_is_refused(
-    tmp_path: Path, user_manager: ManagerHandle
+    two: tuple[Path, Path], user_manager: ManagerHandle
 ) -> None:
     """a-b/c and a/b-c are both qemu-compose-a-b-c.service: the second is refused, with
     whose the unit is; neither takes the other's VM."""
-    first, second = tmp_path / "first", tmp_path / "second"
-    for directory, name, vm in ((first, "a-b", "c"), (second, "a", "b-c")):
-        directory.mkdir()
-        (directory / "qemu-compose.yaml").write_text(
-            f"name: {name}\nvms:\n  {vm}: {{memory: 64, cpu: 1, healthcheck: {{disable: true}}}}\n"
-        )
-    try:
-        up = compose("up", "-d", "--progress", "quiet", cwd=first, manager=user_manager)
-        assert up.returncode == 0, up.stderr
-        assert ps_rows(first, user_manager)["c"]["unit"] == "qemu-compose-a-b-c.service"
-        refused = compose("up", "-d", "--progress", "plain", cwd=second, manager=user_manager)
-        assert refused.returncode == 1
-        assert "qemu-compose-a-b-c.service is taken by vm c of project a-b" in refused.stderr
-        assert ps_rows(first, user_manager)["c"]["status"] == "active"
-    finally:
-        compose("destroy", "--progress", "quiet", cwd=first, manager=user_manager)
-        compose("destroy", "--progress", "quiet", cwd=second, manager=user_manager)
+    first, second = one_vm(two[0], "a-b", "c"), one_vm(two[1], "a", "b-c")
+    up = compose("up", "-d", "--progress", "quiet", cwd=first, manager=user_manager)
+    assert up.returncode == 0, up.stderr
+    assert ps_rows(first, user_manager)["c"]["unit"] == "qemu-compose-a-b-c.service"
+    refused = compose("up", "-d", "--progress", "plain", cwd=second, manager=user_manager)
+    assert refused.returncode == 1
+    assert "qemu-compose-a-b-c.service is taken by vm c of project a-b" in refused.stderr
+    assert ps_rows(first, user_manager)["c"]["status"] == "active"
 
 
 def test_a_unit_of_an_earlier_version_is_still_found_stopped_and_destroyed(
