@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import trio
 
 from orchestrator.config.quantities import format_size
 from orchestrator.errors import QemuComposeError
-from orchestrator.state.files import format_free, private_dir
+from orchestrator.state.files import free_space, private_dir
 
 EXT4_LABEL_MAX = 16
 
@@ -43,16 +42,9 @@ async def _run(argv: list[str], what: str, writes: Path | None = None) -> str:
     if result.returncode != 0:
         said = result.stderr.decode(errors="replace").strip()
         if writes is not None and ("No space left" in said or "Disk quota exceeded" in said):
-            said += f" ({_free(writes.parent)})"
+            said += f" ({free_space(writes.parent)})"
         raise DiskError(f"{what}: {said}")
     return result.stdout.decode()
-
-
-def _free(directory: Path) -> str:
-    try:
-        return f"{format_free(shutil.disk_usage(directory).free)} free there"
-    except OSError:
-        return "free space unknown"
 
 
 async def image_info(path: Path) -> ImageInfo:

@@ -217,16 +217,14 @@ def peer_errors() -> Iterator[None]:
     says so."""
     try:
         yield
-    except PEER_ERRORS as err:
-        raise PeerError(str(err)) from err
-    except OSError as err:
-        if err.errno in NO_SPACE:  # a writer that does not say it itself: said here
-            raise _ours(err) from err
-        raise
     except BaseExceptionGroup as group:
         if group.subgroup(_translated) is None:
             raise
         raise _as_peer_errors(group) from group
+    except Exception as err:
+        if not _translated(err):
+            raise
+        raise _ours(err) from err  # (a full disk a writer did not say itself: said here)
 
 
 def _translated(err: BaseException) -> bool:

@@ -156,17 +156,20 @@ def no_space(path: Path | None, err: OSError) -> StateError:
     why = "no space left" if err.errno == errno.ENOSPC else "the disk quota is used up"
     if path is None:
         return StateError(f"cannot write: {why}; free some space, then run the command again")
-    try:
-        free = f"{format_free(shutil.disk_usage(path.parent).free)} free"
-    except OSError:
-        free = "free space unknown"
     return StateError(
-        f"cannot write {path}: {why} ({free} there); free some space, then run the command again"
+        f"cannot write {path}: {why} ({free_space(path.parent)}); free some space, then run "
+        "the command again"
     )
 
 
-def format_free(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size // 1024} KiB"
+def free_space(directory: Path) -> str:
+    """How much is free where ``directory`` is, said for an error: "3.2 MiB free there"."""
+    try:
+        size = shutil.disk_usage(directory).free
+    except OSError:
+        return "free space unknown"
+    amount = f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size // 1024} KiB"
+    return f"{amount} free there"
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
