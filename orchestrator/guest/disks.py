@@ -71,6 +71,21 @@ async def create_overlay(base: Path, path: Path, size: int | None = None) -> Ima
     return await image_info(path)
 
 
+async def grow_disk(path: Path, size: int) -> None:
+    """A VM's disk grown to ``size`` in place (it is stopped); one as large or larger is left
+    as it is, and one larger than ``size`` is an error: a disk never shrinks."""
+    info = await image_info(path)
+    if size < info.virtual_size:
+        raise DiskError(
+            f"disk: {format_size(size)} is smaller than {path} ({format_size(info.virtual_size)}):"
+            " a disk is never shrunk; --force-recreate replaces it"
+        )
+    if size > info.virtual_size:
+        await _run(
+            ["qemu-img", "resize", "-q", "--", str(path), str(size)], f"growing {path}", path
+        )
+
+
 async def create_volume(path: Path, size: int, label: str) -> None:
     """A new qcow2 volume holding an empty ext4 filesystem; refuses to replace one."""
     if path.exists():

@@ -83,6 +83,7 @@ async def _plan(session: Session, options: PlanOptions) -> UpPlan:
         no_recreate=options.no_recreate,
         force_recreate=options.force_recreate,
         remove_orphans=options.remove_orphans,
+        files=project.files,
     )
 
 

@@ -171,6 +171,7 @@ async def observe(
             created,
             saved.config_hash if saved else None,
             saved.ssh_port if saved else None,
+            saved.shape if saved else None,
         )
     return observed
 

@@ -4,8 +4,9 @@ The desired state is the compose model with replicas expanded into VM instances;
 observed state is what systemd and the state directory say of each instance, and which
 images, volumes, networks and supervisor are there. The plan (UpPlan) is the VMs' actions,
 each with its cause, and the steps for what they need: `up --dry-run` prints it and the
-runtime executes it. A VM whose configuration changed (a hash of everything that shapes it)
-is recreated, as docker compose does; an unchanged running one is left alone.
+runtime executes it. A VM whose definition changed is restarted on its disk, its disk grown
+or left as it is with what needs a new one said (changes.py): a disk is replaced only when
+there is none or `--force-recreate` asks; an unchanged running VM is left alone.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from orchestrator.config.files import NamedFiles
 from orchestrator.config.model import ComposeFile, Vm
 from orchestrator.config.topology import Instance, instances
 from orchestrator.guest.images import is_remote
 from systemd_dbus import ActiveState
 
+from .changes import Shape, shape, verdict
 
-def config_hash(compose: ComposeFile, instance: Instance) -> str:
-    """Changes when anything that shapes the VM changes: its definition, networks, volumes."""
+
+def legacy_config_hash(compose: ComposeFile, instance: Instance) -> str:
+    """The configuration hash of versions that recorded no shape: a VM they started whose
+    file has not changed since is unchanged, not restarted for an upgrade."""
     vm = instance.vm
     related = {
         "vm": vm,
@@ -48,6 +53,7 @@ class Observed:
     created: bool = False  # its disk (or state entry) exists
     config_hash: str | None = None
     ssh_port: int | None = None  # the host port its SSH had last time
+    shape: Shape | None = None  # what it was started with; None: recorded by an earlier version
 
     @property
     def running(self) -> bool:
@@ -57,6 +63,7 @@ class Observed:
 class ActionKind(enum.Enum):
     CREATE = "create"
     RECREATE = "recreate"
+    RESTART = "restart"  # on its disk, to apply what changed
     START = "start"
     KEEP = "keep"
     REMOVE = "remove"  # an orphan, with --remove-orphans
@@ -68,6 +75,8 @@ class Action:
     vm: str
     kind: ActionKind
     cause: str
+    record: Shape | None = None  # the shape to record once done; None: what is recorded stays
+    grow_disk: bool = False  # its disk:, larger than it was, grows first
 
     @property
     def changes_something(self) -> bool:
@@ -82,29 +91,16 @@ def plan(
     no_recreate: bool = False,
     force_recreate: bool = False,
     remove_orphans: bool = False,
+    files: NamedFiles | None = None,
 ) -> list[Action]:
     """The actions of `up`, in the compose file's order, orphans last."""
     targets = list(selected) if selected is not None else instances(compose)
-    actions = []
-    for inst in targets:
-        seen = observed.get(inst.name, Observed())
-        wanted_hash = config_hash(compose, inst)
-        if not seen.created and not seen.running:
-            actions.append(Action(inst.name, ActionKind.CREATE, "not created yet"))
-        elif force_recreate:
-            actions.append(Action(inst.name, ActionKind.RECREATE, "--force-recreate"))
-        elif seen.config_hash is None:  # its record is lost: never a reason to lose its disk
-            kind = ActionKind.KEEP if seen.running else ActionKind.START
-            state = "running" if seen.running else "stopped"
-            why = f"{state}; its configuration is not known (kept as it is)"
-            actions.append(Action(inst.name, kind, why))
-        elif seen.config_hash != wanted_hash and not no_recreate:
-            actions.append(Action(inst.name, ActionKind.RECREATE, "configuration changed"))
-        elif seen.running:
-            actions.append(Action(inst.name, ActionKind.KEEP, "running"))
-        else:
-            why = "stopped" if seen.unit is None else f"stopped ({seen.unit})"
-            actions.append(Action(inst.name, ActionKind.START, why))
+    actions = [
+        _action(
+            compose, inst, observed.get(inst.name, Observed()), files, no_recreate, force_recreate
+        )
+        for inst in targets
+    ]
     desired = {i.name for i in instances(compose)}
     for name in sorted(set(observed) - desired):
         if remove_orphans:
@@ -116,6 +112,48 @@ def plan(
                 )
             )
     return actions
+
+
+def _action(
+    compose: ComposeFile,
+    inst: Instance,
+    seen: Observed,
+    files: NamedFiles | None,
+    no_recreate: bool,
+    force_recreate: bool,
+) -> Action:
+    """One VM's action: its disk is replaced only when it has none or when asked."""
+    wanted = shape(compose, inst, files)
+    if not seen.created and not seen.running:
+        return Action(inst.name, ActionKind.CREATE, "not created yet", wanted)
+    if force_recreate:
+        return Action(inst.name, ActionKind.RECREATE, "--force-recreate", wanted)
+    state = "running" if seen.running else "stopped"
+    if seen.unit is not None and not seen.running:
+        state = f"stopped ({seen.unit})"
+    kind = ActionKind.KEEP if seen.running else ActionKind.START
+    if seen.config_hash is None:  # its record is lost: never a reason to lose its disk
+        cause = f"{state}; its configuration is not known (kept as it is)"
+        return Action(inst.name, kind, cause, wanted)
+    if seen.shape is None:  # started by an earlier version, which kept only a hash
+        if seen.config_hash == legacy_config_hash(compose, inst):
+            return Action(inst.name, kind, state, wanted)
+        cause = (
+            f"{state}; changed since an earlier version started it, what changed is not "
+            "known: --force-recreate replaces its disk"
+        )
+        return Action(inst.name, kind, cause)  # its record is kept: said again next time
+    found = verdict(seen.shape, wanted)
+    if not (found.restart or found.replace or found.apply):
+        return Action(inst.name, kind, state)
+    if seen.running and no_recreate and (found.restart or found.replace):
+        return Action(inst.name, kind, f"{state}; changed, kept as it is (--no-recreate)")
+    if found.restart and seen.running:
+        return Action(inst.name, ActionKind.RESTART, found.cause(), found.applied, found.grows_disk)
+    said = [found.cause()] if found.restart or found.replace else []
+    if found.apply:
+        said.append(", ".join(str(c) for c in found.apply) + " (nothing to restart)")
+    return Action(inst.name, kind, "; ".join([state, *said]), found.applied, found.grows_disk)
 
 
 # -- the whole of `up`: the VMs and what they need -------------------------------------------------
@@ -180,6 +218,7 @@ def plan_up(
     no_recreate: bool = False,
     force_recreate: bool = False,
     remove_orphans: bool = False,
+    files: NamedFiles | None = None,
 ) -> UpPlan:
     """The VMs' actions (`plan`) and the steps for the images, volumes and networks of those
     it keeps or starts, the supervisor, and the port claims of those it starts."""
@@ -190,6 +229,7 @@ def plan_up(
         no_recreate=no_recreate,
         force_recreate=force_recreate,
         remove_orphans=remove_orphans,
+        files=files,
     )
     by_name = {i.name: i for i in instances(compose)}
     chosen = [by_name[a.vm] for a in actions if a.vm in by_name]
@@ -228,7 +268,7 @@ def plan_up(
             (a.vm, by_name[a.vm].vm, observed[a.vm].ssh_port if a.vm in observed else None)
             for a in actions
             if a.vm in by_name and a.kind in (ActionKind.CREATE, ActionKind.START)
-        ),  # a recreated VM holds its ports until it is stopped: it claims them then
+        ),  # a recreated or restarted VM holds its ports until it stops: it claims them then
     )
 
 

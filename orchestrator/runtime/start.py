@@ -21,7 +21,7 @@ from orchestrator.config.topology import Instance
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.accel import Accel, choose_accel, read_host_facts
 from orchestrator.guest.cloudinit import seed_files, write_seed_iso
-from orchestrator.guest.disks import create_overlay
+from orchestrator.guest.disks import create_overlay, grow_disk
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.guest.mounts import check_bind_sources
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
@@ -30,10 +30,11 @@ from orchestrator.state.files import VmState, private_dir
 from orchestrator.state.identity import project_dir
 from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
 
+from .changes import digest
 from .launch import LaunchFacts, grace_period, recorded, vm_launch
 from .observe import UnitTakenError
 from .options import UpOptions
-from .plan import Action, ActionKind, config_hash
+from .plan import Action, ActionKind
 from .ports import claim_ports
 from .readiness import Conditions, wait_completed, wait_for_dependencies, wait_ready, wait_running
 from .session import Session, vm_failures
@@ -70,6 +71,7 @@ async def run_vm(run: UpRun, inst: Instance, action: Action, limiter: trio.Capac
             await wait_for_dependencies(session, run.conditions, inst)
             async with limiter:
                 if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
+                    _record_kept(session, inst.name, action)
                     report(inst.name, Stage.UNIT, Status.DONE, "already running")
                 else:
                     await start_vm(run, inst, action)
@@ -101,6 +103,9 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         await stop_one(session, name, grace_period(vm))
         shutil.rmtree(paths.directory, ignore_errors=True)
         forget_host(session.paths, project, name)
+    elif action.kind is ActionKind.RESTART:  # on its disk: what changed needs a new QEMU
+        report(name, Stage.UNIT, Status.WORKING, f"restarting: {action.cause}")
+        await stop_one(session, name, grace_period(vm))
     private_dir(paths.directory)
     paths = make_socket_dir(session.paths, name)
     await _clear_unit(session, name)
@@ -110,6 +115,10 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         size = parse_size(vm.disk.size) if vm.disk.size else None
         await create_overlay(run.images[vm.image.source], paths.disk, size)
         report(name, Stage.DISK, Status.DONE, str(paths.disk))
+    elif action.grow_disk and vm.disk.size is not None and paths.disk.exists():
+        report(name, Stage.DISK, Status.WORKING, f"growing to {vm.disk.size}")
+        await grow_disk(paths.disk, parse_size(vm.disk.size))
+        report(name, Stage.DISK, Status.DONE, f"{paths.disk} ({vm.disk.size})")
     saved = session.state.vms.get(name)
     claimed = run.ports.pop(name, None)
     if claimed is None:  # not claimed with the others (a lone start): claim them now
@@ -125,11 +134,18 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     if launch.guest is not None:
         write_seed_iso(paths.seed, seed_files(launch.guest))
     report(name, Stage.UNIT, Status.WORKING, f"{accel.name}, {vm.cpu} CPU, {vm.memory} MiB")
-    kept = saved.config_hash if saved and run.options.keep_config else None
+    if saved is not None and (run.options.keep_config or action.record is None):
+        shape, recorded_hash = saved.shape, saved.config_hash  # what is recorded stays
+    else:
+        shape = dict(action.record or {})
+        recorded_hash = digest(shape)
     state = VmState(
         unit=launch.unit.name,
-        config_hash=kept or config_hash(session.project.model, inst),
-        created_at=saved.created_at if saved and action.kind is ActionKind.START else time.time(),
+        config_hash=recorded_hash,
+        shape=shape,
+        created_at=saved.created_at
+        if saved and action.kind in (ActionKind.START, ActionKind.RESTART)
+        else time.time(),
         ssh_port=forwards[0].host_port,
         macs=launch.macs,
         ports=[f"{f.host_ip}:{f.host_port}->{f.guest_port}/{f.protocol}" for f in forwards[1:]],
@@ -140,6 +156,17 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     session.state.vms[name] = state  # sees a QEMU that dies
     session.store.save()  # with the supervised VMs: its policy, as this QEMU runs it
     report(name, Stage.UNIT, Status.DONE, launch.unit.name)
+
+
+def _record_kept(session: Session, name: str, action: Action) -> None:
+    """A running VM kept as it is records what changed without needing a restart."""
+    saved = session.state.vms.get(name)
+    if saved is None or action.record is None or saved.shape == dict(action.record):
+        return
+    saved.shape = dict(action.record)
+    saved.config_hash = digest(saved.shape)
+    write_record(session.paths.vm(name), saved)
+    session.store.save()
 
 
 async def _clear_unit(session: Session, name: str) -> None:

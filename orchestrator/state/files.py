@@ -48,6 +48,7 @@ class VmState(msgspec.Struct, kw_only=True):
     macs: dict[str, str] = {}  # QEMU netdev (nic0: user-mode, nic1...: bridges) -> MAC
     ports: list[str] = []  # published: "127.0.0.1:8080->80/tcp"
     restart: str = "no"  # the restart: policy its QEMU was started with (-no-shutdown or not)
+    shape: dict[str, str] | None = None  # what it runs with, field by field (runtime.changes)
 
 
 class ProjectState(msgspec.Struct, kw_only=True):

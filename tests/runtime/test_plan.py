@@ -16,7 +16,7 @@ from orchestrator.runtime.plan import (
     Resources,
     StepKind,
     UpPlan,
-    config_hash,
+    legacy_config_hash,
     plan,
     plan_up,
     render_up_plan,
@@ -53,7 +53,7 @@ def render_plan(actions: list[Action]) -> str:
 
 
 def hashes(compose: ComposeFile) -> dict[str, str]:
-    return {i.name: config_hash(compose, i) for i in instances(compose)}
+    return {i.name: legacy_config_hash(compose, i) for i in instances(compose)}
 
 
 def test_a_new_project_creates_everything(compose: ComposeFile) -> None:
@@ -83,15 +83,16 @@ def test_changed_stopped_orphaned(compose: ComposeFile, tmp_path: Path) -> None:
         "app       keep      running\n"
         "worker-1  keep      running\n"
         "worker-2  keep      running\n"
-        "web       recreate  configuration changed\n"
+        "web       keep      running; changed since an earlier version started it, what changed"
+        " is not known: --force-recreate replaces its disk\n"
         "old-vm    orphan    not in the compose file; --remove-orphans removes it\n"
     )
-    assert plan(compose, observed, no_recreate=True)[4].kind.value == "keep"
+    assert plan(compose, observed)[4].record is None  # its record stays: said again next time
     assert plan(compose, observed, remove_orphans=True)[-1].kind.value == "remove"
     assert {a.kind.value for a in plan(compose, observed, force_recreate=True)[:5]} == {"recreate"}
 
 
-def test_the_hash_follows_what_shapes_a_vm(tmp_path: Path) -> None:
+def test_the_legacy_hash_follows_what_shapes_a_vm(tmp_path: Path) -> None:
     def project(text: str) -> ComposeFile:
         (tmp_path / "qemu-compose.yaml").write_text(text)
         return load_project(tmp_path / "qemu-compose.yaml", environ={}).model
@@ -173,7 +174,9 @@ def test_up_plan_of_a_running_project_keeps_everything(up_compose: ComposeFile) 
 def test_up_plan_of_some_vms_needs_only_theirs(up_compose: ComposeFile) -> None:
     """A stopped db starts again with the SSH port it had; web is not selected."""
     db = next(i for i in instances(up_compose) if i.name == "db")
-    observed = {"db": Observed(ActiveState.INACTIVE, True, config_hash(up_compose, db), 2222)}
+    observed = {
+        "db": Observed(ActiveState.INACTIVE, True, legacy_config_hash(up_compose, db), 2222)
+    }
     resources = Resources(supervisor_running=False, subnets={"lan": "10.9.0.0/24"})
     up_plan = plan_up(up_compose, observed, resources, selected=[db])
     assert [i.source for i in up_plan.images] == ["https://cloud.example/images/debian-12.qcow2"]
