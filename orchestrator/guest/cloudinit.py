@@ -114,6 +114,31 @@ def instance_id(project: str, vm: str) -> str:
     return "qc-" + hashlib.sha256(f"{project}/{vm}".encode()).hexdigest()[:16]
 
 
+# Our lines of /etc/environment and /etc/fstab, between markers, rewritten at every boot from
+# the arguments ("$@": NAME=value, or six fstab fields a mount); the file replaced whole.
+REWRITE = (
+    'f={file}; b="# qemu-compose {what}: begin"; e="# qemu-compose {what}: end"; '
+    "t=$(mktemp /etc/.qemu-compose.XXXXXX) || exit 1; "
+    '{{ if [ -f $f ]; then awk -v b="$b" -v e="$e" '
+    "'$0==b{{s=1;next}} $0==e{{s=0;next}} !s' $f; fi; "
+    'if [ $# -gt 0 ]; then echo "$b"; {lines} echo "$e"; fi; }} > "$t" '
+    '&& chmod 644 "$t" && mv -f "$t" {file} || {{ rm -f "$t"; exit 1; }}'
+)
+ENVIRONMENT_SCRIPT = REWRITE.format(
+    file="/etc/environment", what="environment", lines="printf '%s\\n' \"$@\";"
+)
+FSTAB_SCRIPT = (
+    REWRITE.format(
+        file="/etc/fstab",
+        what="mounts",
+        lines='while [ $# -ge 6 ]; do mkdir -p "$2"; '
+        'printf \'%s %s %s %s %s %s\\n\' "$1" "$2" "$3" "$4" "$5" "$6"; '
+        "shift 6; done;",
+    )
+    + "; systemctl daemon-reload 2>/dev/null; mount -a 2>/dev/null; true"
+)
+
+
 def user_data(guest: GuestConfig) -> dict[str, Any]:
     data: dict[str, Any] = {
         "hostname": guest.hostname,
@@ -132,17 +157,20 @@ def user_data(guest: GuestConfig) -> dict[str, Any]:
         "ssh_pwauth": False,
         "disable_root": True,
     }
-    if guest.mounts:
-        data["mounts"] = [m.entry() for m in guest.mounts]
+    # Every boot (bootcmd), not once per instance: a VM restarted on its disk with other
+    # environment or volumes gets them. The values are arguments, never part of the script.
+    bootcmd: list[list[str]] = [
+        ["sh", "-c", ENVIRONMENT_SCRIPT, "qemu-compose-environment"]
+        + [f"{k}={v}" for k, v in guest.environment.items()],
+        ["sh", "-c", FSTAB_SCRIPT, "qemu-compose-mounts"]
+        + [field for mount in guest.mounts for field in mount.entry()],
+    ]
     files: list[dict[str, Any]] = []
-    if guest.environment:
-        content = "".join(f"{k}={v}\n" for k, v in guest.environment.items())
-        files.append({"path": "/etc/environment", "content": content, "append": True})
     if guest.on_bridges:
         # A search domain for <vm> alone: networkd ignores the DHCP one and cloud-init the
         # network-config one, so tell systemd-resolved (where the image has it). bootcmd runs
         # before write_files, so it writes the file itself; the domain is an argument.
-        data["bootcmd"] = [
+        bootcmd.append(
             [
                 "sh",
                 "-c",
@@ -152,7 +180,8 @@ def user_data(guest: GuestConfig) -> dict[str, Any]:
                 "qemu-compose-search-domain",
                 guest.domain,
             ]
-        ]
+        )
+    data["bootcmd"] = bootcmd
     runcmd: list[list[str]] = []
     for i, script in enumerate(guest.provision, start=1):
         path = f"{PROVISION_DIR}/{i:02d}.sh"

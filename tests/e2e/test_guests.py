@@ -105,7 +105,10 @@ def test_three_vms_on_a_bridge_with_a_volume_and_a_share(
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("hello from the host\n")
-    (tmp_path / "qemu-compose.yaml").write_text(
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "note.txt").write_text("mounted on restart\n")
+    config = tmp_path / "qemu-compose.yaml"
+    config.write_text(
         f"""
 name: trio
 x-guest: &guest
@@ -133,6 +136,7 @@ vms:
     <<: *guest
     networks: [lan]
     volumes: [./site:/srv/www:ro]
+    environment: {{GREETING: hello}}
     depends_on: [app]
 """
     )
@@ -160,6 +164,7 @@ vms:
         assert resolved.split()[0] == addresses["db"]
         assert addresses["app"] in resolved
         assert ssh(tmp_path, web, "cat /srv/www/index.html") == "hello from the host\n"
+        assert ssh(tmp_path, web, "grep ^GREETING= /etc/environment") == "GREETING=hello\n"
         db = rows["db"]["ssh_port"]
         ssh(tmp_path, db, "echo precious | sudo tee /var/lib/db/data.txt >/dev/null && sync")
         hostname = compose("ssh", "web", "cat", "/etc/hostname", cwd=tmp_path, manager=user_manager)
@@ -191,6 +196,14 @@ vms:
         for vm in rows:
             log = (tmp_path / f".qemu-compose/{vm}/console.log").read_text(errors="replace")
             assert log.rstrip().endswith("reboot: Power down"), log[-500:]
+        # another environment and one more share: applied at the next boot, on the same disk
+        config.write_text(
+            config.read_text()
+            .replace("GREETING: hello", "GREETING: changed")
+            .replace("[./site:/srv/www:ro]", "[./site:/srv/www:ro, ./more:/srv/more:ro]")
+        )
+        planned = compose("up", "--dry-run", cwd=tmp_path, manager=user_manager).stdout
+        assert re.search(r"^web +start +stopped.*volumes.*environment", planned, re.M), planned
         resumed = compose(
             "up", "-d", "--wait", "--progress", "json", cwd=tmp_path, manager=user_manager,
             timeout=900,
@@ -202,6 +215,10 @@ vms:
         }
         rows = ps_rows(tmp_path, user_manager)
         assert ssh(tmp_path, rows["db"]["ssh_port"], "cat /var/lib/db/data.txt") == "precious\n"
+        web = rows["web"]["ssh_port"]
+        assert ssh(tmp_path, web, "grep ^GREETING= /etc/environment") == "GREETING=changed\n"
+        assert ssh(tmp_path, web, "cat /srv/more/note.txt") == "mounted on restart\n"
+        assert ssh(tmp_path, web, "cat /srv/www/index.html") == "hello from the host\n"
         gone = compose("destroy", "--progress", "quiet", cwd=tmp_path, manager=user_manager)
         assert gone.returncode == 0, gone.stderr
         assert (tmp_path / ".qemu-compose/volumes/dbdata/disk.qcow2").exists()

@@ -206,3 +206,62 @@ def test_a_unit_of_an_earlier_version_is_still_found_stopped_and_destroyed(
         assert units(user_manager, "qemu-compose-old*") == []
     finally:
         user_manager.systemctl("stop", legacy)
+
+
+def main_pid(manager: ManagerHandle, unit: str) -> int:
+    return int(manager.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip())
+
+
+def test_a_changed_vm_is_restarted_on_its_disk_and_its_disk_replaced_only_when_asked(
+    project: Path, user_manager: ManagerHandle
+) -> None:
+    """#13, item 2: more memory and a larger disk restart the VM on its disk, grown in place;
+    a new image is said, the VM left as it is, until --force-recreate."""
+    for name in ("blank.raw", "other.raw"):
+        (project / name).write_bytes(b"\0" * (1 << 20))
+    vm = "{image: %s, memory: %d, cpu: 1, healthcheck: {disable: true}, stop_grace_period: 1s%s}"
+    config = project / "qemu-compose.yaml"
+    config.write_text(f"name: shaped\nvms:\n  a: {vm % (project / 'blank.raw', 64, '')}\n")
+    quiet = ("--progress", "quiet")
+    assert compose("up", "-d", *quiet, cwd=project, manager=user_manager).returncode == 0
+    assert compose("stop", *quiet, cwd=project, manager=user_manager).returncode == 0
+    disk = project / ".qemu-compose" / "a" / "disk.qcow2"
+    assert qemu_io(disk, f"write -P {PATTERN} 0 64k").returncode == 0
+    assert compose("up", "-d", *quiet, cwd=project, manager=user_manager).returncode == 0
+    unit, inode = "qemu-compose-shaped-a.service", disk.stat().st_ino
+    first = main_pid(user_manager, unit)
+
+    config.write_text(
+        f"name: shaped\nvms:\n  a: {vm % (project / 'blank.raw', 96, ', disk: 2M')}\n"
+    )
+    assert dry_run(project, user_manager)["a"] == [
+        "restart", "disk", "none", "->", "2M", "(grown", "in", "place),", "memory", "64", "->", "96",
+    ]  # fmt: skip
+    up = compose("up", "-d", *quiet, cwd=project, manager=user_manager)
+    assert up.returncode == 0, up.stderr
+    restarted = main_pid(user_manager, unit)
+    assert restarted not in (0, first)
+    argv = Path(f"/proc/{restarted}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"-m") + 1].startswith(b"96")
+    assert disk.stat().st_ino == inode  # the same disk, grown
+    assert dry_run(project, user_manager)["a"] == ["keep", "running"]
+
+    config.write_text(
+        f"name: shaped\nvms:\n  a: {vm % (project / 'other.raw', 96, ', disk: 2M')}\n"
+    )
+    said = " ".join(dry_run(project, user_manager)["a"])
+    assert said.startswith("keep running; needs --force-recreate (its disk will be replaced):")
+    kept = compose("up", "-d", "--progress", "json", cwd=project, manager=user_manager)
+    assert kept.returncode == 0, kept.stderr
+    assert main_pid(user_manager, unit) == restarted  # left as it is
+    assert "needs --force-recreate" in " ".join(dry_run(project, user_manager)["a"])  # still said
+    assert compose("stop", *quiet, cwd=project, manager=user_manager).returncode == 0
+    assert qemu_io(disk, f"read -P {PATTERN} 0 64k").returncode == 0  # nothing lost
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(disk)],
+                                     capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    assert info["virtual-size"] == 2 << 20
+
+    forced = compose("up", "-d", "--force-recreate", "a", *quiet, cwd=project, manager=user_manager)
+    assert forced.returncode == 0, forced.stderr
+    assert qemu_io(disk, f"read -P {PATTERN} 0 64k").returncode != 0  # replaced, as asked
+    assert dry_run(project, user_manager)["a"] == ["keep", "running"]

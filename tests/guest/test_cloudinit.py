@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 
 import pycdlib
@@ -10,6 +11,8 @@ import pytest
 import yaml
 
 from orchestrator.guest.cloudinit import (
+    ENVIRONMENT_SCRIPT,
+    FSTAB_SCRIPT,
     GuestConfig,
     Nic,
     default_user,
@@ -86,17 +89,17 @@ def test_user_data_golden() -> None:
         ],
         "ssh_pwauth": False,
         "disable_root": True,
-        "mounts": [
-            ["mount0", "/srv/www", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail,ro,cache=loose", "0", "0"],
-            ["/dev/disk/by-id/virtio-data", "/var/lib/data", "ext4", "defaults,nofail", "0", "2"],
+        "bootcmd": [
+            ["sh", "-c", ENVIRONMENT_SCRIPT, "qemu-compose-environment",
+             "DB_HOST=db", 'QUOTE=say "hi"; rm -rf /'],
+            ["sh", "-c", FSTAB_SCRIPT, "qemu-compose-mounts",
+             "mount0", "/srv/www", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail,ro,cache=loose", "0", "0",
+             "/dev/disk/by-id/virtio-data", "/var/lib/data", "ext4", "defaults,nofail", "0", "2"],
+            ["sh", "-c",
+             'mkdir -p /etc/systemd/resolved.conf.d && printf "[Resolve]\\nDomains=%s\\n" "$1" > /etc/systemd/resolved.conf.d/qemu-compose.conf && { systemctl try-restart systemd-resolved.service || true; }',
+             "qemu-compose-search-domain", "demo"],
         ],
-        "bootcmd": [[
-            "sh", "-c",
-            'mkdir -p /etc/systemd/resolved.conf.d && printf "[Resolve]\\nDomains=%s\\n" "$1" > /etc/systemd/resolved.conf.d/qemu-compose.conf && { systemctl try-restart systemd-resolved.service || true; }',
-            "qemu-compose-search-domain", "demo",
-        ]],
         "write_files": [
-            {"path": "/etc/environment", "content": 'DB_HOST=db\nQUOTE=say "hi"; rm -rf /\n', "append": True},
             {"path": "/var/lib/qemu-compose/provision/01.sh", "content": "echo one", "permissions": "0755"},
             {"path": "/var/lib/qemu-compose/provision/02.sh", "content": "#!/bin/sh\necho two\n", "permissions": "0755"},
         ],
@@ -120,7 +123,8 @@ def test_hostile_values_stay_values() -> None:
     )  # fmt: skip
     data = yaml.safe_load(seed_files(hostile)["user-data"])
     assert [u["name"] for u in data["users"]] == ["u"]
-    assert data["write_files"][1]["content"] == evil
+    assert data["write_files"][0]["content"] == evil
+    assert data["bootcmd"][0][4:] == [f"A={evil.replace(chr(10), ' ')}"]  # an argument
 
 
 def test_user_cloud_config_is_merged_over_ours() -> None:
@@ -176,7 +180,7 @@ def test_seed_iso_reads_back(tmp_path: Path) -> None:
 
 def test_vms_on_bridges_get_the_project_as_search_domain() -> None:
     data = user_data(GUEST)  # GUEST has a bridge NIC
-    (command,) = data["bootcmd"]
+    command = data["bootcmd"][-1]
     assert command[:2] == ["sh", "-c"]
     assert command[-1] == "demo"  # the domain is an argument ($1), never part of the script
     assert "demo" not in command[2]
@@ -184,4 +188,42 @@ def test_vms_on_bridges_get_the_project_as_search_domain() -> None:
         hostname="a", domain="demo", user="u", ssh_public_key="k", password_hash="h",
         instance_id="i", nics=(Nic("52:54:00:00:00:09", "user"),),
     )  # fmt: skip
-    assert "bootcmd" not in user_data(user_only)
+    assert [c[3] for c in user_data(user_only)["bootcmd"]] == [
+        "qemu-compose-environment",
+        "qemu-compose-mounts",
+    ]
+
+
+def run_boot_script(script: str, etc: Path, *args: str) -> None:
+    """One of our bootcmd scripts, on files under ``etc`` instead of /etc (and without the
+    host's systemctl and mount -a)."""
+    script = script.replace("/etc/", f"{etc}/").replace(
+        "systemctl daemon-reload 2>/dev/null; mount -a 2>/dev/null; true", "true"
+    )
+    subprocess.run(["sh", "-c", script, "name", *args], check=True)
+
+
+def test_every_boot_rewrites_our_lines_of_environment_and_fstab(tmp_path: Path) -> None:
+    """A VM restarted with other environment or volumes gets exactly those; the guest's own
+    lines stay; values are arguments, never script."""
+    (tmp_path / "environment").write_text("LANG=C.UTF-8\n")
+    (tmp_path / "fstab").write_text("LABEL=rootfs / ext4 defaults 0 1\n")
+    run_boot_script(ENVIRONMENT_SCRIPT, tmp_path, "A=1", 'B=say "hi"; $(reboot)')
+    run_boot_script(ENVIRONMENT_SCRIPT, tmp_path, "A=2")
+    assert (tmp_path / "environment").read_text() == (
+        "LANG=C.UTF-8\n# qemu-compose environment: begin\nA=2\n# qemu-compose environment: end\n"
+    )
+    run_boot_script(ENVIRONMENT_SCRIPT, tmp_path)
+    assert (tmp_path / "environment").read_text() == "LANG=C.UTF-8\n"
+    mounts = [*share_mount("mount0", str(tmp_path / "www"), read_only=True).entry()]
+    run_boot_script(FSTAB_SCRIPT, tmp_path, *mounts)
+    run_boot_script(FSTAB_SCRIPT, tmp_path, *mounts)
+    fstab = (tmp_path / "fstab").read_text().splitlines()
+    assert fstab == [
+        "LABEL=rootfs / ext4 defaults 0 1",
+        "# qemu-compose mounts: begin",
+        " ".join(mounts),
+        "# qemu-compose mounts: end",
+    ]
+    assert (tmp_path / "www").is_dir()  # the mount point is made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["environment", "fstab", "www"]
