@@ -53,6 +53,15 @@ def _connection(bus: str, wait_lock: bool = False) -> Connection:
     return Connection(bus=bus, journal_dir=journal_dir(), wait_lock=wait_lock)
 
 
+def selection(project: Project, *vms: str, no_deps: bool = False) -> list[str]:
+    """The VMs `up VM...` acts on: those named and, unless ``no_deps``, what they depend on;
+    every VM of the file when none is named. An unknown name is a UsageError."""
+    if not vms:
+        return [i.name for i in instances(project.model)]
+    chosen = select(project.model, vms, project=project.name, with_dependencies=not no_deps)
+    return [i.name for i in chosen]
+
+
 async def up(
     project: Project,
     *vms: str,

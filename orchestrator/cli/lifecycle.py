@@ -107,7 +107,7 @@ def up(
     if detach:
         _run(progress, bring_up)
     else:
-        run(lambda: _up_attached(project, vms, progress, wait_lock, bring_up))
+        run(lambda: _up_attached(project, vms, progress, wait_lock, bring_up, no_deps))
 
 
 async def _up_attached(
@@ -116,25 +116,68 @@ async def _up_attached(
     progress: str,
     wait_lock: bool,
     bring_up: Callable[[EventCallback], Awaitable[object]],
+    no_deps: bool,
 ) -> None:
-    """Up, then attached until Ctrl-C (or SIGTERM), which stops the VMs gracefully."""
+    """Up, then attached until Ctrl-C (or SIGTERM). Ctrl-C at any moment, while the VMs
+    start or once they run, stops what this `up` is about, gracefully; a second one stops
+    them without grace. When `up` fails, what it started stays, as with -d."""
+    import trio
+
+    from orchestrator import QemuComposeError, api
+
+    from .progress import with_progress
+
+    targets = api.selection(project, *vms, no_deps=no_deps) if vms else []
+    failed = False
+    try:
+        try:
+            await with_progress(progress, bring_up)
+        except QemuComposeError:
+            failed = True  # said, with what failed; nothing here is interrupted
+            raise
+        click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
+        await trio.sleep_forever()
+    finally:
+        if not failed:
+            with trio.CancelScope(shield=True):
+                await _stop_attached(project, targets, progress, wait_lock)
+
+
+async def _stop_attached(
+    project: Project, targets: list[str], progress: str, wait_lock: bool
+) -> None:
+    """Stop the VMs (all, or ``targets``) gracefully; a second Ctrl-C or SIGTERM cuts the
+    grace period short: QEMU quits at once."""
+    import signal
+
     import trio
 
     from orchestrator import api
 
     from .progress import with_progress
 
-    await with_progress(progress, bring_up)
-    click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
-    try:
-        await trio.sleep_forever()
-    finally:
-        with trio.CancelScope(shield=True):
-            click.echo("qemu-compose: stopping", err=True)
-            await with_progress(
-                progress,
-                lambda on_event: api.stop(project, *vms, wait_lock=wait_lock, on_event=on_event),
-            )
+    def stopping(timeout: float | None) -> Callable[[EventCallback], Awaitable[object]]:
+        return lambda on_event: api.stop(
+            project, *targets, timeout=timeout, wait_lock=wait_lock, on_event=on_event
+        )
+
+    click.echo("qemu-compose: stopping (Ctrl-C again: without grace)", err=True)
+    graceful = trio.CancelScope()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def second_signal() -> None:
+            async for _ in signals:
+                graceful.cancel()
+                return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second_signal)
+            with graceful:
+                await with_progress(progress, stopping(None))
+            if graceful.cancelled_caught:
+                click.echo("qemu-compose: stopping without grace", err=True)
+                await with_progress(progress, stopping(0))
+            nursery.cancel_scope.cancel()
 
 
 @click.command()

@@ -40,6 +40,12 @@ async def stop_one(session: Session, name: str, grace: float) -> bool:
         session.report(name, Stage.STOP, Status.SKIPPED, f"{unit} is {other}")
         return False
     if not status.active_state.running:
+        if not status.active_state.stopped and status.exists:  # being stopped (by a command
+            # that was killed, say): wait for that stop to end, not just for its start
+            session.report(name, Stage.STOP, Status.WORKING, f"already {status.active_state}")
+            await manager.stop(unit, timeout=grace + 60)
+            status = await manager.status(unit)
+            session.report(name, Stage.STOP, Status.DONE, "stopped")
         if status.is_failed:
             await manager.reset_failed(unit)
         return True
