@@ -47,8 +47,14 @@ def _run(progress: str, work: Callable[[EventCallback], Awaitable[T]]) -> T:
     help="Seconds a VM may take to be ready.",
 )
 @click.option("--parallel", type=click.IntRange(min=1), help="Start at most N VMs at once.")
-@click.option("--no-recreate", is_flag=True, help="Keep VMs whose configuration changed.")
-@click.option("--force-recreate", is_flag=True, help="Recreate VMs even when unchanged.")
+@click.option(
+    "--no-recreate", is_flag=True, help="Leave running VMs whose definition changed as they are."
+)
+@click.option(
+    "--force-recreate",
+    is_flag=True,
+    help="Replace the VMs' disks (all, or those named), changed or not.",
+)
 @click.option("--remove-orphans", is_flag=True, help="Remove VMs no longer in the file.")
 @click.option("--no-deps", is_flag=True, help="Start only the VMs named, not their dependencies.")
 @click.option("--dry-run", is_flag=True, help="Print what would be done, do nothing.")
@@ -72,8 +78,10 @@ def up(
 ) -> None:
     """Create and start the VMs (all, or those named and what they depend on).
 
-    Without -d, waits until every VM is ready, then stays attached until Ctrl-C, which
-    stops the VMs gracefully.
+    A VM whose definition changed is restarted on its disk; what needs a new disk (image,
+    user, hostname, cloud_init, provision) is said and waits for --force-recreate. Without
+    -d, waits until every VM is ready, then stays attached until Ctrl-C, which stops the
+    VMs gracefully (a second Ctrl-C: without grace).
     """
     if no_recreate and force_recreate:
         raise click.UsageError("--no-recreate and --force-recreate exclude each other")

@@ -25,7 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from orchestrator.errors import ConfigError, Problem
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
-MAX_NODES = 200_000  # values built, counting every alias expansion
+MAX_NODES = 100_000  # values built, counting every alias expansion (1000 VMs need ~30000)
 MAX_DEPTH = 64  # nesting of mappings and lists
 
 PathKey = tuple[str | int, ...]

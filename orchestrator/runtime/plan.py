@@ -233,7 +233,13 @@ def plan_up(
     )
     by_name = {i.name: i for i in instances(compose)}
     chosen = [by_name[a.vm] for a in actions if a.vm in by_name]
-    sources = {i.vm.image.source: i.vm.image.checksum for i in chosen if i.vm.image is not None}
+    sources = {
+        i.vm.image.source: i.vm.image.checksum
+        for a in actions
+        if a.vm in by_name
+        for i in [by_name[a.vm]]
+        if i.vm.image is not None and not _image_pending(a, observed.get(a.vm), compose, i, files)
+    }
     volumes = sorted({m.source for i in chosen for m in i.vm.volumes if m.type == "volume"})
     networks = sorted({n for i in chosen for n in i.vm.networks})
     return UpPlan(
@@ -270,6 +276,20 @@ def plan_up(
             if a.vm in by_name and a.kind in (ActionKind.CREATE, ActionKind.START)
         ),  # a recreated or restarted VM holds its ports until it stops: it claims them then
     )
+
+
+def _image_pending(
+    action: Action,
+    seen: Observed | None,
+    compose: ComposeFile,
+    inst: Instance,
+    files: NamedFiles | None,
+) -> bool:
+    """The file names another image than the VM's disk was made from, and its disk is kept:
+    the new image is not needed (not fetched) until --force-recreate."""
+    if action.kind in (ActionKind.CREATE, ActionKind.RECREATE) or seen is None or not seen.shape:
+        return False
+    return seen.shape.get("image") != shape(compose, inst, files)["image"]
 
 
 def render_up_plan(up_plan: UpPlan) -> str:

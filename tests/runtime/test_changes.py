@@ -11,7 +11,15 @@ from orchestrator import load_project
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances
 from orchestrator.runtime.changes import Effect, changes, digest, shape, verdict
-from orchestrator.runtime.plan import ActionKind, Observed, UpPlan, plan, render_up_plan
+from orchestrator.runtime.plan import (
+    ActionKind,
+    Observed,
+    Resources,
+    UpPlan,
+    plan,
+    plan_up,
+    render_up_plan,
+)
 from systemd_dbus import ActiveState
 
 TEXT = """
@@ -211,3 +219,17 @@ def test_a_long_value_is_recorded_as_a_digest_and_said_as_changed(tmp_path: Path
     after = shapes(load(tmp_path, TEXT.replace("memory: 512", long_env)))["db"]
     assert after["environment"].startswith("sha256:")
     assert [str(c) for c in changes(before, after)] == ["environment changed"]
+
+
+def test_a_new_image_is_not_fetched_while_the_disk_is_kept(tmp_path: Path) -> None:
+    before = shapes(load(tmp_path, TEXT))
+    after = load(
+        tmp_path, TEXT.replace("debian-12.qcow2\n    memory", "debian-13.qcow2\n    memory")
+    )
+    kept = plan_up(after.model, running(before), Resources(), files=after.files)
+    assert [i.source for i in kept.images] == ["/srv/images/debian-12.qcow2"]  # web's
+    forced = plan_up(after.model, running(before), Resources(), force_recreate=True)
+    assert sorted(i.source for i in forced.images) == [
+        "/srv/images/debian-12.qcow2",
+        "/srv/images/debian-13.qcow2",
+    ]
