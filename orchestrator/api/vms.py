@@ -148,8 +148,8 @@ async def restart(
     """Stop created VMs gracefully and start them again with their disks (all, or ``vms``).
 
     Nothing is created or recreated, and what they depend on is left alone; the file is read
-    again (cpu, memory, ports take effect) but each VM keeps its recorded configuration, so
-    that `up` still recreates it when the file asks for more. Returns the VMs restarted.
+    again, so what needs no new disk (cpu, memory, ports, ...) takes effect, and what does
+    stays pending (`up` says it). Returns the VMs restarted.
     """
     from orchestrator import runtime
     from orchestrator.runtime.session import read_state
@@ -168,9 +168,7 @@ async def restart(
             return []
     report, connection = Reporter(on_event), _connection(bus, wait_lock)
     await runtime.stop(project, named, connection, report, timeout=timeout)
-    again = runtime.UpOptions(
-        runtime.PlanOptions(named, no_recreate=True, no_deps=True), wait=wait, keep_config=True
-    )
+    again = runtime.UpOptions(runtime.PlanOptions(named, no_recreate=True, no_deps=True), wait=wait)
     await runtime.up(project, again, connection, report)
     return named
 

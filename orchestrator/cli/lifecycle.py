@@ -79,7 +79,7 @@ def up(
     """Create and start the VMs (all, or those named and what they depend on).
 
     A VM whose definition changed is restarted on its disk; what needs a new disk (image,
-    user, hostname, cloud_init, provision) is said and waits for --force-recreate. Without
+    user, cloud_init, provision) is said and waits for --force-recreate. Without
     -d, waits until every VM is ready, then stays attached until Ctrl-C, which stops the
     VMs gracefully (a second Ctrl-C: without grace).
     """
@@ -131,22 +131,18 @@ async def _up_attached(
     them without grace. When `up` fails, what it started stays, as with -d."""
     import trio
 
-    from orchestrator import QemuComposeError, api
+    from orchestrator import api
 
     from .progress import with_progress
+    from .runner import interrupted
 
     targets = api.selection(project, *vms, no_deps=no_deps) if vms else []
-    failed = False
     try:
-        try:
-            await with_progress(progress, bring_up)
-        except QemuComposeError:
-            failed = True  # said, with what failed; nothing here is interrupted
-            raise
+        await with_progress(progress, bring_up)
         click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
         await trio.sleep_forever()
     finally:
-        if not failed:
+        if interrupted():  # not when up failed: what it started stays, as with -d
             with trio.CancelScope(shield=True):
                 await _stop_attached(project, targets, progress, wait_lock)
 
@@ -156,13 +152,12 @@ async def _stop_attached(
 ) -> None:
     """Stop the VMs (all, or ``targets``) gracefully; a second Ctrl-C or SIGTERM cuts the
     grace period short: QEMU quits at once."""
-    import signal
-
     import trio
 
     from orchestrator import api
 
     from .progress import with_progress
+    from .runner import another_signal
 
     def stopping(timeout: float | None) -> Callable[[EventCallback], Awaitable[object]]:
         return lambda on_event: api.stop(
@@ -171,21 +166,19 @@ async def _stop_attached(
 
     click.echo("qemu-compose: stopping (Ctrl-C again: without grace)", err=True)
     graceful = trio.CancelScope()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
-        async def second_signal() -> None:
-            async for _ in signals:
-                graceful.cancel()
-                return
+    async def second_signal() -> None:
+        await another_signal()
+        graceful.cancel()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(second_signal)
-            with graceful:
-                await with_progress(progress, stopping(None))
-            if graceful.cancelled_caught:
-                click.echo("qemu-compose: stopping without grace", err=True)
-                await with_progress(progress, stopping(0))
-            nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second_signal)
+        with graceful:
+            await with_progress(progress, stopping(None))
+        if graceful.cancelled_caught:
+            click.echo("qemu-compose: stopping without grace", err=True)
+            await with_progress(progress, stopping(0))
+        nursery.cancel_scope.cancel()
 
 
 @click.command()

@@ -1,17 +1,19 @@
 """Run an async command under trio so that Ctrl-C and SIGTERM never hang it.
 
 trio would deliver KeyboardInterrupt anywhere, including inside trio-asyncio's loop, where it
-can leave the process hanging (see HOSTING.md). Instead a signal-receiver task cancels the
-command's scope: cleanup (in shielded scopes, each with a deadline) runs normally and the
-command ends with ``Interrupted``. A second signal during cleanup, arriving after the
-receiver is gone, interrupts at the next checkpoint.
+can leave the process hanging (see HOSTING.md). Instead a signal-receiver task, there for the
+whole run, cancels the command's scope at the first signal: cleanup (in shielded scopes, each
+with a deadline) runs normally and the command ends with ``Interrupted``. A later signal is
+for the cleanup to hear (`another_signal`): attached `up` stops its VMs without grace then.
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from orchestrator import QemuComposeError
 
@@ -37,27 +39,63 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
-def run(async_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``async_fn`` in a fresh trio run; raise Interrupted when a signal stopped it."""
+@dataclass
+class _Signals:
+    """What one run received: the first signal cancels the command, each later one sets
+    ``again`` (a command that cleans up may cut its cleanup short)."""
+
+    received: list[int] = field(default_factory=list)
+    again: Any = None  # a trio.Event, made inside the run
+
+
+_current: ContextVar[_Signals | None] = ContextVar("qemu_compose_signals", default=None)
+
+
+def interrupted() -> bool:
+    """A signal stopped (or is stopping) the command now running."""
+    current = _current.get()
+    return current is not None and bool(current.received)
+
+
+async def another_signal() -> None:
+    """Until one more SIGINT or SIGTERM arrives after the one that interrupted the command."""
     import trio
 
-    received: list[int] = []
+    current = _current.get()
+    if current is None or current.again is None:
+        await trio.sleep_forever()
+    else:
+        await current.again.wait()
+
+
+def run(async_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``async_fn`` in a fresh trio run; raise Interrupted when a signal stopped it.
+    The signals are received for the whole run: none ever raises KeyboardInterrupt."""
+    import trio
+
+    signals = _Signals()
     result: list[T] = []
 
     async def watch_signals(
         scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
             task_status.started()
-            async for signum in signals:
-                received.append(signum)
-                scope.cancel()
-                return
+            async for signum in received:
+                signals.received.append(signum)
+                if len(signals.received) == 1:
+                    scope.cancel()
+                else:
+                    signals.again.set()
 
     async def root() -> None:
+        signals.again = trio.Event()
+        _current.set(signals)
+        command = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            await nursery.start(watch_signals, nursery.cancel_scope)
-            result.append(await async_fn())
+            await nursery.start(watch_signals, command)
+            with command:
+                result.append(await async_fn())
             nursery.cancel_scope.cancel()
 
     try:
@@ -67,6 +105,6 @@ def run(async_fn: Callable[[], Awaitable[T]]) -> T:
         if len(leaves) == 1:  # a nursery wrapped the one error: give the command that error
             raise leaves[0] from None
         raise
-    if received and not result:
-        raise Interrupted(received[0])
+    if signals.received and not result:
+        raise Interrupted(signals.received[0])
     return result[0]

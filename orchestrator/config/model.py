@@ -24,6 +24,9 @@ class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 
 def _text(pattern: str, hint: str, max_length: int | None = None) -> Meta:
+    # `$` also matches before a final newline ("web\n" would pass): anchor at the very end
+    if pattern.endswith("$"):
+        pattern = pattern[:-1] + r"(?![\s\S])"
     return Meta(pattern=pattern, max_length=max_length, extra={"hint": hint})
 
 

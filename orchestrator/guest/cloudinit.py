@@ -115,14 +115,15 @@ def instance_id(project: str, vm: str) -> str:
 
 
 # Our lines of /etc/environment and /etc/fstab, between markers, rewritten at every boot from
-# the arguments ("$@": NAME=value, or six fstab fields a mount); the file replaced whole.
+# the arguments ("$@": NAME=value, or six fstab fields a mount); the file replaced whole, and
+# left as it is when it cannot be read (no awk, say).
 REWRITE = (
     'f={file}; b="# qemu-compose {what}: begin"; e="# qemu-compose {what}: end"; '
     "t=$(mktemp /etc/.qemu-compose.XXXXXX) || exit 1; "
-    '{{ if [ -f $f ]; then awk -v b="$b" -v e="$e" '
-    "'$0==b{{s=1;next}} $0==e{{s=0;next}} !s' $f; fi; "
-    'if [ $# -gt 0 ]; then echo "$b"; {lines} echo "$e"; fi; }} > "$t" '
-    '&& chmod 644 "$t" && mv -f "$t" {file} || {{ rm -f "$t"; exit 1; }}'
+    'if [ -f $f ]; then awk -v b="$b" -v e="$e" '
+    '\'$0==b{{s=1;next}} $0==e{{s=0;next}} !s\' $f > "$t" || {{ rm -f "$t"; exit 1; }}; fi; '
+    'if [ $# -gt 0 ]; then {{ echo "$b"; {lines} echo "$e"; }} >> "$t"; fi; '
+    'chmod 644 "$t" && mv -f "$t" {file} || {{ rm -f "$t"; exit 1; }}'
 )
 ENVIRONMENT_SCRIPT = REWRITE.format(
     file="/etc/environment", what="environment", lines="printf '%s\\n' \"$@\";"

@@ -71,15 +71,21 @@ async def create_overlay(base: Path, path: Path, size: int | None = None) -> Ima
     return await image_info(path)
 
 
-async def grow_disk(path: Path, size: int) -> None:
-    """A VM's disk grown to ``size`` in place (it is stopped); one as large or larger is left
-    as it is, and one larger than ``size`` is an error: a disk never shrinks."""
+async def check_growable(path: Path, size: int) -> ImageInfo:
+    """A DiskError when the disk at ``path`` is larger than ``size``: a disk never shrinks."""
     info = await image_info(path)
     if size < info.virtual_size:
         raise DiskError(
             f"disk: {format_size(size)} is smaller than {path} ({format_size(info.virtual_size)}):"
             " a disk is never shrunk; --force-recreate replaces it"
         )
+    return info
+
+
+async def grow_disk(path: Path, size: int) -> None:
+    """A VM's disk grown to ``size`` in place (it is stopped); one as large is left as it is,
+    one larger is an error (`check_growable`)."""
+    info = await check_growable(path, size)
     if size > info.virtual_size:
         await _run(
             ["qemu-img", "resize", "-q", "--", str(path), str(size)], f"growing {path}", path

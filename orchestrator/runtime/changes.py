@@ -6,11 +6,11 @@ A VM records the *shape* it was started with: each field that shapes it, spelled
 `up` never replaces it unasked.
 
 - **restart** (on its disk): what QEMU, its unit or the seed's every-boot part is made of:
-  cpu, memory, machine, cpu_model, accel, boot, ports, networks, volumes, environment,
-  restart, stop_grace_period, ssh.port;
+  cpu, memory, machine, cpu_model, accel, hostname, boot, ports, networks, volumes,
+  environment, restart, stop_grace_period, ssh.port;
 - **grow**: a larger ``disk:`` grows the disk in place (with a restart);
 - **replace**: what is written into the disk on its first boot, or a smaller ``disk:``:
-  image, user, hostname, cloud_init, provision. The VM stays as it is and `up` says
+  image, user, cloud_init, provision. The VM stays as it is and `up` says
   ``needs --force-recreate``; ``up --force-recreate VM`` replaces its disk;
 - **apply**: what only qemu-compose reads (depends_on, healthcheck, ssh.user): recorded,
   nothing restarted.
@@ -48,10 +48,10 @@ class Effect(enum.Enum):
 EFFECTS: dict[str, Effect] = {
     "image": Effect.REPLACE,
     "user": Effect.REPLACE,
-    "hostname": Effect.REPLACE,
     "cloud_init": Effect.REPLACE,
     "provision": Effect.REPLACE,
     "disk": Effect.GROW,  # or REPLACE when smaller: see `effect`
+    "hostname": Effect.RESTART,  # cloud-init sets it at every boot (update_hostname)
     "boot": Effect.RESTART,
     "cpu": Effect.RESTART,
     "memory": Effect.RESTART,
@@ -74,8 +74,8 @@ EFFECTS: dict[str, Effect] = {
 def shape(
     compose: ComposeFile, instance: Instance, files: NamedFiles | None = None
 ) -> dict[str, str]:
-    """The fields of ``EFFECTS`` for one VM, each spelled short. Networks and volumes include
-    their definitions (a subnet, a size); provision scripts and user-data files their text."""
+    """The fields of ``EFFECTS`` for one VM, each spelled short. Networks include their
+    definitions (a subnet); provision scripts and user-data files their text."""
     vm = instance.vm
     files = files or NamedFiles()
     user_data = vm.cloud_init.user_data
@@ -103,9 +103,7 @@ def shape(
             name: [attachment, compose.networks.get(name)]
             for name, attachment in sorted(vm.networks.items())
         },
-        "volumes": [
-            [m, compose.volumes.get(m.source) if m.type == "volume" else None] for m in vm.volumes
-        ],
+        "volumes": vm.volumes,  # a named volume keeps the size it was made with
         "environment": vm.environment,
         "restart": vm.restart,
         "stop_grace_period": vm.stop_grace_period,

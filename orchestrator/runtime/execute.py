@@ -84,6 +84,9 @@ async def _plan(session: Session, options: PlanOptions) -> UpPlan:
         force_recreate=options.force_recreate,
         remove_orphans=options.remove_orphans,
         files=project.files,
+        named=[i.name for i in select(project.model, options.services, project=project.name)]
+        if options.services
+        else None,
     )
 
 

@@ -18,13 +18,14 @@ from orchestrator.config.model import Vm
 from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, dependencies, select_one
 from orchestrator.errors import StateError
-from orchestrator.guest.cloudinit import default_user, detect_os
+from orchestrator.guest.cloudinit import detect_os
 from orchestrator.guest.images import image_path
 from orchestrator.guest.secrets import ConsolePassword, read_console_password
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, VmPaths
 
+from .launch import guest_user
 from .options import Connection
 from .query import VmRow, vm_rows
 from .session import open_session
@@ -55,7 +56,7 @@ async def inspect(project: Project, connection: Connection, name: str) -> dict[s
     paths, state = session.paths, session.state
     saved = state.vms.get(name)
     image = vm.image.source if vm.image else None
-    user = vm.user or default_user(image)
+    user = guest_user(vm, saved)
     password = _console_password(paths)
     return {
         "name": name,

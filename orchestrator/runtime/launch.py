@@ -48,6 +48,7 @@ class LaunchFacts:
     qemu: str = "/usr/bin/qemu-system-x86_64"
     python: str = "/usr/bin/python3"  # runs qmp.stopvm, the unit's graceful ExecStop
     project_dir: str = ""  # recorded on the unit: whose VM it is (see state.identity)
+    user: str | None = None  # the guest account its disk was made with; None: as the file says
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,14 @@ class Launch:
 
 def has_os(vm: Vm) -> bool:
     return vm.image is not None or vm.boot is not None
+
+
+def guest_user(vm: Vm, saved: VmState | None = None) -> str:
+    """The guest account: the one its disk was made with, else the file's, else the image's
+    default (``debian`` for a Debian image)."""
+    if saved is not None and saved.user:
+        return saved.user
+    return vm.user or default_user(vm.image.source if vm.image else None)
 
 
 def grace_period(vm: Vm | None, override: float | None = None) -> float:
@@ -101,7 +110,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
         guest = GuestConfig(
             hostname=vm.hostname or name,
             domain=facts.project,
-            user=vm.user or default_user(vm.image.source if vm.image else None),
+            user=facts.user or guest_user(vm),
             ssh_public_key=facts.ssh_public_key,
             password_hash=facts.password_hash,
             instance_id=instance_id(facts.project, name),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import systemd_dbus
 from orchestrator.config.project import Project
+from orchestrator.config.topology import instances
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.images import image_path
 from orchestrator.state.files import ProjectState
@@ -162,10 +163,14 @@ async def observe(
 ) -> dict[str, Observed]:
     states = units.vm_states()
     paths = ProjectPaths(project.state_dir, project.name)
+    with_image = {i.name for i in instances(project.model) if i.vm.image is not None}
     observed = {}
     for name in set(states) | set(state.vms):
         saved = state.vms.get(name)
-        created = saved is not None or paths.vm(name).disk.exists()
+        disk = paths.vm(name).disk.exists()
+        # a VM with an image is created when its disk is there (a recreate killed after the
+        # old disk went is made anew); one without, when it has a record
+        created = disk if name in with_image else saved is not None or disk
         observed[name] = Observed(
             states.get(name),
             created,

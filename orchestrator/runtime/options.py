@@ -37,4 +37,3 @@ class UpOptions:
     wait: bool = True  # until ready (SSH, healthchecks), not only started
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     parallel: int | None = None  # at most this many VMs starting at once
-    keep_config: bool = False  # restart: a VM keeps its recorded config hash (`up` applies)

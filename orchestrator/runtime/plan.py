@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -92,12 +92,19 @@ def plan(
     force_recreate: bool = False,
     remove_orphans: bool = False,
     files: NamedFiles | None = None,
+    named: Collection[str] | None = None,
 ) -> list[Action]:
-    """The actions of `up`, in the compose file's order, orphans last."""
+    """The actions of `up`, in the compose file's order, orphans last. ``--force-recreate``
+    replaces the disks of the VMs ``named`` (all when None), never of what they depend on."""
     targets = list(selected) if selected is not None else instances(compose)
     actions = [
         _action(
-            compose, inst, observed.get(inst.name, Observed()), files, no_recreate, force_recreate
+            compose,
+            inst,
+            observed.get(inst.name, Observed()),
+            files,
+            no_recreate,
+            force_recreate and (named is None or inst.name in named),
         )
         for inst in targets
     ]
@@ -219,6 +226,7 @@ def plan_up(
     force_recreate: bool = False,
     remove_orphans: bool = False,
     files: NamedFiles | None = None,
+    named: Collection[str] | None = None,
 ) -> UpPlan:
     """The VMs' actions (`plan`) and the steps for the images, volumes and networks of those
     it keeps or starts, the supervisor, and the port claims of those it starts."""
@@ -230,6 +238,7 @@ def plan_up(
         force_recreate=force_recreate,
         remove_orphans=remove_orphans,
         files=files,
+        named=named,
     )
     by_name = {i.name: i for i in instances(compose)}
     chosen = [by_name[a.vm] for a in actions if a.vm in by_name]

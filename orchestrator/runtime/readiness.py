@@ -16,13 +16,12 @@ from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, dependencies
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest import probe
-from orchestrator.guest.cloudinit import default_user
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.health import HealthRules, until_healthy
 
-from .launch import probes_ssh
+from .launch import guest_user, probes_ssh
 from .session import Session
 
 RUNNING_TIMEOUT = 60.0  # from the start job's end until QMP says the VM runs
@@ -121,11 +120,7 @@ def ssh_target(project: Project, inst: Instance, state: ProjectState) -> probe.S
     saved = state.vms.get(inst.name)
     if saved is None or saved.ssh_port is None:
         return None
-    user = (
-        inst.vm.ssh.user
-        or inst.vm.user
-        or default_user(inst.vm.image.source if inst.vm.image else None)
-    )
+    user = inst.vm.ssh.user or guest_user(inst.vm, saved)
     paths = ProjectPaths(project.state_dir, project.name)
     return probe.SshTarget("127.0.0.1", saved.ssh_port, user, paths.ssh_dir / "id_ed25519")
 

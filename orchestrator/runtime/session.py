@@ -26,6 +26,7 @@ from orchestrator.state.files import (
     StateDir,
     check_project_dir,
     no_space,
+    sweep_temporaries,
 )
 from orchestrator.state.identity import Kind, project_dir, taken_by
 from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, supervisor_unit, vm_unit
@@ -180,6 +181,7 @@ async def open_session(
                 state_dir.ensure()
                 held = ProjectLock(state_dir.path)
                 await held.acquire(wait=connection.wait_lock)
+                sweep_temporaries(state_dir.path)  # of commands killed while writing
             state = read_state(project)
             if lock:
                 state.project = project.name

@@ -21,7 +21,7 @@ from orchestrator.config.topology import Instance
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.accel import Accel, choose_accel, read_host_facts
 from orchestrator.guest.cloudinit import seed_files, write_seed_iso
-from orchestrator.guest.disks import create_overlay, grow_disk
+from orchestrator.guest.disks import check_growable, create_overlay, grow_disk
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.guest.mounts import check_bind_sources
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
@@ -104,6 +104,8 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         shutil.rmtree(paths.directory, ignore_errors=True)
         forget_host(session.paths, project, name)
     elif action.kind is ActionKind.RESTART:  # on its disk: what changed needs a new QEMU
+        if action.grow_disk and vm.disk.size is not None and paths.disk.exists():
+            await check_growable(paths.disk, parse_size(vm.disk.size))  # before it stops
         report(name, Stage.UNIT, Status.WORKING, f"restarting: {action.cause}")
         await stop_one(session, name, grace_period(vm))
     private_dir(paths.directory)
@@ -130,11 +132,13 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     forwards = claimed
     taps = {n: await netcfg.attach_tap(run.networks[n], name) for n in sorted(vm.networks)}
     accel = choose_accel(vm.accel, read_host_facts(), vm.cpu_model)
-    launch = vm_launch(inst, _facts(run, inst, accel, forwards, taps))
+    new_disk = action.kind in (ActionKind.CREATE, ActionKind.RECREATE)
+    user = saved.user if saved is not None and not new_disk else None  # its disk has that one
+    launch = vm_launch(inst, _facts(run, inst, accel, forwards, taps, user))
     if launch.guest is not None:
         write_seed_iso(paths.seed, seed_files(launch.guest))
     report(name, Stage.UNIT, Status.WORKING, f"{accel.name}, {vm.cpu} CPU, {vm.memory} MiB")
-    if saved is not None and (run.options.keep_config or action.record is None):
+    if saved is not None and action.record is None:
         shape, recorded_hash = saved.shape, saved.config_hash  # what is recorded stays
     else:
         shape = dict(action.record or {})
@@ -150,6 +154,7 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         macs=launch.macs,
         ports=[f"{f.host_ip}:{f.host_port}->{f.guest_port}/{f.protocol}" for f in forwards[1:]],
         restart=vm.restart,
+        user=launch.guest.user if launch.guest is not None else None,
     )
     write_record(paths, state)  # the VM's own copy, for when the state file is lost
     await session.manager.start(recorded(launch.unit, state))  # no settle: wait_running
@@ -187,7 +192,12 @@ async def _clear_unit(session: Session, name: str) -> None:
 
 
 def _facts(
-    run: UpRun, inst: Instance, accel: Accel, forwards: list[Forward], taps: dict[str, str]
+    run: UpRun,
+    inst: Instance,
+    accel: Accel,
+    forwards: list[Forward],
+    taps: dict[str, str],
+    user: str | None,
 ) -> LaunchFacts:
     """What the launch of ``inst`` depends on besides its definition."""
     session, vm = run.session, inst.vm
@@ -212,4 +222,5 @@ def _facts(
         qemu=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64",
         python=sys.executable,
         project_dir=project_dir(session.project),
+        user=user,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import signal
 from collections.abc import Sequence
 
 import trio
@@ -43,6 +44,8 @@ async def stop_one(session: Session, name: str, grace: float) -> bool:
         if not status.active_state.stopped and status.exists:  # being stopped (by a command
             # that was killed, say): wait for that stop to end, not just for its start
             session.report(name, Stage.STOP, Status.WORKING, f"already {status.active_state}")
+            if not grace:  # no grace: not even for the graceful stop under way
+                await manager.kill(unit, signal.SIGKILL)
             await manager.stop(unit, timeout=grace + 60)
             status = await manager.status(unit)
             session.report(name, Stage.STOP, Status.DONE, "stopped")

@@ -17,6 +17,7 @@ import grp
 import logging
 import os
 import pwd
+import re
 import shlex
 import shutil
 import stat
@@ -49,6 +50,7 @@ class VmState(msgspec.Struct, kw_only=True):
     ports: list[str] = []  # published: "127.0.0.1:8080->80/tcp"
     restart: str = "no"  # the restart: policy its QEMU was started with (-no-shutdown or not)
     shape: dict[str, str] | None = None  # what it runs with, field by field (runtime.changes)
+    user: str | None = None  # the guest account its disk was made with (None: earlier versions)
 
 
 class ProjectState(msgspec.Struct, kw_only=True):
@@ -177,7 +179,9 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, whole. A
     full disk is a StateError naming the file and the space left (see `no_space`)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+        )  # the writer's PID in the name: `sweep_temporaries` knows when it is gone
     except OSError as err:
         if err.errno in NO_SPACE:
             raise no_space(path, err) from err
@@ -200,6 +204,39 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+_WRITER = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .<name>.<pid>.<random>.tmp
+
+
+def sweep_temporaries(state_dir: Path) -> list[Path]:
+    """Remove what killed writers left in the state directory: `atomic_write`'s temporary
+    files whose writer is gone, and the fixed-name ones of disks and seeds (``.<name>.tmp``,
+    ``.<name>.raw``), which only a holder of the project lock writes. Call it holding the
+    lock. Returns what it removed."""
+    removed = []
+    for path in state_dir.rglob(".*"):
+        if not (path.name.endswith((".tmp", ".raw")) and path.is_file()):
+            continue
+        match = _WRITER.match(path.name)
+        if match and _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    if removed:
+        log.info("removed %d temporary files of interrupted writes", len(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StateDir:

@@ -119,3 +119,45 @@ def test_an_error_wrapped_by_nurseries_comes_out_as_itself() -> None:
 
     with pytest.raises(UsageError, match="no VM named x"):
         run(failing)
+
+
+SECOND = textwrap.dedent(
+    """
+    import sys
+    import trio
+    from orchestrator.cli.runner import another_signal, interrupted, run
+
+    async def command():
+        try:
+            print("waiting", flush=True)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                print("cleaning up", interrupted(), flush=True)
+                with trio.move_on_after(20) as slow:
+                    await another_signal()  # a long cleanup, cut short by a second signal
+                print("cut short" if not slow.cancelled_caught else "ran out", flush=True)
+
+    try:
+        run(command)
+    except Exception as err:
+        print(type(err).__name__, flush=True)
+        sys.exit(getattr(err, "exit_status", 1))
+    """
+)
+
+
+def test_a_second_signal_reaches_the_cleanup_and_never_raises() -> None:
+    """Attached `up` stops its VMs on the first Ctrl-C and cuts the grace short on the
+    second: the second signal must reach the cleanup, never a KeyboardInterrupt."""
+    proc = subprocess.Popen([sys.executable, "-c", SECOND], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "waiting"
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "cleaning up True"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert out.split() == ["cut", "short", "Interrupted"], (out, err)
+    assert proc.returncode == 130
+    assert "KeyboardInterrupt" not in err

@@ -263,5 +263,7 @@ def test_a_changed_vm_is_restarted_on_its_disk_and_its_disk_replaced_only_when_a
 
     forced = compose("up", "-d", "--force-recreate", "a", *quiet, cwd=project, manager=user_manager)
     assert forced.returncode == 0, forced.stderr
-    assert qemu_io(disk, f"read -P {PATTERN} 0 64k").returncode != 0  # replaced, as asked
     assert dry_run(project, user_manager)["a"] == ["keep", "running"]
+    assert compose("stop", *quiet, cwd=project, manager=user_manager).returncode == 0
+    assert qemu_io(disk, "read 0 64k").returncode == 0  # readable: the VM let go of it
+    assert qemu_io(disk, f"read -P {PATTERN} 0 64k").returncode != 0  # replaced, as asked

@@ -227,3 +227,14 @@ def test_every_boot_rewrites_our_lines_of_environment_and_fstab(tmp_path: Path) 
     ]
     assert (tmp_path / "www").is_dir()  # the mount point is made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["environment", "fstab", "www"]
+
+
+def test_a_file_that_cannot_be_read_is_left_as_it_is(tmp_path: Path) -> None:
+    """Without awk (or with a file it cannot read) the guest's fstab is kept, never replaced
+    by our lines alone."""
+    (tmp_path / "fstab").write_text("LABEL=rootfs / ext4 defaults 0 1\n")
+    script = FSTAB_SCRIPT.replace("awk ", "no-such-awk ")
+    with pytest.raises(subprocess.CalledProcessError):
+        run_boot_script(script, tmp_path, *share_mount("m", "/m", read_only=True).entry())
+    assert (tmp_path / "fstab").read_text() == "LABEL=rootfs / ext4 defaults 0 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fstab"]

@@ -198,10 +198,11 @@ def test_a_field_an_earlier_version_did_not_record_restarts_nothing(tmp_path: Pa
     [
         (("memory: 512", "memory: 600"), Effect.RESTART),
         (("networks: [lan]", "networks: [lan]\n    ports: ['8080:80']"), Effect.RESTART),
-        (("volumes: {data: {size: 2G}}", "volumes: {data: {size: 3G}}"), Effect.RESTART),
+        (("volumes: [data:/data]", "volumes: ['data:/data:ro']"), Effect.RESTART),
         (("memory: 512", "memory: 512\n    environment: {A: b}"), Effect.RESTART),
         (("memory: 512", "memory: 512\n    restart: always"), Effect.RESTART),
-        (("memory: 512", "memory: 512\n    hostname: other"), Effect.REPLACE),
+        (("memory: 512", "memory: 512\n    hostname: other"), Effect.RESTART),
+        (("memory: 512", "memory: 512\n    user: admin"), Effect.REPLACE),
         (("memory: 512", "memory: 512\n    cloud_init: {user_data: {a: 1}}"), Effect.REPLACE),
         (("memory: 512", "memory: 512\n    healthcheck: {test: [CMD, 'true']}"), Effect.APPLY),
         (("memory: 512", "memory: 512\n    ssh: {user: root}"), Effect.APPLY),
@@ -233,3 +234,19 @@ def test_a_new_image_is_not_fetched_while_the_disk_is_kept(tmp_path: Path) -> No
         "/srv/images/debian-12.qcow2",
         "/srv/images/debian-13.qcow2",
     ]
+
+
+def test_force_recreate_replaces_the_named_vms_not_what_they_depend_on(tmp_path: Path) -> None:
+    project = load(tmp_path, TEXT)
+    actions = plan(project.model, running(shapes(project)), force_recreate=True, named=["web-1"])
+    assert [(a.vm, a.kind) for a in actions] == [
+        ("db", ActionKind.KEEP),
+        ("web-1", ActionKind.RECREATE),
+        ("web-2", ActionKind.KEEP),
+    ]
+
+
+def test_a_volume_keeps_the_size_it_was_made_with(tmp_path: Path) -> None:
+    before = shapes(load(tmp_path, TEXT))
+    after = shapes(load(tmp_path, TEXT.replace("{data: {size: 2G}}", "{data: {size: 3G}}")))
+    assert changes(before["db"], after["db"]) == []

@@ -215,3 +215,26 @@ def test_two_locks_in_one_process_still_exclude(tmp_path: Path) -> None:
     second = ProjectLock(tmp_path / ".qemu-compose")
     with first.held_now(), pytest.raises(LockHeldError):
         second.try_acquire()
+
+
+def test_what_killed_writers_left_is_swept_and_a_live_writers_file_kept(tmp_path: Path) -> None:
+    import subprocess
+
+    from orchestrator.state.files import sweep_temporaries
+
+    dead_pid = subprocess.Popen(["true"])  # a PID that is no longer there
+    dead_pid.wait()
+    vm = tmp_path / "web"
+    vm.mkdir()
+    dead = tmp_path / f".state.json.{dead_pid.pid}.abc123.tmp"
+    alive = tmp_path / f".state.json.{os.getpid()}.def456.tmp"
+    fixed = vm / ".seed.iso.tmp"
+    raw = vm / ".disk.qcow2.raw"
+    kept = vm / "disk.qcow2"
+    for path in (dead, alive, fixed, raw, kept):
+        path.write_bytes(b"x")
+    assert sorted(sweep_temporaries(tmp_path)) == sorted([dead, fixed, raw])
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        alive.name,
+        "disk.qcow2",
+    ]
