@@ -47,8 +47,12 @@ async def _run(argv: list[str], what: str, writes: Path | None = None) -> str:
     return result.stdout.decode()
 
 
-async def image_info(path: Path) -> ImageInfo:
-    out = await _run(["qemu-img", "info", "--output=json", "--", str(path)], f"reading {path}")
+async def image_info(path: Path, *, in_use: bool = False) -> ImageInfo:
+    """What qemu-img says of an image; ``in_use``: a running VM's disk, read without its lock
+    (-U: the size and format, which QEMU does not change)."""
+    shared = ["-U"] if in_use else []
+    argv = ["qemu-img", "info", *shared, "--output=json", "--", str(path)]
+    out = await _run(argv, f"reading {path}")
     data = json.loads(out)
     return ImageInfo(data["format"], int(data["virtual-size"]), data.get("backing-filename"))
 
@@ -72,8 +76,9 @@ async def create_overlay(base: Path, path: Path, size: int | None = None) -> Ima
 
 
 async def check_growable(path: Path, size: int) -> ImageInfo:
-    """A DiskError when the disk at ``path`` is larger than ``size``: a disk never shrinks."""
-    info = await image_info(path)
+    """A DiskError when the disk at ``path`` is larger than ``size``: a disk never shrinks.
+    The VM may still run."""
+    info = await image_info(path, in_use=True)
     if size < info.virtual_size:
         raise DiskError(
             f"disk: {format_size(size)} is smaller than {path} ({format_size(info.virtual_size)}):"

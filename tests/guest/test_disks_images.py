@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.guest.disks import DiskError, create_overlay, create_volume, image_info
+from orchestrator.guest.disks import (
+    DiskError,
+    create_overlay,
+    create_volume,
+    grow_disk,
+    image_info,
+)
 from orchestrator.guest.images import ImageError, cache_name, fetch
 from orchestrator.guest.secrets import ensure_console_password, ensure_project_key
 from orchestrator.progress import Event, Reporter, Transfer
@@ -149,3 +155,18 @@ async def test_local_images_are_used_in_place(tmp_path: Path) -> None:
 async def test_http_errors(server: tuple[str, type[Files]], tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="download interrupted"):
         await fetch("http://127.0.0.1:1/nothing.img", directory=tmp_path)
+
+
+async def test_a_disk_grows_in_place_and_never_shrinks(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\0" * (1 << 20))
+    disk = tmp_path / "disk.qcow2"
+    await create_overlay(base, disk, 2 << 20)
+    inode = disk.stat().st_ino
+    await grow_disk(disk, 4 << 20)
+    assert (await image_info(disk)).virtual_size == 4 << 20
+    assert disk.stat().st_ino == inode  # the same file, grown
+    await grow_disk(disk, 4 << 20)  # as large: left as it is
+    with pytest.raises(DiskError, match="never shrunk"):
+        await grow_disk(disk, 2 << 20)
+    assert (await image_info(disk)).virtual_size == 4 << 20
