@@ -3,6 +3,7 @@ and networks nobody uses (`network rm`, and after `destroy`)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import shutil
 import signal
@@ -12,6 +13,7 @@ import trio
 
 import netcfg
 import qmp
+import systemd_dbus
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances
 from orchestrator.errors import UsageError
@@ -45,7 +47,8 @@ async def stop_one(session: Session, name: str, grace: float) -> bool:
             # that was killed, say): wait for that stop to end, not just for its start
             session.report(name, Stage.STOP, Status.WORKING, f"already {status.active_state}")
             if not grace:  # no grace: not even for the graceful stop under way
-                await manager.kill(unit, signal.SIGKILL)
+                with contextlib.suppress(systemd_dbus.NoSuchUnitError):  # it ended meanwhile
+                    await manager.kill(unit, signal.SIGKILL)
             await manager.stop(unit, timeout=grace + 60)
             status = await manager.status(unit)
             session.report(name, Stage.STOP, Status.DONE, "stopped")

@@ -103,7 +103,7 @@ def check_converged(project: Path, manager: ManagerHandle, command: tuple[str, .
 def test_a_cli_killed_at_random_moments_converges_and_loses_nothing(
     project: Path, user_manager: ManagerHandle
 ) -> None:
-    seed = int(os.environ.get("QEMU_COMPOSE_TEST_SEED", time.time_ns() % 1_000_000))
+    seed = int(os.environ.get("QEMU_COMPOSE_TEST_SEED") or time.time_ns() % 1_000_000)
     print(f"QEMU_COMPOSE_TEST_SEED={seed}")
     chance = random.Random(seed)
     write_project(project)
