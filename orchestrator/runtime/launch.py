@@ -28,6 +28,7 @@ from orchestrator.guest.qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmL
 from orchestrator.state.files import VmState
 from orchestrator.state.identity import Owner, state_variable
 from orchestrator.state.paths import VmPaths, vm_unit
+from orchestrator.supervisor.health import has_health
 from orchestrator.supervisor.lifecycle import GIVE_UP_SIGNAL
 
 
@@ -82,10 +83,7 @@ def grace_period(vm: Vm | None, override: float | None = None) -> float:
 
 def probes_ssh(vm: Vm) -> bool:
     """A VM with an operating system and no healthcheck: {disable: true} is probed by SSH."""
-    disabled = vm.healthcheck is not None and (
-        vm.healthcheck.disable or vm.healthcheck.test[:1] == ["NONE"]
-    )
-    return has_os(vm) and not disabled
+    return has_health(vm)
 
 
 def mac_of(project: str, inst: Instance, network: str) -> str:

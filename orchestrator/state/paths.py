@@ -74,6 +74,11 @@ class VmPaths:
         return self.directory / "qemu.pid"
 
     @property
+    def health(self) -> Path:
+        """The supervisor's kept health of the VM (supervisor.health.HealthRecord)."""
+        return self.directory / "health.json"
+
+    @property
     def console_socket(self) -> Path:
         return self.sockets / "console.sock"
 

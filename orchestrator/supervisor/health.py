@@ -3,6 +3,12 @@
 `Health` is the pure part: fed each probe's result and the time, it says the VM's health and
 how long to wait before the next probe. `until_healthy` drives it with any probe (an SSH
 command in practice) on trio's clock, so tests run it in virtual time.
+
+`KeptHealth` is what the supervisor keeps of a VM (#14): `Health` with docker's
+``.State.Health`` beside it: the failing streak and the last `LOG_LENGTH` probe results
+(start, end, exit code, the last `OUTPUT_BYTES` of output), as a `HealthRecord` the CLI reads
+from the VM's directory without asking the supervisor, and each change of state as a
+`HealthChange` for the event log. Pure as well.
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 import trio
 
-from orchestrator.config.model import Healthcheck
+from orchestrator.config.model import Healthcheck, Vm
 from orchestrator.config.quantities import parse_duration
 from orchestrator.errors import QemuComposeError
+from orchestrator.state.files import atomic_write
+from orchestrator.state.paths import VmPaths
 
 
 class HealthStatus(enum.StrEnum):
@@ -93,3 +102,88 @@ async def until_healthy(
         if status is HealthStatus.UNHEALTHY:
             raise UnhealthyError(f"unhealthy: {what} failed {health.failures} times")
         await trio.sleep(health.next_delay(trio.current_time()))
+
+
+LOG_LENGTH = 5  # probe results kept, as docker keeps
+OUTPUT_BYTES = 4096  # of each probe's output, its end
+TIMED_OUT = -1  # the exit code of a probe that ran out of time (docker's too)
+
+
+def has_health(vm: Vm) -> bool:
+    """A VM with an operating system has a health, unless its check is disabled
+    (``healthcheck: {disable: true}`` or ``test: [NONE]``); a firmware-only VM has none."""
+    if vm.image is None and vm.boot is None:
+        return False
+    check = vm.healthcheck
+    return check is None or not (check.disable or check.test[:1] == ["NONE"])
+
+
+class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One probe, as docker's health log has it."""
+
+    start: float
+    end: float
+    exit_code: int  # 0 passed; TIMED_OUT when it ran out of time
+    output: str = ""  # its last OUTPUT_BYTES
+
+    @classmethod
+    def of(cls, start: float, end: float, exit_code: int, output: bytes) -> ProbeResult:
+        tail = output[-OUTPUT_BYTES:].decode(errors="replace")
+        return cls(start=start, end=end, exit_code=exit_code, output=tail)
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+
+class HealthRecord(msgspec.Struct, kw_only=True):
+    """A VM's kept health: what `ps`, `inspect` and `up --wait` read."""
+
+    status: HealthStatus = HealthStatus.STARTING
+    failing_streak: int = 0
+    log: list[ProbeResult] = []  # the last LOG_LENGTH, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    """A change of a VM's health, for the event log (``health_status``)."""
+
+    old: HealthStatus
+    new: HealthStatus
+    failing_streak: int
+    output: str  # the last probe's
+
+
+class KeptHealth:
+    """`Health` with its record: fed each probe's result, it says when the state changes."""
+
+    def __init__(self, rules: HealthRules, began: float) -> None:
+        self.health = Health(rules, began)
+        self.record = HealthRecord()
+
+    def observe(self, result: ProbeResult) -> HealthChange | None:
+        """Take one probe's result (its end is the time it counts at); the change it makes."""
+        old = self.health.status
+        new = self.health.record(result.passed, result.end)
+        self.record.status = new
+        self.record.failing_streak = self.health.failures  # as docker: not in the start period
+        self.record.log = [*self.record.log, result][-LOG_LENGTH:]
+        if new is old:
+            return None
+        return HealthChange(old, new, self.record.failing_streak, result.output)
+
+    def next_delay(self, now: float) -> float:
+        return self.health.next_delay(now)
+
+
+def write_health(vm: VmPaths, record: HealthRecord) -> None:
+    """The VM's kept health, whole (the CLI reads it while the supervisor writes)."""
+    atomic_write(vm.health, msgspec.json.encode(record), mode=0o600)
+
+
+def read_health(vm: VmPaths) -> HealthRecord | None:
+    """The VM's kept health; None when the supervisor keeps none (yet), or it cannot be read."""
+    try:
+        return msgspec.json.decode(vm.health.read_bytes(), type=HealthRecord)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
