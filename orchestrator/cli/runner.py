@@ -13,9 +13,12 @@ import signal
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from orchestrator import QemuComposeError
+
+if TYPE_CHECKING:
+    import trio
 
 T = TypeVar("T")
 
@@ -45,7 +48,7 @@ class _Signals:
     ``again`` (a command that cleans up may cut its cleanup short)."""
 
     received: list[int] = field(default_factory=list)
-    again: Any = None  # a trio.Event, made inside the run
+    again: trio.Event | None = None  # made inside the run
 
 
 _current: ContextVar[_Signals | None] = ContextVar("qemu_compose_signals", default=None)
@@ -85,7 +88,7 @@ def run(async_fn: Callable[[], Awaitable[T]]) -> T:
                 signals.received.append(signum)
                 if len(signals.received) == 1:
                     scope.cancel()
-                else:
+                elif signals.again is not None:
                     signals.again.set()
 
     async def root() -> None:

@@ -251,6 +251,11 @@ class Vm(Model, frozen=True, kw_only=True):
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy.parse(self.restart)
 
+    @property
+    def has_os(self) -> bool:
+        """An image or a kernel to boot; without, the VM runs firmware only."""
+        return self.image is not None or self.boot is not None
+
 
 class Network(Model, frozen=True, kw_only=True):
     driver: Literal["bridge"] = "bridge"

@@ -28,7 +28,6 @@ from orchestrator.guest.qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmL
 from orchestrator.state.files import VmState
 from orchestrator.state.identity import Owner, state_variable
 from orchestrator.state.paths import VmPaths, vm_unit
-from orchestrator.supervisor.health import has_health
 from orchestrator.supervisor.lifecycle import GIVE_UP_SIGNAL
 
 
@@ -60,10 +59,6 @@ class Launch:
     macs: dict[str, str]  # netdev -> MAC
 
 
-def has_os(vm: Vm) -> bool:
-    return vm.image is not None or vm.boot is not None
-
-
 def guest_user(vm: Vm, saved: VmState | None = None) -> str:
     """The guest account: the one its disk was made with, else the file's, else the image's
     default (``debian`` for a Debian image)."""
@@ -74,16 +69,11 @@ def guest_user(vm: Vm, saved: VmState | None = None) -> str:
 
 def grace_period(vm: Vm | None, override: float | None = None) -> float:
     """Seconds a VM gets to power off; none for firmware-only VMs (nothing there to hear it)."""
-    if vm is not None and not has_os(vm):
+    if vm is not None and not vm.has_os:
         return 0.0
     if override is not None:
         return override
     return parse_duration(vm.stop_grace_period) if vm is not None else 60.0
-
-
-def probes_ssh(vm: Vm) -> bool:
-    """A VM with an operating system and no healthcheck: {disable: true} is probed by SSH."""
-    return has_health(vm)
 
 
 def mac_of(project: str, inst: Instance, network: str) -> str:
@@ -104,7 +94,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
         guest_nics.append(Nic(nics[-1].mac, "bridge"))
     root = Drive("root", str(paths.disk), "qcow2", "root", bootindex=0) if vm.image else None
     guest = seed = None
-    if has_os(vm):
+    if vm.has_os:
         guest = GuestConfig(
             hostname=vm.hostname or name,
             domain=facts.project,

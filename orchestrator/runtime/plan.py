@@ -77,6 +77,7 @@ class Action:
     cause: str
     record: Shape | None = None  # the shape to record once done; None: what is recorded stays
     grow_disk: bool = False  # its disk:, larger than it was, grows first
+    pending: frozenset[str] = frozenset()  # fields that wait for --force-recreate (its disk kept)
 
     @property
     def changes_something(self) -> bool:
@@ -155,12 +156,17 @@ def _action(
         return Action(inst.name, kind, state)
     if seen.running and no_recreate and (found.restart or found.replace):
         return Action(inst.name, kind, f"{state}; changed, kept as it is (--no-recreate)")
+    pending = frozenset(c.field for c in found.replace)
     if found.restart and seen.running:
-        return Action(inst.name, ActionKind.RESTART, found.cause(), found.applied, found.grows_disk)
+        cause = found.cause()
+        return Action(
+            inst.name, ActionKind.RESTART, cause, found.applied, found.grows_disk, pending
+        )
     said = [found.cause()] if found.restart or found.replace else []
     if found.apply:
         said.append(", ".join(str(c) for c in found.apply) + " (nothing to restart)")
-    return Action(inst.name, kind, "; ".join([state, *said]), found.applied, found.grows_disk)
+    cause = "; ".join([state, *said])
+    return Action(inst.name, kind, cause, found.applied, found.grows_disk, pending)
 
 
 # -- the whole of `up`: the VMs and what they need -------------------------------------------------
@@ -241,13 +247,12 @@ def plan_up(
         named=named,
     )
     by_name = {i.name: i for i in instances(compose)}
-    chosen = [by_name[a.vm] for a in actions if a.vm in by_name]
-    sources = {
+    pairs = [(a, by_name[a.vm]) for a in actions if a.vm in by_name]
+    chosen = [i for _, i in pairs]
+    sources = {  # not the new image of a VM whose disk is kept: not needed before --force-recreate
         i.vm.image.source: i.vm.image.checksum
-        for a in actions
-        if a.vm in by_name
-        for i in [by_name[a.vm]]
-        if i.vm.image is not None and not _image_pending(a, observed.get(a.vm), compose, i, files)
+        for a, i in pairs
+        if i.vm.image is not None and "image" not in a.pending
     }
     volumes = sorted({m.source for i in chosen for m in i.vm.volumes if m.type == "volume"})
     networks = sorted({n for i in chosen for n in i.vm.networks})
@@ -285,20 +290,6 @@ def plan_up(
             if a.vm in by_name and a.kind in (ActionKind.CREATE, ActionKind.START)
         ),  # a recreated or restarted VM holds its ports until it stops: it claims them then
     )
-
-
-def _image_pending(
-    action: Action,
-    seen: Observed | None,
-    compose: ComposeFile,
-    inst: Instance,
-    files: NamedFiles | None,
-) -> bool:
-    """The file names another image than the VM's disk was made from, and its disk is kept:
-    the new image is not needed (not fetched) until --force-recreate."""
-    if action.kind in (ActionKind.CREATE, ActionKind.RECREATE) or seen is None or not seen.shape:
-        return False
-    return seen.shape.get("image") != shape(compose, inst, files)["image"]
 
 
 def render_up_plan(up_plan: UpPlan) -> str:

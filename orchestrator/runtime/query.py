@@ -17,8 +17,8 @@ from orchestrator.guest.knownhosts import host_alias, known_hosts
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState, check_owner, check_private_dir
 from orchestrator.state.paths import ProjectPaths
+from orchestrator.supervisor.health import has_health
 
-from .launch import probes_ssh
 from .options import Connection
 from .readiness import ssh_target
 from .session import Session, open_session
@@ -60,7 +60,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         created = saved is not None or session.paths.vm(name).disk.exists()
         if unit is not None and unit.running:
             status = "active"
-            if inst is not None and probes_ssh(inst.vm):
+            if inst is not None and has_health(inst.vm):
                 target = ssh_target(project, inst, session.state)
                 ok = target is not None and await probe.reachable(target, timeout=2)
                 status = "ready" if ok else "starting"

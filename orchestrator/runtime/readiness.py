@@ -19,9 +19,9 @@ from orchestrator.guest import probe
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths
-from orchestrator.supervisor.health import HealthRules, until_healthy
+from orchestrator.supervisor.health import HealthRules, has_health, until_healthy
 
-from .launch import guest_user, probes_ssh
+from .launch import guest_user
 from .session import Session
 
 RUNNING_TIMEOUT = 60.0  # from the start job's end until QMP says the VM runs
@@ -128,7 +128,7 @@ def ssh_target(project: Project, inst: Instance, state: ProjectState) -> probe.S
 async def wait_ready(session: Session, inst: Instance, timeout: float) -> None:
     """Until SSH answers and cloud-init is done, then until the healthcheck passes."""
     vm = inst.vm
-    if not probes_ssh(vm):
+    if not has_health(vm):
         return
     target = ssh_target(session.project, inst, session.state)
     assert target is not None

@@ -112,10 +112,8 @@ TIMED_OUT = -1  # the exit code of a probe that ran out of time (docker's too)
 def has_health(vm: Vm) -> bool:
     """A VM with an operating system has a health, unless its check is disabled
     (``healthcheck: {disable: true}`` or ``test: [NONE]``); a firmware-only VM has none."""
-    if vm.image is None and vm.boot is None:
-        return False
     check = vm.healthcheck
-    return check is None or not (check.disable or check.test[:1] == ["NONE"])
+    return vm.has_os and (check is None or not (check.disable or check.test[:1] == ["NONE"]))
 
 
 class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):

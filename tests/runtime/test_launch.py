@@ -16,13 +16,13 @@ from orchestrator.runtime.launch import (
     Launch,
     LaunchFacts,
     grace_period,
-    probes_ssh,
     recorded,
     vm_launch,
 )
 from orchestrator.state.files import VmState
 from orchestrator.state.identity import state_of
 from orchestrator.state.paths import VmPaths
+from orchestrator.supervisor.health import has_health
 
 TEXT = """
 name: lab
@@ -212,7 +212,7 @@ def test_a_firmware_only_vm_has_no_seed_no_grace_and_no_restart(lab: dict[str, I
         "restart no after None",
     ]
     assert "-no-shutdown" not in launch.argv
-    assert (grace_period(fw.vm), grace_period(fw.vm, 5), probes_ssh(fw.vm)) == (0.0, 0.0, False)
+    assert (grace_period(fw.vm), grace_period(fw.vm, 5), has_health(fw.vm)) == (0.0, 0.0, False)
     db = lab["db"].vm
-    assert (grace_period(db), grace_period(db, 5), probes_ssh(db)) == (20.0, 5.0, True)
+    assert (grace_period(db), grace_period(db, 5), has_health(db)) == (20.0, 5.0, True)
     assert grace_period(None) == 60.0
