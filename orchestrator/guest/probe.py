@@ -33,6 +33,117 @@ class CommandResult:
     stderr: str
 
 
+TIMED_OUT = -1  # the exit code of a probe that ran out of time (docker's too)
+SSH_FAILED = 255  # the exit code of a probe SSH could not run (ssh(1)'s own)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A command run in a guest as a probe: its exit code (or TIMED_OUT, SSH_FAILED) and
+    its output, stdout and stderr together."""
+
+    exit_code: int
+    output: bytes
+
+
+class GuestShell:
+    """One SSH connection to a guest, opened at the first command, kept for the next ones,
+    opened again after it broke: a probe every few seconds costs a channel, not a handshake.
+    Handshakes (the costly part, for host and guest) take a token of ``handshakes``.
+    """
+
+    def __init__(self, target: SshTarget, handshakes: trio.CapacityLimiter) -> None:
+        self.target = target
+        self.handshakes = handshakes
+        self.connections = 0  # handshakes made so far
+        self._conn: object | None = None  # an asyncssh.SSHClientConnection
+
+    async def probe(
+        self, command: str, *, timeout: float, connect_timeout: float | None = None
+    ) -> Outcome:
+        """Run ``command`` within ``timeout`` (a handshake bounded by ``connect_timeout``
+        too); never raises but trio's cancellation. A kept connection that turns out broken
+        (the guest paused a long while, say) is opened again once before the probe fails; a
+        timeout or a failure closes it: the next probe starts afresh."""
+        try:
+            with trio.fail_after(timeout):
+                outcome: Outcome
+                if self._conn is not None:
+                    try:
+                        outcome = await trio_asyncio.aio_as_trio(self._run)(
+                            self._conn, command, timeout
+                        )
+                    except (OSError, _ssh_error()):
+                        await self.aclose()
+                    else:
+                        return outcome
+                await self._open(min(timeout, connect_timeout or timeout))
+                outcome = await trio_asyncio.aio_as_trio(self._run)(self._conn, command, timeout)
+                return outcome
+        except trio.TooSlowError:
+            await self.aclose()
+            return Outcome(TIMED_OUT, f"timed out after {timeout:g} s".encode())
+        except (OSError, TimeoutError, _ssh_error()) as err:
+            await self.aclose()
+            return Outcome(SSH_FAILED, f"ssh: {_describe(err)}".encode())
+
+    async def _open(self, timeout: float) -> None:
+        async with self.handshakes:
+            with trio.move_on_after(timeout):
+                self._conn = await trio_asyncio.aio_as_trio(self._connect)(timeout)
+                self.connections += 1
+                return
+        raise TimeoutError(f"no login within {timeout:g} s")
+
+    async def _connect(self, timeout: float) -> object:
+        import asyncssh
+
+        return await asyncssh.connect(
+            self.target.host,
+            self.target.port,
+            username=self.target.user,
+            client_keys=[str(self.target.key)],
+            known_hosts=None,
+            server_host_key_algs=HOST_KEY_ALGS,
+            connect_timeout=timeout,
+            keepalive_interval=0,
+        )
+
+    @staticmethod
+    async def _run(conn: object, command: str, timeout: float) -> Outcome:
+        import asyncssh
+
+        assert isinstance(conn, asyncssh.SSHClientConnection)
+        result = await conn.run(
+            command, check=False, timeout=timeout, encoding=None, stderr=asyncssh.STDOUT
+        )
+        out = result.stdout if isinstance(result.stdout, bytes) else b""
+        code = result.exit_status
+        if result.exit_signal is not None or code is None or code < 0:
+            code = SSH_FAILED  # killed by a signal, or the channel closed without a status
+        return Outcome(code, out)
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+
+        async def close() -> None:
+            import asyncssh
+
+            assert isinstance(conn, asyncssh.SSHClientConnection)
+            conn.close()
+            await conn.wait_closed()
+
+        with trio.move_on_after(5), trio.CancelScope(shield=True):
+            await trio_asyncio.aio_as_trio(close)()
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 async def run(target: SshTarget, command: str, *, timeout: float) -> CommandResult:
     """Run ``command`` (a shell line for the guest) once; OSError/asyncssh errors propagate."""
 

@@ -19,8 +19,8 @@ from orchestrator.state.files import ProjectState, check_owner, check_private_di
 from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.health import has_health
 
+from .launch import ssh_target
 from .options import Connection
-from .readiness import ssh_target
 from .session import Session, open_session
 from .teardown import networks_in_use
 

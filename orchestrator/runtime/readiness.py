@@ -12,16 +12,13 @@ import trio
 
 import qmp
 import systemd_dbus
-from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, dependencies
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest import probe
 from orchestrator.progress import Stage, Status
-from orchestrator.state.files import ProjectState
-from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.health import HealthRules, has_health, until_healthy
 
-from .launch import guest_user
+from .launch import ssh_target
 from .session import Session
 
 RUNNING_TIMEOUT = 60.0  # from the start job's end until QMP says the VM runs
@@ -113,16 +110,6 @@ async def wait_running(session: Session, inst: Instance) -> None:
         lines = "".join(f"\n    {line}" for line in journal[-10:])
         raise QemuEndedError(f"QEMU ended at once ({status.describe_exit()}){lines}")
     session.report(inst.name, Stage.RUNNING, Status.DONE, "QEMU runs")
-
-
-def ssh_target(project: Project, inst: Instance, state: ProjectState) -> probe.SshTarget | None:
-    """How to reach a created VM's sshd: its forwarded port, its user, the project's key."""
-    saved = state.vms.get(inst.name)
-    if saved is None or saved.ssh_port is None:
-        return None
-    user = inst.vm.ssh.user or guest_user(inst.vm, saved)
-    paths = ProjectPaths(project.state_dir, project.name)
-    return probe.SshTarget("127.0.0.1", saved.ssh_port, user, paths.ssh_dir / "id_ed25519")
 
 
 async def wait_ready(session: Session, inst: Instance, timeout: float) -> None:

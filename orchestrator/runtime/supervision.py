@@ -7,14 +7,18 @@ import sys
 from typing import TYPE_CHECKING
 
 import systemd_dbus
+from orchestrator.config.model import Healthcheck
 from orchestrator.config.project import Project
-from orchestrator.config.topology import instances
+from orchestrator.config.topology import Instance, instances
+from orchestrator.guest import probe
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import ProjectState
 from orchestrator.state.identity import Owner, project_dir
 from orchestrator.state.paths import ProjectPaths, vm_unit
-from orchestrator.supervisor.supervised import Watched, write_supervised
+from orchestrator.supervisor.health import HealthRules, has_health
+from orchestrator.supervisor.supervised import Probe, Watched, write_supervised
 
+from .launch import ssh_target
 from .observe import UnitTakenError
 
 if TYPE_CHECKING:
@@ -34,14 +38,39 @@ def supervised_table(
             return saved.restart
         return by_name[name].vm.restart if name in by_name else "no"
 
+    def how_to_probe(name: str) -> Probe | None:
+        inst = by_name.get(name)
+        return probe_of(project, inst, state) if inst is not None else None
+
     return {
         name: Watched(
             qmp=str(paths.vm(name).qmp_socket),
             unit=state.vms[name].unit if name in state.vms else vm_unit(project.name, name),
             restart=policy(name),
+            probe=how_to_probe(name),
         )
         for name in names
     }
+
+
+def probe_of(project: Project, inst: Instance, state: ProjectState) -> Probe | None:
+    """How the supervisor probes a VM: SSH as `ssh` logs in, then its healthcheck."""
+    target = ssh_target(project, inst, state)
+    if target is None or not has_health(inst.vm):
+        return None
+    check = inst.vm.healthcheck or Healthcheck()
+    rules = HealthRules.of(check)
+    return Probe(
+        port=target.port,
+        user=target.user,
+        key=str(target.key),
+        command=probe.healthcheck_command(check.test) if check.test else None,
+        interval=rules.interval,
+        timeout=rules.timeout,
+        retries=rules.retries,
+        start_period=rules.start_period,
+        start_interval=rules.start_interval,
+    )
 
 
 async def ensure_supervisor(session: Session, names: set[str]) -> None:

@@ -175,9 +175,10 @@ def free_space(directory: Path) -> str:
     return f"{amount} free there"
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, whole. A
-    full disk is a StateError naming the file and the space left (see `no_space`)."""
+    full disk is a StateError naming the file and the space left (see `no_space`). Not
+    ``durable``: not synced to disk (what a power cut may lose, being remade at once)."""
     try:
         fd, tmp = tempfile.mkstemp(
             prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
@@ -191,7 +192,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             fh.write(data)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -199,6 +201,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         if isinstance(err, OSError) and err.errno in NO_SPACE:
             raise no_space(path, err) from err
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

@@ -140,6 +140,12 @@ class HealthRecord(msgspec.Struct, kw_only=True):
     status: HealthStatus = HealthStatus.STARTING
     failing_streak: int = 0
     log: list[ProbeResult] = []  # the last LOG_LENGTH, oldest first
+    since: int = 0  # the QEMU it is about: its unit's ActiveEnterTimestamp (µs)
+    ready_at: float | None = None  # when SSH first answered (and cloud-init was done)
+
+    def is_of(self, since: int) -> bool:
+        """The record is about the QEMU whose unit became active at ``since``."""
+        return since != 0 and self.since == since
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,32 +157,102 @@ class HealthChange:
     failing_streak: int
     output: str  # the last probe's
 
+    def data(self) -> dict[str, object]:
+        return {
+            "old": self.old.value,
+            "new": self.new.value,
+            "failing_streak": self.failing_streak,
+            "output": self.output,
+        }
+
+
+READY_RETRY = 1.0  # between attempts to log in while the guest boots
+
 
 class KeptHealth:
-    """`Health` with its record: fed each probe's result, it says when the state changes."""
+    """What the supervisor keeps of one QEMU's guest, fed each probe's result.
 
-    def __init__(self, rules: HealthRules, began: float) -> None:
-        self.health = Health(rules, began)
-        self.record = HealthRecord()
+    First readiness: attempts to log in (and wait for cloud-init) until one passes, which
+    neither count nor change the state (a boot takes what it takes; ``up --wait`` bounds
+    it); the log keeps an attempt only when its output differs from the last. Then `Health`
+    with docker's rules, its start period counted from readiness; a VM without a check of
+    its own (``checked`` false) is healthy once ready and its probe is that SSH answers.
+    ``changed`` says the record changed since the caller last wrote it.
+    """
+
+    def __init__(self, rules: HealthRules, since: int, *, checked: bool) -> None:
+        self.rules = rules
+        self.checked = checked
+        self.health: Health | None = None  # None until ready
+        self.record = HealthRecord(since=since)
+        self.changed = True
+        self._observed = False  # a probe was taken since readiness
+
+    @classmethod
+    def resumed(cls, rules: HealthRules, record: HealthRecord, *, checked: bool) -> KeptHealth:
+        """Go on from a record an earlier supervisor kept of the same QEMU."""
+        kept = cls(rules, record.since, checked=checked)
+        kept.record = record
+        kept.changed = False
+        kept._observed = True
+        if record.ready_at is not None:
+            kept.health = Health(
+                rules,
+                began=record.ready_at,
+                status=record.status,
+                failures=record.failing_streak,
+                starting=record.status is HealthStatus.STARTING,
+            )
+        return kept
+
+    @property
+    def ready(self) -> bool:
+        return self.health is not None
+
+    def _log(self, result: ProbeResult) -> None:
+        self.record.log = [*self.record.log, result][-LOG_LENGTH:]
+        self.changed = True
+
+    def attempted(self, result: ProbeResult) -> HealthChange | None:
+        """An attempt at readiness: passed, the VM is ready (and healthy, without a check)."""
+        if not result.passed:
+            last = self.record.log[-1] if self.record.log else None
+            if last is None or (last.exit_code, last.output) != (result.exit_code, result.output):
+                self._log(result)
+            return None
+        self.health = Health(self.rules, began=result.end)
+        self.record.ready_at = result.end
+        if self.checked:
+            self._log(result)
+            return None
+        return self.observe(result)
 
     def observe(self, result: ProbeResult) -> HealthChange | None:
         """Take one probe's result (its end is the time it counts at); the change it makes."""
+        assert self.health is not None, "a VM is probed once ready"
         old = self.health.status
         new = self.health.record(result.passed, result.end)
         self.record.status = new
         self.record.failing_streak = self.health.failures  # as docker: not in the start period
-        self.record.log = [*self.record.log, result][-LOG_LENGTH:]
+        self._observed = True
+        self._log(result)
         if new is old:
             return None
         return HealthChange(old, new, self.record.failing_streak, result.output)
 
     def next_delay(self, now: float) -> float:
+        """How long to wait before the next probe (its check at once when just ready)."""
+        if self.health is None:
+            return READY_RETRY
+        if not self._observed:
+            return 0.0
         return self.health.next_delay(now)
 
 
 def write_health(vm: VmPaths, record: HealthRecord) -> None:
-    """The VM's kept health, whole (the CLI reads it while the supervisor writes)."""
-    atomic_write(vm.health, msgspec.json.encode(record), mode=0o600)
+    """The VM's kept health, whole (the CLI reads it while the supervisor writes); not
+    synced to disk: a record lost to a power cut is probed again."""
+    atomic_write(vm.health, msgspec.json.encode(record), mode=0o600, durable=False)
 
 
 def read_health(vm: VmPaths) -> HealthRecord | None:

@@ -9,7 +9,9 @@ for each of them:
   of it to the project's event log;
 - writes every change of the VM unit's state (``UNIT_STATE``) to the event log;
 - feeds the QMP events to the VM's lifecycle machine (lifecycle.py, which applies its
-  ``restart:`` policy) and carries out what it decides.
+  ``restart:`` policy) and carries out what it decides;
+- keeps the health of each VM that has one (probing.py): probes it while its guest runs,
+  writes its ``health.json`` and each change of its state (``health_status``) to the log.
 
 A crash of QEMU itself is systemd's to restart (the VM unit's Restart=on-failure).
 """
@@ -30,10 +32,13 @@ import trio
 import qmp
 import systemd_dbus
 from orchestrator.config.model import RestartPolicy
-from qmp.events import QmpEvent
-from qmp.supervisor import SessionEvent, Supervisor
+from orchestrator.state.paths import ProjectPaths
+from qmp.events import QmpEvent, Resume, Shutdown, Stop
+from qmp.events import Reset as GuestReset
+from qmp.supervisor import SessionClosed, SessionEvent, SessionOpened, Supervisor
 
 from .eventlog import EventLog
+from .health import HealthChange
 from .lifecycle import (
     GIVE_UP_SIGNAL,
     ActionDone,
@@ -46,6 +51,7 @@ from .lifecycle import (
     ScheduleRestart,
     VmLifecycle,
 )
+from .probing import HANDSHAKES, VmProber
 from .supervised import Watched, read_supervised
 
 log = logging.getLogger(__name__)
@@ -58,11 +64,13 @@ class ProjectSupervisor:
         vms_file: Path,
         manager: systemd_dbus.SystemdManager,
         *,
+        paths: ProjectPaths | None = None,
         rescan_interval: float = 0.5,
     ) -> None:
         self.event_log = event_log
         self.vms_file = vms_file
         self.manager = manager
+        self.paths = paths or ProjectPaths(vms_file.parent, "")
         self.rescan_interval = rescan_interval
         self.vms: dict[str, Watched] = {}
         self._lifecycles: dict[str, VmLifecycle] = {}
@@ -70,6 +78,10 @@ class ProjectSupervisor:
         self._nursery: trio.Nursery | None = None
         self._unit_watchers: dict[str, trio.CancelScope] = {}  # one task a unit
         self._logged_units: dict[str, tuple[str, str]] = {}
+        self.probers: dict[str, tuple[VmProber, trio.CancelScope]] = {}
+        self._handshakes = trio.CapacityLimiter(HANDSHAKES)
+        self._since: dict[str, int] = {}  # by VM: its unit's ActiveEnterTimestamp, 0 if not
+        self._runs: dict[str, bool] = {}  # by VM: QMP says its guest runs
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -105,6 +117,32 @@ class ProjectSupervisor:
             if unit not in self._unit_watchers and self._nursery is not None:
                 self._unit_watchers[unit] = scope = trio.CancelScope()
                 self._nursery.start_soon(self._watch_unit, unit, name, scope)
+        self._reload_probers(vms)
+
+    def _reload_probers(self, vms: dict[str, Watched]) -> None:
+        """A prober for each VM with a health; a new one when how to probe it changed."""
+        for name, (prober, scope) in list(self.probers.items()):
+            watched = vms.get(name)
+            if watched is None or watched.probe != prober.spec:
+                scope.cancel()
+                del self.probers[name]
+        for name, watched in vms.items():
+            if watched.probe is None or name in self.probers or self._nursery is None:
+                continue
+            prober = VmProber(
+                name, watched.probe, self.paths.vm(name), self._handshakes, self._health_changed
+            )
+            prober.unit_active(self._since.get(name, 0))
+            prober.guest_runs(self._runs.get(name, False))
+            self.probers[name] = (prober, scope := trio.CancelScope())
+            self._nursery.start_soon(self._probe, prober, scope)
+
+    async def _probe(self, prober: VmProber, scope: trio.CancelScope) -> None:
+        with scope:
+            await prober.run()
+
+    def _health_changed(self, vm: str, change: HealthChange) -> None:
+        self._record(vm, "health_status", change.data(), source="health")
 
     # -- units ------------------------------------------------------------------------------
 
@@ -115,6 +153,9 @@ class ProjectSupervisor:
                     self._log_unit(vm, status)
 
     def _log_unit(self, vm: str, status: systemd_dbus.UnitStatus) -> None:
+        self._since[vm] = since = status.active_enter_usec if status.is_active else 0
+        if vm in self.probers:
+            self.probers[vm][0].unit_active(since)
         now = (status.active_state.value, status.sub_state)
         before = self._logged_units.get(status.name)
         unmade = not status.exists and now == ("inactive", "dead")
@@ -133,7 +174,27 @@ class ProjectSupervisor:
             log_session_event(self.event_log, vm, event)
         except OSError as err:  # a full disk loses the record, never the VM's restart
             log.warning("cannot write %s of %s to the event log: %s", event, vm, err)
+        self._see_guest(vm, event)
         self._feed(vm, session, event)
+
+    def _see_guest(self, vm: str, event: SessionEvent) -> None:
+        """What probing needs of QMP: whether the guest runs, and when it rebooted."""
+        prober = self.probers.get(vm, (None,))[0]
+        if isinstance(event, GuestReset):
+            if prober is not None:
+                prober.guest_reset()
+            return
+        if isinstance(event, SessionOpened):
+            runs = event.status == "running"
+        elif isinstance(event, Resume):
+            runs = True
+        elif isinstance(event, Stop | Shutdown | SessionClosed):
+            runs = False
+        else:
+            return
+        self._runs[vm] = runs
+        if prober is not None:
+            prober.guest_runs(runs)
 
     def _record(self, vm: str, event: str, data: dict[str, Any], *, source: str) -> None:
         try:
@@ -208,11 +269,11 @@ async def serve_until_signalled(service: Callable[..., Awaitable[None]]) -> None
 
 
 async def _main(state_dir: Path, bus: str) -> None:
-    from orchestrator.state.paths import ProjectPaths
-
     paths = ProjectPaths(state_dir, "")
     async with qmp.asyncio_loop(), systemd_dbus.connect(bus, call_timeout=60) as manager:
-        supervisor = ProjectSupervisor(EventLog(paths.events_dir), paths.supervised_vms, manager)
+        supervisor = ProjectSupervisor(
+            EventLog(paths.events_dir), paths.supervised_vms, manager, paths=paths
+        )
         await serve_until_signalled(supervisor.run)
 
 

@@ -11,12 +11,27 @@ import msgspec
 from orchestrator.state.files import atomic_write
 
 
+class Probe(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the supervisor probes a VM's health (supervisor.health has the rules)."""
+
+    port: int  # the host port forwarded to its sshd
+    user: str
+    key: str  # the project's private key
+    command: str | None = None  # its healthcheck, a shell line; None: that SSH answers
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+    start_interval: float = 5.0
+
+
 class Watched(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One VM the supervisor watches."""
 
     qmp: str  # its supervision monitor's socket
     unit: str
     restart: str = "no"  # the restart: policy its QEMU was started with
+    probe: Probe | None = None  # None: it has no health (no OS, or its check disabled)
 
 
 _decode_vms = msgspec.json.Decoder(dict[str, Watched]).decode

@@ -15,6 +15,7 @@ from orchestrator.state.paths import VmPaths
 from orchestrator.supervisor.health import (
     LOG_LENGTH,
     OUTPUT_BYTES,
+    READY_RETRY,
     TIMED_OUT,
     Health,
     HealthChange,
@@ -97,10 +98,17 @@ def probe(start: float, ok: bool, output: bytes = b"") -> ProbeResult:
     return ProbeResult.of(start, start + 0.5, 0 if ok else 1, output)
 
 
+def ready(at: float = 0.0, *, checked: bool = True) -> KeptHealth:
+    """Kept health of a guest that became ready at ``at``."""
+    kept = KeptHealth(RULES, since=7, checked=checked)
+    assert kept.attempted(ProbeResult.of(at - 0.5, at, 0, b"")) is None or not checked
+    return kept
+
+
 def test_kept_health_says_each_change_once_with_its_streak_and_output() -> None:
     """docker's .State.Health: the failing streak (start period failures not counted), the
     last 5 results, each change of state once (for the event log)."""
-    kept = KeptHealth(RULES, began=0.0)
+    kept = ready(0.0)
     assert kept.observe(probe(0.0, False)) is None  # in the start period: still starting
     assert kept.record.failing_streak == 0
     assert kept.observe(probe(5.0, True, b"ok")) == HealthChange(
@@ -123,10 +131,58 @@ def test_a_probe_keeps_the_end_of_its_output_and_the_record_round_trips() -> Non
     assert len(result.output.encode()) <= OUTPUT_BYTES + 2
     assert result.output.endswith("é")
     assert not result.passed
-    kept = KeptHealth(RULES, began=0.0)
+    kept = ready(0.0)
     kept.observe(result)
     encoded = msgspec.json.encode(kept.record)
     assert msgspec.json.decode(encoded, type=HealthRecord) == kept.record
+
+
+def test_readiness_neither_counts_nor_floods_the_log_and_opens_the_start_period() -> None:
+    kept = KeptHealth(RULES, since=7, checked=True)
+    assert kept.next_delay(0.0) == READY_RETRY  # not ready: login attempts
+    refused = [ProbeResult.of(t, t + 0.1, 255, b"refused") for t in range(100)]
+    assert [kept.attempted(r) for r in refused] == [None] * 100
+    assert kept.record.status is HealthStatus.STARTING
+    assert kept.record.failing_streak == 0
+    assert [r.start for r in kept.record.log] == [0]  # the same failure is logged once
+    kept.attempted(ProbeResult.of(100, 101, 255, b"auth failed"))
+    assert [r.output for r in kept.record.log] == ["refused", "auth failed"]
+    assert kept.attempted(ProbeResult.of(200, 230, 0, b"")) is None  # ready; its check next
+    assert kept.ready
+    assert kept.record.ready_at == 230
+    assert kept.next_delay(230) == 0
+    assert kept.observe(probe(230, False)) is None
+    assert kept.next_delay(231) == RULES.start_interval  # the start period runs from 230
+    assert kept.observe(probe(289, False)) is None
+    assert kept.record.failing_streak == 0
+    assert kept.observe(probe(291, False)) is None
+    assert kept.record.failing_streak == 1
+
+
+def test_without_a_check_of_its_own_a_vm_is_healthy_once_ready() -> None:
+    kept = KeptHealth(RULES, since=7, checked=False)
+    change = kept.attempted(ProbeResult.of(0, 40, 0, b""))
+    assert change == HealthChange(HealthStatus.STARTING, HealthStatus.HEALTHY, 0, "")
+    assert change.data() == {"old": "starting", "new": "healthy", "failing_streak": 0, "output": ""}
+    assert kept.next_delay(40) == RULES.interval  # from now on, that SSH answers
+
+
+def test_a_new_supervisor_goes_on_from_the_record_of_the_same_qemu() -> None:
+    kept = ready(0.0)
+    kept.observe(probe(1.0, True))
+    kept.observe(probe(31.0, False))
+    record = msgspec.json.decode(msgspec.json.encode(kept.record), type=HealthRecord)
+    assert record.is_of(7)
+    assert not record.is_of(8)
+    assert not HealthRecord().is_of(0)
+    again = KeptHealth.resumed(RULES, record, checked=True)
+    assert again.ready
+    assert not again.changed
+    assert again.next_delay(100) == RULES.interval
+    again.observe(probe(61.0, False))
+    assert again.observe(probe(91.0, False)) == HealthChange(
+        HealthStatus.HEALTHY, HealthStatus.UNHEALTHY, 3, ""
+    )
 
 
 @pytest.mark.parametrize(
@@ -149,7 +205,7 @@ def test_the_kept_health_is_read_back_whole_or_not_at_all(tmp_path: Path) -> Non
     vm = VmPaths(tmp_path / "web", tmp_path / "web")
     vm.directory.mkdir()
     assert read_health(vm) is None  # nothing kept yet
-    kept = KeptHealth(RULES, began=0.0)
+    kept = ready(0.0)
     kept.observe(probe(1.0, True, b"fine"))
     write_health(vm, kept.record)
     assert read_health(vm) == kept.record

@@ -1,0 +1,177 @@
+"""The supervisor's probes of one VM: readiness, then its healthcheck, for as long as its QEMU
+runs, kept in the VM's ``health.json`` and each change said to the event log.
+
+A `VmProber` is told what the supervisor sees: the unit's ActiveEnterTimestamp (a new value
+is a new QEMU: its health starts afresh, or goes on from the record an earlier supervisor
+kept of that same QEMU), whether QMP says the guest runs (a paused or shut-down guest is not
+probed, and a probe under way when it pauses is dropped, not counted), and a guest reset (a
+reboot: readiness again). Its task probes when allowed, one probe at a time, over one SSH
+connection kept open (`probe.GuestShell`), each probe bounded by the check's timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from orchestrator.guest import probe
+from orchestrator.state.paths import VmPaths
+
+from .health import (
+    HealthChange,
+    HealthRules,
+    HealthStatus,
+    KeptHealth,
+    ProbeResult,
+    read_health,
+    write_health,
+)
+from .supervised import Probe
+
+log = logging.getLogger(__name__)
+
+READY_CONNECT_TIMEOUT = 60.0  # a login while the guest boots, under a host busy with TCG
+READY_TIMEOUT = 900.0  # a login and cloud-init's end (it may provision for minutes)
+HANDSHAKES = 8  # SSH handshakes under way at once, across the project's VMs
+
+
+def rules_of(spec: Probe) -> HealthRules:
+    return HealthRules(
+        interval=spec.interval,
+        timeout=spec.timeout,
+        retries=spec.retries,
+        start_period=spec.start_period,
+        start_interval=spec.start_interval,
+    )
+
+
+class VmProber:
+    """Keeps one VM's health while it runs (see the module docstring)."""
+
+    def __init__(
+        self,
+        vm: str,
+        spec: Probe,
+        paths: VmPaths,
+        handshakes: trio.CapacityLimiter,
+        on_change: Callable[[str, HealthChange], None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.vm = vm
+        self.spec = spec
+        self.rules = rules_of(spec)
+        self.paths = paths
+        self.on_change = on_change
+        self.clock = clock
+        target = probe.SshTarget("127.0.0.1", spec.port, spec.user, Path(spec.key))
+        self.shell = probe.GuestShell(target, handshakes)
+        self.kept: KeptHealth | None = None  # None: no QEMU runs that we know of
+        self.running = False  # QMP says the guest runs
+        self.probes = 0  # probes run so far (readiness attempts included)
+        self._since = 0
+        self._wake = trio.Event()
+        self._probing: trio.CancelScope | None = None
+        self._reconnect = False
+
+    # -- what the supervisor sees ---------------------------------------------------------------
+
+    @property
+    def allowed(self) -> bool:
+        return self.kept is not None and self.running
+
+    def unit_active(self, since: int) -> None:
+        """The unit became active at ``since`` (µs), or is not active (0)."""
+        if since == self._since:
+            return
+        self._since = since
+        if since == 0:
+            self.kept = None
+        else:
+            record = read_health(self.paths)
+            checked = self.spec.command is not None
+            if record is not None and record.is_of(since):
+                self.kept = KeptHealth.resumed(self.rules, record, checked=checked)
+            else:
+                self.kept = KeptHealth(self.rules, since, checked=checked)
+            self._write()
+        self._changed()
+
+    def guest_runs(self, running: bool) -> None:
+        """QMP says the guest runs (RESUME, a session opening on a running VM) or not (STOP,
+        SHUTDOWN, the session's end)."""
+        if running != self.running:
+            self.running = running
+            self._changed()
+
+    def guest_reset(self) -> None:
+        """The guest rebooted: it must become ready again."""
+        old = self.kept
+        if old is None:
+            return
+        self.kept = KeptHealth(self.rules, self._since, checked=old.checked)
+        if old.record.status is not HealthStatus.STARTING:
+            change = HealthChange(old.record.status, HealthStatus.STARTING, 0, "the guest reset")
+            self.on_change(self.vm, change)
+        self._write()
+        self._changed()
+
+    def _changed(self) -> None:
+        self._reconnect = True
+        if self._probing is not None:
+            self._probing.cancel()  # paused, reset, or a new QEMU: that probe is not counted
+        self._wake.set()
+        self._wake = trio.Event()
+
+    # -- the task -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                kept = self.kept
+                if kept is None or not self.running:
+                    await self._wake.wait()
+                    continue
+                if self._reconnect and not kept.ready:
+                    await self.shell.aclose()  # a reset or new QEMU: that connection is gone
+                self._reconnect = False
+                result = None
+                with trio.CancelScope() as self._probing:
+                    result = await self._probe(kept)
+                self._probing = None
+                if result is None or kept is not self.kept or not self.running:
+                    continue  # dropped: not about the guest as it is now
+                change = kept.attempted(result) if not kept.ready else kept.observe(result)
+                if change is not None:
+                    self.on_change(self.vm, change)
+                self._write()
+                with trio.move_on_after(kept.next_delay(self.clock())):
+                    await self._wake.wait()
+        finally:
+            await self.shell.aclose()
+
+    async def _probe(self, kept: KeptHealth) -> ProbeResult | None:
+        start = self.clock()
+        self.probes += 1
+        if kept.ready:
+            command = self.spec.command or "true"
+            outcome = await self.shell.probe(command, timeout=self.rules.timeout)
+        else:
+            outcome = await self.shell.probe(
+                probe.READY_COMMAND, timeout=READY_TIMEOUT, connect_timeout=READY_CONNECT_TIMEOUT
+            )
+        return ProbeResult.of(start, self.clock(), outcome.exit_code, outcome.output)
+
+    def _write(self) -> None:
+        kept = self.kept
+        if kept is None or not kept.changed:
+            return
+        try:
+            write_health(self.paths, kept.record)
+            kept.changed = False
+        except OSError as err:  # destroyed meanwhile, or a full disk: the next write retries
+            log.warning("cannot write the health of %s: %s", self.vm, err)
