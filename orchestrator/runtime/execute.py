@@ -17,13 +17,14 @@ from orchestrator.config.topology import dependencies, instances, select
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.secrets import ensure_console_password, ensure_project_key
 from orchestrator.progress import Reporter, Stage, Status
+from orchestrator.supervisor.eventlog import EventLog
 
 from .observe import observe, observe_resources
 from .options import Connection, PlanOptions, UpOptions
 from .plan import Action, ActionKind, UpPlan, plan_up
 from .ports import claim_ports
 from .prepare import prepare_images, prepare_networks, prepare_volumes
-from .readiness import Conditions
+from .readiness import Conditions, HealthBoard
 from .session import Session, open_session
 from .start import UpRun, run_vm
 from .supervision import ensure_supervisor
@@ -113,16 +114,22 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
     run.conditions = {a.vm: Conditions() for a in todo}
     if up_plan.ports:  # a thread: the registry is locked and fsynced; ports are tried by binding
         run.ports = await trio.to_thread.run_sync(claim_ports, project.name, up_plan.ports)
-    run.awaited_completion = {
-        name
+    awaited = [
+        (name, dep.condition)
         for other in instances(project.model)
         for name, dep in dependencies(project.model, other).items()
-        if dep.condition == "service_completed_successfully"
-    }
+    ]
+    run.awaited_completion = {n for n, c in awaited if c == "service_completed_successfully"}
+    run.awaited_health = {n for n, c in awaited if c == "service_healthy"}
     limiter = trio.CapacityLimiter(options.parallel or math.inf)
     async with session.store.deferring(), trio.open_nursery() as nursery:
-        for action in todo:
-            nursery.start_soon(run_vm, run, by_name[action.vm], action, limiter)
+        if options.wait or run.awaited_health:  # the supervisor's word, followed once for all
+            run.board = HealthBoard(EventLog(session.paths.events_dir))
+            await nursery.start(run.board.run)
+        async with trio.open_nursery() as vms:
+            for action in todo:
+                vms.start_soon(run_vm, run, by_name[action.vm], action, limiter)
+        nursery.cancel_scope.cancel()
     failed = {n: c.failure for n, c in run.conditions.items() if c.failure}
     ready = tuple(n for n, c in run.conditions.items() if not c.failure)
     result = UpResult(up_plan.actions, ready, {n: str(f) for n, f in failed.items()}, up_plan)

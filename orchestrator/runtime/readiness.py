@@ -1,7 +1,8 @@
 """When a VM counts as started, ready or completed, and waiting for what it depends on.
 
-started: its unit is active and QMP says it runs; healthy: SSH with the project key (and
-cloud-init done), then its healthcheck, pass; completed successfully: it powered off cleanly.
+started: its unit is active and QMP says it runs; healthy: the project's supervisor, which
+probes it (SSH with the project key and cloud-init done, then its healthcheck), says so in
+what it keeps of it; completed successfully: it powered off cleanly.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import qmp
 import systemd_dbus
 from orchestrator.config.topology import Instance, dependencies
 from orchestrator.errors import QemuComposeError
-from orchestrator.guest import probe
 from orchestrator.progress import Stage, Status
-from orchestrator.supervisor.health import HealthRules, has_health, until_healthy
+from orchestrator.supervisor.eventlog import EventLog
+from orchestrator.supervisor.health import (
+    HealthRecord,
+    HealthStatus,
+    UnhealthyError,
+    has_health,
+    read_health,
+)
 
-from .launch import ssh_target
 from .session import Session
 
 RUNNING_TIMEOUT = 60.0  # from the start job's end until QMP says the VM runs
@@ -112,29 +118,77 @@ async def wait_running(session: Session, inst: Instance) -> None:
     session.report(inst.name, Stage.RUNNING, Status.DONE, "QEMU runs")
 
 
-async def wait_ready(session: Session, inst: Instance, timeout: float) -> None:
-    """Until SSH answers and cloud-init is done, then until the healthcheck passes."""
-    vm = inst.vm
-    if not has_health(vm):
-        return
-    target = ssh_target(session.project, inst, session.state)
-    assert target is not None
-    session.report(inst.name, Stage.SSH, Status.WORKING, f"{target.user}@127.0.0.1:{target.port}")
-    with trio.fail_after(timeout):
-        await probe.wait_ready(target)
-    session.report(inst.name, Stage.SSH, Status.DONE)
-    check = vm.healthcheck
-    if check is None or not check.test:
-        return
-    command = probe.healthcheck_command(check.test)
+class HealthBoard:
+    """Wakes the VMs of one `up` waiting for their health: one follower of the event log for
+    them all, each ``health_status`` record a wake-up of the VM it is about."""
 
-    async def passes(timeout: float) -> bool:
-        return await probe.passes(target, command, timeout=timeout)
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self._wakes: dict[str, trio.Event] = {}
 
-    session.report(inst.name, Stage.HEALTH, Status.WORKING, command)
-    with trio.fail_after(timeout):
-        await until_healthy(HealthRules.of(check), passes, what=repr(command))
-    session.report(inst.name, Stage.HEALTH, Status.DONE, "healthy")
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.log.follow(from_end=True) as records:
+            task_status.started()
+            async for record in records:
+                if record.event == "health_status":
+                    self._wakes.pop(record.vm, trio.Event()).set()
+
+    async def changed(self, vm: str, *, at_most: float) -> None:
+        """Until the VM's health changes (or ``at_most`` seconds: its file is read again)."""
+        with trio.move_on_after(at_most):
+            await self._wakes.setdefault(vm, trio.Event()).wait()
+
+
+class HealthTimeoutError(QemuComposeError):
+    """A VM was not healthy in time: the message has its state and last probe's output."""
+
+
+async def wait_healthy(
+    session: Session, board: HealthBoard, inst: Instance, timeout: float
+) -> None:
+    """Until the supervisor says the VM's QEMU (the one its unit runs now) is healthy; it
+    probes, this reads what it keeps (``health.json``). UnhealthyError once it is unhealthy."""
+    if not has_health(inst.vm):
+        return
+    name = inst.name
+    paths = session.paths.vm(name)
+    since = (await session.manager.status(session.vm_unit(name))).active_enter_usec
+    checked = bool(inst.vm.healthcheck and inst.vm.healthcheck.test)
+    stage = Stage.SSH
+    session.report(name, stage, Status.WORKING, "the supervisor logs in")
+    record: HealthRecord | None = None
+    with trio.move_on_after(timeout):
+        while True:
+            record = read_health(paths)
+            if record is not None and record.is_of(since):
+                if stage is Stage.SSH and record.ready_at is not None:
+                    session.report(name, stage, Status.DONE)
+                    stage = Stage.HEALTH
+                    if checked:
+                        session.report(name, stage, Status.WORKING, "its healthcheck")
+                if record.status is HealthStatus.HEALTHY:
+                    if checked:
+                        session.report(name, Stage.HEALTH, Status.DONE, "healthy")
+                    return
+                if record.status is HealthStatus.UNHEALTHY:
+                    raise UnhealthyError(f"unhealthy{_last_probe(record)}")
+            await board.changed(name, at_most=1.0)
+    if record is None or not record.is_of(since):
+        unit = session.supervisor_unit()
+        raise HealthTimeoutError(
+            f"not healthy within {timeout:g} s: the supervisor keeps no health of it "
+            f"(is {unit} running? its journal says why not)"
+        )
+    what = record.status.value if record.ready_at is not None else "starting, SSH not ready"
+    raise HealthTimeoutError(f"not healthy within {timeout:g} s: {what}{_last_probe(record)}")
+
+
+def _last_probe(record: HealthRecord) -> str:
+    if not record.log:
+        return ""
+    last = record.log[-1]
+    output = last.output.strip().splitlines()[-1:] or [""]
+    return f"; last probe: exit {last.exit_code}, {output[0][:200]!r}"
 
 
 async def wait_completed(session: Session, inst: Instance, me: Conditions) -> None:

@@ -36,7 +36,14 @@ from .observe import UnitTakenError
 from .options import UpOptions
 from .plan import Action, ActionKind
 from .ports import claim_ports
-from .readiness import Conditions, wait_completed, wait_for_dependencies, wait_ready, wait_running
+from .readiness import (
+    Conditions,
+    HealthBoard,
+    wait_completed,
+    wait_for_dependencies,
+    wait_healthy,
+    wait_running,
+)
 from .session import Session, vm_failures
 from .teardown import stop_one
 
@@ -52,7 +59,9 @@ class UpRun:
     images: dict[str, Path] = field(default_factory=dict)
     networks: dict[str, netcfg.BridgeNetwork] = field(default_factory=dict)
     conditions: dict[str, Conditions] = field(default_factory=dict)
+    board: HealthBoard | None = None  # wakes the VMs waiting for the supervisor's health
     awaited_completion: set[str] = field(default_factory=set)  # VMs a dependant waits to end
+    awaited_health: set[str] = field(default_factory=set)  # VMs a dependant waits to be healthy
     ports: dict[str, list[Forward] | netcfg.NetcfgError] = field(default_factory=dict)
     reached: dict[str, Stage] = field(default_factory=dict)  # the stage each VM reported last
 
@@ -77,8 +86,8 @@ async def run_vm(run: UpRun, inst: Instance, action: Action, limiter: trio.Capac
                     await start_vm(run, inst, action)
                     await wait_running(session, inst)
             me.started.set()
-            if run.options.wait:
-                await wait_ready(session, inst, run.options.ready_timeout)
+            if run.board is not None and (run.options.wait or inst.name in run.awaited_health):
+                await wait_healthy(session, run.board, inst, run.options.ready_timeout)
             me.healthy.set()
             report(inst.name, Stage.READY, Status.DONE)
             if inst.name in run.awaited_completion:

@@ -1,8 +1,7 @@
 """Healthchecks with docker's rules: the start period, its interval, retries, timeouts.
 
 `Health` is the pure part: fed each probe's result and the time, it says the VM's health and
-how long to wait before the next probe. `until_healthy` drives it with any probe (an SSH
-command in practice) on trio's clock, so tests run it in virtual time.
+how long to wait before the next probe.
 
 `KeptHealth` is what the supervisor keeps of a VM (#14): `Health` with docker's
 ``.State.Health`` beside it: the failing streak and the last `LOG_LENGTH` probe results
@@ -14,11 +13,9 @@ from the VM's directory without asking the supervisor, and each change of state 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
-import trio
 
 from orchestrator.config.model import Healthcheck, Vm
 from orchestrator.config.quantities import parse_duration
@@ -34,7 +31,8 @@ class HealthStatus(enum.StrEnum):
 
 
 class UnhealthyError(QemuComposeError):
-    """A healthcheck failed ``retries`` times in a row after the start period."""
+    """A VM waited for is unhealthy: its check failed ``retries`` times in a row after the
+    start period."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,21 +85,6 @@ class Health:
         if self._in_start_period(now):
             return self.rules.start_interval
         return self.rules.interval
-
-
-async def until_healthy(
-    rules: HealthRules, passes: Callable[[float], Awaitable[bool]], *, what: str
-) -> Health:
-    """Probe with ``passes(timeout)`` until healthy; UnhealthyError once unhealthy. Bound it
-    with trio.fail_after: a check that keeps failing in its start period never ends."""
-    health = Health(rules, began=trio.current_time())
-    while True:
-        status = health.record(await passes(rules.timeout), trio.current_time())
-        if status is HealthStatus.HEALTHY:
-            return health
-        if status is HealthStatus.UNHEALTHY:
-            raise UnhealthyError(f"unhealthy: {what} failed {health.failures} times")
-        await trio.sleep(health.next_delay(trio.current_time()))
 
 
 LOG_LENGTH = 5  # probe results kept, as docker keeps

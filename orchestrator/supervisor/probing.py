@@ -114,10 +114,10 @@ class VmProber:
         if old is None:
             return
         self.kept = KeptHealth(self.rules, self._since, checked=old.checked)
+        self._write()
         if old.record.status is not HealthStatus.STARTING:
             change = HealthChange(old.record.status, HealthStatus.STARTING, 0, "the guest reset")
             self.on_change(self.vm, change)
-        self._write()
         self._changed()
 
     def _changed(self) -> None:
@@ -146,9 +146,9 @@ class VmProber:
                 if result is None or kept is not self.kept or not self.running:
                     continue  # dropped: not about the guest as it is now
                 change = kept.attempted(result) if not kept.ready else kept.observe(result)
+                self._write()  # first: whoever the change wakes reads the file
                 if change is not None:
                     self.on_change(self.vm, change)
-                self._write()
                 with trio.move_on_after(kept.next_delay(self.clock())):
                     await self._wake.wait()
         finally:
