@@ -57,6 +57,7 @@ from .watch import UnitWatch, Watchers, drain
 log = logging.getLogger(__name__)
 
 _KEPT_JOB_RESULTS = 4096
+WATCH_REREADS = 5  # readings of a watch's units until none changed meanwhile
 
 
 class Runstate(enum.Enum):
@@ -391,13 +392,40 @@ class SystemdManager:
         names = list(dict.fromkeys(names))
         paths = {unit_object_path(n): n for n in names}
         with self._watchers.register(paths) as updates:
-            current = {n: await self.status(n) for n in names}
-            while True:  # changes that came before the statuses' replies are older than them
+            current = await self._initial(names, paths, updates)
+            yield UnitWatch(lambda: self._gone_reason, current, paths, updates)
+
+    async def _initial(
+        self,
+        names: list[str],
+        paths: dict[str, str],
+        updates: trio.MemoryReceiveChannel[dict[str, Any]],
+    ) -> dict[str, UnitStatus]:
+        """Each unit's status as of a moment when none of them was changing.
+
+        A change that arrives while a GetAll is under way may be older than its reply or
+        newer (signals are published as they are read, the reply's waiter resumes later): a
+        unit that changed meanwhile is read again, until none did (a unit that never stops
+        changing gets the changes applied to its last reading, in the order they came)."""
+        current: dict[str, UnitStatus] = {}
+        stale = list(names)
+        came: list[dict[str, Any]] = []
+        for _ in range(WATCH_REREADS):
+            for name in stale:
+                current[name] = await self.status(name)
+            came = []
+            while True:
                 try:
-                    updates.receive_nowait()
+                    came.append(updates.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            yield UnitWatch(lambda: self._gone_reason, current, paths, updates)
+            stale = list(dict.fromkeys(paths[c["_path"]] for c in came))
+            if not stale:
+                return current
+        for changed in came:
+            name = paths[changed["_path"]]
+            current[name] = current[name].updated(changed)
+        return current
 
     async def _journal(self, name: str, pid: int = 0) -> list[str]:
         return await last_lines(name, user=self.user, directory=self.journal_dir, pid=pid)

@@ -208,6 +208,30 @@ async def test_watch_of_several_units_and_of_an_unknown_one(user_manager: Manage
         await manager.stop(b)
 
 
+async def test_a_watch_begun_while_its_unit_starts_never_misses_it_running(
+    user_manager: ManagerHandle,
+) -> None:
+    """The watch's first reading races the start: a change that comes while it reads may be
+    newer than what it read (the supervisor once saw "activating" for good)."""
+    async with connect(user_manager.bus_address) as manager:
+        for _ in range(3):
+            names = [unit_name("race") for _ in range(20)]
+
+            async def watch_until_active(name: str) -> None:
+                async with manager.watch([name]) as changes:
+                    with trio.fail_after(20):
+                        async for status in changes:
+                            if status.active_state == "active":
+                                return
+
+            async with trio.open_nursery() as nursery:
+                for name in names:
+                    nursery.start_soon(manager.start, sleeper(name))
+                    nursery.start_soon(watch_until_active, name)
+            for name in names:
+                await manager.stop(name)
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.001, 0.005, 0.02, 0.3])
 async def test_cancelling_a_pending_start_leaves_no_unit(
     user_manager: ManagerHandle, delay: float
