@@ -148,6 +148,7 @@ class UnitStatus:
     active_enter_usec: int = 0  # CLOCK_REALTIME microseconds; 0 if never
     active_exit_usec: int = 0
     inactive_enter_usec: int = 0
+    n_restarts: int = 0  # a service's NRestarts: how often systemd restarted it (Restart=)
     description: str = ""
     environment: tuple[str, ...] = ()  # a service's Environment= ("NAME=value" each)
 
@@ -199,6 +200,7 @@ _FIELDS = {
     "ActiveEnterTimestamp": "active_enter_usec",
     "ActiveExitTimestamp": "active_exit_usec",
     "InactiveEnterTimestamp": "inactive_enter_usec",
+    "NRestarts": "n_restarts",
     "Description": "description",
     "Environment": "environment",
 }

@@ -174,8 +174,9 @@ async def restart(
 
 
 async def ps(project: Project, *vms: str, all_vms: bool = True, bus: str = "user") -> list[VmRow]:
-    """Every VM (or those named) with its status, addresses, SSH port and unit; without
-    ``all_vms``, only those that are not stopped or not created."""
+    """Every VM (or those named): its state, status (as docker ps shows it), kept health,
+    start time, ports, restarts, addresses, SSH port and unit, from systemd and what the
+    supervisor keeps (no SSH); without ``all_vms``, only those not exited nor not created."""
     from orchestrator import runtime
 
     return await runtime.ps(project, vms, _connection(bus), all_vms=all_vms)

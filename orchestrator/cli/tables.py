@@ -12,13 +12,14 @@ if TYPE_CHECKING:
 
 
 def vm_table(rows: Sequence[VmRow]) -> str:
-    columns = [("NAME", "<20"), ("STATUS", "<12"), ("ADDRESSES", "<24"), ("SSH", "<6"),
-               ("CPU", "<4"), ("MEMORY", "<7"), ("DISK", "<8"), ("UNIT", "")]  # fmt: skip
+    columns = [("NAME", "<20"), ("STATUS", "<26"), ("PORTS", "<24"), ("ADDRESSES", "<16"),
+               ("SSH", "<6"), ("CPU", "<4"), ("MEMORY", "<7"), ("DISK", "<6"),
+               ("UNIT", "")]  # fmt: skip
 
     def cells(row: VmRow) -> list[object]:
         addresses = ",".join(row.addresses.values()) or "-"
-        return [row.name, row.status, addresses, row.ssh_port or "-", row.cpu or "-",
-                row.memory or "-", row.disk or "-", row.unit]  # fmt: skip
+        return [row.name, row.status, ",".join(row.ports) or "-", addresses, row.ssh_port or "-",
+                row.cpu or "-", row.memory or "-", row.disk or "-", row.unit]  # fmt: skip
 
     return _table(columns, map(cells, rows))
 

@@ -1,7 +1,7 @@
-"""SSH to a VM with the project key: readiness probes, healthchecks and one-off commands.
+"""SSH to a VM with the project key: the supervisor's readiness probes and healthchecks.
 
 asyncssh is an asyncio library; this is the one orchestrator module that bridges to it (through
-the trio-asyncio loop the runtime opens), and nothing asyncio leaves it.
+the trio-asyncio loop the supervisor opens), and nothing asyncio leaves it.
 """
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ class SshTarget:
     port: int
     user: str
     key: Path
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    exit_status: int
-    stdout: str
-    stderr: str
 
 
 TIMED_OUT = -1  # the exit code of a probe that ran out of time (docker's too)
@@ -144,48 +137,10 @@ def _describe(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-async def run(target: SshTarget, command: str, *, timeout: float) -> CommandResult:
-    """Run ``command`` (a shell line for the guest) once; OSError/asyncssh errors propagate."""
-
-    import asyncssh  # here, not at the top: ~140 ms that `ps` of VMs without SSH need not pay
-
-    async def go() -> CommandResult:
-        conn = await asyncssh.connect(
-            target.host,
-            target.port,
-            username=target.user,
-            client_keys=[str(target.key)],
-            known_hosts=None,
-            server_host_key_algs=HOST_KEY_ALGS,
-            connect_timeout=timeout,
-        )
-        try:
-            result = await conn.run(command, check=False, timeout=timeout)
-        finally:
-            conn.close()
-        return CommandResult(int(result.exit_status or 0), str(result.stdout), str(result.stderr))
-
-    with trio.fail_after(timeout + 1):
-        result: CommandResult = await trio_asyncio.aio_as_trio(go)()
-    return result
-
-
 def _ssh_error() -> type[Exception]:
     import asyncssh
 
     return asyncssh.Error
-
-
-async def passes(target: SshTarget, command: str, *, timeout: float) -> bool:
-    """``command`` ran and exited 0; an SSH failure or a timeout is a failure too."""
-    try:
-        return (await run(target, command, timeout=timeout)).exit_status == 0
-    except (OSError, _ssh_error(), trio.TooSlowError, TimeoutError):
-        return False
-
-
-async def reachable(target: SshTarget, *, timeout: float = 5.0) -> bool:
-    return await passes(target, "true", timeout=timeout)
 
 
 # Ready means provisioned: sshd answers before cloud-init has finished (which restarts it,
@@ -194,21 +149,6 @@ READY_COMMAND = (
     "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1; fi;"
     " true"
 )
-
-
-async def wait_ready(
-    target: SshTarget, *, interval: float = 1.0, provision_timeout: float = 600
-) -> None:
-    """Until SSH logs in with the key and cloud-init is done; bound it with trio.fail_after."""
-    while True:
-        try:
-            result = await run(target, READY_COMMAND, timeout=provision_timeout)
-        except (OSError, _ssh_error(), trio.TooSlowError, TimeoutError):
-            await trio.sleep(interval)
-            continue
-        if result.exit_status == 0:
-            return
-        await trio.sleep(interval)
 
 
 def healthcheck_command(test: Sequence[str]) -> str:

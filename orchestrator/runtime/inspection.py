@@ -24,6 +24,7 @@ from orchestrator.guest.secrets import ConsolePassword, read_console_password
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, VmPaths
+from orchestrator.supervisor.health import read_health
 
 from .launch import guest_user
 from .options import Connection
@@ -62,7 +63,12 @@ async def inspect(project: Project, connection: Connection, name: str) -> dict[s
         "name": name,
         "project": project.name,
         "definition": inst.definition,
+        "state": row.state,
         "status": row.status,
+        "health": _health(paths.vm(name), row, status.active_enter_usec),
+        "started_at": _iso(row.started_at) if row.started_at else None,
+        "restarts": row.restarts,
+        "ports": row.ports,
         "created_at": _iso(saved.created_at) if saved else None,
         "unit": {
             "name": unit,
@@ -197,6 +203,28 @@ def _console_password(paths: ProjectPaths) -> ConsolePassword | None:
         return None
 
 
+def _health(paths: VmPaths, row: VmRow, since: int) -> dict[str, Any] | None:
+    """The supervisor's kept health of the QEMU that runs now, as docker's .State.Health."""
+    if row.health is None:
+        return None
+    kept = read_health(paths)
+    if kept is None or not kept.is_of(since):
+        return {"status": row.health, "failing_streak": 0, "log": []}
+    return {
+        "status": kept.status.value,
+        "failing_streak": kept.failing_streak,
+        "log": [
+            {
+                "start": _iso(r.start),
+                "end": _iso(r.end),
+                "exit_code": r.exit_code,
+                "output": r.output,
+            }
+            for r in kept.log
+        ],
+    }
+
+
 def _iso(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(when))
 
@@ -206,6 +234,16 @@ def _first_line(text: str) -> str:
     return lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
 
 
+def _health_lines(health: dict[str, Any] | None) -> list[str]:
+    if health is None:
+        return []
+    lines = ["", f"Health: {health['status']} (failing streak {health['failing_streak']})"]
+    for probe in health["log"]:
+        output = _first_line(probe["output"]) or "-"
+        lines.append(f"  {probe['start']}  exit {probe['exit_code']:<4} {output}")
+    return lines
+
+
 def render_inspect(info: dict[str, Any]) -> str:
     """The dict of `inspect`, in sections, for a person."""
     out: list[str] = [f"VM: {info['name']}", f"Project: {info['project']}", "=" * 72]
@@ -213,6 +251,9 @@ def render_inspect(info: dict[str, Any]) -> str:
     _section(out, "Status", [
         ("State", info["status"]),
         ("QEMU", info["qemu_status"]),
+        ("Started", info["started_at"]),
+        ("Restarts", info["restarts"]),
+        ("Ports", ", ".join(info["ports"]) or None),
         ("Systemd unit", f"{unit['name']} ({unit['active_state']}/{unit['sub_state']})"),
         ("Main PID", unit["main_pid"]),
         ("Created", info["created_at"]),
@@ -236,6 +277,7 @@ def render_inspect(info: dict[str, Any]) -> str:
         ("Base image", disk["base_image"]),
         ("Cloud-init seed", disk["seed"]),
     ])  # fmt: skip
+    out += _health_lines(info["health"])
     out += ["", "Networks:", *_network_lines(info["networks"])]
     out += _definition_lines(info)
     ssh, console, logs = info["ssh"], info["console"], info["logs"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,12 +13,12 @@ import systemd_dbus
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances, select_one
 from orchestrator.errors import UsageError
-from orchestrator.guest import probe
 from orchestrator.guest.knownhosts import host_alias, known_hosts
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState, check_owner, check_private_dir
 from orchestrator.state.paths import ProjectPaths
-from orchestrator.supervisor.health import has_health
+from orchestrator.supervisor.health import has_health, read_health
+from orchestrator.supervisor.runs import read_run
 
 from .launch import ssh_target
 from .options import Connection
@@ -28,7 +29,12 @@ from .teardown import networks_in_use
 @dataclass(frozen=True, slots=True)
 class VmRow:
     name: str
-    status: str  # not-created, stopped, starting, ready, active, failed, unknown
+    state: str  # not-created, starting, running, paused, stopping, exited, failed
+    status: str  # as docker shows it: "running (healthy) 12m", "exited (0) 2m ago", ...
+    health: str | None  # starting, healthy, unhealthy; None: none kept (no OS, not running)
+    started_at: float | None  # when its QEMU started (seconds since the epoch), if it runs
+    ports: list[str]  # published: "127.0.0.1:8080->80/tcp"
+    restarts: int  # of its guest in place (restart policy) and of QEMU by systemd
     unit: str
     cpu: int | None
     memory: int | None
@@ -40,43 +46,71 @@ class VmRow:
 async def ps(
     project: Project, vms: Sequence[str], connection: Connection, *, all_vms: bool = True
 ) -> list[VmRow]:
-    """The status of every VM; SSH probed in parallel (2 s each) for running ones."""
+    """The status of every VM, from systemd and what the supervisor keeps (no SSH)."""
     async with open_session(project, connection, Reporter(), lock=False) as session:
         rows = await vm_rows(session, session.names(vms))
-        return rows if all_vms else [r for r in rows if r.status not in ("not-created", "stopped")]
+        return rows if all_vms else [r for r in rows if r.state not in ("not-created", "exited")]
+
+
+_STATES = {
+    systemd_dbus.ActiveState.ACTIVE: "running",
+    systemd_dbus.ActiveState.RELOADING: "running",
+    systemd_dbus.ActiveState.ACTIVATING: "starting",
+    systemd_dbus.ActiveState.DEACTIVATING: "stopping",
+    systemd_dbus.ActiveState.FAILED: "failed",
+}
 
 
 async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
-    """A row for each VM named, in that order."""
+    """A row for each VM named, in that order: one GetAll a running VM, no SSH."""
     project = session.project
     by_name = {i.name: i for i in instances(project.model)}
     units = session.units.vm_states()  # as the session found them
     rows: dict[str, VmRow] = {}
+    now = time.time()
 
     async def one(name: str) -> None:
         inst = by_name.get(name)
         saved = session.state.vms.get(name)
+        paths = session.paths.vm(name)
         unit = units.get(name)
-        created = saved is not None or session.paths.vm(name).disk.exists()
+        created = saved is not None or paths.disk.exists()
+        state = _STATES.get(unit) if unit is not None else None
+        state = state or ("exited" if created else "not-created")
+        run = read_run(paths)
+        since, restarts, health = 0, 0, None
         if unit is not None and unit.running:
-            status = "active"
-            if inst is not None and has_health(inst.vm):
-                target = ssh_target(project, inst, session.state)
-                ok = target is not None and await probe.reachable(target, timeout=2)
-                status = "ready" if ok else "starting"
-        elif unit is systemd_dbus.ActiveState.FAILED:
-            status = "failed"
-        elif created:
-            status = "stopped"
-        else:
-            status = "not-created"
+            status = await session.manager.status(session.vm_unit(name))
+            since, restarts = status.active_enter_usec, status.n_restarts
+            if run is not None and run.is_of(since):
+                restarts += run.restarts
+                if run.guest == "paused" and state == "running":
+                    state = "paused"
+            kept = read_health(paths) if inst is not None and has_health(inst.vm) else None
+            health = kept.status.value if kept is not None and kept.is_of(since) else None
+            if health is None and inst is not None and has_health(inst.vm):
+                health = "starting"  # nothing kept of this QEMU yet
+        started_at = since / 1e6 if since else None
         vm = inst.vm if inst else None
         size = None
         if vm is not None and vm.image is not None:
             size = vm.disk.size or "image"
+        ended = run if run is not None and run.ended_at is not None and not since else None
         rows[name] = VmRow(
             name=name,
-            status=status,
+            state=state,
+            status=status_text(
+                state,
+                health,
+                started_at,
+                ended.ended_at if ended else None,
+                ended.exit_code if ended else None,
+                now,
+            ),
+            health=health,
+            started_at=started_at,
+            ports=list(saved.ports) if saved and since else [],
+            restarts=restarts,
             unit=session.vm_unit(name),
             cpu=vm.cpu if vm else None,
             memory=vm.memory if vm else None,
@@ -89,6 +123,34 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         for name in names:
             nursery.start_soon(one, name)
     return [rows[n] for n in names]
+
+
+def status_text(
+    state: str,
+    health: str | None,
+    started_at: float | None,
+    ended_at: float | None,
+    exit_code: int | None,
+    now: float,
+) -> str:
+    """STATUS as docker shows it, shorter: ``running (healthy) 12m``, ``exited (0) 2m ago``."""
+    if state in ("running", "paused") and started_at is not None:
+        kept = f" ({health})" if health else ""
+        return f"{state}{kept} {age(now - started_at)}"
+    if state in ("exited", "failed") and ended_at is not None:
+        code = f" ({exit_code})" if exit_code is not None else ""
+        return f"{state}{code} {age(now - ended_at)} ago"
+    return state
+
+
+def age(seconds: float) -> str:
+    """40s, 12m, 5h, 3d: seconds under a minute, minutes under two hours, hours under two
+    days (as docker's "About an hour" does not say how long)."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "m" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,11 @@ class VmPaths:
         return self.directory / "health.json"
 
     @property
+    def run_record(self) -> Path:
+        """What the supervisor keeps of the VM's run (supervisor.runs.RunRecord)."""
+        return self.directory / "run.json"
+
+    @property
     def console_socket(self) -> Path:
         return self.sockets / "console.sock"
 

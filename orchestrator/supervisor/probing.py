@@ -34,7 +34,11 @@ from .supervised import Probe
 
 log = logging.getLogger(__name__)
 
-READY_CONNECT_TIMEOUT = 60.0  # a login while the guest boots, under a host busy with TCG
+# A login while the guest boots: a connection accepted by QEMU's user-mode network before the
+# guest's sshd listens may hang until this bound, so the first attempts are short; each one
+# that ran out of time doubles it, up to what a host busy with TCG guests may need.
+READY_CONNECT_FIRST = 5.0
+READY_CONNECT_TIMEOUT = 60.0
 READY_TIMEOUT = 900.0  # a login and cloud-init's end (it may provision for minutes)
 HANDSHAKES = 8  # SSH handshakes under way at once, across the project's VMs
 
@@ -77,6 +81,7 @@ class VmProber:
         self._wake = trio.Event()
         self._probing: trio.CancelScope | None = None
         self._reconnect = False
+        self._connect_timeout = READY_CONNECT_FIRST
 
     # -- what the supervisor sees ---------------------------------------------------------------
 
@@ -89,6 +94,7 @@ class VmProber:
         if since == self._since:
             return
         self._since = since
+        self._connect_timeout = READY_CONNECT_FIRST
         if since == 0:
             self.kept = None
         else:
@@ -114,6 +120,7 @@ class VmProber:
         if old is None:
             return
         self.kept = KeptHealth(self.rules, self._since, checked=old.checked)
+        self._connect_timeout = READY_CONNECT_FIRST
         self._write()
         if old.record.status is not HealthStatus.STARTING:
             change = HealthChange(old.record.status, HealthStatus.STARTING, 0, "the guest reset")
@@ -161,9 +168,12 @@ class VmProber:
             command = self.spec.command or "true"
             outcome = await self.shell.probe(command, timeout=self.rules.timeout)
         else:
+            bound = self._connect_timeout
             outcome = await self.shell.probe(
-                probe.READY_COMMAND, timeout=READY_TIMEOUT, connect_timeout=READY_CONNECT_TIMEOUT
+                probe.READY_COMMAND, timeout=READY_TIMEOUT, connect_timeout=bound
             )
+            if outcome.exit_code != 0 and self.clock() - start >= bound:
+                self._connect_timeout = min(bound * 2, READY_CONNECT_TIMEOUT)
         return ProbeResult.of(start, self.clock(), outcome.exit_code, outcome.output)
 
     def _write(self) -> None:

@@ -11,7 +11,9 @@ for each of them:
 - feeds the QMP events to the VM's lifecycle machine (lifecycle.py, which applies its
   ``restart:`` policy) and carries out what it decides;
 - keeps the health of each VM that has one (probing.py): probes it while its guest runs,
-  writes its ``health.json`` and each change of its state (``health_status``) to the log.
+  writes its ``health.json`` and each change of its state (``health_status``) to the log;
+- keeps what `ps` shows of each run (runs.py, ``run.json``): the guest's QMP status
+  (running, paused, ...), the restarts it made in place, how the unit ended.
 
 A crash of QEMU itself is systemd's to restart (the VM unit's Restart=on-failure).
 """
@@ -52,6 +54,7 @@ from .lifecycle import (
     VmLifecycle,
 )
 from .probing import HANDSHAKES, VmProber
+from .runs import RunKeeper
 from .supervised import Watched, read_supervised
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,7 @@ class ProjectSupervisor:
         self._handshakes = trio.CapacityLimiter(HANDSHAKES)
         self._since: dict[str, int] = {}  # by VM: its unit's ActiveEnterTimestamp, 0 if not
         self._runs: dict[str, bool] = {}  # by VM: QMP says its guest runs
+        self.runs = RunKeeper(self.paths)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -156,6 +160,7 @@ class ProjectSupervisor:
         self._since[vm] = since = status.active_enter_usec if status.is_active else 0
         if vm in self.probers:
             self.probers[vm][0].unit_active(since)
+        self.runs.unit(vm, status)
         now = (status.active_state.value, status.sub_state)
         before = self._logged_units.get(status.name)
         unmade = not status.exists and now == ("inactive", "dead")
@@ -179,6 +184,7 @@ class ProjectSupervisor:
 
     def _see_guest(self, vm: str, event: SessionEvent) -> None:
         """What probing needs of QMP: whether the guest runs, and when it rebooted."""
+        self.runs.guest(vm, event)
         prober = self.probers.get(vm, (None,))[0]
         if isinstance(event, GuestReset):
             if prober is not None:
@@ -235,6 +241,7 @@ class ProjectSupervisor:
                 await session.execute("cont")
                 data = {"attempt": command.attempt}
                 self._record(vm, "RESTARTED", data, source="supervisor")
+                self.runs.restarted(vm)
             elif isinstance(command, Quit):
                 with contextlib.suppress(qmp.VmGoneError, qmp.SessionStateError):
                     await session.execute("quit")

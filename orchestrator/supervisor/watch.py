@@ -67,6 +67,12 @@ def format_record(record: EventRecord) -> str:
         words = [record.event.lower(), str(data.pop("status", ""))]
         if detail:
             words.append(detail)
+    elif record.event == "health_status":  # healthy -> unhealthy (streak 3): its last output
+        streak = data.get("failing_streak", 0)
+        output = str(data.get("output", "")).strip().splitlines()[-1:]
+        words = [record.event, f"{data.get('old')} -> {data.get('new')}"]
+        words += [f"(failing streak {streak})"] if streak else []
+        words += [f"last output: {output[0][:120]!r}"] if output else []
     else:
         words = [record.event, *(f"{k}={_value(v)}" for k, v in data.items())]
     return f"{stamp} {record.vm or '-':<16} {' '.join(words)}"

@@ -48,7 +48,7 @@ async def test_up_ps_stop_destroy_from_python(
         assert len(ports) == len(set(ports)) == 4
         assert ports[-1] == 8080
         rows = {row.name: row for row in await api.ps(project, bus=bus)}
-        assert rows["a"].status == rows["b"].status == "active"
+        assert rows["a"].state == rows["b"].state == "running"
         assert rows["a"].unit == "qemu-compose-api-a.service"
         async with api.events(project, "a", since="all") as stream:
             with trio.fail_after(10):
@@ -66,8 +66,8 @@ async def test_up_ps_stop_destroy_from_python(
                     if record.event == "STOP":
                         break
         assert trio.current_time() - started < 15  # firmware only: no grace period to wait out
-        assert (await api.ps(project, "b", bus=bus))[0].status == "stopped"
+        assert (await api.ps(project, "b", bus=bus))[0].state == "exited"
     finally:
         await api.destroy(project, bus=bus)
-    assert {row.status for row in await api.ps(project, bus=bus)} == {"not-created"}
+    assert {row.state for row in await api.ps(project, bus=bus)} == {"not-created"}
     assert os.path.isdir(tmp_path / ".qemu-compose")

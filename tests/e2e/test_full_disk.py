@@ -77,7 +77,7 @@ def test_up_on_a_full_disk_fails_clearly_and_converges(small: Place) -> None:
         again = small.compose("up", "-d", "--progress", "plain", cwd=project)
         assert again.returncode == 0, again.stderr
         rows = small.compose("ps", "--format", "json", cwd=project)
-        assert '"status":"active"' in rows.stdout, rows.stdout
+        assert '"state":"running"' in rows.stdout, rows.stdout
     finally:
         gone = small.compose("destroy", "--progress", "quiet", cwd=project)
         assert gone.returncode == 0, gone.stderr

@@ -153,7 +153,7 @@ vms:
         )
         assert up.returncode == 0, up.stderr
         rows = ps_rows(tmp_path, user_manager)
-        assert {r["status"] for r in rows.values()} == {"ready"}
+        assert {(r["state"], r["health"]) for r in rows.values()} == {("running", "healthy")}
         addresses = {name: row["addresses"]["lan"] for name, row in rows.items()}
         assert len(set(addresses.values())) == 3
         web = rows["web"]["ssh_port"]
@@ -172,7 +172,9 @@ vms:
         info = json.loads(
             compose("inspect", "web", "--format", "json", cwd=tmp_path, manager=user_manager).stdout
         )
-        assert (info["status"], info["qemu_status"]) == ("ready", "running")
+        assert (info["state"], info["qemu_status"]) == ("running", "running")
+        assert info["health"]["status"] == "healthy"
+        assert info["health"]["log"][-1]["exit_code"] == 0
         lan = next(n for n in info["networks"] if n["name"] == "lan")
         assert (lan["address"], lan["dhcp"]) == (addresses["web"], "active")
         assert info["volumes"][0]["host_path"] == str(site)

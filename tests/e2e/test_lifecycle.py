@@ -79,7 +79,7 @@ def test_watchers_inspect_logs_and_restart(project: Path, user_manager: ManagerH
     info = compose("inspect", "b", "--format", "json", cwd=project, manager=user_manager)
     assert info.returncode == 0, info.stderr
     data = json.loads(info.stdout)
-    assert (data["status"], data["qemu_status"]) == ("active", "running")
+    assert (data["state"], data["qemu_status"]) == ("running", "running")
     assert data["unit"]["name"] == "qemu-compose-life-b.service"
     assert data["unit"]["main_pid"] > 0
     saved = json.loads((project / ".qemu-compose/console-password").read_text())
@@ -153,7 +153,7 @@ def test_a_cli_killed_mid_up_converges_and_leaks_nothing(
     assert first.returncode == -signal.SIGKILL
     again = compose("up", "-d", "--progress", "json", cwd=project, manager=user_manager)
     assert again.returncode == 0, again.stderr
-    assert {r["status"] for r in ps_rows(project, user_manager).values()} == {"active"}
+    assert {r["state"] for r in ps_rows(project, user_manager).values()} == {"running"}
     vm_units = [f"qemu-compose-crash-{n}.service" for n in names]
     assert units(user_manager, "qemu-compose-crash-*") == sorted(
         [*vm_units, "qemu-compose-crash-supervisor.service"]
@@ -216,4 +216,4 @@ def test_a_frozen_qemu_is_said_so_and_stopped(project: Path, user_manager: Manag
     [done] = [e for e in events(stopped.stdout) if e["stage"] == "stop" and e["status"] == "done"]
     assert done["detail"].startswith("QEMU did not answer QMP within 5 s (frozen or hung)")
     assert "Errno" not in done["detail"]
-    assert ps_rows(project, user_manager)["a"]["status"] == "stopped"
+    assert ps_rows(project, user_manager)["a"]["state"] == "exited"

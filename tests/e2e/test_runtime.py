@@ -66,7 +66,8 @@ def test_a_dag_of_30_vms_starts_in_dependency_order(
                 assert started[name] >= running[need], f"{name} started before {need} ran"
     rows = ps_rows(project, user_manager)
     assert sorted(rows) == sorted(n for layer in layers for n in layer)
-    assert {r["status"] for r in rows.values()} == {"active"}
+    assert {r["state"] for r in rows.values()} == {"running"}
+    assert {r["health"] for r in rows.values()} == {None}  # no OS: no health
     again = compose("up", "--dry-run", cwd=project, manager=user_manager)
     assert {line.split()[1] for line in again.stdout.splitlines()} == {"keep"}
     gone = compose("destroy", "--progress", "quiet", cwd=project, manager=user_manager)
@@ -75,7 +76,7 @@ def test_a_dag_of_30_vms_starts_in_dependency_order(
         "list-units", "--all", "--plain", "--no-legend", "qemu-compose-dag-*"
     ).stdout
     assert units.strip() == ""
-    assert {r["status"] for r in ps_rows(project, user_manager).values()} == {"not-created"}
+    assert {r["state"] for r in ps_rows(project, user_manager).values()} == {"not-created"}
 
 
 def test_tiny_guests_ready_in_order_stop_gracefully_and_come_back(
@@ -123,7 +124,9 @@ vms:
             compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout
         )
     }
-    assert rows["db"]["status"] == rows["web"]["status"] == "ready"
+    assert rows["db"]["health"] == rows["web"]["health"] == "healthy"  # the supervisor's word
+    assert rows["web"]["state"] == "running"
+    assert rows["web"]["status"].startswith("running (healthy) ")
     assert rows["db"]["ssh_port"] != rows["web"]["ssh_port"]
     # `ssh VM command`: the project key, the guest's host key recorded on first contact
     for _ in range(2):
@@ -157,7 +160,7 @@ vms:
             compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout
         )
     }
-    assert rows["web"]["status"] == "ready"
+    assert rows["web"]["health"] == "healthy"
 
 
 def test_a_busy_project_names_the_holder(project: Path, user_manager: ManagerHandle) -> None:
@@ -188,12 +191,12 @@ def test_a_vm_that_cannot_start_fails_clearly_and_the_others_come_up(
     assert "after-bad: bad failed" in result.stderr
     assert "Traceback" not in result.stderr
     rows = {
-        r["name"]: r["status"]
+        r["name"]: r["state"]
         for r in json.loads(
             compose("ps", "--format", "json", cwd=project, manager=user_manager).stdout
         )
     }
-    assert rows["good"] == "active"
+    assert rows["good"] == "running"
 
 
 def test_three_replicas_and_one_that_powers_off_comes_back(
@@ -219,7 +222,7 @@ vms:
     assert result.returncode == 0, result.stderr
     rows = ps_rows(project, user_manager)
     assert sorted(rows) == ["web-1", "web-2", "web-3"]
-    assert {r["status"] for r in rows.values()} == {"ready"}
+    assert {r["health"] for r in rows.values()} == {"healthy"}
     assert len({r["ssh_port"] for r in rows.values()}) == 3
     for name in rows:
         out = compose("ssh", name, "hostname", cwd=project, manager=user_manager, timeout=60)
@@ -234,8 +237,8 @@ vms:
             "watch", "--since", "all", "--no-follow", "--json", "web-2",
             cwd=project, manager=user_manager,
         )  # fmt: skip
-        if '"RESTARTED"' in replay.stdout and ps_rows(project, user_manager)["web-2"]["status"] == (
-            "ready"
+        if '"RESTARTED"' in replay.stdout and ps_rows(project, user_manager)["web-2"]["health"] == (
+            "healthy"
         ):
             break
         time.sleep(1)
@@ -250,4 +253,6 @@ vms:
     assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
     logs = compose("logs", "web-2", "--source", "console", cwd=project, manager=user_manager)
     assert logs.stdout.count("tiny-init: ssh ready") == 2  # booted twice, one console log
-    assert {r["status"] for r in ps_rows(project, user_manager).values()} == {"ready"}
+    rows = ps_rows(project, user_manager)
+    assert {r["health"] for r in rows.values()} == {"healthy"}
+    assert [rows[n]["restarts"] for n in sorted(rows)] == [0, 1, 0]  # in place, by the supervisor

@@ -89,7 +89,7 @@ def test_a_lost_state_file_loses_no_disk_and_leaks_nothing(
     else:
         state.write_text("{}" if loss == "emptied" else "{not json")
     rows = ps_rows(project, user_manager)  # read-only, and it rebuilds what it shows
-    assert {rows["a"]["status"], rows["b"]["status"]} == {"active"}
+    assert {rows["a"]["state"], rows["b"]["state"]} == {"running"}
     assert rows["a"]["ssh_port"] is not None
     plan = dry_run(project, user_manager)
     assert plan["a"][0] == plan["b"][0] == "keep", plan  # adopted, never recreated
@@ -138,12 +138,12 @@ def test_two_projects_of_one_name_do_not_take_each_other_over(
     assert refused.returncode == 1
     assert f"project 'same' already runs from {first} (its VMs: web)" in refused.stderr
     assert "-p" in refused.stderr
-    assert ps_rows(second, user_manager)["web"]["status"] == "not-created"
+    assert ps_rows(second, user_manager)["web"]["state"] == "not-created"
     for command in ("stop", "destroy"):  # nothing of the first is touched
         refused = compose(command, "--progress", "json", cwd=second, manager=user_manager)
         assert refused.returncode == 1, (command, refused.stderr)
         assert f"project 'same' already runs from {first}" in refused.stderr
-    assert ps_rows(first, user_manager)["web"]["status"] == "active"
+    assert ps_rows(first, user_manager)["web"]["state"] == "running"
     assert units(user_manager, "qemu-compose-same-supervisor.service") == [
         "qemu-compose-same-supervisor.service"
     ]
@@ -167,7 +167,7 @@ def test_unit_names_as_the_spec_has_them_and_a_colliding_one_is_refused(
     refused = compose("up", "-d", "--progress", "plain", cwd=second, manager=user_manager)
     assert refused.returncode == 1
     assert "qemu-compose-a-b-c.service is taken by vm c of project a-b" in refused.stderr
-    assert ps_rows(first, user_manager)["c"]["status"] == "active"
+    assert ps_rows(first, user_manager)["c"]["state"] == "running"
 
 
 def test_a_unit_of_an_earlier_version_is_still_found_stopped_and_destroyed(
@@ -194,12 +194,12 @@ def test_a_unit_of_an_earlier_version_is_still_found_stopped_and_destroyed(
         elsewhere = project / "elsewhere"  # the same name, but it never knew that VM
         elsewhere.mkdir()
         (elsewhere / "qemu-compose.yaml").write_text((project / "qemu-compose.yaml").read_text())
-        assert ps_rows(elsewhere, user_manager)["web"]["status"] == "not-created"
+        assert ps_rows(elsewhere, user_manager)["web"]["state"] == "not-created"
         refused = compose("stop", "--progress", "quiet", cwd=elsewhere, manager=user_manager)
         assert refused.returncode == 1
         assert "already runs from elsewhere (started by an earlier" in refused.stderr
         rows = ps_rows(project, user_manager)
-        assert (rows["web"]["status"], rows["web"]["unit"]) == ("active", legacy)
+        assert (rows["web"]["state"], rows["web"]["unit"]) == ("running", legacy)
         assert dry_run(project, user_manager)["web"][0] == "keep"
         stopped = compose("stop", "--progress", "quiet", cwd=project, manager=user_manager)
         assert stopped.returncode == 0, stopped.stderr

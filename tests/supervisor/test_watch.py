@@ -62,3 +62,15 @@ def test_a_step_of_up_as_a_line() -> None:
 def test_a_project_event_and_values_with_spaces() -> None:
     line = format_record(record(vm="", event="EVENTS_LOST", data={"why": "two words", "n": 3}))
     assert line.endswith(" -                EVENTS_LOST why='two words' n=3")
+
+
+def test_a_change_of_health_as_a_line() -> None:
+    data = {"old": "healthy", "new": "unhealthy", "failing_streak": 3, "output": "a\nno file\n"}
+    line = format_record(record(event="health_status", source="health", data=data))
+    assert line.endswith(
+        " web              health_status healthy -> unhealthy (failing streak 3)"
+        " last output: 'no file'"
+    )
+    data = {"old": "starting", "new": "healthy", "failing_streak": 0, "output": ""}
+    line = format_record(record(event="health_status", source="health", data=data))
+    assert line.endswith(" web              health_status starting -> healthy")

@@ -15,12 +15,16 @@ EXE = str(Path(sys.executable).parent / "qemu-compose")
 
 
 def compose(
-    *args: str, cwd: Path, manager: ManagerHandle, timeout: float = 600
+    *args: str,
+    cwd: Path,
+    manager: ManagerHandle,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [EXE, *args],
         cwd=cwd,
-        env=compose_env(cwd, manager),
+        env={**compose_env(cwd, manager), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
