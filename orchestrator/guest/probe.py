@@ -10,6 +10,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import trio
 import trio_asyncio
@@ -42,50 +43,57 @@ class Outcome:
 class GuestShell:
     """One SSH connection to a guest, opened at the first command, kept for the next ones,
     opened again after it broke: a probe every few seconds costs a channel, not a handshake.
-    Handshakes (the costly part, for host and guest) take a token of ``handshakes``.
+    A handshake (the costly part, for host and guest) takes a token of the limiter the
+    caller gives, waited for before the probe's own deadline starts.
     """
 
-    def __init__(self, target: SshTarget, handshakes: trio.CapacityLimiter) -> None:
+    def __init__(self, target: SshTarget) -> None:
         self.target = target
-        self.handshakes = handshakes
         self.connections = 0  # handshakes made so far
         self._conn: object | None = None  # an asyncssh.SSHClientConnection
 
     async def probe(
-        self, command: str, *, timeout: float, connect_timeout: float | None = None
+        self,
+        command: str,
+        *,
+        timeout: float,
+        handshakes: trio.CapacityLimiter,
+        connect_timeout: float | None = None,
     ) -> Outcome:
         """Run ``command`` within ``timeout`` (a handshake bounded by ``connect_timeout``
         too); never raises but trio's cancellation. A kept connection that turns out broken
         (the guest paused a long while, say) is opened again once before the probe fails; a
         timeout or a failure closes it: the next probe starts afresh."""
         try:
-            with trio.fail_after(timeout):
-                outcome: Outcome
-                if self._conn is not None:
+            if self._conn is not None:
+                with trio.fail_after(timeout):
                     try:
-                        outcome = await trio_asyncio.aio_as_trio(self._run)(
+                        outcome: Outcome = await trio_asyncio.aio_as_trio(self._run)(
                             self._conn, command, timeout
                         )
-                    except (OSError, _ssh_error()):
+                    except _broken_connection():  # the command did not run: once more
                         await self.aclose()
                     else:
                         return outcome
-                await self._open(min(timeout, connect_timeout or timeout))
-                outcome = await trio_asyncio.aio_as_trio(self._run)(self._conn, command, timeout)
-                return outcome
+            async with handshakes:
+                with trio.fail_after(timeout):
+                    await self._open(min(timeout, connect_timeout or timeout))
+                    return cast(
+                        Outcome,
+                        await trio_asyncio.aio_as_trio(self._run)(self._conn, command, timeout),
+                    )
         except trio.TooSlowError:
             await self.aclose()
             return Outcome(TIMED_OUT, f"timed out after {timeout:g} s".encode())
-        except (OSError, TimeoutError, _ssh_error()) as err:
+        except (OSError, TimeoutError, ValueError, _ssh_error()) as err:  # ValueError: the key
             await self.aclose()
             return Outcome(SSH_FAILED, f"ssh: {_describe(err)}".encode())
 
     async def _open(self, timeout: float) -> None:
-        async with self.handshakes:
-            with trio.move_on_after(timeout):
-                self._conn = await trio_asyncio.aio_as_trio(self._connect)(timeout)
-                self.connections += 1
-                return
+        with trio.move_on_after(timeout):
+            self._conn = await trio_asyncio.aio_as_trio(self._connect)(timeout)
+            self.connections += 1
+            return
         raise TimeoutError(f"no login within {timeout:g} s")
 
     async def _connect(self, timeout: float) -> object:
@@ -128,13 +136,21 @@ class GuestShell:
             conn.close()
             await conn.wait_closed()
 
-        with trio.move_on_after(5), trio.CancelScope(shield=True):
+        with trio.move_on_after(5) as scope:
+            scope.shield = True  # (a bound of its own: the caller may be cancelled)
             await trio_asyncio.aio_as_trio(close)()
 
 
 def _describe(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _broken_connection() -> tuple[type[Exception], ...]:
+    """What a command on a kept connection raises when the connection itself is gone."""
+    import asyncssh
+
+    return (OSError, asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError)
 
 
 def _ssh_error() -> type[Exception]:

@@ -29,7 +29,7 @@ from .teardown import networks_in_use
 @dataclass(frozen=True, slots=True)
 class VmRow:
     name: str
-    state: str  # not-created, starting, running, paused, stopping, exited, failed
+    state: str  # not-created, starting, running, paused, restarting, stopping, exited, failed
     status: str  # as docker shows it: "running (healthy) 12m", "exited (0) 2m ago", ...
     health: str | None  # starting, healthy, unhealthy; None: none kept (no OS, not running)
     started_at: float | None  # when its QEMU started (seconds since the epoch), if it runs
@@ -79,17 +79,20 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         state = state or ("exited" if created else "not-created")
         run = read_run(paths)
         since, restarts, health = 0, 0, None
-        if unit is not None and unit.running:
+        if unit in (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING):
             status = await session.manager.status(session.vm_unit(name))
             since, restarts = status.active_enter_usec, status.n_restarts
+            guest = ""
             if run is not None and run.is_of(since):
                 restarts += run.restarts
-                if run.guest == "paused" and state == "running":
-                    state = "paused"
-            kept = read_health(paths) if inst is not None and has_health(inst.vm) else None
-            health = kept.status.value if kept is not None and kept.is_of(since) else None
-            if health is None and inst is not None and has_health(inst.vm):
-                health = "starting"  # nothing kept of this QEMU yet
+                guest = run.guest
+            if guest == "paused":
+                state = "paused"
+            elif guest in ("shutdown", "guest-panicked"):  # its restart policy's backoff
+                state = "restarting"
+            if inst is not None and has_health(inst.vm) and state != "restarting":
+                kept = read_health(paths)
+                health = kept.status.value if kept is not None and kept.is_of(since) else "starting"
         started_at = since / 1e6 if since else None
         vm = inst.vm if inst else None
         size = None

@@ -7,6 +7,7 @@ what it keeps of it; completed successfully: it powered off cleanly.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import trio
@@ -17,16 +18,13 @@ from orchestrator.config.topology import Instance, dependencies
 from orchestrator.errors import QemuComposeError
 from orchestrator.progress import Stage, Status
 from orchestrator.supervisor.eventlog import EventLog
-from orchestrator.supervisor.health import (
-    HealthRecord,
-    HealthStatus,
-    UnhealthyError,
-    has_health,
-    read_health,
-)
+from orchestrator.supervisor.health import HealthRecord, HealthStatus, UnhealthyError, read_health
+from orchestrator.supervisor.supervised import Probe
 
 from .session import Session
+from .supervision import probe_of
 
+log = logging.getLogger(__name__)
 RUNNING_TIMEOUT = 60.0  # from the start job's end until QMP says the VM runs
 
 
@@ -146,41 +144,86 @@ class HealthTimeoutError(QemuComposeError):
 async def wait_healthy(
     session: Session, board: HealthBoard, inst: Instance, timeout: float
 ) -> None:
-    """Until the supervisor says the VM's QEMU (the one its unit runs now) is healthy; it
-    probes, this reads what it keeps (``health.json``). UnhealthyError once it is unhealthy."""
-    if not has_health(inst.vm):
+    """Until the supervisor says the VM's QEMU (the one its unit runs now), judged by the
+    file's healthcheck, is healthy; it probes, this reads what it keeps (``health.json``).
+    UnhealthyError once it is unhealthy; QemuEndedError when its unit stops meanwhile."""
+    spec = probe_of(session.project, inst, session.state)
+    if spec is None:
         return
-    name = inst.name
-    paths = session.paths.vm(name)
-    since = (await session.manager.status(session.vm_unit(name))).active_enter_usec
-    checked = bool(inst.vm.healthcheck and inst.vm.healthcheck.test)
-    stage = Stage.SSH
-    session.report(name, stage, Status.WORKING, "the supervisor logs in")
-    record: HealthRecord | None = None
-    with trio.move_on_after(timeout):
-        while True:
-            record = read_health(paths)
-            if record is not None and record.is_of(since):
-                if stage is Stage.SSH and record.ready_at is not None:
-                    session.report(name, stage, Status.DONE)
-                    stage = Stage.HEALTH
-                    if checked:
-                        session.report(name, stage, Status.WORKING, "its healthcheck")
-                if record.status is HealthStatus.HEALTHY:
-                    if checked:
-                        session.report(name, Stage.HEALTH, Status.DONE, "healthy")
-                    return
-                if record.status is HealthStatus.UNHEALTHY:
-                    raise UnhealthyError(f"unhealthy{_last_probe(record)}")
-            await board.changed(name, at_most=1.0)
-    if record is None or not record.is_of(since):
-        unit = session.supervisor_unit()
+    unit = session.vm_unit(inst.name)
+    status = await session.manager.status(unit)
+    if not status.is_active:
+        raise QemuEndedError(f"its unit is {status.active_state} ({status.describe_exit()})")
+    found: list[HealthRecord | None] = [None]
+    ended: list[systemd_dbus.UnitStatus] = []
+    healthy, unhealthy = False, None
+    async with trio.open_nursery() as nursery:  # nothing raised in here: no exception group
+        nursery.start_soon(_until_unit_stops, session, unit, ended, nursery.cancel_scope)
+        with trio.move_on_after(timeout):
+            try:
+                await _until_healthy(session, board, inst, status.active_enter_usec, spec, found)
+                healthy = True
+            except UnhealthyError as err:
+                unhealthy = err
+        nursery.cancel_scope.cancel()
+    if unhealthy is not None:
+        raise unhealthy
+    if healthy:
+        return
+    if ended:
+        raise QemuEndedError(f"QEMU ended ({ended[0].describe_exit()})")
+    record = found[0]
+    if record is None:
         raise HealthTimeoutError(
             f"not healthy within {timeout:g} s: the supervisor keeps no health of it "
-            f"(is {unit} running? its journal says why not)"
+            f"(is {session.supervisor_unit()} running? its journal says why not)"
         )
     what = record.status.value if record.ready_at is not None else "starting, SSH not ready"
     raise HealthTimeoutError(f"not healthy within {timeout:g} s: {what}{_last_probe(record)}")
+
+
+async def _until_unit_stops(
+    session: Session, unit: str, ended: list[systemd_dbus.UnitStatus], scope: trio.CancelScope
+) -> None:
+    """Note the unit's end and stop the wait; a watch that fails leaves the wait alone."""
+    try:
+        async with session.manager.watch([unit]) as changes:
+            async for status in changes:
+                if not status.is_active:
+                    ended.append(status)
+                    scope.cancel()
+                    return
+    except systemd_dbus.SystemdError as err:
+        log.warning("cannot follow %s while waiting for its health: %s", unit, err)
+
+
+async def _until_healthy(
+    session: Session,
+    board: HealthBoard,
+    inst: Instance,
+    since: int,
+    spec: Probe,
+    found: list[HealthRecord | None],
+) -> None:
+    name, check = inst.name, spec.check()
+    stage = Stage.SSH
+    session.report(name, stage, Status.WORKING, "the supervisor logs in")
+    while True:
+        record = read_health(session.paths.vm(name))
+        if record is not None and record.is_of(since, check):
+            found[0] = record
+            if stage is Stage.SSH and record.ready_at is not None:
+                session.report(name, stage, Status.DONE)
+                stage = Stage.HEALTH
+                if spec.command is not None:
+                    session.report(name, stage, Status.WORKING, "its healthcheck")
+            if record.status is HealthStatus.HEALTHY:
+                if spec.command is not None:
+                    session.report(name, Stage.HEALTH, Status.DONE, "healthy")
+                return
+            if record.status is HealthStatus.UNHEALTHY:
+                raise UnhealthyError(f"unhealthy{_last_probe(record)}")
+        await board.changed(name, at_most=1.0)
 
 
 def _last_probe(record: HealthRecord) -> str:

@@ -124,11 +124,13 @@ class HealthRecord(msgspec.Struct, kw_only=True):
     failing_streak: int = 0
     log: list[ProbeResult] = []  # the last LOG_LENGTH, oldest first
     since: int = 0  # the QEMU it is about: its unit's ActiveEnterTimestamp (µs)
+    check: str = ""  # the check it is judged by (supervised.Probe.check)
     ready_at: float | None = None  # when SSH first answered (and cloud-init was done)
 
-    def is_of(self, since: int) -> bool:
-        """The record is about the QEMU whose unit became active at ``since``."""
-        return since != 0 and self.since == since
+    def is_of(self, since: int, check: str | None = None) -> bool:
+        """The record is about the QEMU whose unit became active at ``since`` (and judged by
+        ``check``, when one is given)."""
+        return since != 0 and self.since == since and check in (None, self.check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,18 +165,18 @@ class KeptHealth:
     ``changed`` says the record changed since the caller last wrote it.
     """
 
-    def __init__(self, rules: HealthRules, since: int, *, checked: bool) -> None:
+    def __init__(self, rules: HealthRules, since: int, *, checked: bool, check: str = "") -> None:
         self.rules = rules
         self.checked = checked
         self.health: Health | None = None  # None until ready
-        self.record = HealthRecord(since=since)
+        self.record = HealthRecord(since=since, check=check)
         self.changed = True
         self._observed = False  # a probe was taken since readiness
 
     @classmethod
     def resumed(cls, rules: HealthRules, record: HealthRecord, *, checked: bool) -> KeptHealth:
         """Go on from a record an earlier supervisor kept of the same QEMU."""
-        kept = cls(rules, record.since, checked=checked)
+        kept = cls(rules, record.since, checked=checked, check=record.check)
         kept.record = record
         kept.changed = False
         kept._observed = True
@@ -211,10 +213,11 @@ class KeptHealth:
         return self.observe(result)
 
     def observe(self, result: ProbeResult) -> HealthChange | None:
-        """Take one probe's result (its end is the time it counts at); the change it makes."""
+        """Take one probe's result (in the start period or not by when it began, as docker
+        judges); the change it makes."""
         assert self.health is not None, "a VM is probed once ready"
         old = self.health.status
-        new = self.health.record(result.passed, result.end)
+        new = self.health.record(result.passed, result.start)  # as docker: when it began
         self.record.status = new
         self.record.failing_streak = self.health.failures  # as docker: not in the start period
         self._observed = True

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from orchestrator.errors import QemuComposeError
 from orchestrator.guest import probe
 from orchestrator.state.paths import VmPaths
 
@@ -64,6 +65,7 @@ class VmProber:
         handshakes: trio.CapacityLimiter,
         on_change: Callable[[str, HealthChange], None],
         *,
+        reconnects: trio.CapacityLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.vm = vm
@@ -72,8 +74,11 @@ class VmProber:
         self.paths = paths
         self.on_change = on_change
         self.clock = clock
+        self.check = spec.check()
+        self.handshakes = handshakes  # logins while guests boot
+        self.reconnects = reconnects or handshakes  # logins again for a check: never behind those
         target = probe.SshTarget("127.0.0.1", spec.port, spec.user, Path(spec.key))
-        self.shell = probe.GuestShell(target, handshakes)
+        self.shell = probe.GuestShell(target)
         self.kept: KeptHealth | None = None  # None: no QEMU runs that we know of
         self.running = False  # QMP says the guest runs
         self.probes = 0  # probes run so far (readiness attempts included)
@@ -82,6 +87,7 @@ class VmProber:
         self._probing: trio.CancelScope | None = None
         self._reconnect = False
         self._connect_timeout = READY_CONNECT_FIRST
+        self.retired = False  # replaced, or its VM no longer watched: it says nothing more
 
     # -- what the supervisor sees ---------------------------------------------------------------
 
@@ -100,11 +106,17 @@ class VmProber:
         else:
             record = read_health(self.paths)
             checked = self.spec.command is not None
-            if record is not None and record.is_of(since):
+            if record is not None and record.is_of(since, self.check):
                 self.kept = KeptHealth.resumed(self.rules, record, checked=checked)
             else:
-                self.kept = KeptHealth(self.rules, since, checked=checked)
-            self._write()
+                self.kept = KeptHealth(self.rules, since, checked=checked, check=self.check)
+                self._write()
+                if record is not None and record.since == since:  # the same QEMU, a new check
+                    self._say(
+                        HealthChange(
+                            record.status, HealthStatus.STARTING, 0, "its healthcheck changed"
+                        )
+                    )
         self._changed()
 
     def guest_runs(self, running: bool) -> None:
@@ -119,13 +131,15 @@ class VmProber:
         old = self.kept
         if old is None:
             return
-        self.kept = KeptHealth(self.rules, self._since, checked=old.checked)
+        self.kept = KeptHealth(self.rules, self._since, checked=old.checked, check=self.check)
         self._connect_timeout = READY_CONNECT_FIRST
         self._write()
-        if old.record.status is not HealthStatus.STARTING:
-            change = HealthChange(old.record.status, HealthStatus.STARTING, 0, "the guest reset")
-            self.on_change(self.vm, change)
+        self._say(HealthChange(old.record.status, HealthStatus.STARTING, 0, "the guest reset"))
         self._changed()
+
+    def _say(self, change: HealthChange) -> None:
+        if change.old is not change.new and not self.retired:
+            self.on_change(self.vm, change)
 
     def _changed(self) -> None:
         self._reconnect = True
@@ -155,7 +169,7 @@ class VmProber:
                 change = kept.attempted(result) if not kept.ready else kept.observe(result)
                 self._write()  # first: whoever the change wakes reads the file
                 if change is not None:
-                    self.on_change(self.vm, change)
+                    self._say(change)
                 with trio.move_on_after(kept.next_delay(self.clock())):
                     await self._wake.wait()
         finally:
@@ -166,11 +180,16 @@ class VmProber:
         self.probes += 1
         if kept.ready:
             command = self.spec.command or "true"
-            outcome = await self.shell.probe(command, timeout=self.rules.timeout)
+            outcome = await self.shell.probe(
+                command, timeout=self.rules.timeout, handshakes=self.reconnects
+            )
         else:
             bound = self._connect_timeout
             outcome = await self.shell.probe(
-                probe.READY_COMMAND, timeout=READY_TIMEOUT, connect_timeout=bound
+                probe.READY_COMMAND,
+                timeout=READY_TIMEOUT,
+                connect_timeout=bound,
+                handshakes=self.handshakes,
             )
             if outcome.exit_code != 0 and self.clock() - start >= bound:
                 self._connect_timeout = min(bound * 2, READY_CONNECT_TIMEOUT)
@@ -178,10 +197,10 @@ class VmProber:
 
     def _write(self) -> None:
         kept = self.kept
-        if kept is None or not kept.changed:
+        if kept is None or not kept.changed or self.retired:
             return
         try:
             write_health(self.paths, kept.record)
             kept.changed = False
-        except OSError as err:  # destroyed meanwhile, or a full disk: the next write retries
-            log.warning("cannot write the health of %s: %s", self.vm, err)
+        except (OSError, QemuComposeError) as err:  # destroyed meanwhile, or a full disk
+            log.warning("cannot write the health of %s: %s", self.vm, err)  # the next retries

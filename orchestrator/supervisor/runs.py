@@ -12,6 +12,7 @@ import time
 import msgspec
 
 import systemd_dbus
+from orchestrator.errors import QemuComposeError
 from orchestrator.state.files import atomic_write
 from orchestrator.state.paths import ProjectPaths, VmPaths
 from qmp.events import Resume, Shutdown, Stop
@@ -98,7 +99,7 @@ class RunKeeper:
     def _write(self, vm: str) -> None:
         try:
             write_run(self.paths.vm(vm), self._kept[vm])
-        except OSError as err:  # destroyed meanwhile, or a full disk: the next change retries
+        except (OSError, QemuComposeError) as err:  # destroyed meanwhile, or a full disk
             log.warning("cannot write the run record of %s: %s", vm, err)
 
     def guest(self, vm: str, event: SessionEvent) -> None:

@@ -58,6 +58,7 @@ from .runs import RunKeeper
 from .supervised import Watched, read_supervised
 
 log = logging.getLogger(__name__)
+PROBER_RESTART = 5.0  # seconds before a prober that failed runs again
 
 
 class ProjectSupervisor:
@@ -82,7 +83,8 @@ class ProjectSupervisor:
         self._unit_watchers: dict[str, trio.CancelScope] = {}  # one task a unit
         self._logged_units: dict[str, tuple[str, str]] = {}
         self.probers: dict[str, tuple[VmProber, trio.CancelScope]] = {}
-        self._handshakes = trio.CapacityLimiter(HANDSHAKES)
+        self._handshakes = trio.CapacityLimiter(HANDSHAKES)  # logins to booting guests
+        self._reconnects = trio.CapacityLimiter(HANDSHAKES)  # logins again, for checks
         self._since: dict[str, int] = {}  # by VM: its unit's ActiveEnterTimestamp, 0 if not
         self._runs: dict[str, bool] = {}  # by VM: QMP says its guest runs
         self.runs = RunKeeper(self.paths)
@@ -128,13 +130,19 @@ class ProjectSupervisor:
         for name, (prober, scope) in list(self.probers.items()):
             watched = vms.get(name)
             if watched is None or watched.probe != prober.spec:
+                prober.retired = True  # a probe it already finished writes nothing
                 scope.cancel()
                 del self.probers[name]
         for name, watched in vms.items():
             if watched.probe is None or name in self.probers or self._nursery is None:
                 continue
             prober = VmProber(
-                name, watched.probe, self.paths.vm(name), self._handshakes, self._health_changed
+                name,
+                watched.probe,
+                self.paths.vm(name),
+                self._handshakes,
+                self._health_changed,
+                reconnects=self._reconnects,
             )
             prober.unit_active(self._since.get(name, 0))
             prober.guest_runs(self._runs.get(name, False))
@@ -142,8 +150,18 @@ class ProjectSupervisor:
             self._nursery.start_soon(self._probe, prober, scope)
 
     async def _probe(self, prober: VmProber, scope: trio.CancelScope) -> None:
+        """The prober's task: whatever goes wrong in it is logged and it starts again, a
+        while later; the supervisor (restart policies, the event log) never ends with it."""
         with scope:
-            await prober.run()
+            while True:
+                try:
+                    await prober.run()
+                except Exception as err:  # a bug of ours or a library's: not the VM's end
+                    log.exception("probing %s failed", prober.vm)
+                    self._record(
+                        prober.vm, "SUPERVISOR_ERROR", {"error": repr(err)}, source="health"
+                    )
+                await trio.sleep(PROBER_RESTART)
 
     def _health_changed(self, vm: str, change: HealthChange) -> None:
         self._record(vm, "health_status", change.data(), source="health")
@@ -190,8 +208,8 @@ class ProjectSupervisor:
             if prober is not None:
                 prober.guest_reset()
             return
-        if isinstance(event, SessionOpened):
-            runs = event.status == "running"
+        if isinstance(event, SessionOpened):  # (its status unknown: probe, rather than not)
+            runs = event.status == "running" or event.status is None
         elif isinstance(event, Resume):
             runs = True
         elif isinstance(event, Stop | Shutdown | SessionClosed):

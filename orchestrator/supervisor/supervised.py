@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +24,13 @@ class Probe(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retries: int = 3
     start_period: float = 0.0
     start_interval: float = 5.0
+
+    def check(self) -> str:
+        """What its health is judged by (the command and the rules): a record kept under
+        another check is not this one's."""
+        rules = (self.command, self.interval, self.timeout, self.retries, self.start_period,
+                 self.start_interval)  # fmt: skip
+        return hashlib.sha256(msgspec.json.encode(rules)).hexdigest()[:16]
 
 
 class Watched(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -32,6 +32,7 @@ def test_ages_are_short_and_never_round_up(seconds: float, text: str) -> None:
         (("failed", None, None, NOW, None), "failed 0s ago"),
         (("not-created", None, None, None, None), "not-created"),
         (("starting", None, None, None, None), "starting"),
+        (("restarting", None, NOW - 5, None, None), "restarting"),  # in its policy's backoff
     ],
 )
 def test_status_reads_as_docker_ps(args: tuple[str, str | None, float | None, float | None,

@@ -26,6 +26,7 @@ from orchestrator.supervisor.health import (
     read_health,
     write_health,
 )
+from orchestrator.supervisor.supervised import Probe
 
 RULES = HealthRules(interval=30, timeout=5, retries=3, start_period=60, start_interval=5)
 
@@ -171,3 +172,15 @@ def test_the_kept_health_is_read_back_whole_or_not_at_all(tmp_path: Path) -> Non
     assert vm.health.stat().st_mode & 0o777 == 0o600
     vm.health.write_text('{"status": "healthy", "log": [')  # cut short by someone else
     assert read_health(vm) is None
+
+
+def test_a_record_is_of_one_qemu_and_one_check() -> None:
+    spec = Probe(port=2222, user="dev", key="/k", command="true")
+    assert spec.check() == Probe(port=2300, user="root", key="/j", command="true").check()
+    assert spec.check() != Probe(port=2222, user="dev", key="/k", command="false").check()
+    assert spec.check() != Probe(port=2222, user="dev", key="/k", command="true", retries=4).check()
+    record = HealthRecord(since=5, check=spec.check())
+    assert record.is_of(5)  # whatever the check (ps: what is kept of this QEMU)
+    assert record.is_of(5, spec.check())
+    assert not record.is_of(5, "another")
+    assert not record.is_of(6, spec.check())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -243,3 +244,40 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_a_changed_check_starts_afresh_and_a_bad_key_fails_only_its_probes(
+    rig: Rig, sshd: Sshd, tmp_path: Path
+) -> None:
+    first = rig.prober("api", sshd, "true")
+    first.unit_active(9)
+    first.guest_runs(True)
+    await until(lambda: status(first) is HealthStatus.HEALTHY)
+    first.retired = True  # as the supervisor replaces it: a new healthcheck in the file
+    shutil.rmtree(tmp_path / "api2", ignore_errors=True)
+    second = VmProber(
+        "api", Probe(port=sshd.port, user="probe", key=str(sshd.key), command="false",
+                     interval=0.2, retries=1),
+        first.paths, rig.handshakes, lambda vm, c: rig.changes.append((vm, c)),
+    )  # fmt: skip
+    assert second.spec.check() != first.spec.check()
+    second.unit_active(9)  # the same QEMU, judged by the new check: not the old record
+    record = read_health(second.paths)
+    assert record is not None
+    assert (record.status, record.check) == (HealthStatus.STARTING, second.spec.check())
+    assert rig.changes[-1][1].output == "its healthcheck changed"
+    rig.nursery.start_soon(second.run)
+    second.guest_runs(True)
+    await until(lambda: status(second) is HealthStatus.UNHEALTHY)
+    assert rig.seen("api") == [HealthStatus.HEALTHY, HealthStatus.STARTING, HealthStatus.UNHEALTHY]
+    garbage = tmp_path / "not-a-key"
+    garbage.write_text("this is no key\n")
+    garbage.chmod(0o600)
+    broken = rig.prober("broken", Sshd(sshd.port, garbage), None)
+    broken.unit_active(1)
+    broken.guest_runs(True)
+    await until(lambda: (r := read_health(broken.paths)) is not None and bool(r.log))
+    record = read_health(broken.paths)
+    assert record is not None
+    assert record.log[0].exit_code == SSH_FAILED  # said, and the prober (the supervisor) lives
+    await until(lambda: broken.probes >= 2)
