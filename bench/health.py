@@ -27,28 +27,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.systemd_units import user_manager_env
-from bench.whole_tool import median_cli, no_disk_project, timed_cli
+from bench.whole_tool import median_cli, no_disk_project
 from tests.guest_images.build import build
 
 EXE = str(Path(sys.executable).parent / "qemu-compose")
 
 
 def tiny_project(directory: Path, name: str, n: int, interval: str) -> Path:
+    """N tiny guests (g1..gN), each with a check of its own every ``interval``."""
     tiny = build("tiny")
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "qemu-compose.yaml").write_text(
-        f"""name: {name}
-vms:
-  g:
-    boot: {{kernel: {tiny}/vmlinuz, initrd: {tiny}/initrd.img, cmdline: console=ttyS0 quiet}}
-    memory: 128
-    cpu: 1
-    user: dev
-    replicas: {n}
-    healthcheck: {{test: ["CMD", "true"], interval: {interval}}}
-"""
-    )
+    lines = [f"name: {name}", "x-tiny: &tiny", f"  boot: {{kernel: {tiny}/vmlinuz, "
+             f"initrd: {tiny}/initrd.img, cmdline: console=ttyS0 quiet}}",
+             "  memory: 128", "  cpu: 1", "  user: dev",
+             f"  healthcheck: {{test: [CMD, 'true'], interval: {interval}}}", "vms:"]  # fmt: skip
+    lines += [f"  g{i}: {{<<: *tiny}}" for i in range(1, n + 1)]
+    (directory / "qemu-compose.yaml").write_text("\n".join(lines) + "\n")
     return directory
+
+
+def healthy(project_dir: Path) -> int:
+    count = 0
+    for path in (project_dir / ".qemu-compose").glob("*/health.json"):
+        count += json.loads(path.read_text())["status"] == "healthy"
+    return count
 
 
 def cli(exe: str, args: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -126,14 +128,20 @@ def measure(args: argparse.Namespace, root: Path, env: dict[str, str]) -> None:
     n = args.guests
     print(f"\n## b. the supervisor while {n} tiny guests sit healthy (checks every 5 s)")
     project = tiny_project(root / "t30", "t30", n, "5s")
-    took, _ = timed_cli(["up", "-d", "--wait", "--progress", "quiet"], project, env)
+    started = time.perf_counter()
+    for wave in range(0, n, 10):  # 30 TCG boots at once on 2 cores: some kernels panic
+        names = [f"g{i}" for i in range(wave + 1, min(n, wave + 10) + 1)]
+        up = ["up", "-d", "--wait", "--wait-timeout", "300", "--progress", "quiet", *names]
+        subprocess.run([EXE, *up], cwd=project, env=env, capture_output=True, check=False)
+    took = time.perf_counter() - started
     time.sleep(10)  # past the first checks
     cpu0, t0 = supervisor_cpu("t30", env), time.time()
     time.sleep(args.window)
     cpu1, t1 = supervisor_cpu("t30", env), time.time()
     last = 24.0  # the kept log holds a VM's last 5 checks: 25 s of them
     probes = probes_between(project, t1 - last, t1)
-    print(f"| up -d --wait of {n} tiny guests | {took:.1f} s |")
+    print(f"| up -d --wait of {n} tiny guests, 10 at a time | {took:.1f} s,"
+          f" {healthy(project)} healthy |")  # fmt: skip
     print(f"| supervisor CPU over {t1 - t0:.0f} s | {(cpu1 - cpu0) / (t1 - t0) * 100:.1f} %"
           " of one core |")  # fmt: skip
     print(f"| checks in the last {last:.0f} s | {probes} (every 5 s: {n * last / 5:.0f}) |")

@@ -370,6 +370,18 @@ class SystemdManager:
             status = status.updated({k: v.value for k, v in svc_props.items()})
         return status
 
+    async def started(self, name: str) -> tuple[int, int]:
+        """(ActiveEnterTimestamp in µs, NRestarts) of a loaded service: what `ps` shows of a
+        running unit, in two small Gets rather than the ~300 properties of `status`."""
+        path = unit_object_path(name)
+        (since,) = await self._call(
+            "Get", "ss", [UNIT_IFACE, "ActiveEnterTimestamp"], path=path, interface=PROPERTIES_IFACE
+        )
+        (restarts,) = await self._call(
+            "Get", "ss", [SERVICE_IFACE, "NRestarts"], path=path, interface=PROPERTIES_IFACE
+        )
+        return int(since.value), int(restarts.value)
+
     async def list_units(self, prefix: str) -> list[UnitSummary]:
         """The loaded units whose names start with ``prefix``, sorted by name."""
         (rows,) = await self._call("ListUnits")

@@ -80,8 +80,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         run = read_run(paths)
         since, restarts, health = 0, 0, None
         if unit in (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING):
-            status = await session.manager.status(session.vm_unit(name))
-            since, restarts = status.active_enter_usec, status.n_restarts
+            since, restarts = await session.manager.started(session.vm_unit(name))
             guest = ""
             if run is not None and run.is_of(since):
                 restarts += run.restarts

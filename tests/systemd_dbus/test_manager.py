@@ -46,6 +46,7 @@ async def test_start_stop_round_trip(user_manager: ManagerHandle) -> None:
         assert (status.active_state, status.sub_state) == ("active", "running")
         assert status.main_pid > 0
         assert status.active_enter_usec > 0
+        assert await manager.started(name) == (status.active_enter_usec, 0)  # (NRestarts)
         assert os.path.exists(f"/proc/{status.main_pid}")
         assert [u.name for u in await manager.list_units("qc-test-rt-")] == [name]
         assert user_manager.systemctl("show", "-p", "Description", name).stdout.strip() == (
