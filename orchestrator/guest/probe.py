@@ -50,6 +50,7 @@ class GuestShell:
     def __init__(self, target: SshTarget) -> None:
         self.target = target
         self.connections = 0  # handshakes made so far
+        self.handshake_took: float | None = None  # seconds the last probe's login took
         self._conn: object | None = None  # an asyncssh.SSHClientConnection
 
     async def probe(
@@ -61,31 +62,44 @@ class GuestShell:
         connect_timeout: float | None = None,
     ) -> Outcome:
         """Run ``command`` within ``timeout`` (a handshake bounded by ``connect_timeout``
-        too); never raises but trio's cancellation. A kept connection that turns out broken
-        (the guest paused a long while, say) is opened again once before the probe fails; a
-        timeout or a failure closes it: the next probe starts afresh."""
+        too; the wait for its token does not count); never raises but trio's cancellation.
+        A kept connection that turns out broken (the guest paused a long while, say) is
+        opened again once, within what is left of the same deadline; a timeout or a failure
+        closes it: the next probe starts afresh. ``handshake_took`` says how long a login
+        of this probe took (None: none was made)."""
+        self.handshake_took = None
+        left = timeout
         try:
             if self._conn is not None:
+                began = trio.current_time()
                 with trio.fail_after(timeout):
                     try:
                         outcome: Outcome = await trio_asyncio.aio_as_trio(self._run)(
                             self._conn, command, timeout
                         )
-                    except _broken_connection():  # the command did not run: once more
+                    except _broken_connection() as err:  # the connection, not the command
+                        if isinstance(err, TimeoutError):
+                            raise
                         await self.aclose()
                     else:
                         return outcome
-            async with handshakes:
-                with trio.fail_after(timeout):
-                    await self._open(min(timeout, connect_timeout or timeout))
-                    return cast(
-                        Outcome,
-                        await trio_asyncio.aio_as_trio(self._run)(self._conn, command, timeout),
-                    )
+                left = max(0.0, timeout - (trio.current_time() - began))  # one deadline
+            async with handshakes:  # waited for before the deadline runs; held for the login
+                began = trio.current_time()
+                with trio.fail_after(left):
+                    await self._open(min(left, connect_timeout or left))
+                self.handshake_took = trio.current_time() - began
+            left = max(0.0, left - self.handshake_took)
+            with trio.fail_after(left):
+                return cast(
+                    Outcome, await trio_asyncio.aio_as_trio(self._run)(self._conn, command, left)
+                )
         except trio.TooSlowError:
             await self.aclose()
             return Outcome(TIMED_OUT, f"timed out after {timeout:g} s".encode())
         except (OSError, TimeoutError, ValueError, _ssh_error()) as err:  # ValueError: the key
+            if self.handshake_took is None and self._conn is None:
+                self.handshake_took = trio.current_time() - began
             await self.aclose()
             return Outcome(SSH_FAILED, f"ssh: {_describe(err)}".encode())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ _STATES = {
 
 
 async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
-    """A row for each VM named, in that order: one GetAll a running VM, no SSH."""
+    """A row for each VM named, in that order: two small Gets a running VM, no SSH."""
     project = session.project
     by_name = {i.name: i for i in instances(project.model)}
     units = session.units.vm_states()  # as the session found them
@@ -80,7 +81,14 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         run = read_run(paths)
         since, restarts, health = 0, 0, None
         if unit in (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING):
-            since, restarts = await session.manager.started(session.vm_unit(name))
+            row = session.units.vms.get(name)
+            gone = (systemd_dbus.NoSuchUnitError, systemd_dbus.BusCallError)
+            with contextlib.suppress(*gone):  # collected since ListUnits: as if not running
+                since, restarts = await session.manager.started(
+                    row.name if row is not None else session.vm_unit(name)
+                )
+            if since == 0:  # collected since ListUnits
+                state = "exited" if created else "not-created"
             guest = ""
             if run is not None and run.is_of(since):
                 restarts += run.restarts
@@ -89,7 +97,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
                 state = "paused"
             elif guest in ("shutdown", "guest-panicked"):  # its restart policy's backoff
                 state = "restarting"
-            if inst is not None and has_health(inst.vm) and state != "restarting":
+            if inst is not None and has_health(inst.vm) and state in ("running", "paused"):
                 kept = read_health(paths)
                 health = kept.status.value if kept is not None and kept.is_of(since) else "starting"
         started_at = since / 1e6 if since else None

@@ -16,7 +16,13 @@ from orchestrator.state.files import ProjectState
 from orchestrator.state.identity import Owner, project_dir
 from orchestrator.state.paths import ProjectPaths, vm_unit
 from orchestrator.supervisor.health import HealthRules, has_health
-from orchestrator.supervisor.supervised import Probe, Watched, write_supervised
+from orchestrator.supervisor.supervised import (
+    PROTOCOL,
+    PROTOCOL_VARIABLE,
+    Probe,
+    Watched,
+    write_supervised,
+)
 
 from .launch import ssh_target
 from .observe import UnitTakenError
@@ -83,7 +89,13 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
     if other is not None:
         raise UnitTakenError(f"{unit} is taken by {other}: rename the project with -p")
     if status.active_state.running:
-        return
+        if f"{PROTOCOL_VARIABLE}={PROTOCOL}" in status.environment:
+            return
+        # started by another version of qemu-compose (an upgrade): it would not do what this
+        # one expects of it (keep health, say); a new one takes over, the VMs run on
+        session.report("", Stage.SUPERVISOR, Status.WORKING, "restarting: another version")
+        await session.manager.stop(unit, timeout=30)
+        status = await session.manager.status(unit)
     if status.is_failed:
         await session.manager.reset_failed(unit)
     argv = [sys.executable, "-m", "orchestrator.supervisor"]
@@ -96,6 +108,7 @@ async def ensure_supervisor(session: Session, names: set[str]) -> None:
             description=Owner(
                 "supervisor", session.project.name, "", project_dir(session.project)
             ).describe(),
+            environment={PROTOCOL_VARIABLE: PROTOCOL},
             working_directory=str(session.project.state_dir),
             restart="on-failure",
             restart_sec=1.0,

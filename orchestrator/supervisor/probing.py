@@ -191,7 +191,8 @@ class VmProber:
                 connect_timeout=bound,
                 handshakes=self.handshakes,
             )
-            if outcome.exit_code != 0 and self.clock() - start >= bound:
+            took = self.shell.handshake_took
+            if outcome.exit_code != 0 and took is not None and took >= bound:
                 self._connect_timeout = min(bound * 2, READY_CONNECT_TIMEOUT)
         return ProbeResult.of(start, self.clock(), outcome.exit_code, outcome.output)
 

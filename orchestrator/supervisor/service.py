@@ -58,7 +58,8 @@ from .runs import RunKeeper
 from .supervised import Watched, read_supervised
 
 log = logging.getLogger(__name__)
-PROBER_RESTART = 5.0  # seconds before a prober that failed runs again
+PROBER_RESTART = 5.0  # seconds before a prober that failed runs again, doubling each time
+PROBER_RESTART_MAX = 300.0
 
 
 class ProjectSupervisor:
@@ -153,15 +154,18 @@ class ProjectSupervisor:
         """The prober's task: whatever goes wrong in it is logged and it starts again, a
         while later; the supervisor (restart policies, the event log) never ends with it."""
         with scope:
+            delay, said = PROBER_RESTART, ""
             while True:
                 try:
                     await prober.run()
                 except Exception as err:  # a bug of ours or a library's: not the VM's end
                     log.exception("probing %s failed", prober.vm)
-                    self._record(
-                        prober.vm, "SUPERVISOR_ERROR", {"error": repr(err)}, source="health"
-                    )
-                await trio.sleep(PROBER_RESTART)
+                    if repr(err) != said:  # the same failure again: the journal has it
+                        said = repr(err)
+                        data = {"error": said}
+                        self._record(prober.vm, "SUPERVISOR_ERROR", data, source="supervisor")
+                await trio.sleep(delay)
+                delay = min(delay * 2, PROBER_RESTART_MAX)
 
     def _health_changed(self, vm: str, change: HealthChange) -> None:
         self._record(vm, "health_status", change.data(), source="health")

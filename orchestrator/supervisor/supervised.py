@@ -11,6 +11,12 @@ import msgspec
 
 from orchestrator.state.files import atomic_write
 
+# What the supervisor does, as a number: `up` restarts a running supervisor of another one
+# (an upgrade), which would not keep health, or would keep it otherwise. Raise it with any
+# change of what the supervisor keeps or how.
+PROTOCOL = "2"  # 1: events and restarts; 2: health and runs kept (#14)
+PROTOCOL_VARIABLE = "QEMU_COMPOSE_SUPERVISOR_PROTOCOL"
+
 
 class Probe(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How the supervisor probes a VM's health (supervisor.health has the rules)."""
@@ -26,10 +32,10 @@ class Probe(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start_interval: float = 5.0
 
     def check(self) -> str:
-        """What its health is judged by (the command and the rules): a record kept under
-        another check is not this one's."""
-        rules = (self.command, self.interval, self.timeout, self.retries, self.start_period,
-                 self.start_interval)  # fmt: skip
+        """What its health is judged by (who logs in, the command and the rules): a record
+        kept under another check is not this one's."""
+        rules = (self.user, self.command, self.interval, self.timeout, self.retries,
+                 self.start_period, self.start_interval)  # fmt: skip
         return hashlib.sha256(msgspec.json.encode(rules)).hexdigest()[:16]
 
 

@@ -116,10 +116,12 @@ vms:
 
     # a no-op up --wait reads what the supervisor keeps: it loads no SSH client at all
     again = compose(
-        "up", "-d", "--wait", "--progress", "quiet", "web",
+        "up", "-d", "--wait", "--progress", "json", "web",
         cwd=project, manager=user_manager, env={"PYTHONPROFILEIMPORTTIME": "1"},
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
+    steps = [json.loads(line) for line in again.stdout.splitlines() if line.startswith("{")]
+    assert [s for s in steps if s["stage"] == "supervisor"] == []  # kept: the same version
     imported = [line.split("|")[-1].strip() for line in again.stderr.splitlines() if "|" in line]
     assert "trio" in imported  # (the import list is there)
     assert "asyncssh" not in imported

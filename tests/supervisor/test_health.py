@@ -176,7 +176,8 @@ def test_the_kept_health_is_read_back_whole_or_not_at_all(tmp_path: Path) -> Non
 
 def test_a_record_is_of_one_qemu_and_one_check() -> None:
     spec = Probe(port=2222, user="dev", key="/k", command="true")
-    assert spec.check() == Probe(port=2300, user="root", key="/j", command="true").check()
+    assert spec.check() == Probe(port=2300, user="dev", key="/j", command="true").check()
+    assert spec.check() != Probe(port=2222, user="root", key="/k", command="true").check()
     assert spec.check() != Probe(port=2222, user="dev", key="/k", command="false").check()
     assert spec.check() != Probe(port=2222, user="dev", key="/k", command="true", retries=4).check()
     record = HealthRecord(since=5, check=spec.check())
