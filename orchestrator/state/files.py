@@ -26,13 +26,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 import msgspec
 
 from orchestrator.errors import LockHeldError, StateError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
@@ -173,6 +174,15 @@ def free_space(directory: Path) -> str:
         return "free space unknown"
     amount = f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size // 1024} KiB"
     return f"{amount} free there"
+
+
+def read_struct(path: Path, kind: type[T]) -> T | None:
+    """The ``kind`` (a msgspec type) a small JSON file holds; None when it is missing or
+    cannot be read as one (its writer writes it whole: nothing half-written is ever read)."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=kind)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:

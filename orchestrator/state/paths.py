@@ -28,6 +28,7 @@ from orchestrator.state.files import (
     check_owner,
     check_private_dir,
     private_dir,
+    read_struct,
 )
 from qmp import check_socket_path
 
@@ -216,7 +217,4 @@ def write_record(vm: VmPaths, state: VmState) -> None:
 
 def read_record(vm: VmPaths) -> VmState | None:
     """A VM's own record, if it has one that can be read."""
-    try:
-        return msgspec.json.decode(vm.record.read_bytes(), type=VmState)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    return read_struct(vm.record, VmState)

@@ -20,7 +20,7 @@ import msgspec
 from orchestrator.config.model import Healthcheck, Vm
 from orchestrator.config.quantities import parse_duration
 from orchestrator.errors import QemuComposeError
-from orchestrator.state.files import atomic_write
+from orchestrator.state.files import atomic_write, read_struct
 from orchestrator.state.paths import VmPaths
 
 
@@ -243,7 +243,4 @@ def write_health(vm: VmPaths, record: HealthRecord) -> None:
 
 def read_health(vm: VmPaths) -> HealthRecord | None:
     """The VM's kept health; None when the supervisor keeps none (yet), or it cannot be read."""
-    try:
-        return msgspec.json.decode(vm.health.read_bytes(), type=HealthRecord)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    return read_struct(vm.health, HealthRecord)

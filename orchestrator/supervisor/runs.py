@@ -13,7 +13,7 @@ import msgspec
 
 import systemd_dbus
 from orchestrator.errors import QemuComposeError
-from orchestrator.state.files import atomic_write
+from orchestrator.state.files import atomic_write, read_struct
 from orchestrator.state.paths import ProjectPaths, VmPaths
 from qmp.events import Resume, Shutdown, Stop
 from qmp.supervisor import SessionClosed, SessionEvent, SessionOpened
@@ -38,10 +38,7 @@ def write_run(vm: VmPaths, record: RunRecord) -> None:
 
 
 def read_run(vm: VmPaths) -> RunRecord | None:
-    try:
-        return msgspec.json.decode(vm.run_record.read_bytes(), type=RunRecord)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    return read_struct(vm.run_record, RunRecord)
 
 
 class RunKeeper:
@@ -53,6 +50,10 @@ class RunKeeper:
         self._since: dict[str, int] = {}  # by VM: the run its unit is in (0: none)
         self._guest: dict[str, str] = {}  # by VM: the guest's QMP status, as last seen
         self._kept: dict[str, RunRecord] = {}
+
+    def since(self, vm: str) -> int:
+        """The run the VM's unit is in: its ActiveEnterTimestamp (µs); 0 when not active."""
+        return self._since.get(vm, 0)
 
     def unit(self, vm: str, status: systemd_dbus.UnitStatus) -> None:
         """The unit began a run (a new record) or ended it (its result kept)."""
@@ -118,13 +119,13 @@ class RunKeeper:
         else:
             return
         self._guest[vm] = now
-        record = self._record(vm, self._since.get(vm, 0))
+        record = self._record(vm, self.since(vm))
         if record is not None and record.guest != now and record.ended_at is None:
             record.guest = now
             self._write(vm)
 
     def restarted(self, vm: str) -> None:
-        record = self._record(vm, self._since.get(vm, 0))
+        record = self._record(vm, self.since(vm))
         if record is not None:
             record.restarts += 1
             self._write(vm)

@@ -86,7 +86,6 @@ class ProjectSupervisor:
         self.probers: dict[str, tuple[VmProber, trio.CancelScope]] = {}
         self._handshakes = trio.CapacityLimiter(HANDSHAKES)  # logins to booting guests
         self._reconnects = trio.CapacityLimiter(HANDSHAKES)  # logins again, for checks
-        self._since: dict[str, int] = {}  # by VM: its unit's ActiveEnterTimestamp, 0 if not
         self._runs: dict[str, bool] = {}  # by VM: QMP says its guest runs
         self.runs = RunKeeper(self.paths)
 
@@ -145,7 +144,7 @@ class ProjectSupervisor:
                 self._health_changed,
                 reconnects=self._reconnects,
             )
-            prober.unit_active(self._since.get(name, 0))
+            prober.unit_active(self.runs.since(name))
             prober.guest_runs(self._runs.get(name, False))
             self.probers[name] = (prober, scope := trio.CancelScope())
             self._nursery.start_soon(self._probe, prober, scope)
@@ -179,10 +178,9 @@ class ProjectSupervisor:
                     self._log_unit(vm, status)
 
     def _log_unit(self, vm: str, status: systemd_dbus.UnitStatus) -> None:
-        self._since[vm] = since = status.active_enter_usec if status.is_active else 0
-        if vm in self.probers:
-            self.probers[vm][0].unit_active(since)
         self.runs.unit(vm, status)
+        if vm in self.probers:
+            self.probers[vm][0].unit_active(self.runs.since(vm))
         now = (status.active_state.value, status.sub_state)
         before = self._logged_units.get(status.name)
         unmade = not status.exists and now == ("inactive", "dead")
