@@ -243,16 +243,22 @@ class QmpSession:
         """Events (only ``names``, if given) until the connection ends.
 
         The first stream of a connection starts with the events that came since connect(),
-        so that a supervisor misses none; later ones start now.
+        so that a supervisor misses none; later ones start now. That first stream is given
+        even when the connection has already ended (QEMU exited just after it greeted): what
+        came before the end is delivered, then the stream ends.
         """
-        client = self._require_connected()
+        if self._backlog is not None and self._client is not None:
+            client = self._client
+        else:
+            client = self._require_connected()
         wanted = list(names)
         listener = _Queue(wanted or None)
         client.register_listener(listener)  # no checkpoint between this and taking the backlog
         backlog: list[Any] = []
         if self._backlog is not None:
-            client.remove_listener(self._backlog)
+            # taken before remove_listener, which empties a listener through its clear()
             backlog = [m for m in self._backlog.clear() if not wanted or m["event"] in wanted]
+            client.remove_listener(self._backlog)
             self._backlog = None
         try:
             yield EventStream(self, listener, backlog)

@@ -60,6 +60,28 @@ async def test_stop_resume_powerdown_and_shutdown_events(make_vm: MakeVm) -> Non
     vm.process.wait(timeout=10)  # type: ignore[union-attr]
 
 
+async def test_the_first_stream_delivers_what_came_before_an_early_end(make_vm: MakeVm) -> None:
+    vm = make_vm()
+    async with asyncio_loop():
+        session = QmpSession(vm.supervision_socket)
+        await session.connect()
+        try:
+            async with open_session(vm.control_socket) as control:
+                await control.execute("cont")
+                await control.execute("quit")
+            with trio.fail_after(10):
+                await session.wait_closed()
+            assert session.ended  # QEMU is gone before anyone asked for events
+            async with session.events() as events:
+                seen = [event async for event in events]
+            assert [type(e) for e in seen] == [Resume, Shutdown]
+            with pytest.raises(VmGoneError):  # a later stream: nothing more will come
+                async with session.events():
+                    pass
+        finally:
+            await session.disconnect()
+
+
 async def test_filtered_events(make_vm: MakeVm) -> None:
     vm = make_vm()
     async with open_session(vm.supervision_socket) as session:
