@@ -109,6 +109,22 @@ def test_importing_the_api_leaves_the_runtime_and_the_peers_alone() -> None:
     assert found.strip() == "[]"
 
 
+def test_the_commands_that_only_read_import_no_planner_and_no_launch() -> None:
+    """ps, ssh and inspect (runtime.query, runtime.inspection) are asked often, by scripts:
+    they import neither up's planner, QEMU's command line nor the seed writer (pycdlib)."""
+    code = (
+        "import sys, orchestrator.runtime.query, orchestrator.runtime.inspection; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pycdlib' or m in "
+        "('orchestrator.runtime.plan', 'orchestrator.runtime.launch', "
+        "'orchestrator.runtime.changes', 'orchestrator.guest.qemu_argv', "
+        "'orchestrator.runtime.teardown', 'orchestrator.supervisor.lifecycle')))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"
+
+
 def test_the_checker_sees_imports() -> None:
     """The test above would pass on an empty walk: make sure it reads real imports."""
     found = imported_modules(REPO / "systemd_dbus" / "manager.py")

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pycdlib
 import yaml
 
 from orchestrator.state.files import NO_SPACE, no_space
@@ -250,6 +249,8 @@ def write_seed_iso(path: Path, files: Mapping[str, bytes]) -> None:
     No Joliet: some readers (busybox's findfs, in the tiny test guest) take the Joliet
     volume label, which pycdlib pads with UCS-2 blanks, over the primary one.
     """
+    import pycdlib  # here: what only reads (ps, ssh) never writes a seed
+
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, rock_ridge="1.09", vol_ident="cidata")
     for i, (name, data) in enumerate(sorted(files.items())):

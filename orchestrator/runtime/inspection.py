@@ -26,7 +26,7 @@ from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import ProjectPaths, VmPaths
 from orchestrator.supervisor.health import read_health
 
-from .launch import guest_user
+from .access import guest_user
 from .options import Connection
 from .query import VmRow, vm_rows
 from .session import open_session

@@ -19,18 +19,18 @@ import netcfg
 import systemd_dbus
 from netcfg import Forward
 from orchestrator.config.model import Vm
-from orchestrator.config.project import Project
 from orchestrator.config.quantities import parse_duration
 from orchestrator.config.topology import Instance
-from orchestrator.guest import probe
 from orchestrator.guest.accel import Accel
-from orchestrator.guest.cloudinit import GuestConfig, Nic, default_user, instance_id
+from orchestrator.guest.cloudinit import GuestConfig, Nic, instance_id
 from orchestrator.guest.mounts import mount_layout
 from orchestrator.guest.qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
-from orchestrator.state.files import ProjectState, VmState
+from orchestrator.state.files import VmState
 from orchestrator.state.identity import Owner, state_variable
-from orchestrator.state.paths import ProjectPaths, VmPaths, vm_unit
+from orchestrator.state.paths import VmPaths, vm_unit
 from orchestrator.supervisor.lifecycle import GIVE_UP_SIGNAL
+
+from .access import guest_user
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +59,6 @@ class Launch:
     guest: GuestConfig | None  # what the seed ISO says; None: no OS, no seed
     unit: systemd_dbus.TransientUnit
     macs: dict[str, str]  # netdev -> MAC
-
-
-def guest_user(vm: Vm, saved: VmState | None = None) -> str:
-    """The guest account: the one its disk was made with, else the file's, else the image's
-    default (``debian`` for a Debian image)."""
-    if saved is not None and saved.user:
-        return saved.user
-    return vm.user or default_user(vm.image.source if vm.image else None)
 
 
 def grace_period(vm: Vm | None, override: float | None = None) -> float:
@@ -175,13 +167,3 @@ def recorded(unit: systemd_dbus.TransientUnit, state: VmState) -> systemd_dbus.T
     state file is rebuilt from the running units."""
     name, _, value = state_variable(state).partition("=")
     return dataclasses.replace(unit, environment={**unit.environment, name: value})
-
-
-def ssh_target(project: Project, inst: Instance, state: ProjectState) -> probe.SshTarget | None:
-    """How to reach a created VM's sshd: its forwarded port, its user, the project's key."""
-    saved = state.vms.get(inst.name)
-    if saved is None or saved.ssh_port is None:
-        return None
-    user = inst.vm.ssh.user or guest_user(inst.vm, saved)
-    paths = ProjectPaths(project.state_dir, project.name)
-    return probe.SshTarget("127.0.0.1", saved.ssh_port, user, paths.ssh_dir / "id_ed25519")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import systemd_dbus
 from orchestrator.config.project import Project
@@ -17,7 +18,8 @@ from orchestrator.state.files import ProjectState
 from orchestrator.state.identity import Owner, owner_of, project_dir, state_of, subnet_of
 from orchestrator.state.paths import UNIT_PREFIX, ProjectPaths, read_record
 
-from .plan import Observed, Resources
+if TYPE_CHECKING:  # imported where used: the commands that only read (ps) never plan
+    from .plan import Observed, Resources
 
 log = logging.getLogger(__name__)
 EARLIER = "elsewhere (started by an earlier qemu-compose)"  # an old unit this project never had
@@ -161,6 +163,8 @@ def _addresses(paths: ProjectPaths, network: str) -> dict[str, str]:
 async def observe(
     project: Project, units: ProjectUnits, state: ProjectState
 ) -> dict[str, Observed]:
+    from .plan import Observed
+
     states = units.vm_states()
     paths = ProjectPaths(project.state_dir, project.name)
     with_image = {i.name for i in instances(project.model) if i.vm.image is not None}
@@ -184,6 +188,8 @@ async def observe(
 def observe_resources(project: Project, state: ProjectState, supervisor_running: bool) -> Resources:
     """Which of the file's images are here (cached, or local files), which named volumes
     exist, which networks are created; and whether the project's supervisor runs."""
+    from .plan import Resources
+
     paths = ProjectPaths(project.state_dir, project.name)
     sources = {vm.image.source for vm in project.model.vms.values() if vm.image is not None}
     return Resources(

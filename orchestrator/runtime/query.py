@@ -21,10 +21,9 @@ from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.health import has_health, read_health
 from orchestrator.supervisor.runs import read_run
 
-from .launch import ssh_target
+from .access import ssh_target
 from .options import Connection
 from .session import Session, open_session
-from .teardown import networks_in_use
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +177,7 @@ class NetworkRow:
 async def networks(project: Project, connection: Connection) -> list[NetworkRow]:
     """The project's networks: those of the file and those still created."""
     async with open_session(project, connection, Reporter(), lock=False) as session:
-        in_use = networks_in_use(session.state)
+        in_use = session.state.networks_in_use()
         rows = []
         for name in sorted(set(project.model.networks) | set(session.state.subnets)):
             bridge = netcfg.bridge_name(project.name, name)

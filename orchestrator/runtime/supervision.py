@@ -24,7 +24,7 @@ from orchestrator.supervisor.supervised import (
     write_supervised,
 )
 
-from .launch import ssh_target
+from .access import ssh_target
 from .observe import UnitTakenError
 
 if TYPE_CHECKING:

@@ -19,7 +19,6 @@ from orchestrator.config.topology import instances
 from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
-from orchestrator.state.files import ProjectState
 from orchestrator.state.paths import remove_socket_dir
 
 from .launch import grace_period
@@ -144,7 +143,7 @@ async def destroy(
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(remove_vm, session, name)
-        in_use = networks_in_use(state)
+        in_use = state.networks_in_use()
         await _remove_networks(session, [n for n in state.subnets if n not in in_use])
         if not state.vms:  # (each removal saved the supervised VMs without it)
             await stop_supervisor(session)
@@ -161,22 +160,13 @@ async def destroy(
         return names
 
 
-def networks_in_use(state: ProjectState) -> dict[str, list[str]]:
-    """Each network's created VMs (those with an address on it)."""
-    return {
-        n: sorted(vm for vm in members if vm in state.vms)
-        for n, members in state.addresses.items()
-        if any(vm in state.vms for vm in members)
-    }
-
-
 async def remove_networks(
     project: Project, names: Sequence[str], connection: Connection, report: Reporter
 ) -> list[str]:
     """Remove networks no created VM uses: bridge, dnsmasq unit, subnet claim."""
     async with open_session(project, connection, report) as session:
         state = session.state
-        in_use = networks_in_use(state)
+        in_use = state.networks_in_use()
         known = set(project.model.networks) | set(state.subnets)
         for name in names:
             if name not in known:

@@ -61,6 +61,14 @@ class ProjectState(msgspec.Struct, kw_only=True):
     subnets: dict[str, str] = {}  # network -> subnet, kept across runs
     addresses: dict[str, dict[str, str]] = {}  # network -> vm -> IPv4 address
 
+    def networks_in_use(self) -> dict[str, list[str]]:
+        """Each network's created VMs (those with an address on it)."""
+        return {
+            n: sorted(vm for vm in members if vm in self.vms)
+            for n, members in self.addresses.items()
+            if any(vm in self.vms for vm in members)
+        }
+
 
 def private_dir(path: Path) -> Path:
     """``path`` as a directory that only this user can use: made 0700 if it is not there
