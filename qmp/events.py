@@ -7,6 +7,7 @@ ignored so that newer QEMUs still parse); any other event is a GenericEvent.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgspec
@@ -141,3 +142,28 @@ def parse_event(message: Mapping[str, Any]) -> QmpEvent:
         except msgspec.ValidationError:
             pass  # a QEMU that sends another shape: keep the event, untyped
     return GenericEvent(timestamp=timestamp, event_name=name, payload=data)
+
+
+# What a supervised session (qmp.supervisor) tells besides QEMU's own events.
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """The supervision session is up: a new QEMU, or a new supervisor of a running one."""
+
+    name: ClassVar[str] = "QMP_CONNECTED"
+    status: str | None = None  # query-status's, e.g. "running", "shutdown", "guest-panicked"
+    error: str | None = None  # why the status could not be read
+
+    def data(self) -> dict[str, str | None]:
+        return {"status": self.status} if self.error is None else {"error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    name: ClassVar[str] = "QMP_DISCONNECTED"
+    reason: str  # connection-closed (QEMU exited), supervision-ended (we stopped watching)
+
+    def data(self) -> dict[str, str]:
+        return {"reason": self.reason}
+
+
+SessionEvent = QmpEvent | SessionOpened | SessionClosed

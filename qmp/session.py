@@ -14,7 +14,7 @@ import enum
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 import msgspec
 import trio
@@ -24,6 +24,7 @@ from qemu.qmp import Runstate as ClientRunstate
 
 from .errors import CommandError, QmpConnectError, QmpTimeoutError, SessionStateError, VmGoneError
 from .events import QmpEvent, parse_event
+from .loop import asyncio_loop
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every failed or cancelled connect attempt at ERROR; we retry on purpose and
@@ -69,33 +70,6 @@ class CpuInfo(msgspec.Struct, frozen=True, rename="kebab"):
     qom_path: str
     thread_id: int
     target: str = ""
-
-
-@asynccontextmanager
-async def asyncio_loop() -> AsyncIterator[None]:
-    """Make sure a trio-asyncio loop runs here: reuse the caller's, else open one."""
-    if trio_asyncio.current_loop.get() is not None:
-        yield
-        return
-    try:
-        async with trio_asyncio.open_loop():
-            yield
-    except BaseExceptionGroup as group:
-        _raise_sole(group)
-
-
-def _raise_sole(group: BaseExceptionGroup[BaseException]) -> NoReturn:
-    """Re-raise the one exception trio-asyncio's nurseries wrapped, as callers expect it."""
-    sole: BaseException = group
-    while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
-        sole = sole.exceptions[0]
-    if sole is group:
-        raise group
-    context = sole.__context__
-    try:
-        raise sole
-    finally:
-        sole.__context__ = context
 
 
 class QmpSession:

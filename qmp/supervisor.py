@@ -12,38 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import ClassVar
 
 import trio
 
 from .errors import QmpConnectError, QmpError
-from .events import QmpEvent
-from .session import QmpSession, asyncio_loop
+from .events import SessionClosed, SessionEvent, SessionOpened
+from .loop import asyncio_loop
+from .session import QmpSession
 
-
-@dataclass(frozen=True, slots=True)
-class SessionOpened:
-    """The supervision session is up: a new QEMU, or a new supervisor of a running one."""
-
-    name: ClassVar[str] = "QMP_CONNECTED"
-    status: str | None = None  # query-status's, e.g. "running", "shutdown", "guest-panicked"
-    error: str | None = None  # why the status could not be read
-
-    def data(self) -> dict[str, str | None]:
-        return {"status": self.status} if self.error is None else {"error": self.error}
-
-
-@dataclass(frozen=True, slots=True)
-class SessionClosed:
-    name: ClassVar[str] = "QMP_DISCONNECTED"
-    reason: str  # connection-closed (QEMU exited), supervision-ended (we stopped watching)
-
-    def data(self) -> dict[str, str]:
-        return {"reason": self.reason}
-
-
-SessionEvent = QmpEvent | SessionOpened | SessionClosed
 # Told of every event with the session it came on (to act on it: restart a guest). Called in
 # the VM's task, also as the session closes when cancelled: it must not block.
 Sink = Callable[[str, QmpSession, SessionEvent], None]

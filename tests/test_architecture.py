@@ -111,11 +111,13 @@ def test_importing_the_api_leaves_the_runtime_and_the_peers_alone() -> None:
 
 def test_the_commands_that_only_read_import_no_planner_and_no_launch() -> None:
     """ps, ssh and inspect (runtime.query, runtime.inspection) are asked often, by scripts:
-    they import neither up's planner, QEMU's command line nor the seed writer (pycdlib)."""
+    they import neither up's planner, QEMU's command line, cloud-init's seed nor qemu.qmp
+    (until a command opens a QMP session)."""
     code = (
         "import sys, orchestrator.runtime.query, orchestrator.runtime.inspection; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pycdlib' or m in "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pycdlib', 'qemu') or m in "
         "('orchestrator.runtime.plan', 'orchestrator.runtime.launch', "
+        "'orchestrator.guest.cloudinit', 'qmp.session', "
         "'orchestrator.runtime.changes', 'orchestrator.guest.qemu_argv', "
         "'orchestrator.runtime.teardown', 'orchestrator.supervisor.lifecycle')))"
     )

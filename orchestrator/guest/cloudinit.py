@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,34 +22,6 @@ from orchestrator.state.files import NO_SPACE, no_space
 PROVISION_DIR = "/var/lib/qemu-compose/provision"
 SEED_MIN_BYTES = 1 << 20
 NINE_P_OPTIONS = "trans=virtio,version=9p2000.L,msize=262144,nofail"
-
-# Default users of the cloud images people use, found from the image's name (as the spec).
-_OS_USERS = (
-    ("fedora", "fedora"),
-    ("ubuntu", "ubuntu"),
-    ("debian", "debian"),
-    ("centos", "centos"),
-    ("rhel", "cloud-user"),
-    ("rocky", "rocky"),
-    ("alma", "almalinux"),
-)
-FALLBACK_USER = "cloud-user"
-
-
-def detect_os(image: str | None) -> str | None:
-    """The OS an image's URL or path names (fedora, ubuntu, ...), if any."""
-    if not image:
-        return None
-    name = re.split(r"[/\\]", image)[-1].lower() or image.lower()
-    for os_name, _ in _OS_USERS:
-        if os_name in name:
-            return os_name
-    return None
-
-
-def default_user(image: str | None) -> str:
-    found = detect_os(image)
-    return dict(_OS_USERS).get(found, FALLBACK_USER) if found else FALLBACK_USER
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import struct
 import time
 from collections.abc import Collection, Iterator
@@ -350,3 +351,32 @@ def prune(directory: Path | None = None, *, keep: Collection[str] = ()) -> list[
         remove_image(info)
         removed.append(info)
     return removed
+
+
+# Default users of the cloud images people use, found from the image's name (as the spec).
+_OS_USERS = (
+    ("fedora", "fedora"),
+    ("ubuntu", "ubuntu"),
+    ("debian", "debian"),
+    ("centos", "centos"),
+    ("rhel", "cloud-user"),
+    ("rocky", "rocky"),
+    ("alma", "almalinux"),
+)
+FALLBACK_USER = "cloud-user"
+
+
+def detect_os(image: str | None) -> str | None:
+    """The OS an image's URL or path names (fedora, ubuntu, ...), if any."""
+    if not image:
+        return None
+    name = re.split(r"[/\\]", image)[-1].lower() or image.lower()
+    for os_name, _ in _OS_USERS:
+        if os_name in name:
+            return os_name
+    return None
+
+
+def default_user(image: str | None) -> str:
+    found = detect_os(image)
+    return dict(_OS_USERS).get(found, FALLBACK_USER) if found else FALLBACK_USER

@@ -10,7 +10,7 @@ from orchestrator.config.model import Vm
 from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance
 from orchestrator.guest import probe
-from orchestrator.guest.cloudinit import default_user
+from orchestrator.guest.images import default_user
 from orchestrator.state.files import ProjectState, VmState
 from orchestrator.state.paths import ProjectPaths
 

@@ -18,8 +18,7 @@ from orchestrator.config.model import Vm
 from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, dependencies, select_one
 from orchestrator.errors import StateError
-from orchestrator.guest.cloudinit import detect_os
-from orchestrator.guest.images import image_path
+from orchestrator.guest.images import detect_os, image_path
 from orchestrator.guest.secrets import ConsolePassword, read_console_password
 from orchestrator.progress import Reporter
 from orchestrator.state.files import ProjectState

@@ -22,8 +22,7 @@ import signal
 from dataclasses import dataclass, field
 
 from orchestrator.config.model import RestartPolicy
-from qmp.events import GuestPanicked, Powerdown, Shutdown
-from qmp.supervisor import SessionEvent, SessionOpened
+from qmp.events import GuestPanicked, Powerdown, SessionEvent, SessionOpened, Shutdown
 
 # Giving up on a VM: a signal QEMU does not handle (it ends it, without a core dump) and that
 # systemd is told not to restart on (RestartPreventExitStatus=SIGPWR): the unit ends failed.

@@ -15,8 +15,7 @@ import systemd_dbus
 from orchestrator.errors import QemuComposeError
 from orchestrator.state.files import atomic_write, read_struct
 from orchestrator.state.paths import ProjectPaths, VmPaths
-from qmp.events import Resume, Shutdown, Stop
-from qmp.supervisor import SessionClosed, SessionEvent, SessionOpened
+from qmp.events import Resume, SessionClosed, SessionEvent, SessionOpened, Shutdown, Stop
 
 log = logging.getLogger(__name__)
 

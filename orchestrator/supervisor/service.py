@@ -35,9 +35,9 @@ import qmp
 import systemd_dbus
 from orchestrator.config.model import RestartPolicy
 from orchestrator.state.paths import ProjectPaths
-from qmp.events import QmpEvent, Resume, Shutdown, Stop
+from qmp.events import QmpEvent, Resume, SessionClosed, SessionEvent, SessionOpened, Shutdown, Stop
 from qmp.events import Reset as GuestReset
-from qmp.supervisor import SessionClosed, SessionEvent, SessionOpened, Supervisor
+from qmp.supervisor import Supervisor
 
 from .eventlog import EventLog
 from .health import HealthChange

@@ -15,8 +15,6 @@ from orchestrator.guest.cloudinit import (
     FSTAB_SCRIPT,
     GuestConfig,
     Nic,
-    default_user,
-    detect_os,
     instance_id,
     merge,
     meta_data,
@@ -27,6 +25,7 @@ from orchestrator.guest.cloudinit import (
     volume_mount,
     write_seed_iso,
 )
+from orchestrator.guest.images import default_user, detect_os
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import trio
 
 from qmp import QmpSession, open_session
-from qmp.events import QmpEvent
-from qmp.supervisor import SessionClosed, SessionEvent, SessionOpened, Supervisor
+from qmp.events import QmpEvent, SessionClosed, SessionEvent, SessionOpened
+from qmp.supervisor import Supervisor
 from tests.support.qemu import Vm
 
 MakeVm = Callable[..., Vm]

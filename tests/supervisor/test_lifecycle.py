@@ -24,9 +24,16 @@ from orchestrator.supervisor.lifecycle import (
     backoff,
     decide,
 )
-from qmp.events import GuestPanicked, Powerdown, Resume, Shutdown, Stop
+from qmp.events import (
+    GuestPanicked,
+    Powerdown,
+    Resume,
+    SessionClosed,
+    SessionOpened,
+    Shutdown,
+    Stop,
+)
 from qmp.events import Reset as ResetEvent
-from qmp.supervisor import SessionClosed, SessionOpened
 
 # -- decisions ------------------------------------------------------------------------------------
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.runs import RunKeeper, RunRecord, read_run
-from qmp.events import Resume, Shutdown, Stop
-from qmp.supervisor import SessionClosed, SessionOpened
+from qmp.events import Resume, SessionClosed, SessionOpened, Shutdown, Stop
 from systemd_dbus import ActiveState, UnitStatus
 
 T = 1_700_000_000_000_000  # µs
