@@ -10,6 +10,7 @@ Every call and every wait has a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import signal
@@ -220,10 +221,63 @@ class SystemdManager:
         except trio.TooSlowError:
             raise SystemdTimeoutError(member, limit) from None
         except Exception as err:
-            if self._gone.is_set() or self._bus.connected is False:
-                self._mark_gone(f"the connection to {self.address} was lost")
-                raise ManagerGoneError(f"{member}: {self._gone_reason}") from err
+            self._raise_if_gone(member, err)
             raise
+        return self._body(member, reply, body)
+
+    async def _gets(self, properties: Sequence[tuple[str, str, str]]) -> list[Any]:
+        """Many property Gets ((object path, interface, property)) in one crossing to asyncio,
+        pipelined on the bus: each value, or the SystemdError its reply was. A hundred VMs'
+        Gets one by one cost a trio task and an asyncio task each, the most of a `ps`."""
+        self._require(Runstate.CONNECTED)
+        bus = self._bus
+        assert bus is not None
+        messages = [
+            Message(
+                destination=BUS_NAME,
+                path=path,
+                interface=PROPERTIES_IFACE,
+                member="Get",
+                signature="ss",
+                body=[interface, name],
+            )
+            for path, interface, name in properties
+        ]
+
+        async def send_all() -> list[Message | BaseException | None]:
+            pending = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)  # as _in_flight bounds the others
+
+            async def one(message: Message) -> Message | None:
+                async with pending:
+                    return await bus.call(message)
+
+            return await asyncio.gather(*(one(m) for m in messages), return_exceptions=True)
+
+        try:
+            with trio.fail_after(self.call_timeout):
+                async with self._in_flight:
+                    replies = await trio_asyncio.aio_as_trio(send_all)()
+        except trio.TooSlowError:
+            raise SystemdTimeoutError("Get", self.call_timeout) from None
+        values: list[Any] = []
+        for (_, _, name), reply in zip(properties, replies, strict=True):
+            if isinstance(reply, BaseException):
+                self._raise_if_gone("Get", reply)
+                raise reply
+            try:
+                values.append(self._body("Get", reply, [name])[0].value)
+            except (NoSuchUnitError, BusCallError) as err:
+                values.append(err)
+        return values
+
+    def _raise_if_gone(self, member: str, err: BaseException) -> None:
+        assert self._bus is not None
+        if self._gone.is_set() or self._bus.connected is False:
+            self._mark_gone(f"the connection to {self.address} was lost")
+            raise ManagerGoneError(f"{member}: {self._gone_reason}") from err
+
+    def _body(self, member: str, reply: Message | None, body: Sequence[Any]) -> list[Any]:
+        """A reply's body, or the SystemdError it carries."""
         if reply is None:  # only for NO_REPLY_EXPECTED calls, which we never make
             raise BusCallError(member, "no-reply", "no reply")
         if reply.message_type is MessageType.ERROR:
@@ -370,17 +424,23 @@ class SystemdManager:
             status = status.updated({k: v.value for k, v in svc_props.items()})
         return status
 
-    async def started(self, name: str) -> tuple[int, int]:
-        """(ActiveEnterTimestamp in µs, NRestarts) of a loaded service: what `ps` shows of a
-        running unit, in two small Gets rather than the ~300 properties of `status`."""
-        path = unit_object_path(name)
-        (since,) = await self._call(
-            "Get", "ss", [UNIT_IFACE, "ActiveEnterTimestamp"], path=path, interface=PROPERTIES_IFACE
-        )
-        (restarts,) = await self._call(
-            "Get", "ss", [SERVICE_IFACE, "NRestarts"], path=path, interface=PROPERTIES_IFACE
-        )
-        return int(since.value), int(restarts.value)
+    async def started(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """{unit: (ActiveEnterTimestamp in µs, NRestarts)} of loaded services: what `ps`
+        shows of running units, in two small Gets each (rather than the ~300 properties of
+        `status`), all in one batch. A unit not loaded (collected), or never active, is left out."""
+        wanted = list(dict.fromkeys(names))
+        gets = []
+        for name in wanted:
+            path = unit_object_path(name)
+            gets += [(path, UNIT_IFACE, "ActiveEnterTimestamp"), (path, SERVICE_IFACE, "NRestarts")]
+        values = await self._gets(gets)
+        found = {}
+        for i, name in enumerate(wanted):
+            since, restarts = values[2 * i], values[2 * i + 1]
+            errors = isinstance(since, Exception) or isinstance(restarts, Exception)
+            if not errors and since:  # systemd answers 0 for a unit it has not loaded
+                found[name] = (int(since), int(restarts))
+        return found
 
     async def list_units(self, prefix: str) -> list[UnitSummary]:
         """The loaded units whose names start with ``prefix``, sorted by name."""

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import trio
 
 import netcfg
 import systemd_dbus
@@ -61,15 +58,25 @@ _STATES = {
 }
 
 
+_RUNNING = (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING)
+
+
 async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
-    """A row for each VM named, in that order: two small Gets a running VM, no SSH."""
+    """A row for each VM named, in that order: two small Gets a running VM (one batch for
+    all), no SSH."""
     project = session.project
     by_name = {i.name: i for i in instances(project.model)}
     units = session.units.vm_states()  # as the session found them
-    rows: dict[str, VmRow] = {}
     now = time.time()
+    found = session.units.vms
+    running = {  # VM -> its unit, for the running ones
+        n: found[n].name if n in found else session.vm_unit(n)
+        for n in names
+        if units.get(n) in _RUNNING
+    }
+    started = await session.manager.started(running.values())  # collected since: left out
 
-    async def one(name: str) -> None:
+    def one(name: str) -> VmRow:
         inst = by_name.get(name)
         saved = session.state.vms.get(name)
         paths = session.paths.vm(name)
@@ -79,14 +86,9 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         state = state or ("exited" if created else "not-created")
         run = read_run(paths)
         since, restarts, health = 0, 0, None
-        if unit in (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING):
-            row = session.units.vms.get(name)
-            gone = (systemd_dbus.NoSuchUnitError, systemd_dbus.BusCallError)
-            with contextlib.suppress(*gone):  # collected since ListUnits: as if not running
-                since, restarts = await session.manager.started(
-                    row.name if row is not None else session.vm_unit(name)
-                )
-            if since == 0:  # collected since ListUnits
+        if name in running:
+            since, restarts = started.get(running[name], (0, 0))
+            if since == 0:  # collected since ListUnits: as if not running
                 state = "exited" if created else "not-created"
             guest = ""
             if run is not None and run.is_of(since):
@@ -105,7 +107,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         if vm is not None and vm.image is not None:
             size = vm.disk.size or "image"
         ended = run if run is not None and run.ended_at is not None and not since else None
-        rows[name] = VmRow(
+        return VmRow(
             name=name,
             state=state,
             status=status_text(
@@ -128,10 +130,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
             ssh_port=saved.ssh_port if saved else None,
         )
 
-    async with trio.open_nursery() as nursery:
-        for name in names:
-            nursery.start_soon(one, name)
-    return [rows[n] for n in names]
+    return [one(n) for n in names]
 
 
 def status_text(

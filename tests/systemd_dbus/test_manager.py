@@ -46,7 +46,9 @@ async def test_start_stop_round_trip(user_manager: ManagerHandle) -> None:
         assert (status.active_state, status.sub_state) == ("active", "running")
         assert status.main_pid > 0
         assert status.active_enter_usec > 0
-        assert await manager.started(name) == (status.active_enter_usec, 0)  # (NRestarts)
+        assert await manager.started([name, unit_name("none")]) == {
+            name: (status.active_enter_usec, 0)  # (NRestarts); a unit not loaded is left out
+        }
         assert os.path.exists(f"/proc/{status.main_pid}")
         assert [u.name for u in await manager.list_units("qc-test-rt-")] == [name]
         assert user_manager.systemctl("show", "-p", "Description", name).stdout.strip() == (
@@ -57,6 +59,20 @@ async def test_start_stop_round_trip(user_manager: ManagerHandle) -> None:
         assert (await manager.status(name)).load_state == "not-found"  # collected
         assert await manager.list_units("qc-test-rt-") == []
     assert manager.state is Runstate.CLOSED  # type: ignore[comparison-overlap]
+
+
+async def test_started_of_many_units_in_one_batch(user_manager: ManagerHandle) -> None:
+    """More Gets than may be in flight at once (MAX_CALLS_IN_FLIGHT) go in one batch."""
+    names = [unit_name("many") for _ in range(3)]
+    absent = [unit_name("absent") for _ in range(100)]
+    async with connect(user_manager.bus_address) as manager:
+        try:
+            statuses = [await manager.start(sleeper(n)) for n in names]
+            found = await manager.started([*absent[:50], *names, *absent[50:]])
+            assert found == {s.name: (s.active_enter_usec, 0) for s in statuses}
+        finally:
+            for n in names:
+                await manager.stop(n)
 
 
 async def test_environment_working_directory_and_extra_properties(
