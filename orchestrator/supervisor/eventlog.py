@@ -28,6 +28,7 @@ from inotify_simple import INotify, flags
 
 _SEGMENT = re.compile(r"^events-(\d{8})\.jsonl$")
 _TAIL_BYTES = 64 * 1024  # enough for the last line of any segment
+FIRST_WAIT = 0.05  # a follower's first wait for writes, before it sets up inotify
 
 
 class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +54,10 @@ class EventLog:
         self.directory = directory
         self.max_bytes = max_bytes
         self.keep = keep
+        # What this writer left: (segment number, its (inode, size, mtime) after our append,
+        # the seq written). The next append finds the segment as we left it when nobody
+        # else wrote since, and then needs neither the directory nor the segment's tail.
+        self._left: tuple[int, tuple[int, int, int], int] | None = None
 
     # -- segments -----------------------------------------------------------------------------
 
@@ -107,20 +112,12 @@ class EventLog:
         """Write one record and return it (with its sequence number). OSError when it cannot
         (a full disk): then nothing of it is in the log."""
         with self._locked():
-            segments = self.segments()
-            number = segments[-1][0] if segments else 1
+            number, last_seq, size = self._where_to_append()
+            if size >= self.max_bytes:
+                number += 1
             path = self._segment_path(number)
-            last = None
-            for _, candidate in reversed(segments):
-                last = self._last_record(candidate)
-                if last is not None:
-                    break
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_size >= self.max_bytes:
-                    number += 1
-                    path = self._segment_path(number)
             record = EventRecord(
-                seq=(last.seq + 1) if last else 1,
+                seq=last_seq + 1,
                 time=time.time(),
                 vm=vm,
                 event=event,
@@ -129,15 +126,39 @@ class EventLog:
                 qemu_time=qemu_time,
             )
             line = _encode(record) + b"\n"
+            self._left = None
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 _append_whole(fd, line, path)
+                st = os.fstat(fd)
             finally:
                 os.close(fd)
-            for old, old_path in self.segments()[: -self.keep]:
-                if old < number:
-                    old_path.unlink(missing_ok=True)
+            self._left = (number, (st.st_ino, st.st_size, st.st_mtime_ns), record.seq)
+            if size >= self.max_bytes:  # a new segment: the oldest beyond `keep` go
+                for old, old_path in self.segments()[: -self.keep]:
+                    if old < number:
+                        old_path.unlink(missing_ok=True)
             return record
+
+    def _where_to_append(self) -> tuple[int, int, int]:
+        """(the newest segment's number, the last seq written, that segment's size)."""
+        if self._left is not None:
+            number, left, seq = self._left
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(self._segment_path(number))
+                if (st.st_ino, st.st_size, st.st_mtime_ns) == left:
+                    return number, seq, st.st_size
+        segments = self.segments()
+        number = segments[-1][0] if segments else 1
+        last = None
+        for _, candidate in reversed(segments):
+            last = self._last_record(candidate)
+            if last is not None:
+                break
+        size = 0
+        with contextlib.suppress(FileNotFoundError):
+            size = self._segment_path(number).stat().st_size
+        return number, last.seq if last else 0, size
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -217,6 +238,7 @@ class Follower:
         self._last_seq: int | None = since_seq - 1 if since_seq > 0 else None
         self._pending: list[EventRecord] = []
         self._inotify: INotify | None = None
+        self._waited = False
         if from_end:
             segments = log.segments()
             if segments:
@@ -242,7 +264,14 @@ class Follower:
             self._file = None
 
     async def _wait_for_writes(self) -> None:
-        """Until the directory changes (inotify), or ``poll`` seconds at most."""
+        """Until the directory changes (inotify), or ``poll`` seconds at most.
+
+        The first wait is a short sleep: a follower done within it (a no-op `up --wait`)
+        never sets up inotify, whose close costs 7-20 ms (the kernel's grace period)."""
+        if not self._waited:
+            self._waited = True
+            await trio.sleep(min(self._poll, FIRST_WAIT))
+            return
         if self._inotify is None and self._log.directory.is_dir():
             try:
                 self._inotify = INotify()
@@ -250,7 +279,9 @@ class Follower:
                     self._log.directory, flags.MODIFY | flags.CREATE | flags.MOVED_TO
                 )
             except OSError:  # out of watches, say: polling still works
-                self.close()
+                if self._inotify is not None:
+                    self._inotify.close()
+                self._inotify = None
         if self._inotify is None:
             await trio.sleep(self._poll)
             return

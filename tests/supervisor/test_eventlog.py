@@ -30,6 +30,16 @@ def test_numbering_survives_a_new_writer(tmp_path: Path) -> None:
     assert [r.seq for r in EventLog(tmp_path).read()] == [1, 2]
 
 
+def test_a_writer_sees_what_others_wrote_since_its_last_record(tmp_path: Path) -> None:
+    """A writer that remembers where it left the log checks the log is still as it left it."""
+    a, b = EventLog(tmp_path), EventLog(tmp_path)
+    seqs = [w.append("vm", "X").seq for w in (a, a, b, a, b, b, a)]
+    assert seqs == list(range(1, 8))
+    for path in tmp_path.glob("events-*.jsonl"):  # the log removed (destroy): anew from 1
+        path.unlink()
+    assert a.append("vm", "Y").seq == 1
+
+
 def test_rotation_keeps_numbering_and_deletes_the_oldest(tmp_path: Path) -> None:
     log = EventLog(tmp_path, max_bytes=400, keep=3)
     for i in range(60):
