@@ -142,7 +142,9 @@ class EventLog:
 
     def _where_to_append(self) -> tuple[int, int, int]:
         """(the newest segment's number, the last seq written, that segment's size)."""
-        if self._left is not None:
+        if self._left is not None and self._left[1][1] < self.max_bytes:
+            # Not full when we left it: had another writer written since, it would have
+            # written there (only a full segment makes a writer start the next one).
             number, left, seq = self._left
             with contextlib.suppress(FileNotFoundError):
                 st = os.stat(self._segment_path(number))

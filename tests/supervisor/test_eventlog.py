@@ -40,6 +40,14 @@ def test_a_writer_sees_what_others_wrote_since_its_last_record(tmp_path: Path) -
     assert a.append("vm", "Y").seq == 1
 
 
+def test_a_writer_that_filled_a_segment_sees_the_next_one_another_started(tmp_path: Path) -> None:
+    a, b = EventLog(tmp_path, max_bytes=300), EventLog(tmp_path, max_bytes=300)
+    seqs = [a.append("vm", "X").seq for _ in range(3)]  # a fills the first segment
+    seqs += [b.append("vm", "X").seq, a.append("vm", "X").seq]  # b starts the next one
+    assert seqs == [1, 2, 3, 4, 5]
+    assert len(a.segments()) == 2
+
+
 def test_rotation_keeps_numbering_and_deletes_the_oldest(tmp_path: Path) -> None:
     log = EventLog(tmp_path, max_bytes=400, keep=3)
     for i in range(60):
