@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class DnsmasqNetwork:
+
+class DnsmasqNetwork(msgspec.Struct, frozen=True):
     bridge: str
     subnet: ipaddress.IPv4Network
     gateway: ipaddress.IPv4Address
@@ -43,8 +43,7 @@ class DnsmasqNetwork:
         return self.directory / "hosts"
 
 
-@dataclass(frozen=True, slots=True)
-class Host:
+class Host(msgspec.Struct, frozen=True):
     name: str  # the VM's name (a DNS label)
     mac: str
     address: ipaddress.IPv4Address

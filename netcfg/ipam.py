@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from .errors import AddressConflictError, AddressExhaustedError, SubnetConflictError
 
@@ -21,8 +22,7 @@ AUTO_PREFIX = 24
 FIRST_HOST_OFFSET = 10  # VMs from .10 up where the subnet has room; .2-.9 stay free
 
 
-@dataclass(frozen=True, slots=True)
-class SubnetRequest:
+class SubnetRequest(msgspec.Struct, frozen=True):
     network: str
     subnet: str  # "auto", or a CIDR
 

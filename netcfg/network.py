@@ -14,10 +14,10 @@ import os
 import pwd
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import trio
 
 from . import dnsmasq, links, names
@@ -32,8 +32,7 @@ StartDnsmasq = Callable[[list[str], bool], Awaitable[None]]
 StopDnsmasq = Callable[[], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class BridgeNetwork:
+class BridgeNetwork(msgspec.Struct, frozen=True):
     project: str
     name: str
     subnet: ipaddress.IPv4Network
@@ -197,8 +196,7 @@ def tap_names(network: BridgeNetwork, *, netns: str | None = None) -> list[str]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkStatus:
+class NetworkStatus(msgspec.Struct, frozen=True):
     """What `network ls` shows of one network."""
 
     name: str

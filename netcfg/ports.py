@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from .errors import PortInUseError
 
@@ -18,8 +19,7 @@ SSH_PORT_BASE = 2222
 PORT_MAX = 65535
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(msgspec.Struct, frozen=True):
     """One hostfwd of QEMU's user-mode network: host_ip:host_port -> guest_port."""
 
     host_port: int

@@ -7,8 +7,9 @@ into one message and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 
 class QemuComposeError(Exception):
@@ -17,8 +18,7 @@ class QemuComposeError(Exception):
     exit_status = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(msgspec.Struct, frozen=True):
     """One thing wrong with a compose file, pinned to where it is."""
 
     file: Path

@@ -7,7 +7,6 @@ ignored so that newer QEMUs still parse); any other event is a GenericEvent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgspec
@@ -145,8 +144,7 @@ def parse_event(message: Mapping[str, Any]) -> QmpEvent:
 
 
 # What a supervised session (qmp.supervisor) tells besides QEMU's own events.
-@dataclass(frozen=True, slots=True)
-class SessionOpened:
+class SessionOpened(msgspec.Struct, frozen=True):
     """The supervision session is up: a new QEMU, or a new supervisor of a running one."""
 
     name: ClassVar[str] = "QMP_CONNECTED"
@@ -157,8 +155,7 @@ class SessionOpened:
         return {"status": self.status} if self.error is None else {"error": self.error}
 
 
-@dataclass(frozen=True, slots=True)
-class SessionClosed:
+class SessionClosed(msgspec.Struct, frozen=True):
     name: ClassVar[str] = "QMP_DISCONNECTED"
     reason: str  # connection-closed (QEMU exited), supervision-ended (we stopped watching)
 

@@ -232,6 +232,8 @@ class SystemdManager:
         self._require(Runstate.CONNECTED)
         bus = self._bus
         assert bus is not None
+        if not properties:
+            return []
         messages = [
             Message(
                 destination=BUS_NAME,
@@ -260,12 +262,12 @@ class SystemdManager:
         except trio.TooSlowError:
             raise SystemdTimeoutError("Get", self.call_timeout) from None
         values: list[Any] = []
-        for (_, _, name), reply in zip(properties, replies, strict=True):
+        for reply in replies:
             if isinstance(reply, BaseException):
                 self._raise_if_gone("Get", reply)
                 raise reply
             try:
-                values.append(self._body("Get", reply, [name])[0].value)
+                values.append(self._body("Get", reply, ())[0].value)
             except (NoSuchUnitError, BusCallError) as err:
                 values.append(err)
         return values

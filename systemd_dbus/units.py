@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import msgspec
 from dbus_fast import Variant
 
 from .escape import is_valid_unit_name
@@ -25,8 +25,7 @@ RestartPolicy = Literal[
 ServiceType = Literal["simple", "exec", "forking", "oneshot", "notify", "dbus", "idle"]
 
 
-@dataclass(frozen=True, slots=True)
-class ExtraProperty:
+class ExtraProperty(msgspec.Struct, frozen=True):
     """Any other unit property, with its D-Bus signature: ``("CPUQuotaPerSecUSec", "t", 5e5)``."""
 
     name: str
@@ -34,14 +33,13 @@ class ExtraProperty:
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
-class TransientUnit:
+class TransientUnit(msgspec.Struct, frozen=True):
     """A transient service: its name, command line and settings."""
 
     name: str
     argv: Sequence[str]
     description: str = ""
-    environment: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = msgspec.field(default_factory=dict)
     working_directory: str | None = None
     exec_stop: Sequence[str] | None = None
     kill_mode: KillMode | None = None
@@ -132,8 +130,7 @@ _RUNNING = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class UnitStatus:
+class UnitStatus(msgspec.Struct, frozen=True):
     """What systemd says about a unit now (or said last, for a unit already collected)."""
 
     name: str
@@ -185,7 +182,7 @@ class UnitStatus:
             fields["active_state"] = ActiveState.parse(fields["active_state"])
         if "environment" in fields:
             fields["environment"] = tuple(fields["environment"])
-        return replace(self, **fields) if fields else self
+        return msgspec.structs.replace(self, **fields) if fields else self
 
 
 _FIELDS = {
@@ -207,8 +204,7 @@ _FIELDS = {
 STATUS_PROPERTIES = frozenset(_FIELDS)
 
 
-@dataclass(frozen=True, slots=True)
-class UnitSummary:
+class UnitSummary(msgspec.Struct, frozen=True):
     """One row of ListUnitsByPatterns."""
 
     name: str

@@ -3,18 +3,17 @@ commands that change things (how to show progress, whether to wait for the lock)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import msgspec
 
 if TYPE_CHECKING:
     from orchestrator import Project
 
 
-@dataclass(frozen=True, slots=True)
-class GlobalOptions:
+class GlobalOptions(msgspec.Struct, frozen=True):
     file: Path | None
     project_name: str | None
     project_directory: Path | None

@@ -9,10 +9,10 @@ it cannot fail half-way on a file that went missing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from orchestrator.errors import Problem
@@ -21,10 +21,9 @@ from .model import ComposeFile
 from .yamlsource import MAX_FILE_BYTES, PathKey, SourceMap
 
 
-@dataclass(frozen=True, slots=True)
-class NamedFiles:
-    scripts: Mapping[str, str] = field(default_factory=dict)  # path -> its text
-    user_data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # path -> config
+class NamedFiles(msgspec.Struct, frozen=True):
+    scripts: Mapping[str, str] = {}  # path -> its text
+    user_data: Mapping[str, Mapping[str, Any]] = {}  # path -> config
 
 
 def read_named_files(model: ComposeFile, source: SourceMap) -> tuple[NamedFiles, list[Problem]]:
@@ -76,8 +75,7 @@ def _cloud_config(text: str, path: Path, problems: list[Problem]) -> Any:
     return _UNPARSED
 
 
-@dataclass(frozen=True, slots=True)
-class _Unreadable:
+class _Unreadable(msgspec.Struct, frozen=True):
     message: str
 
 

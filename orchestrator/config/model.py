@@ -10,7 +10,6 @@ systemd unit names, QEMU option strings, file names and hostnames. Runtime state
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -182,8 +181,7 @@ class RestartKind(enum.StrEnum):
     ON_FAILURE = "on-failure"
 
 
-@dataclass(frozen=True, slots=True)
-class RestartPolicy:
+class RestartPolicy(msgspec.Struct, frozen=True):
     """A ``restart:`` policy, parsed (docker compose's values); ``str()`` spells it back."""
 
     kind: RestartKind = RestartKind.NO

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,14 @@ STATE_DIRNAME = ".qemu-compose"
 _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Project:
+class Project(msgspec.Struct, frozen=True):
     """A loaded compose file and where its project lives."""
 
     name: str
     compose_file: Path
     directory: Path  # relative paths in the file are resolved against this
     model: ComposeFile
-    files: NamedFiles = field(default_factory=NamedFiles)  # its scripts and user-data files
+    files: NamedFiles = NamedFiles()  # its scripts and user-data files
 
     @property
     def state_dir(self) -> Path:

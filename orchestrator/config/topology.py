@@ -4,15 +4,15 @@ each waits for, and the one way user-given names become instances. Pure."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from orchestrator.errors import UsageError
 
 from .model import ComposeFile, Dependency, Vm
 
 
-@dataclass(frozen=True, slots=True)
-class Instance:
+class Instance(msgspec.Struct, frozen=True):
     """One VM to run: a definition, or one replica of it."""
 
     name: str

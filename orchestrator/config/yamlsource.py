@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -110,21 +110,19 @@ class _Loader(
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_core_int)  # type: ignore[type-var]
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
+class Position(msgspec.Struct, frozen=True):
     line: int  # 1-based
     column: int  # 1-based
 
 
-@dataclass(slots=True)
-class SourceMap:
+class SourceMap(msgspec.Struct):
     """Where each path of the loaded document was written."""
 
     file: Path
-    values: dict[PathKey, Position] = field(default_factory=dict)
-    keys: dict[PathKey, Position] = field(default_factory=dict)
+    values: dict[PathKey, Position] = {}  # (msgspec copies an empty default)
+    keys: dict[PathKey, Position] = {}
     # Paths that a rewrite (short form -> long form) moved: new path -> (written path, shown)
-    moved: dict[PathKey, tuple[PathKey, bool]] = field(default_factory=dict)
+    moved: dict[PathKey, tuple[PathKey, bool]] = {}
 
     def move(self, new: PathKey, written: PathKey, *, show_written: bool = False) -> None:
         """Say that what is now at ``new`` was written at ``written``.

@@ -17,7 +17,6 @@ import re
 import struct
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
@@ -67,8 +66,7 @@ def image_path(source: str, directory: Path | None = None) -> Path:
     return local_path(source)
 
 
-@dataclass(frozen=True, slots=True)
-class Checksum:
+class Checksum(msgspec.Struct, frozen=True):
     algorithm: str  # sha256 or sha512
     digest: str
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import msgspec
 import trio
 import trio_asyncio
 
@@ -19,8 +19,7 @@ import trio_asyncio
 HOST_KEY_ALGS = ["ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256"]
 
 
-@dataclass(frozen=True, slots=True)
-class SshTarget:
+class SshTarget(msgspec.Struct, frozen=True):
     host: str
     port: int
     user: str
@@ -31,8 +30,7 @@ TIMED_OUT = -1  # the exit code of a probe that ran out of time (docker's too)
 SSH_FAILED = 255  # the exit code of a probe SSH could not run (ssh(1)'s own)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """A command run in a guest as a probe: its exit code (or TIMED_OUT, SSH_FAILED) and
     its output, stdout and stderr together."""
 

@@ -9,11 +9,12 @@ transient unit that runs it. It is golden-tested as `qemu_argv` is; the effects 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import msgspec
 
 import netcfg
 import systemd_dbus
@@ -166,4 +167,4 @@ def recorded(unit: systemd_dbus.TransientUnit, state: VmState) -> systemd_dbus.T
     """The unit, carrying in its Environment what the state file says of its VM: a lost
     state file is rebuilt from the running units."""
     name, _, value = state_variable(state).partition("=")
-    return dataclasses.replace(unit, environment={**unit.environment, name: value})
+    return msgspec.structs.replace(unit, environment={**unit.environment, name: value})

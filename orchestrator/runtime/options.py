@@ -7,14 +7,15 @@ with PlanOptions; `up` itself adds how long to wait and how much at once (UpOpti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+
+import msgspec
 
 DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
+class Connection(msgspec.Struct, frozen=True):
     """How a command reaches systemd, and whether it waits for the project's lock."""
 
     bus: str = "user"  # user, system, or a D-Bus address
@@ -22,8 +23,7 @@ class Connection:
     wait_lock: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class PlanOptions:
+class PlanOptions(msgspec.Struct, frozen=True):
     services: Sequence[str] = ()  # the VMs named (and what they depend on); none: all
     no_recreate: bool = False
     force_recreate: bool = False
@@ -31,8 +31,7 @@ class PlanOptions:
     no_deps: bool = False  # only the VMs named, not what they depend on
 
 
-@dataclass(frozen=True, slots=True)
-class UpOptions:
+class UpOptions(msgspec.Struct, frozen=True):
     plan: PlanOptions = field(default_factory=PlanOptions)
     wait: bool = True  # until ready (SSH, healthchecks), not only started
     ready_timeout: float = DEFAULT_READY_TIMEOUT

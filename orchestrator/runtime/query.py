@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 import netcfg
 import systemd_dbus
@@ -23,8 +24,7 @@ from .options import Connection
 from .session import Session, open_session
 
 
-@dataclass(frozen=True, slots=True)
-class VmRow:
+class VmRow(msgspec.Struct, frozen=True):
     name: str
     state: str  # not-created, starting, running, paused, restarting, stopping, exited, failed
     status: str  # as docker shows it: "running (healthy) 12m", "exited (0) 2m ago", ...
@@ -161,8 +161,7 @@ def age(seconds: float) -> str:
     return f"{seconds}s"
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkRow:
+class NetworkRow(msgspec.Struct, frozen=True):
     name: str
     driver: str
     subnet: str | None  # None: not created yet

@@ -21,7 +21,6 @@ directory is not known (None).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -47,8 +46,7 @@ _PATTERNS: dict[Kind, re.Pattern[str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Owner:
+class Owner(msgspec.Struct, frozen=True):
     kind: Kind
     project: str
     name: str  # the VM or the network; "" for the supervisor

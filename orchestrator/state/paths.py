@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -53,8 +52,7 @@ def supervisor_unit(project: str) -> str:
     return f"{UNIT_PREFIX}{project}-supervisor.service"
 
 
-@dataclass(frozen=True, slots=True)
-class VmPaths:
+class VmPaths(msgspec.Struct, frozen=True):
     directory: Path
     sockets: Path  # the directory the sockets are in (see module docstring)
 
@@ -102,8 +100,7 @@ class VmPaths:
         return self.directory / "vm-state.json"
 
 
-@dataclass(frozen=True, slots=True)
-class ProjectPaths:
+class ProjectPaths(msgspec.Struct, frozen=True):
     state_dir: Path
     project: str
 

@@ -35,8 +35,7 @@ class UnhealthyError(QemuComposeError):
     start period."""
 
 
-@dataclass(frozen=True, slots=True)
-class HealthRules:
+class HealthRules(msgspec.Struct, frozen=True):
     interval: float
     timeout: float  # each probe's bound
     retries: int
@@ -133,8 +132,7 @@ class HealthRecord(msgspec.Struct, kw_only=True):
         return since != 0 and self.since == since and check in (None, self.check)
 
 
-@dataclass(frozen=True, slots=True)
-class HealthChange:
+class HealthChange(msgspec.Struct, frozen=True):
     """A change of a VM's health, for the event log (``health_status``)."""
 
     old: HealthStatus
