@@ -9,6 +9,7 @@
      the checks it ran in the window's last 24 s (each VM's kept log holds its last 5).
 
 Usage: .venv/bin/python bench/health.py [--guests 30] [--repeat 5] [--baseline-exe PATH]
+       [--part a|b|all]
 Where PID 1 is not systemd it starts a private user manager (needs root), as the tests do.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,7 @@ from bench.whole_tool import median_cli, no_disk_project
 from tests.guest_images.build import build
 
 EXE = str(Path(sys.executable).parent / "qemu-compose")
+SETTLE = 15.0  # seconds between `up` and the measures of a project (100 firmwares booting)
 
 
 def tiny_project(directory: Path, name: str, n: int, interval: str) -> Path:
@@ -53,16 +56,35 @@ def healthy(project_dir: Path) -> int:
     return count
 
 
-def cli(exe: str, args: list[str], cwd: Path, env: dict[str, str]) -> float:
+def cli(exe: str, args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one run."""
     started = time.perf_counter()
-    done = subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{exe} {' '.join(args)} failed: {done.stderr.decode()[-2000:]}")
-    return time.perf_counter() - started
+    process = subprocess.Popen(
+        [exe, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = process.stderr.read().decode() if process.stderr else ""
+        raise SystemExit(f"{exe} {' '.join(args)} failed: {err[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
-def median_of(exe: str, args: list[str], cwd: Path, env: dict[str, str], repeat: int) -> float:
-    return sorted(cli(exe, args, cwd, env) for _ in range(repeat))[repeat // 2]
+def medians(
+    builds: list[tuple[str, str]], commands: list[list[str]], cwd: Path, env: dict[str, str],
+    repeat: int,
+) -> dict[tuple[str, int], tuple[float, float]]:  # fmt: skip
+    """{(build, command index): (median wall, median CPU)}, the builds and commands taken in
+    turn at each repetition: this machine drifts by tens of percent within minutes."""
+    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for _ in range(repeat):
+        for name, exe in builds:
+            for i, args in enumerate(commands):
+                runs.setdefault((name, i), []).append(cli(exe, args, cwd, env))
+    return {
+        key: (statistics.median(w for w, _ in got), statistics.median(c for _, c in got))
+        for key, got in runs.items()
+    }
 
 
 def supervisor_cpu(project: str, env: dict[str, str]) -> float:
@@ -90,6 +112,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--window", type=float, default=60.0, help="seconds of part b")
     parser.add_argument("--baseline-exe", help="another build's qemu-compose, run beside")
+    parser.add_argument("--part", choices=["a", "b", "all"], default="all")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="qch-", dir="/tmp"))
     try:
@@ -102,9 +125,18 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, root: Path, env: dict[str, str]) -> None:
-    repeat = args.repeat
     print(f"# health.py  ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)")
+    if args.part in ("a", "all"):
+        running_projects(args, root, env)
+    if args.part in ("b", "all"):
+        supervisor_at_rest(args, root, env)
+
+
+def running_projects(args: argparse.Namespace, root: Path, env: dict[str, str]) -> None:
+    repeat = args.repeat
     print(f"\n## a. on running projects (s, median of {repeat})")
+    print("(wall seconds, in brackets the CLI's own CPU seconds; the builds and commands are"
+          " taken in turn at each repetition)")  # fmt: skip
     print("| project | build | no-op up -d --wait | ps | config --quiet (floor) |"
           " up / floor | ps / floor |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -117,15 +149,20 @@ def measure(args: argparse.Namespace, root: Path, env: dict[str, str]) -> None:
     for label, project in projects:
         up = ["up", "-d", "--wait", "--progress", "quiet"]
         cli(EXE, up, project, env)
-        for build_name, exe in builds:
-            noop = median_of(exe, up, project, env, repeat)
-            ps = median_of(exe, ["ps"], project, env, repeat)
-            floor = median_of(exe, ["config", "--quiet"], project, env, repeat)
-            print(f"| {label} | {build_name} | {noop:.3f} | {ps:.3f} | {floor:.3f} |"
-                  f" {noop / floor:.2f}x | {ps / floor:.2f}x |", flush=True)  # fmt: skip
+        time.sleep(SETTLE)  # at rest: a just-started QEMU runs its firmware for seconds
+        got = medians(builds, [up, ["ps"], ["config", "--quiet"]], project, env, repeat)
+        for build_name, _ in builds:
+            (noop, noop_cpu), (ps, ps_cpu), (floor, floor_cpu) = (
+                got[build_name, i] for i in range(3)
+            )
+            print(f"| {label} | {build_name} | {noop:.3f} ({noop_cpu:.3f}) | {ps:.3f}"
+                  f" ({ps_cpu:.3f}) | {floor:.3f} ({floor_cpu:.3f}) | {noop / floor:.2f}x |"
+                  f" {ps / floor:.2f}x |", flush=True)  # fmt: skip
         cli(EXE, ["destroy", "--progress", "quiet"], project, env)
 
-    n = args.guests
+
+def supervisor_at_rest(args: argparse.Namespace, root: Path, env: dict[str, str]) -> None:
+    repeat, n = args.repeat, args.guests
     print(f"\n## b. the supervisor while {n} tiny guests sit healthy (checks every 5 s)")
     project = tiny_project(root / "t30", "t30", n, "5s")
     started = time.perf_counter()
