@@ -97,6 +97,8 @@ class QmpSession:
         """
         if self.state is SessionState.CONNECTED:
             raise SessionStateError(f"{self.name}: already connected")
+        if self._client is not None:  # the last connection ended (CLOSED): forget it whole
+            await self.disconnect()
         reason = "the socket does not exist"
         with trio.move_on_after(timeout):
             while True:

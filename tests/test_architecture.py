@@ -127,6 +127,30 @@ def test_the_commands_that_only_read_import_no_planner_and_no_launch() -> None:
     assert found.strip() == "[]"
 
 
+def test_no_struct_takes_a_dataclass_field_for_its_default() -> None:
+    """msgspec does not read ``dataclasses.field(default_factory=...)``: the default would be
+    the Field object itself (UpOptions().plan was one, after a dataclass became a Struct)."""
+    import dataclasses
+    import importlib
+
+    import msgspec
+
+    checked = 0
+    for package in ("orchestrator", *LEAVES):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path.name == "__main__.py":
+                continue
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(
+                ".__init__"
+            )
+            for value in vars(importlib.import_module(module)).values():
+                if isinstance(value, type) and issubclass(value, msgspec.Struct):
+                    checked += 1
+                    for f in msgspec.structs.fields(value):
+                        assert not isinstance(f.default, dataclasses.Field), (value, f.name)
+    assert checked > 50
+
+
 def test_the_checker_sees_imports() -> None:
     """The test above would pass on an empty walk: make sure it reads real imports."""
     found = imported_modules(REPO / "systemd_dbus" / "manager.py")

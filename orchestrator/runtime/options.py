@@ -7,7 +7,6 @@ with PlanOptions; `up` itself adds how long to wait and how much at once (UpOpti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import field
 from pathlib import Path
 
 import msgspec
@@ -32,7 +31,7 @@ class PlanOptions(msgspec.Struct, frozen=True):
 
 
 class UpOptions(msgspec.Struct, frozen=True):
-    plan: PlanOptions = field(default_factory=PlanOptions)
+    plan: PlanOptions = PlanOptions()
     wait: bool = True  # until ready (SSH, healthchecks), not only started
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     parallel: int | None = None  # at most this many VMs starting at once

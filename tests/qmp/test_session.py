@@ -82,6 +82,24 @@ async def test_the_first_stream_delivers_what_came_before_an_early_end(make_vm: 
             await session.disconnect()
 
 
+async def test_a_failed_reconnect_leaves_nothing_of_the_last_connection(make_vm: MakeVm) -> None:
+    vm = make_vm()
+    async with asyncio_loop():
+        session = QmpSession(vm.supervision_socket)
+        await session.connect()
+        vm.signal(signal.SIGKILL)
+        with trio.fail_after(10):
+            await session.wait_closed()
+        with pytest.raises(VmGoneError):
+            await session.query_status()  # the session is CLOSED now
+        with pytest.raises(QmpConnectError):  # QEMU is gone: nothing greets
+            await session.connect(timeout=0.3)
+        with pytest.raises(SessionStateError):  # not a stream on the dead connection
+            async with session.events():
+                pass
+        assert session.state is SessionState.DISCONNECTED
+
+
 async def test_filtered_events(make_vm: MakeVm) -> None:
     vm = make_vm()
     async with open_session(vm.supervision_socket) as session:
