@@ -286,7 +286,10 @@ class _TooBig(Exception):
 def load_yaml(text: str, file: Path) -> tuple[Any, SourceMap]:
     """Parse one YAML document; raise ConfigError with every problem found."""
     source = SourceMap(file)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except UnicodeEncodeError as err:  # a lone surrogate (from an environment variable, say)
+        raise ConfigError([Problem(file, 0, 0, "", "the text is not valid Unicode")]) from err
     try:
         try:
             root = loader.get_single_node()

@@ -130,13 +130,15 @@ def bomb_of_merges(depth: int) -> str:
 @pytest.mark.parametrize("bomb", [bomb_of_aliases, bomb_of_merges], ids=["aliases", "merges"])
 def test_a_small_file_cannot_expand_without_bound(bomb: Callable[[int], str]) -> None:
     """A billion laughs, with lists or with merge keys (a 973-byte merge bomb ran for minutes
-    and took over a gigabyte): refused in well under a second, naming a line."""
+    and took over a gigabyte): refused within 2 s of CPU (0.4 s here; this process's own CPU
+    time, which other work on the machine does not stretch as it does the wall clock),
+    naming a line."""
     text = bomb(24)
     assert len(text) < 1500
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(ConfigError, match="expands to more than") as caught:
         load_yaml(text, F)
-    assert time.monotonic() - started < 1.0
+    assert time.process_time() - started < 2.0
     assert caught.value.problems[0].line >= 1  # where the budget ran out
 
 
@@ -148,3 +150,8 @@ def test_a_mapping_merged_into_itself_is_an_error() -> None:
 def test_ordinary_merges_still_work() -> None:
     data, _ = load_yaml("base: &b {cpu: 2, memory: 256}\nvm: {<<: *b, memory: 512}\n", F)
     assert data["vm"] == {"cpu": 2, "memory": 512}
+
+
+def test_text_that_is_not_valid_unicode_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not valid Unicode"):
+        load_yaml("a: \udcff\n", F)  # a lone surrogate: os.environ's escape of a bad byte
