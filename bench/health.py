@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.systemd_units import user_manager_env
-from bench.whole_tool import median_cli, no_disk_project
+from bench.whole_tool import median_cli, no_disk_project, run_cli
 from tests.guest_images.build import build
 
 EXE = str(Path(sys.executable).parent / "qemu-compose")
@@ -58,15 +58,7 @@ def healthy(project_dir: Path) -> int:
 
 def cli(exe: str, args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds: user + system) of one run."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [exe, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = process.stderr.read().decode() if process.stderr else ""
-        raise SystemExit(f"{exe} {' '.join(args)} failed: {err[-2000:]}")
+    wall, usage = run_cli(exe, args, cwd, env)
     return wall, usage.ru_utime + usage.ru_stime
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -51,17 +52,25 @@ def no_disk_project(directory: Path, name: str, vms: dict[str, list[str]]) -> Pa
     return directory
 
 
-def timed_cli(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
-    """Seconds and peak RSS (KiB) of a CLI run, measured with wait4 (resource usage)."""
+def run_cli(
+    exe: str, args: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[float, resource.struct_rusage]:
+    """Seconds and resource usage (wait4) of one run of ``exe``; SystemExit when it fails."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [EXE, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [exe, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         err = process.stderr.read().decode() if process.stderr else ""
-        raise SystemExit(f"qemu-compose {' '.join(args)} failed: {err}")
+        raise SystemExit(f"{exe} {' '.join(args)} failed: {err[-2000:]}")
+    return elapsed, usage
+
+
+def timed_cli(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
+    """Seconds and peak RSS (KiB) of a CLI run."""
+    elapsed, usage = run_cli(EXE, args, cwd, env)
     return elapsed, usage.ru_maxrss
 
 
