@@ -34,6 +34,9 @@ class Stage(enum.StrEnum):
     FAILED = "failed"
     STOP = "stop"
     DESTROY = "destroy"
+    PAUSE = "pause"  # a fault on purpose: the guest frozen (QMP stop)
+    UNPAUSE = "unpause"
+    KILL = "kill"  # a signal to QEMU
 
 
 class Status(enum.StrEnum):

@@ -252,10 +252,13 @@ class QmpSession:
         """
         try:
             async with self.events(["SHUTDOWN"]) as events:
-                if (await self.query_status()).status in ("shutdown", "guest-panicked"):
+                status = (await self.query_status()).status
+                if status in ("shutdown", "guest-panicked"):
                     # off already, kept by -no-shutdown: nobody is there to press for
                     await self._quit(quit_timeout)
                     return PowerdownOutcome.GUEST_SHUTDOWN
+                if status == "paused":  # frozen (QMP stop): it cannot hear the button
+                    await self.execute("cont", timeout=quit_timeout)
                 await self.execute("system_powerdown", timeout=quit_timeout)
                 with trio.move_on_after(grace):
                     async for _ in events:  # SHUTDOWN: QEMU exits by itself next ...

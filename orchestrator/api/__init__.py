@@ -2,10 +2,10 @@
 
 Everything the CLI does, without parsing its output (the CLI sits on it). What talks to
 systemd, QEMU, guests or the network is a trio async function (up, plan, stop, destroy,
-restart, ps, inspect, networks, remove_networks, logs, pull, doctor; events is an async
-context manager); what only reads files or formats data is synchronous (load, ssh_argv,
-records, console, images, remove_image, prune_images, format_*). Progress arrives as typed
-``Event`` objects through ``on_event``:
+restart, pause, unpause, kill, ps, inspect, networks, remove_networks, logs, pull, doctor;
+events is an async context manager); what only reads files or formats data is synchronous
+(load, ssh_argv, records, console, images, remove_image, prune_images, format_*). Progress
+arrives as typed ``Event`` objects through ``on_event``:
 
     import trio
     from orchestrator import api
@@ -46,8 +46,10 @@ from .vms import (
     destroy,
     inspect,
     journal_dir,
+    kill,
     load,
     networks,
+    pause,
     plan,
     ps,
     remove_networks,
@@ -55,6 +57,7 @@ from .vms import (
     selection,
     ssh_argv,
     stop,
+    unpause,
     up,
 )
 from .watching import console, events, logs, records
@@ -110,9 +113,11 @@ __all__ = [
     "images",
     "inspect",
     "journal_dir",
+    "kill",
     "load",
     "logs",
     "networks",
+    "pause",
     "plan",
     "prune_images",
     "ps",
@@ -124,6 +129,7 @@ __all__ = [
     "selection",
     "ssh_argv",
     "stop",
+    "unpause",
     "up",
 ]
 

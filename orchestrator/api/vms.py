@@ -1,4 +1,5 @@
-"""The VMs of a project: up, plan, stop, destroy, restart, and what they are (ps, inspect).
+"""The VMs of a project: up, plan, stop, destroy, restart, the faults (pause, unpause, kill),
+and what they are (ps, inspect).
 
 ``load``, ``journal_dir`` and ``ssh_argv`` are synchronous; the rest are trio async functions.
 The runtime is imported when a function runs, so that importing the API costs what loading a
@@ -119,6 +120,52 @@ async def stop(
 
     connection = _connection(bus, wait_lock)
     return await runtime.stop(project, vms, connection, Reporter(on_event), timeout=timeout)
+
+
+async def pause(
+    project: Project,
+    *vms: str,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> list[str]:
+    """Freeze running VMs' guests (all running ones when none is named); every VM named must
+    run (UsageError, nothing changed). Returns the VMs paused."""
+    from orchestrator import runtime
+
+    connection = _connection(bus, wait_lock)
+    return await runtime.pause(project, vms, connection, Reporter(on_event))
+
+
+async def unpause(
+    project: Project,
+    *vms: str,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> list[str]:
+    """Let paused guests run again (all running VMs when none is named)."""
+    from orchestrator import runtime
+
+    connection = _connection(bus, wait_lock)
+    return await runtime.unpause(project, vms, connection, Reporter(on_event))
+
+
+async def kill(
+    project: Project,
+    *vms: str,
+    signal: str | int = "KILL",
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> list[str]:
+    """Send ``signal`` (a name such as "KILL" or "TERM", or a number) to running VMs' QEMUs
+    through systemd: their restart policies answer as to a crash. Returns the VMs signalled."""
+    from orchestrator import runtime
+
+    signum = runtime.parse_signal(str(signal))
+    connection = _connection(bus, wait_lock)
+    return await runtime.kill(project, vms, connection, Reporter(on_event), signum=signum)
 
 
 async def destroy(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .faults import kill, pause, unpause
 from .images import image, pull
 from .inspection import console, inspect, logs, ps, ssh, watch
 from .lifecycle import destroy, restart, stop, up
@@ -152,6 +153,8 @@ def doctor(fmt: str, bus: str) -> None:
 
 
 for command in (up, stop, destroy, restart, ps, ssh, watch, inspect, logs, console, network):
+    cli.add_command(command)
+for command in (pause, unpause, kill):
     cli.add_command(command)
 for command in (doctor, pull, image):
     cli.add_command(command)

@@ -1,8 +1,9 @@
 """The runtime: one session per command against systemd, QEMU and the guests.
 
-observe -> plan (pure) -> execute: `up`; teardown: `stop`, `destroy`, `network rm`; queries:
-`ps`, `network ls`, `inspect`. Names are imported on first use: importing the package (or its
-options) does not pull systemd, QEMU and the network in (the CLI starts fast).
+observe -> plan (pure) -> execute: `up`; teardown: `stop`, `destroy`, `network rm`; faults:
+`pause`, `unpause`, `kill`; queries: `ps`, `network ls`, `inspect`. Names are imported on
+first use: importing the package (or its options) does not pull systemd, QEMU and the
+network in (the CLI starts fast).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from orchestrator._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .execute import UpError, UpResult, dry_run, up
+    from .faults import kill, parse_signal, pause, unpause
     from .options import DEFAULT_READY_TIMEOUT, Connection, PlanOptions, UpOptions
     from .plan import Action, ActionKind, UpPlan
     from .query import NetworkRow, VmRow, networks, ps
@@ -23,6 +25,10 @@ _EXPORTS = {
     "UpResult": ".execute",
     "dry_run": ".execute",
     "up": ".execute",
+    "kill": ".faults",
+    "parse_signal": ".faults",
+    "pause": ".faults",
+    "unpause": ".faults",
     "DEFAULT_READY_TIMEOUT": ".options",
     "Connection": ".options",
     "PlanOptions": ".options",
@@ -52,10 +58,14 @@ __all__ = [
     "VmRow",
     "destroy",
     "dry_run",
+    "kill",
     "networks",
+    "parse_signal",
+    "pause",
     "ps",
     "remove_networks",
     "stop",
+    "unpause",
     "up",
 ]
 

@@ -37,8 +37,8 @@ def project(tmp_path: Path) -> Path:
 
 
 COMMANDS = [
-    "completion", "config", "console", "destroy", "doctor", "image", "inspect", "logs",
-    "network", "ps", "pull", "restart", "ssh", "stop", "up", "watch",
+    "completion", "config", "console", "destroy", "doctor", "image", "inspect", "kill", "logs",
+    "network", "pause", "ps", "pull", "restart", "ssh", "stop", "unpause", "up", "watch",
 ]  # fmt: skip
 
 

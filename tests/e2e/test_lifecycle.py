@@ -9,6 +9,8 @@ import os
 import shutil
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +219,67 @@ def test_a_frozen_qemu_is_said_so_and_stopped(project: Path, user_manager: Manag
     assert done["detail"].startswith("QEMU did not answer QMP within 5 s (frozen or hung)")
     assert "Errno" not in done["detail"]
     assert ps_rows(project, user_manager)["a"]["state"] == "exited"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_pause_unpause_and_kill(project: Path, user_manager: ManagerHandle) -> None:
+    """The faults docker compose has: QMP stop and cont, a signal through systemd that the
+    restart policy answers as a crash; refused, changing nothing, for what does not run."""
+    (project / "qemu-compose.yaml").write_text(
+        "name: faults\nvms:\n"
+        + no_disk_vms(["a", "idle"])
+        + "  b: {memory: 64, cpu: 1, healthcheck: {disable: true}, restart: on-failure}\n"
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return compose(*args, cwd=project, manager=user_manager)
+
+    assert run("up", "-d", "a", "b", "--progress", "quiet").returncode == 0
+
+    def qemu_status(vm: str) -> str:
+        info = run("inspect", vm, "--format", "json")
+        assert info.returncode == 0, info.stderr
+        return str(json.loads(info.stdout)["qemu_status"])
+
+    for args in (["pause", "a", "idle"], ["kill", "idle"], ["pause", "zz"], ["kill", "-s", "NOPE"]):
+        refused = run(*args)
+        assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+    assert "cannot pause what does not run: idle" in run("pause", "a", "idle").stderr
+    assert qemu_status("a") == "running"  # the refused pause changed nothing
+
+    paused = run("pause", "a", "--progress", "json")
+    assert paused.returncode == 0, paused.stderr
+    assert [(e["vm"], e["stage"], e["status"]) for e in events(paused.stdout)] == [
+        ("a", "pause", "done")
+    ]
+    assert qemu_status("a") == "paused"
+    wait_for(lambda: ps_rows(project, user_manager)["a"]["state"] == "paused")  # the supervisor's
+    assert run("pause", "a").returncode == 0  # already paused: nothing to do
+    assert run("unpause", "--progress", "quiet").returncode == 0  # every running VM
+    assert qemu_status("a") == "running"
+    wait_for(lambda: ps_rows(project, user_manager)["a"]["state"] == "running")
+
+    pid = json.loads(run("inspect", "b", "--format", "json").stdout)["unit"]["main_pid"]
+    killed = run("kill", "b", "--progress", "json")
+    assert killed.returncode == 0, killed.stderr
+    assert [(e["stage"], e["detail"]) for e in events(killed.stdout)] == [("kill", "SIGKILL")]
+
+    def restarted() -> bool:
+        info = json.loads(run("inspect", "b", "--format", "json").stdout)
+        return info["state"] == "running" and info["unit"]["main_pid"] not in (0, pid)
+
+    wait_for(restarted, timeout=60)  # restart: on-failure answered it as a crash
+    assert ps_rows(project, user_manager)["b"]["restarts"] >= 1
+    assert run("kill", "-s", "TERM", "a", "--progress", "quiet").returncode == 0
+    wait_for(lambda: ps_rows(project, user_manager)["a"]["state"] in ("exited", "failed"))
+    log = run("watch", "--json", "--since", "all", "--no-follow")
+    mine = [(r["vm"], r["event"]) for r in map(json.loads, log.stdout.splitlines())]
+    for expected in [("a", "PAUSE"), ("a", "STOP"), ("a", "UNPAUSE"), ("a", "RESUME"),
+                     ("b", "KILL"), ("a", "KILL")]:  # fmt: skip
+        assert expected in mine, expected

@@ -244,6 +244,21 @@ async def test_powerdown_of_a_guest_that_powers_off(make_vm: MakeVm) -> None:
     assert vm.process.wait(timeout=10) == 0
 
 
+async def test_powerdown_of_a_paused_guest_resumes_it_to_press_the_button(
+    make_vm: MakeVm,
+) -> None:
+    vm = make_vm(paused=False, boot_sector=True)
+    async with open_session(vm.supervision_socket) as session:
+        with trio.fail_after(30):
+            while not vm.guest_ready():
+                await trio.sleep(0.05)
+        await session.execute("stop")  # paused: a frozen guest would never hear the button
+        outcome = await session.powerdown(grace=30)
+        assert outcome is PowerdownOutcome.GUEST_SHUTDOWN  # not QUIT after the grace
+    assert vm.process is not None
+    assert vm.process.wait(timeout=10) == 0
+
+
 async def test_powerdown_of_a_guest_kept_by_no_shutdown(make_vm: MakeVm) -> None:
     """-no-shutdown keeps QEMU after the guest's poweroff: powerdown quits it at once."""
     vm = make_vm(paused=False, boot_sector=True, extra=["-no-shutdown"])
