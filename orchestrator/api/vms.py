@@ -130,7 +130,8 @@ async def pause(
     on_event: EventCallback | None = None,
 ) -> list[str]:
     """Freeze running VMs' guests (all running ones when none is named); every VM named must
-    run (UsageError, nothing changed). Returns the VMs paused."""
+    run (UsageError, nothing changed). Returns the VMs paused now (or already); FaultError
+    names those that could not be."""
     from orchestrator import runtime
 
     connection = _connection(bus, wait_lock)
@@ -144,7 +145,9 @@ async def unpause(
     bus: str = "user",
     on_event: EventCallback | None = None,
 ) -> list[str]:
-    """Let paused guests run again (all running VMs when none is named)."""
+    """Let paused guests run again (all running VMs when none is named); every VM named must
+    run (UsageError, nothing changed). Returns the VMs running now; FaultError names those
+    that could not be unpaused."""
     from orchestrator import runtime
 
     connection = _connection(bus, wait_lock)
@@ -160,7 +163,8 @@ async def kill(
     on_event: EventCallback | None = None,
 ) -> list[str]:
     """Send ``signal`` (a name such as "KILL" or "TERM", or a number) to running VMs' QEMUs
-    through systemd: their restart policies answer as to a crash. Returns the VMs signalled."""
+    through systemd. SIGKILL is a crash, which their restart policies answer; TERM, INT and
+    HUP make QEMU quit cleanly. Returns the VMs signalled (not those that had ended)."""
     from orchestrator import runtime
 
     signum = runtime.parse_signal(str(signal))

@@ -16,8 +16,8 @@ from .options import GlobalOptions, progress_option, wait_lock_option
 def pause(opts: GlobalOptions, vms: tuple[str, ...], progress: str, wait_lock: bool) -> None:
     """Freeze the guests of running VMs (all, or those named): QMP stop.
 
-    The guest stops where it is, its clock and network with it, until `unpause`. A VM named
-    must run. `ps` shows it paused; `stop` resumes it first, to power it off.
+    The guest stops where it is, its clock and network with it, until `unpause` (or `up`).
+    A VM named must run. `ps` shows it paused; `stop` resumes it first, to power it off.
     """
     project = opts.load()
     from orchestrator import api
@@ -63,7 +63,8 @@ def kill(
 
     SIGKILL by default: QEMU ends at once, as in a crash, and the VM's restart policy
     answers as it answers a crash (`restart: on-failure` or `always` start it again on its
-    disk). Unlike `stop`, the guest is given no chance to shut down.
+    disk); the guest is given no chance to shut down. TERM, INT and HUP make QEMU quit
+    cleanly (as a host shutdown), which no restart policy answers.
     """
     project = opts.load()
     from orchestrator import api

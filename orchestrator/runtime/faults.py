@@ -1,32 +1,40 @@
 """Faults made on purpose, to test what runs on the VMs: pause and unpause (QMP stop and cont:
-the guest freezes, its clock and network with it), kill (a signal to QEMU through systemd,
-which its restart policy answers as it answers a crash).
+the guest freezes, its clock and network with it), kill (a signal to QEMU through systemd).
 
 Each is a step of the command, in the event log beside the QMP events it causes (STOP,
 RESUME; the unit's end and the supervisor's RESTARTED). A fault is refused, and nothing
-changed, unless every VM it names runs. A VM its restart policy restarts is a new QEMU: it
+changed, when a VM named does not run (a definition with replicas: when none of them runs).
+Without names it acts on every running VM, and passes over those whose guest is between
+two runs (its restart policy's backoff). A VM its restart policy restarts is a new QEMU: it
 runs unpaused. `stop` of a paused VM resumes it first (a frozen guest cannot hear the power
-button).
+button); so does `up`, which makes the VMs run.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 import qmp
 import systemd_dbus
 from orchestrator.config.project import Project
-from orchestrator.errors import UsageError, VmError
+from orchestrator.errors import QemuComposeError, UsageError
 from orchestrator.progress import Reporter, Stage, Status
+from orchestrator.supervisor.runs import read_run
 
 from .options import Connection
 from .session import Session, open_session
 from .teardown import QMP_ANSWER
 
 _RUNNING = (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING)
+# KillUnit's answers when the unit has no process left to signal: it ended meanwhile
+_ENDED = ("org.freedesktop.systemd1.NoSuchProcess", "org.freedesktop.systemd1.NoSuchUnit")
+
+
+class FaultError(QemuComposeError):
+    """A fault could not be made on some of the VMs: each is named, with why."""
 
 
 def parse_signal(text: str) -> signal.Signals:
@@ -44,57 +52,115 @@ def parse_signal(text: str) -> signal.Signals:
 
 
 def _running(session: Session, vms: Sequence[str], verb: str) -> list[str]:
-    """The VMs a fault acts on: those named, each of which must run; else every running one."""
+    """The running VMs a fault acts on: of those named (a definition: its running replicas),
+    each must have one running; none named: every running VM."""
     states = session.units.vm_states()
-    names = session.names(vms)
     if not vms:
-        return [n for n in names if states.get(n) in _RUNNING]
-    idle = [n for n in names if states.get(n) not in _RUNNING]
+        return [n for n in session.names(()) if states.get(n) in _RUNNING]
+    chosen: list[str] = []
+    idle = []
+    for vm in vms:
+        running = [n for n in session.names([vm]) if states.get(n) in _RUNNING]
+        if not running:
+            idle.append(vm)
+        chosen += [n for n in running if n not in chosen]
     if idle:
         raise UsageError(f"cannot {verb} what does not run: {', '.join(idle)}")
-    return names
+    return chosen
+
+
+class _Failed(Exception):
+    """One VM's step failed (reported already)."""
+
+
+async def _each(names: list[str], verb: str, step: Callable[[str], Awaitable[None]]) -> None:
+    """``step(name)`` for every VM at once; the failures together, as one FaultError."""
+    failed: dict[str, str] = {}
+
+    async def one(name: str) -> None:
+        try:
+            await step(name)
+        except _Failed as err:
+            failed[name] = str(err)
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(one, name)
+    if failed:
+        why = "; ".join(f"{n}: {failed[n]}" for n in names if n in failed)
+        raise FaultError(f"cannot {verb} {', '.join(n for n in names if n in failed)} ({why})")
 
 
 async def pause(
     project: Project, vms: Sequence[str], connection: Connection, report: Reporter
 ) -> list[str]:
-    """Freeze the VMs' guests (QMP stop); returns the VMs paused (or already paused)."""
+    """Freeze the VMs' guests (QMP stop); returns the VMs paused or already paused."""
     async with open_session(project, connection, report) as session:
         names = _running(session, vms, "pause")
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(_freeze, session, name, True)
-        return names
+        done: list[str] = []
+
+        async def step(name: str) -> None:
+            if await _freeze(session, name, paused=True, named=bool(vms)):
+                done.append(name)
+
+        await _each(names, "pause", step)
+        return [n for n in names if n in done]
 
 
 async def unpause(
     project: Project, vms: Sequence[str], connection: Connection, report: Reporter
 ) -> list[str]:
-    """Let paused guests run again (QMP cont); returns the VMs unpaused (or not paused)."""
+    """Let paused guests run again (QMP cont); returns the VMs running now."""
     async with open_session(project, connection, report) as session:
         names = _running(session, vms, "unpause")
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(_freeze, session, name, False)
-        return names
+        done: list[str] = []
+
+        async def step(name: str) -> None:
+            if await _freeze(session, name, paused=False, named=bool(vms)):
+                done.append(name)
+
+        await _each(names, "unpause", step)
+        return [n for n in names if n in done]
 
 
-async def _freeze(session: Session, name: str, paused: bool) -> None:
+async def _freeze(session: Session, name: str, *, paused: bool, named: bool) -> bool:
+    """QMP stop (``paused``) or cont; False when passed over (between two runs, not named)."""
     stage = Stage.PAUSE if paused else Stage.UNPAUSE
-    unit = session.vm_unit(name)
     socket = str(session.paths.vm(name).qmp_control_socket)
+    wanted, other = ("paused", "running") if paused else ("running", "paused")
     try:
         async with qmp.open_session(socket, timeout=QMP_ANSWER, name=name) as control:
             status = (await control.query_status()).status
-            if status == ("running" if paused else "paused"):
+            if status == other:
                 await control.execute("stop" if paused else "cont")
-                session.report(name, stage, Status.DONE, "paused" if paused else "running")
-            elif status == ("paused" if paused else "running"):
+                session.report(name, stage, Status.DONE, wanted)
+                return True
+            if status == wanted:
                 session.report(name, stage, Status.DONE, f"already {status}")
-            else:  # shutdown (kept by -no-shutdown), guest-panicked, inmigrate, ...
-                raise VmError(name, stage, unit, f"its guest is {status}")
-    except qmp.QmpError as err:
-        raise VmError(name, stage, unit, str(err)) from err
+                return True
+            why = f"its guest is {status}"  # shutdown, guest-panicked: its restart's backoff
+    except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+        why = f"QEMU did not answer QMP within {QMP_ANSWER:g} s (frozen or hung)"
+    except qmp.QmpError as err:  # it ended meanwhile, say
+        why = str(err)
+    if not named:
+        session.report(name, stage, Status.SKIPPED, why)
+        return False
+    session.report(name, stage, Status.FAILED, why)
+    raise _Failed(why)
+
+
+async def resume_if_paused(session: Session, name: str) -> None:
+    """For `up`: a VM the supervisor last saw paused runs again (QMP cont). Reads only the
+    supervisor's run record for the others: a no-op `up` asks QEMU nothing."""
+    run = read_run(session.paths.vm(name))
+    if run is None or run.guest != "paused":
+        return
+    socket = str(session.paths.vm(name).qmp_control_socket)
+    async with qmp.open_session(socket, timeout=QMP_ANSWER, name=name) as control:
+        if (await control.query_status()).status == "paused":
+            await control.execute("cont")
+            session.report(name, Stage.UNPAUSE, Status.DONE, "running (it was paused)")
 
 
 async def kill(
@@ -108,14 +174,23 @@ async def kill(
     """Send ``signum`` to the VMs' QEMUs through systemd; returns the VMs signalled."""
     async with open_session(project, connection, report) as session:
         names = _running(session, vms, "kill")
-        for name in names:
+        done: list[str] = []
+
+        async def step(name: str) -> None:
             unit = session.vm_unit(name)
             try:
                 await session.manager.kill(unit, signum, whom="main")
-            except systemd_dbus.NoSuchUnitError:  # it ended since: nothing left to signal
+            except systemd_dbus.NoSuchUnitError:
                 session.report(name, Stage.KILL, Status.SKIPPED, "it had ended")
-                continue
-            except systemd_dbus.SystemdError as err:
-                raise VmError(name, Stage.KILL, unit, str(err)) from err
+                return
+            except systemd_dbus.BusCallError as err:
+                if err.error_name in _ENDED:
+                    session.report(name, Stage.KILL, Status.SKIPPED, "it had ended")
+                    return
+                session.report(name, Stage.KILL, Status.FAILED, str(err))
+                raise _Failed(str(err)) from err
             session.report(name, Stage.KILL, Status.DONE, signum.name)
-        return names
+            done.append(name)
+
+        await _each(names, "kill", step)
+        return [n for n in names if n in done]

@@ -31,6 +31,7 @@ from orchestrator.state.identity import project_dir
 from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
 
 from .changes import digest
+from .faults import resume_if_paused
 from .launch import LaunchFacts, grace_period, recorded, vm_launch
 from .observe import UnitTakenError
 from .options import UpOptions
@@ -82,6 +83,7 @@ async def run_vm(run: UpRun, inst: Instance, action: Action, limiter: trio.Capac
                 if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
                     _record_kept(session, inst.name, action)
                     report(inst.name, Stage.UNIT, Status.DONE, "already running")
+                    await resume_if_paused(session, inst.name)  # up makes it run
                 else:
                     await start_vm(run, inst, action)
                     await wait_running(session, inst)

@@ -235,12 +235,13 @@ def test_pause_unpause_and_kill(project: Path, user_manager: ManagerHandle) -> N
         "name: faults\nvms:\n"
         + no_disk_vms(["a", "idle"])
         + "  b: {memory: 64, cpu: 1, healthcheck: {disable: true}, restart: on-failure}\n"
+        + "  c: {memory: 64, cpu: 1, healthcheck: {disable: true}, replicas: 2}\n"
     )
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return compose(*args, cwd=project, manager=user_manager)
 
-    assert run("up", "-d", "a", "b", "--progress", "quiet").returncode == 0
+    assert run("up", "-d", "a", "b", "c-1", "--progress", "quiet").returncode == 0
 
     def qemu_status(vm: str) -> str:
         info = run("inspect", vm, "--format", "json")
@@ -264,6 +265,17 @@ def test_pause_unpause_and_kill(project: Path, user_manager: ManagerHandle) -> N
     assert run("unpause", "--progress", "quiet").returncode == 0  # every running VM
     assert qemu_status("a") == "running"
     wait_for(lambda: ps_rows(project, user_manager)["a"]["state"] == "running")
+    # a definition names its running replicas (c-2 was never started); up makes them run
+    paused = run("pause", "c", "--progress", "json")
+    assert paused.returncode == 0, paused.stderr
+    assert [e["vm"] for e in events(paused.stdout)] == ["c-1"]
+    wait_for(lambda: ps_rows(project, user_manager)["c-1"]["state"] == "paused")
+    up = run("up", "-d", "c-1", "--progress", "json")
+    assert up.returncode == 0, up.stderr
+    assert ("c-1", "unpause", "done") in [
+        (e["vm"], e["stage"], e["status"]) for e in events(up.stdout)
+    ]
+    assert qemu_status("c-1") == "running"
 
     pid = json.loads(run("inspect", "b", "--format", "json").stdout)["unit"]["main_pid"]
     killed = run("kill", "b", "--progress", "json")
