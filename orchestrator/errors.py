@@ -18,6 +18,16 @@ class QemuComposeError(Exception):
     exit_status = 1
 
 
+class SeveralErrors(QemuComposeError):
+    """Errors that came at once, from tasks run side by side (a command's VMs): each one is
+    kept (``errors``), its message a line; the exit status is the highest of theirs."""
+
+    def __init__(self, errors: Sequence[QemuComposeError]) -> None:
+        self.errors = list(errors)
+        self.exit_status = max(e.exit_status for e in self.errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
 class Problem(msgspec.Struct, frozen=True):
     """One thing wrong with a compose file, pinned to where it is."""
 

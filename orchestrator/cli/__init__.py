@@ -65,8 +65,13 @@ def _debug_requested(argv: list[str]) -> bool:
 
 
 def _render_error(err: Exception) -> str:
-    from orchestrator import ConfigError
+    from orchestrator import ConfigError, SeveralErrors, VmError
 
+    if isinstance(err, SeveralErrors):  # each on its own lines, a VM's named
+        return "\n".join(
+            f"qemu-compose: error: {e.vm}: {e}" if isinstance(e, VmError) else _render_error(e)
+            for e in err.errors
+        )
     if isinstance(err, ConfigError):
         files = {p.file for p in err.problems}
         count = len(err.problems)

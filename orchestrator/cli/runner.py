@@ -104,9 +104,13 @@ def run(async_fn: Callable[[], Awaitable[T]]) -> T:
     try:
         trio.run(root, restrict_keyboard_interrupt_to_checkpoints=True)
     except BaseExceptionGroup as group:
+        from orchestrator import QemuComposeError, SeveralErrors
+
         leaves = _leaves(group)
         if len(leaves) == 1:  # a nursery wrapped the one error: give the command that error
             raise leaves[0] from None
+        if all(isinstance(e, QemuComposeError) for e in leaves):  # two VMs failed, say
+            raise SeveralErrors([e for e in leaves if isinstance(e, QemuComposeError)]) from group
         raise
     if signals.received and not result:
         raise Interrupted(signals.received[0])

@@ -121,6 +121,27 @@ def test_an_error_wrapped_by_nurseries_comes_out_as_itself() -> None:
         run(failing)
 
 
+def test_errors_of_tasks_side_by_side_come_out_together() -> None:
+    import trio
+
+    from orchestrator.cli.runner import run
+    from orchestrator.errors import SeveralErrors, UsageError, VmError
+
+    async def fail(err: Exception) -> None:
+        raise err  # at once: no checkpoint where the other's failure would cancel this one
+
+    async def failing() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail, VmError("a", "stop", "a.service", "QEMU hung"))
+            nursery.start_soon(fail, UsageError("no VM named x"))
+
+    with pytest.raises(SeveralErrors) as caught:
+        run(failing)
+    assert sorted(str(e) for e in caught.value.errors) == ["QEMU hung", "no VM named x"]
+    assert caught.value.exit_status == 2  # the highest of theirs
+    assert sorted(str(caught.value).splitlines()) == ["QEMU hung", "no VM named x"]
+
+
 SECOND = textwrap.dedent(
     """
     import sys
@@ -161,3 +182,11 @@ def test_a_second_signal_reaches_the_cleanup_and_never_raises() -> None:
     assert out.split() == ["cut", "short", "Interrupted"], (out, err)
     assert proc.returncode == 130
     assert "KeyboardInterrupt" not in err
+
+
+def test_several_errors_are_told_a_line_each_naming_their_vm() -> None:
+    from orchestrator.cli import _render_error
+    from orchestrator.errors import SeveralErrors, UsageError, VmError
+
+    text = _render_error(SeveralErrors([VmError("a", "stop", "u", "hung"), UsageError("no x")]))
+    assert text.splitlines() == ["qemu-compose: error: a: hung", "qemu-compose: error: no x"]
