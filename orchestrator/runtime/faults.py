@@ -95,31 +95,29 @@ async def pause(
     project: Project, vms: Sequence[str], connection: Connection, report: Reporter
 ) -> list[str]:
     """Freeze the VMs' guests (QMP stop); returns the VMs paused or already paused."""
-    async with open_session(project, connection, report) as session:
-        names = _running(session, vms, "pause")
-        done: list[str] = []
-
-        async def step(name: str) -> None:
-            if await _freeze(session, name, paused=True, named=bool(vms)):
-                done.append(name)
-
-        await _each(names, "pause", step)
-        return [n for n in names if n in done]
+    return await _set_paused(project, vms, connection, report, paused=True)
 
 
 async def unpause(
     project: Project, vms: Sequence[str], connection: Connection, report: Reporter
 ) -> list[str]:
     """Let paused guests run again (QMP cont); returns the VMs running now."""
+    return await _set_paused(project, vms, connection, report, paused=False)
+
+
+async def _set_paused(
+    project: Project, vms: Sequence[str], connection: Connection, report: Reporter, *, paused: bool
+) -> list[str]:
+    verb = "pause" if paused else "unpause"
     async with open_session(project, connection, report) as session:
-        names = _running(session, vms, "unpause")
+        names = _running(session, vms, verb)
         done: list[str] = []
 
         async def step(name: str) -> None:
-            if await _freeze(session, name, paused=False, named=bool(vms)):
+            if await _freeze(session, name, paused=paused, named=bool(vms)):
                 done.append(name)
 
-        await _each(names, "unpause", step)
+        await _each(names, verb, step)
         return [n for n in names if n in done]
 
 
