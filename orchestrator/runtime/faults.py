@@ -25,10 +25,10 @@ from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.supervisor.runs import read_run
 
 from .options import Connection
+from .query import RUNNING_STATES
 from .session import Session, open_session
 from .teardown import QMP_ANSWER
 
-_RUNNING = (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING)
 # KillUnit's answers when the unit has no process left to signal: it ended meanwhile
 _ENDED = ("org.freedesktop.systemd1.NoSuchProcess", "org.freedesktop.systemd1.NoSuchUnit")
 
@@ -56,11 +56,11 @@ def _running(session: Session, vms: Sequence[str], verb: str) -> list[str]:
     each must have one running; none named: every running VM."""
     states = session.units.vm_states()
     if not vms:
-        return [n for n in session.names(()) if states.get(n) in _RUNNING]
+        return [n for n in session.names(()) if states.get(n) in RUNNING_STATES]
     chosen: list[str] = []
     idle = []
     for vm in vms:
-        running = [n for n in session.names([vm]) if states.get(n) in _RUNNING]
+        running = [n for n in session.names([vm]) if states.get(n) in RUNNING_STATES]
         if not running:
             idle.append(vm)
         chosen += [n for n in running if n not in chosen]

@@ -58,7 +58,8 @@ _STATES = {
 }
 
 
-_RUNNING = (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING)
+# a VM unit in these runs its QEMU, started (activating: not yet; the faults need it started)
+RUNNING_STATES = (systemd_dbus.ActiveState.ACTIVE, systemd_dbus.ActiveState.RELOADING)
 
 
 async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
@@ -72,7 +73,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
     running = {  # VM -> its unit, for the running ones
         n: found[n].name if n in found else session.vm_unit(n)
         for n in names
-        if units.get(n) in _RUNNING
+        if units.get(n) in RUNNING_STATES
     }
     started = await session.manager.started(running.values())  # collected since: left out
 
