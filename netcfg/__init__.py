@@ -15,7 +15,7 @@ from .errors import (
 )
 from .ipam import AUTO_POOL, SubnetRequest, allocate_subnets, assign_addresses, gateway
 from .links import has_net_admin, require_net_admin
-from .names import assign_macs, bridge_name, mac_address, tap_name
+from .names import assign_macs, bridge_name, mac_address, partition_table, tap_name
 from .network import (
     BridgeNetwork,
     NetworkStatus,
@@ -25,8 +25,10 @@ from .network import (
     host_subnets,
     link_present,
     network_status,
+    partition_drops,
     remove_network,
     set_hosts,
+    set_partition_drops,
 )
 from .ports import Forward, choose_port, port_is_free, user_netdev
 from .registry import Claims, Registry
@@ -62,11 +64,14 @@ __all__ = [
     "link_present",
     "mac_address",
     "network_status",
+    "partition_drops",
+    "partition_table",
     "port_is_free",
     "remove_network",
     "render_config",
     "require_net_admin",
     "set_hosts",
+    "set_partition_drops",
     "tap_name",
     "user_netdev",
 ]

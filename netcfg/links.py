@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -213,3 +214,44 @@ def enable_nat(bridge: str, subnet: ipaddress.IPv4Network, *, netns: str | None 
 def disable_nat(bridge: str, *, netns: str | None = None) -> None:
     table = nat_table(bridge)
     _nft(f"table ip {table}\ndelete table ip {table}\n", netns)
+
+
+def set_drops(table: str, drops: Iterable[tuple[str, str]], *, netns: str | None = None) -> None:
+    """Make ``table`` (bridge family) drop every frame a bridge forwards from the first TAP of
+    a pair to the second, and nothing else; no pairs: no table. One nft transaction: the old
+    rules and the new are never both, nor neither, in force."""
+    script = f"table bridge {table}\ndelete table bridge {table}\n"
+    rules = "".join(f'    iifname "{a}" oifname "{b}" drop\n' for a, b in drops)
+    if rules:
+        script += (
+            f"table bridge {table} {{\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            f"{rules}"
+            "  }\n"
+            "}\n"
+        )
+    _nft(script, netns)
+
+
+def drops_of(table: str, *, netns: str | None = None) -> list[tuple[str, str]] | None:
+    """The (from, to) TAP pairs ``table`` drops now; None when there is no such table."""
+    argv = ["nft", "-j", "list", "table", "bridge", table]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return None
+    pairs = []
+    for item in json.loads(result.stdout).get("nftables", []):
+        rule = item.get("rule")
+        if not rule:
+            continue
+        names = {}
+        for match in rule.get("expr", []):
+            key = match.get("match", {}).get("left", {}).get("meta", {}).get("key")
+            if key in ("iifname", "oifname"):
+                names[key] = match["match"]["right"]
+        if len(names) == 2:
+            pairs.append((names["iifname"], names["oifname"]))
+    return pairs

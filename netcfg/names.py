@@ -26,6 +26,11 @@ def tap_name(project: str, vm: str, network: str) -> str:
     return f"qct-{_digest('tap', project, vm, network)[:10]}"
 
 
+def partition_table(project: str) -> str:
+    """The project's nftables table (bridge family) of `fault partition`."""
+    return f"qemu-compose-faults-{_digest('faults', project)[:10]}"
+
+
 def bridge_alias(project: str, network: str) -> str:
     return f"qemu-compose {project}/{network}"
 

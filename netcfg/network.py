@@ -228,3 +228,17 @@ async def host_subnets(
 ) -> list[ipaddress.IPv4Network]:
     """IPv4 subnets on this host's interfaces, but those of the links named in ``exclude``."""
     return await trio.to_thread.run_sync(partial(links.host_subnets, exclude=exclude, netns=netns))
+
+
+async def set_partition_drops(
+    table: str, drops: Sequence[tuple[str, str]], *, netns: str | None = None
+) -> None:
+    """The project's partitions: frames from the first TAP of each pair to the second dropped
+    on the bridges (``table``, bridge family; removed when there is nothing to drop)."""
+    links.require_net_admin()
+    await trio.to_thread.run_sync(partial(links.set_drops, table, list(drops), netns=netns))
+
+
+async def partition_drops(table: str, *, netns: str | None = None) -> list[tuple[str, str]] | None:
+    """What ``table`` drops now (None: no such table)."""
+    return await trio.to_thread.run_sync(partial(links.drops_of, table, netns=netns))

@@ -37,6 +37,8 @@ class Stage(enum.StrEnum):
     PAUSE = "pause"  # a fault on purpose: the guest frozen (QMP stop)
     UNPAUSE = "unpause"
     KILL = "kill"  # a signal to QEMU
+    FAULT = "fault"  # a fault made: a link cut, a disk throttled, a partition, a panic
+    HEAL = "heal"  # a fault undone
 
 
 class Status(enum.StrEnum):

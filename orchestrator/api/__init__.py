@@ -3,7 +3,8 @@
 Everything the CLI does, without parsing its output (the CLI sits on it). What talks to
 systemd, QEMU, guests or the network is a trio async function (up, plan, stop, destroy,
 restart, pause, unpause, kill, ps, inspect, networks, remove_networks, logs, pull, doctor;
-events is an async context manager); what only reads files or formats data is synchronous
+events is an async context manager; ``faults(project)`` makes and undoes faults, see
+api.faults); what only reads files or formats data is synchronous
 (load, ssh_argv, records, console, images, remove_image, prune_images, format_*). Progress
 arrives as typed ``Event`` objects through ``on_event``:
 
@@ -39,6 +40,7 @@ from orchestrator._lazy import lazy_exports
 from orchestrator.progress import Event, Stage, Status, Transfer
 
 from .cache import images, prune_images, pull, remove_image
+from .faults import Faults, Injection, faults
 from .host import doctor
 from .text import format_checks, format_config, format_inspect, format_plan, format_record
 from .vms import (
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     from orchestrator.guest.images import ImageInfo
     from orchestrator.runtime import NetworkRow, UpError, UpPlan, UpResult, VmRow
     from orchestrator.runtime.doctor import Check
+    from orchestrator.runtime.faults import FaultError, FaultRow
     from orchestrator.runtime.plan import Action, ActionKind
     from orchestrator.supervisor.eventlog import EventRecord
 
@@ -82,6 +85,8 @@ _TYPES = {
     "ActionKind": "orchestrator.runtime.plan",
     "Check": "orchestrator.runtime.doctor",
     "EventRecord": "orchestrator.supervisor.eventlog",
+    "FaultError": "orchestrator.runtime.faults.freeze",
+    "FaultRow": "orchestrator.runtime.faults.inject",
 }
 
 __all__ = [
@@ -91,7 +96,11 @@ __all__ = [
     "Event",
     "EventCallback",
     "EventRecord",
+    "FaultError",
+    "FaultRow",
+    "Faults",
     "ImageInfo",
+    "Injection",
     "NetworkRow",
     "Project",
     "Stage",
@@ -105,6 +114,7 @@ __all__ = [
     "destroy",
     "doctor",
     "events",
+    "faults",
     "format_checks",
     "format_config",
     "format_inspect",

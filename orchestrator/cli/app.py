@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .faults import kill, pause, unpause
+from .faults import fault, kill, pause, unpause
 from .images import image, pull
 from .inspection import console, inspect, logs, ps, ssh, watch
 from .lifecycle import destroy, restart, stop, up
@@ -154,7 +154,7 @@ def doctor(fmt: str, bus: str) -> None:
 
 for command in (up, stop, destroy, restart, ps, ssh, watch, inspect, logs, console, network):
     cli.add_command(command)
-for command in (pause, unpause, kill):
+for command in (pause, unpause, kill, fault):
     cli.add_command(command)
 for command in (doctor, pull, image):
     cli.add_command(command)

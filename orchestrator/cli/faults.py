@@ -1,11 +1,18 @@
-"""pause, unpause, kill: faults made on purpose, as docker compose names them."""
+"""pause, unpause, kill (docker compose's names) and `fault ...`: faults made on purpose."""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import click
 
 from .lifecycle import _run
 from .options import GlobalOptions, progress_option, wait_lock_option
+
+if TYPE_CHECKING:
+    from orchestrator.api import EventCallback
 
 
 @click.command()
@@ -74,4 +81,188 @@ def kill(
         lambda on_event: api.kill(
             project, *vms, signal=signame, wait_lock=wait_lock, on_event=on_event
         ),
+    )
+
+
+@click.group()
+def fault() -> None:
+    """Faults made on purpose: cut links, partition networks, throttle disks, panic guests.
+
+    Each is recorded in the event log (`watch` shows FAULT and HEAL), shown by `ps` and
+    `fault ls`, and undone by `fault clear`, `stop` and `destroy`; a VM its restart policy
+    restarts starts without faults. The network faults need what the project's bridge
+    networks need (root, or CAP_NET_ADMIN).
+    """
+
+
+@fault.command("link")
+@click.argument("vm")
+@click.argument("args", nargs=-1, metavar="[NETWORK] down|up")
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def fault_link(
+    opts: GlobalOptions, vm: str, args: tuple[str, ...], progress: str, wait_lock: bool
+) -> None:
+    """Set VM's links down (the guest sees its carrier lost), or up again.
+
+    NETWORK: only the NIC on that bridge network ("user": the user-mode NIC, through which
+    `ssh` and the health checks reach the VM); without it, every NIC of the VM. A VM with
+    replicas: each of them.
+    """
+    if not args or args[-1] not in ("down", "up") or len(args) > 2:
+        raise click.UsageError("expected: fault link VM [NETWORK] down|up")
+    network = args[0] if len(args) == 2 else None
+    project = opts.load()
+    from orchestrator import api
+
+    def work(on_event: EventCallback) -> Awaitable[list[str]]:
+        faults = api.faults(project, wait_lock=wait_lock, on_event=on_event)
+        if args[-1] == "up":
+            return faults.link_up(vm, network=network)
+        return faults.link_down(vm, network=network)
+
+    _run(progress, work)
+
+
+@fault.command("disk")
+@click.argument("vm")
+@click.argument("drive", default="root", metavar="[VOLUME|root]")
+@click.option(
+    "--iops", type=click.IntRange(min=1), help="At most this many I/O operations a second."
+)
+@click.option("--bps", help="At most this many bytes a second (1M, 512K, ...).")
+@click.option("--clear", "unthrottle", is_flag=True, help="Take the throttle off.")
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def fault_disk(
+    opts: GlobalOptions,
+    vm: str,
+    drive: str,
+    iops: int | None,
+    bps: str | None,
+    unthrottle: bool,
+    progress: str,
+    wait_lock: bool,
+) -> None:
+    """Throttle a disk of VM: its root disk, or a named volume it mounts (QMP
+    block_set_io_throttle). The guest sees a slow disk, not an error."""
+    if unthrottle == bool(iops or bps):
+        raise click.UsageError("give --iops and/or --bps, or --clear")
+    project = opts.load()
+    from orchestrator import api
+
+    _run(
+        progress,
+        lambda on_event: api.faults(project, wait_lock=wait_lock, on_event=on_event).throttle(
+            vm, drive=drive, iops=iops or 0, bps=bps or 0
+        ),
+    )
+
+
+@fault.command("partition")
+@click.argument("groups", nargs=-1, required=True, metavar="GROUP GROUP...")
+@click.option("--network", help="Only on this bridge network (default: on all of them).")
+@click.option("--one-way", is_flag=True, help="Drop only what the first group sends to the others.")
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def fault_partition(
+    opts: GlobalOptions,
+    groups: tuple[str, ...],
+    network: str | None,
+    one_way: bool,
+    progress: str,
+    wait_lock: bool,
+) -> None:
+    """Drop the traffic between groups of VMs on their bridge networks until `fault heal`.
+
+    Each GROUP is VM names joined by commas: `fault partition a,b c` cuts a and b off from
+    c (a and b still reach each other; VMs not named reach everyone). The host (DHCP, DNS)
+    and the user-mode NICs are not cut.
+    """
+    sides = [[n for n in group.split(",") if n] for group in groups]
+    if any(not side for side in sides):
+        raise click.UsageError("a group is VM names joined by commas, e.g. a,b")
+    project = opts.load()
+    from orchestrator import api
+
+    _run(
+        progress,
+        lambda on_event: api.faults(project, wait_lock=wait_lock, on_event=on_event).partition(
+            *sides, network=network, one_way=one_way
+        ),
+    )
+
+
+@fault.command("heal")
+@click.option("--network", help="Only the partitions on this network.")
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def fault_heal(opts: GlobalOptions, network: str | None, progress: str, wait_lock: bool) -> None:
+    """End the partitions (all, or those on one network)."""
+    project = opts.load()
+    from orchestrator import api
+
+    _run(
+        progress,
+        lambda on_event: api.faults(project, wait_lock=wait_lock, on_event=on_event).heal(network),
+    )
+
+
+@fault.command("panic")
+@click.argument("vms", nargs=-1, required=True)
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def fault_panic(opts: GlobalOptions, vms: tuple[str, ...], progress: str, wait_lock: bool) -> None:
+    """Make the guest kernels of VMs panic (an NMI, QMP inject-nmi).
+
+    qemu-compose's cloud-init sets kernel.unknown_nmi_panic=1 in every guest, so that the
+    NMI panics it; the guest says so through the pvpanic device (GUEST_PANICKED in `watch`)
+    and the VM's restart policy answers (`restart: on-failure` restarts it). Returns once
+    the guest has panicked.
+    """
+    project = opts.load()
+    from orchestrator import api
+
+    _run(
+        progress,
+        lambda on_event: api.faults(project, wait_lock=wait_lock, on_event=on_event).panic(*vms),
+    )
+
+
+@fault.command("ls")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_obj
+def fault_ls(opts: GlobalOptions, fmt: str) -> None:
+    """List the faults in force."""
+    project = opts.load()
+    from orchestrator import api
+
+    from .runner import run
+    from .tables import fault_table, json_lines
+
+    rows = run(lambda: api.faults(project).ls())
+    sys.stdout.write(json_lines(rows) if fmt == "json" else fault_table(rows))
+
+
+@fault.command("clear")
+@click.argument("vms", nargs=-1)
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def fault_clear(opts: GlobalOptions, vms: tuple[str, ...], progress: str, wait_lock: bool) -> None:
+    """Undo every fault of VMs (all, or those named): links up, disks unthrottled, out of
+    partitions, guests unpaused."""
+    project = opts.load()
+    from orchestrator import api
+
+    _run(
+        progress,
+        lambda on_event: api.faults(project, wait_lock=wait_lock, on_event=on_event).clear(*vms),
     )

@@ -8,20 +8,37 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.api import ImageInfo, NetworkRow, VmRow
+    from orchestrator.api import FaultRow, ImageInfo, NetworkRow, VmRow
 
 
 def vm_table(rows: Sequence[VmRow]) -> str:
     columns = [("NAME", "<20"), ("STATUS", "<26"), ("PORTS", "<24"), ("ADDRESSES", "<16"),
                ("SSH", "<6"), ("CPU", "<4"), ("MEMORY", "<7"), ("DISK", "<6"),
                ("UNIT", "")]  # fmt: skip
+    if any(row.faults for row in rows):  # a column only while some fault is in force
+        columns.insert(-1, ("FAULTS", "<24"))
 
     def cells(row: VmRow) -> list[object]:
         addresses = ",".join(row.addresses.values()) or "-"
-        return [row.name, row.status, ",".join(row.ports) or "-", addresses, row.ssh_port or "-",
-                row.cpu or "-", row.memory or "-", row.disk or "-", row.unit]  # fmt: skip
+        found: list[object] = [
+            row.name, row.status, ",".join(row.ports) or "-", addresses, row.ssh_port or "-",
+            row.cpu or "-", row.memory or "-", row.disk or "-", row.unit,
+        ]  # fmt: skip
+        if len(columns) > len(found):
+            found.insert(-1, "; ".join(row.faults) or "-")
+        return found
 
     return _table(columns, map(cells, rows))
+
+
+def fault_table(rows: Sequence[FaultRow]) -> str:
+    columns = [("KIND", "<10"), ("VMS", "<24"), ("SINCE", "<10"), ("FAULT", "")]
+
+    def cells(row: FaultRow) -> list[object]:
+        since = time.strftime("%H:%M:%S", time.localtime(row.since)) if row.since else "-"
+        return [row.kind, ",".join(row.vms), since, row.detail]
+
+    return _table(columns, map(cells, rows)) if rows else "no faults in force\n"
 
 
 def network_table(rows: Sequence[NetworkRow]) -> str:

@@ -109,6 +109,10 @@ FSTAB_SCRIPT = (
     + "; systemctl daemon-reload 2>/dev/null; mount -a 2>/dev/null; true"
 )
 
+# `fault panic` sends an NMI (QMP inject-nmi): the kernel panics on it only when told to. No
+# NMI comes to a VM otherwise; the guest reports the panic through the pvpanic device.
+NMI_PANIC_SCRIPT = "echo 1 > /proc/sys/kernel/unknown_nmi_panic 2>/dev/null || true"
+
 
 def user_data(guest: GuestConfig) -> dict[str, Any]:
     data: dict[str, Any] = {
@@ -135,6 +139,7 @@ def user_data(guest: GuestConfig) -> dict[str, Any]:
         + [f"{k}={v}" for k, v in guest.environment.items()],
         ["sh", "-c", FSTAB_SCRIPT, "qemu-compose-mounts"]
         + [field for mount in guest.mounts for field in mount.entry()],
+        ["sh", "-c", NMI_PANIC_SCRIPT, "qemu-compose-nmi-panic"],
     ]
     files: list[dict[str, Any]] = []
     if guest.on_bridges:

@@ -1,9 +1,9 @@
 """The runtime: one session per command against systemd, QEMU and the guests.
 
 observe -> plan (pure) -> execute: `up`; teardown: `stop`, `destroy`, `network rm`; faults:
-`pause`, `unpause`, `kill`; queries: `ps`, `network ls`, `inspect`. Names are imported on
-first use: importing the package (or its options) does not pull systemd, QEMU and the
-network in (the CLI starts fast).
+`pause`, `unpause`, `kill`, `fault ...` (runtime.faults); queries: `ps`, `network ls`,
+`inspect`. Names are imported on first use: importing the package (or its options) does not
+pull systemd, QEMU and the network in (the CLI starts fast).
 """
 
 from __future__ import annotations

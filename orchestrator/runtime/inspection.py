@@ -68,6 +68,7 @@ async def inspect(project: Project, connection: Connection, name: str) -> dict[s
         "started_at": _iso(row.started_at) if row.started_at else None,
         "restarts": row.restarts,
         "ports": row.ports,
+        "faults": row.faults,
         "created_at": _iso(saved.created_at) if saved else None,
         "unit": {
             "name": unit,
@@ -253,6 +254,7 @@ def render_inspect(info: dict[str, Any]) -> str:
         ("Started", info["started_at"]),
         ("Restarts", info["restarts"]),
         ("Ports", ", ".join(info["ports"]) or None),
+        ("Faults", "; ".join(info.get("faults") or [])),
         ("Systemd unit", f"{unit['name']} ({unit['active_state']}/{unit['sub_state']})"),
         ("Main PID", unit["main_pid"]),
         ("Created", info["created_at"]),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import msgspec
 
+QMP_ANSWER = 5.0  # seconds a running QEMU has to greet on its control monitor
 DEFAULT_READY_TIMEOUT = 900.0  # SSH under TCG takes a minute; several at once, more
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -14,6 +14,7 @@ from orchestrator.config.topology import instances, select_one
 from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import host_alias, known_hosts
 from orchestrator.progress import Reporter
+from orchestrator.state.faults import faults_file, in_force, qemu_pid, read_faults
 from orchestrator.state.files import ProjectState, check_owner, check_private_dir
 from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.health import has_health, read_health
@@ -38,6 +39,7 @@ class VmRow(msgspec.Struct, frozen=True):
     disk: str | None
     addresses: dict[str, str]
     ssh_port: int | None
+    faults: list[str] = []  # in force (`fault ...`): "link lan down", "partition a | b", ...
 
 
 async def ps(
@@ -76,6 +78,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         if units.get(n) in RUNNING_STATES
     }
     started = await session.manager.started(running.values())  # collected since: left out
+    faults = faults_in_force(session.paths, running)
 
     def one(name: str) -> VmRow:
         inst = by_name.get(name)
@@ -129,9 +132,29 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
             disk=size if created else None,
             addresses={n: a[name] for n, a in session.state.addresses.items() if name in a},
             ssh_port=saved.ssh_port if saved else None,
+            faults=faults.get(name, []) if since else [],
         )
 
     return [one(n) for n in names]
+
+
+def faults_in_force(paths: ProjectPaths, running: Iterable[str]) -> dict[str, list[str]]:
+    """The faults in force on each running VM, described (state.faults); one stat when no
+    fault was ever made."""
+    if not faults_file(paths.state_dir).exists():
+        return {}
+    kept = read_faults(paths.state_dir)
+    pids: dict[str, int | None] = {}
+
+    def pid_of(vm: str) -> int | None:
+        if vm not in pids:
+            pids[vm] = qemu_pid(paths.vm(vm).pidfile)
+        return pids[vm]
+
+    found: dict[str, list[str]] = {}
+    for vm in running:
+        found[vm] = [f.describe() for f in kept.faults if f.involves(vm) and in_force(f, pid_of)]
+    return {vm: described for vm, described in found.items() if described}
 
 
 def status_text(

@@ -31,7 +31,7 @@ from orchestrator.state.identity import project_dir
 from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
 
 from .changes import digest
-from .faults import resume_if_paused
+from .faults import clear_faults, resume_if_paused
 from .launch import LaunchFacts, grace_period, recorded, vm_launch
 from .observe import UnitTakenError
 from .options import UpOptions
@@ -111,6 +111,7 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     paths = session.paths.vm(name)
     if action.kind is ActionKind.RECREATE:
         report(name, Stage.UNIT, Status.WORKING, "recreating: stopping the old VM")
+        await clear_faults(session, [name], why="recreated")
         await stop_one(session, name, grace_period(vm))
         shutil.rmtree(paths.directory, ignore_errors=True)
         forget_host(session.paths, project, name)
@@ -118,6 +119,7 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
         if action.grow_disk and vm.disk.size is not None and paths.disk.exists():
             await check_growable(paths.disk, parse_size(vm.disk.size))  # before it stops
         report(name, Stage.UNIT, Status.WORKING, f"restarting: {action.cause}")
+        await clear_faults(session, [name], why="restarted")
         await stop_one(session, name, grace_period(vm))
     private_dir(paths.directory)
     paths = make_socket_dir(session.paths, name)

@@ -21,14 +21,13 @@ from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.paths import remove_socket_dir
 
+from .faults.inject import clear_faults
 from .launch import grace_period
 from .observe import unit_states
-from .options import Connection
+from .options import QMP_ANSWER, Connection
 from .ports import release_ports
 from .session import Session, open_session
 from .supervision import stop_supervisor
-
-QMP_ANSWER = 5.0  # seconds a running QEMU has to greet on its control monitor
 
 
 async def stop_one(session: Session, name: str, grace: float) -> bool:
@@ -111,6 +110,7 @@ async def stop(
     async with open_session(project, connection, report) as session:
         names = session.names(vms)
         by_name = {i.name: i for i in instances(project.model)}
+        await clear_faults(session, names, why="stopped")
 
         async def one(name: str) -> None:
             inst = by_name.get(name)
@@ -140,6 +140,7 @@ async def destroy(
             for n in session.names(vms)
             if n in state.vms or session.paths.vm(n).directory.exists()
         ]
+        await clear_faults(session, names, why="destroyed")
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(remove_vm, session, name)

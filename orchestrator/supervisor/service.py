@@ -13,7 +13,8 @@ for each of them:
 - keeps the health of each VM that has one (probing.py): probes it while its guest runs,
   writes its ``health.json`` and each change of its state (``health_status``) to the log;
 - keeps what `ps` shows of each run (runs.py, ``run.json``): the guest's QMP status
-  (running, paused, ...), the restarts it made in place, how the unit ended.
+  (running, paused, ...), the restarts it made in place, how the unit ended;
+- takes a restarted VM's faults away (faults.py): it starts without them.
 
 A crash of QEMU itself is systemd's to restart (the VM unit's Restart=on-failure).
 """
@@ -31,6 +32,7 @@ from typing import Any
 import msgspec
 import trio
 
+import netcfg
 import qmp
 import systemd_dbus
 from orchestrator.config.model import RestartPolicy
@@ -40,6 +42,7 @@ from qmp.events import Reset as GuestReset
 from qmp.supervisor import Supervisor
 
 from .eventlog import EventLog
+from .faults import clear_after_restart
 from .health import HealthChange
 from .lifecycle import (
     GIVE_UP_SIGNAL,
@@ -201,6 +204,28 @@ class ProjectSupervisor:
             log.warning("cannot write %s of %s to the event log: %s", event, vm, err)
         self._see_guest(vm, event)
         self._feed(vm, session, event)
+        if isinstance(event, SessionOpened) and self._nursery is not None:
+            self._nursery.start_soon(self._clear_faults, vm, session)
+
+    async def _clear_faults(
+        self, vm: str, session: qmp.QmpSession, *, in_place: bool = False
+    ) -> None:
+        """A VM restarted starts without faults (faults.py); a new session of the same
+        QEMU keeps them."""
+        mine = self.paths.vm(vm)
+        try:
+            cleared = await clear_after_restart(
+                self.paths.state_dir, vm, mine.pidfile, session, in_place=in_place
+            )
+        except (OSError, netcfg.NetcfgError) as err:
+            self._record(
+                vm, "SUPERVISOR_ERROR", {"error": f"clearing faults: {err}"}, source="supervisor"
+            )
+            return
+        if cleared:
+            why = "restarted in place" if in_place else "a new QEMU"
+            data = {"reason": f"{why}: a restarted VM starts without faults", "faults": cleared}
+            self._record(vm, "FAULTS_CLEARED", data, source="supervisor")
 
     def _see_guest(self, vm: str, event: SessionEvent) -> None:
         """What probing needs of QMP: whether the guest runs, and when it rebooted."""
@@ -262,6 +287,7 @@ class ProjectSupervisor:
                 data = {"attempt": command.attempt}
                 self._record(vm, "RESTARTED", data, source="supervisor")
                 self.runs.restarted(vm)
+                await self._clear_faults(vm, session, in_place=True)
             elif isinstance(command, Quit):
                 with contextlib.suppress(qmp.VmGoneError, qmp.SessionStateError):
                     await session.execute("quit")

@@ -37,9 +37,11 @@ def project(tmp_path: Path) -> Path:
 
 
 COMMANDS = [
-    "completion", "config", "console", "destroy", "doctor", "image", "inspect", "kill", "logs",
-    "network", "pause", "ps", "pull", "restart", "ssh", "stop", "unpause", "up", "watch",
+    "completion", "config", "console", "destroy", "doctor", "fault", "image", "inspect", "kill",
+    "logs", "network", "pause", "ps", "pull", "restart", "ssh", "stop", "unpause", "up", "watch",
 ]  # fmt: skip
+FAULTS = ["fault link", "fault disk", "fault partition", "fault heal", "fault panic",
+          "fault ls", "fault clear"]  # fmt: skip
 
 
 def test_help_lists_only_working_commands(tmp_path: Path) -> None:
@@ -51,7 +53,8 @@ def test_help_lists_only_working_commands(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [*COMMANDS, "network ls", "network rm", "image ls", "image rm", "image prune"]
+    "command",
+    [*COMMANDS, "network ls", "network rm", "image ls", "image rm", "image prune", *FAULTS],
 )
 def test_every_command_has_help(command: str, tmp_path: Path) -> None:
     result = run(*command.split(), "--help", cwd=tmp_path)

@@ -94,6 +94,8 @@ def test_user_data_golden() -> None:
             ["sh", "-c", FSTAB_SCRIPT, "qemu-compose-mounts",
              "mount0", "/srv/www", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail,ro,cache=loose", "0", "0",
              "/dev/disk/by-id/virtio-data", "/var/lib/data", "ext4", "defaults,nofail", "0", "2"],
+            ["sh", "-c", "echo 1 > /proc/sys/kernel/unknown_nmi_panic 2>/dev/null || true",
+             "qemu-compose-nmi-panic"],
             ["sh", "-c",
              'mkdir -p /etc/systemd/resolved.conf.d && printf "[Resolve]\\nDomains=%s\\n" "$1" > /etc/systemd/resolved.conf.d/qemu-compose.conf && { systemctl try-restart systemd-resolved.service || true; }',
              "qemu-compose-search-domain", "demo"],
@@ -190,6 +192,7 @@ def test_vms_on_bridges_get_the_project_as_search_domain() -> None:
     assert [c[3] for c in user_data(user_only)["bootcmd"]] == [
         "qemu-compose-environment",
         "qemu-compose-mounts",
+        "qemu-compose-nmi-panic",
     ]
 
 

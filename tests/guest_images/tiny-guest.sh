@@ -39,7 +39,7 @@ for lib in $(pkg/lib64/ld-linux-x86-64.so.2 --library-path "$LP" --list root/bin
 done
 cp -L pkg/lib64/ld-linux-x86-64.so.2 root/lib64/
 # kernel modules (+ deps) for virtio disks/net, iso9660 seed, power button events
-M=pkg/lib/modules/$KVER; MODS="virtio_pci virtio_blk virtio_net isofs evdev button af_packet"
+M=pkg/lib/modules/$KVER; MODS="virtio_pci virtio_blk virtio_net isofs evdev button af_packet pvpanic_mmio"
 need=""; add() { local m f; m=$1
   f=$(find $M/kernel -name "$m.ko*" | head -1); [ -n "$f" ] || return 0        # built in
   case " $need " in *" $f "*) return 0;; esac
@@ -58,6 +58,7 @@ cat > root/etc/udhcpc.script <<'EOF'
 #!/bin/sh
 case "$1" in bound|renew)
   ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+  [ "$interface" = eth0 ] || exit 0   # a bridge NIC: its address only (eth0 is user-mode)
   [ -n "$router" ] && route add default gw "${router%% *}" dev "$interface"
   : > /etc/resolv.conf; for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done;;
 esac
@@ -69,7 +70,9 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts; mount -t devpts devpts /dev/pts; mount -t tmpfs run /run; mount -t tmpfs tmp /tmp
 K=/lib/modules/$(uname -r); while read m; do insmod $K/$m 2>/dev/null; done < /etc/modules
 ifconfig lo 127.0.0.1 up
-ip link set eth0 up; timeout 20 udhcpc -i eth0 -f -q -n -t 10 -T 1 -s /etc/udhcpc.script >/dev/null 2>&1 &
+for n in /sys/class/net/eth*; do n=${n##*/}   # eth0 user-mode, then one NIC a bridge network
+  ip link set $n up; timeout 20 udhcpc -i $n -f -q -n -t 10 -T 1 -s /etc/udhcpc.script >/dev/null 2>&1 &
+done
 # NoCloud seed: ISO9660/vfat with label cidata
 S=""; for i in 1 2 3 4 5 6 7 8 9 10; do S=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null) && break; sleep 0.2; done
 U=dev
@@ -79,6 +82,8 @@ if [ -n "$S" ] && mount -o ro "$S" /mnt/seed; then
     | sed 's/ *$//' > /root/.ssh/authorized_keys
   n=$(sed -n 's/^[ -]*name: *["'"'"']\{0,1\}\([a-z_][a-z0-9_-]*\).*/\1/p' $UD | head -1); [ -n "$n" ] && U=$n
   h=$(sed -n 's/^local-hostname: *//p' /mnt/seed/meta-data 2>/dev/null); [ -n "$h" ] && hostname "$h"
+  # cloud-init would run this bootcmd: the kernel panics on an NMI (`fault panic`)
+  grep -q qemu-compose-nmi-panic $UD && echo 1 > /proc/sys/kernel/unknown_nmi_panic
   umount /mnt/seed
 else echo "tiny-init: no cidata seed found" > /dev/console; fi
 if [ "$U" != root ]; then

@@ -35,8 +35,11 @@ from netcfg import (
     link_present,
     mac_address,
     network_status,
+    partition_drops,
+    partition_table,
     remove_network,
     set_hosts,
+    set_partition_drops,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -264,3 +267,55 @@ def test_without_cap_net_admin_nothing_is_touched(tmp_path: Path) -> None:
     assert "setcap cap_net_admin+ep" in result.stdout
     assert not Path("x").exists()
     assert issubclass(NeedsNetAdminError, Exception)
+
+
+def _ping(netns: str, address: str) -> bool:
+    """One quick ping from inside ``netns`` (busybox: iputils need not be installed)."""
+    return sh("ip", "netns", "exec", netns, "busybox", "ping", "-c", "1", "-W", "1", address,
+              check=False).returncode == 0  # fmt: skip
+
+
+def _received(netns: str) -> int:
+    counter = "/sys/class/net/eth0/statistics/rx_packets"
+    return int(sh("ip", "netns", "exec", netns, "cat", counter).stdout)
+
+
+async def test_partition_drops_between_bridge_ports_one_way_and_healed(
+    namespaces: tuple[str, str],
+) -> None:
+    """Two hosts on a bridge (veth ports, as TAPs are): the project's bridge-family table
+    drops what one port forwards to the other, in one direction or both, and nothing else."""
+    server, client = namespaces
+    other = f"{client}-b"
+    sh("ip", "netns", "add", other)
+    try:
+        sh("ip", "-n", server, "link", "add", "br-t", "type", "bridge")
+        sh("ip", "-n", server, "link", "set", "br-t", "up")
+        for i, (ns, port) in enumerate([(client, "pa"), (other, "pb")], start=1):
+            sh("ip", "-n", server, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+               "netns", ns)  # fmt: skip
+            sh("ip", "-n", server, "link", "set", port, "master", "br-t", "up")
+            sh("ip", "-n", ns, "addr", "add", f"10.231.9.{i}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        table = partition_table("demo")
+        assert _ping(client, "10.231.9.2")
+
+        await set_partition_drops(table, [("pa", "pb"), ("pb", "pa")], netns=server)
+        assert await partition_drops(table, netns=server) == [("pa", "pb"), ("pb", "pa")]
+        assert not _ping(client, "10.231.9.2")
+        assert not _ping(other, "10.231.9.1")
+
+        # one way: a's frames to b are dropped; b's ping of a gets no reply either (the
+        # reply goes a -> b), but b's frames do reach a: a's counters say so
+        await set_partition_drops(table, [("pa", "pb")], netns=server)
+        before = _received(client)
+        assert not _ping(other, "10.231.9.1")
+        after = _received(client)
+        assert after > before
+
+        await set_partition_drops(table, [], netns=server)  # healed: no table left
+        assert await partition_drops(table, netns=server) is None
+        assert _ping(client, "10.231.9.2")
+        await set_partition_drops(table, [], netns=server)  # healing twice is no error
+    finally:
+        sh("ip", "netns", "del", other, check=False)

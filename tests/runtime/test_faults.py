@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from orchestrator.errors import UsageError
-from orchestrator.runtime.faults import FaultError, _each, _Failed, parse_signal
+from orchestrator.runtime.faults.freeze import FaultError, _each, _Failed, parse_signal
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,9 @@ from orchestrator.errors import QemuComposeError, UsageError
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.supervisor.runs import read_run
 
-from .options import Connection
-from .query import RUNNING_STATES
-from .session import Session, open_session
-from .teardown import QMP_ANSWER
+from ..options import QMP_ANSWER, Connection
+from ..query import RUNNING_STATES
+from ..session import Session, open_session
 
 # KillUnit's answers when the unit has no process left to signal: it ended meanwhile
 _ENDED = ("org.freedesktop.systemd1.NoSuchProcess", "org.freedesktop.systemd1.NoSuchUnit")

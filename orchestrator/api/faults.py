@@ -1,0 +1,177 @@
+"""Faults from Python, for test scripts: inject, assert, heal.
+
+    faults = api.faults(project)
+    async with faults.partition(["a", "b"], ["c"]):   # healed on leaving, raise or not
+        ...
+    async with faults.link_down("db", network="lan"):
+        ...
+    await faults.throttle("db", iops=10)              # stays until cleared
+    await faults.clear()
+
+Each of link_down, throttle, partition and paused returns an injection: awaited, the fault
+is made and stays (until `clear`, `heal` or the VM's stop); used with ``async with``, it is
+undone when the block ends, also when it raises or is cancelled. Errors are the CLI's
+(UsageError for a VM that does not run or a network it is not on, FaultError naming the VMs
+QEMU refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from orchestrator.config.project import Project
+from orchestrator.progress import Reporter
+
+from .vms import EventCallback, _connection
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.faults import FaultRow
+
+T = TypeVar("T")
+UNDO_TIMEOUT = 60.0  # seconds an undo on leaving a block may take, even when cancelled
+
+
+class Injection(Generic[T]):
+    """A fault to make: ``await`` it to make it, or ``async with`` it to have it undone."""
+
+    def __init__(self, make: Callable[[], Awaitable[T]], undo: Callable[[T], Awaitable[Any]]):
+        self._make, self._undo = make, undo
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._make().__await__()
+
+    async def __aenter__(self) -> T:
+        self._made = await self._make()
+        return self._made
+
+    async def __aexit__(self, *exc: object) -> None:
+        import trio
+
+        with trio.CancelScope(shield=True), trio.fail_after(UNDO_TIMEOUT):
+            await self._undo(self._made)
+
+
+class Faults:
+    """The faults of one project (see the module's docstring); made by ``api.faults``."""
+
+    def __init__(
+        self,
+        project: Project,
+        *,
+        wait_lock: bool = False,
+        bus: str = "user",
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.project = project
+        self._connection = _connection(bus, wait_lock)
+        self._on_event = on_event
+
+    def _report(self) -> Reporter:
+        return Reporter(self._on_event)
+
+    def link_down(self, *vms: str, network: str | None = None) -> Injection[list[str]]:
+        """The VMs' NICs lose their carrier (on ``network``, "user" for the user-mode NIC,
+        or all); undone: the links up again."""
+        from orchestrator.runtime import faults
+
+        async def make() -> list[str]:
+            return await faults.link(
+                self.project, vms, network, self._connection, self._report(), up=False
+            )
+
+        async def undo(done: list[str]) -> None:
+            await faults.link(
+                self.project, done, network, self._connection, self._report(), up=True
+            )
+
+        return Injection(make, undo)
+
+    async def link_up(self, *vms: str, network: str | None = None) -> list[str]:
+        from orchestrator.runtime import faults
+
+        return await faults.link(
+            self.project, vms, network, self._connection, self._report(), up=True
+        )
+
+    def throttle(
+        self, *vms: str, drive: str = "root", iops: int = 0, bps: int | str = 0
+    ) -> Injection[list[str]]:
+        """A disk of the VMs ("root" or a named volume) limited to ``iops`` operations and
+        ``bps`` bytes a second (a number, or a size such as "1M"); undone: unthrottled."""
+        from orchestrator.runtime import faults
+
+        async def make() -> list[str]:
+            return await faults.disk(
+                self.project, vms, drive, self._connection, self._report(), iops=iops, bps=bps
+            )
+
+        async def undo(done: list[str]) -> None:
+            await faults.disk(self.project, done, drive, self._connection, self._report())
+
+        return Injection(make, undo)
+
+    def partition(
+        self, *groups: Sequence[str], network: str | None = None, one_way: bool = False
+    ) -> Injection[Any]:
+        """Traffic dropped between the groups of VMs (only from the first group to the others
+        with ``one_way``) on their bridge networks, or on ``network``; undone: this partition
+        healed (not the others)."""
+        from orchestrator.runtime import faults
+
+        async def make() -> Any:
+            return await faults.partition(
+                self.project, groups, network, self._connection, self._report(), one_way=one_way
+            )
+
+        async def undo(made: Any) -> None:
+            await faults.heal(self.project, None, self._connection, self._report(), only=made.id)
+
+        return Injection(make, undo)
+
+    async def heal(self, network: str | None = None) -> None:
+        """End every partition (those on ``network``, if given)."""
+        from orchestrator.runtime import faults
+
+        await faults.heal(self.project, network, self._connection, self._report())
+
+    def paused(self, *vms: str) -> Injection[list[str]]:
+        """The VMs' guests frozen (QMP stop); undone: running again."""
+        from orchestrator import runtime
+
+        async def make() -> list[str]:
+            return await runtime.pause(self.project, vms, self._connection, self._report())
+
+        async def undo(done: list[str]) -> None:
+            await runtime.unpause(self.project, done, self._connection, self._report())
+
+        return Injection(make, undo)
+
+    async def panic(self, *vms: str) -> list[str]:
+        """A kernel panic in each guest (an NMI), once it has said so (GUEST_PANICKED)."""
+        from orchestrator.runtime import faults
+
+        return await faults.panic(self.project, vms, self._connection, self._report())
+
+    async def ls(self) -> list[FaultRow]:
+        """The faults in force."""
+        from orchestrator.runtime import faults
+
+        return await faults.ls(self.project, self._connection)
+
+    async def clear(self, *vms: str) -> list[str]:
+        """Undo every fault of the VMs (all when none is named); returns those that had one."""
+        from orchestrator.runtime import faults
+
+        return await faults.clear(self.project, vms, self._connection, self._report())
+
+
+def faults(
+    project: Project,
+    *,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> Faults:
+    """The project's faults, to make and undo from a script (see Faults)."""
+    return Faults(project, wait_lock=wait_lock, bus=bus, on_event=on_event)

@@ -1,0 +1,27 @@
+"""Faults made on purpose, to test what runs on the VMs.
+
+freeze: pause, unpause (QMP stop and cont) and kill (a signal to QEMU through systemd);
+inject: faults kept until undone (a link cut, a disk throttled, a partition), a kernel panic
+on demand, and `fault ls` / `fault clear`. What is kept is in state.faults.
+"""
+
+from .freeze import FaultError, kill, parse_signal, pause, resume_if_paused, unpause
+from .inject import FaultRow, clear, clear_faults, disk, heal, link, ls, panic, partition
+
+__all__ = [
+    "FaultError",
+    "FaultRow",
+    "clear",
+    "clear_faults",
+    "disk",
+    "heal",
+    "kill",
+    "link",
+    "ls",
+    "panic",
+    "parse_signal",
+    "partition",
+    "pause",
+    "resume_if_paused",
+    "unpause",
+]

@@ -1,0 +1,484 @@
+"""Faults kept until undone: a link cut (QMP set_link), a disk throttled (QMP
+block_set_io_throttle), a partition between groups of VMs (drops in the project's nftables
+table, bridge family); a kernel panic on demand (QMP inject-nmi); `fault ls`, `fault clear`.
+
+What is in force is kept in faults.json (state.faults): `ps`, `inspect` and `fault ls` show
+it; `fault clear`, `stop` and `destroy` undo what they concern; the supervisor undoes a VM's
+faults when its restart policy restarts it. Each fault and each undoing is a step of the
+command, so the event log (`watch`) has them: FAULT and HEAL, with what was done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import trio
+
+import netcfg
+import qmp
+from orchestrator.config.model import Vm
+from orchestrator.config.project import Project
+from orchestrator.config.quantities import parse_size
+from orchestrator.config.topology import instances
+from orchestrator.errors import UsageError
+from orchestrator.guest.mounts import volume_node
+from orchestrator.progress import Reporter, Stage, Status
+from orchestrator.state.faults import (
+    DiskFault,
+    Fault,
+    KeptFaults,
+    LinkFault,
+    PartitionFault,
+    changing_faults,
+    forget_ended,
+    in_force,
+    qemu_pid,
+    read_faults,
+    set_link_args,
+    throttle_args,
+    undo_command,
+    without_vms,
+)
+
+from ..options import QMP_ANSWER, Connection
+from ..session import Session, open_session
+from .freeze import _each, _Failed, _freeze, _running
+
+PANIC_WAIT = 30.0  # seconds for the guest to say it panicked after the NMI (TCG is slow)
+USER_NIC = "user"  # what `fault link` calls a VM's user-mode NIC
+
+
+class FaultRow(msgspec.Struct, frozen=True):
+    """A fault in force, as `fault ls` shows it."""
+
+    kind: str  # link, disk, partition, paused
+    vms: list[str]
+    detail: str  # "link lan down", "disk root iops=10", "partition a,b | c", "paused"
+    since: float | None
+
+
+def pids(session: Session) -> Callable[[str], int | None]:
+    """The PID of each VM's QEMU now (None: none runs)."""
+    return lambda vm: qemu_pid(session.paths.vm(vm).pidfile)
+
+
+def _models(session: Session) -> dict[str, Vm]:
+    return {i.name: i.vm for i in instances(session.project.model)}
+
+
+def _nic(vm: Vm, network: str) -> str:
+    """QEMU's netdev id of a NIC: nic0 the user-mode one, then one a network in name order
+    (as launch.vm_launch numbers them)."""
+    return "nic0" if network == USER_NIC else f"nic{sorted(vm.networks).index(network) + 1}"
+
+
+async def _qmp(session: Session, vm: str, command: str, args: dict[str, Any]) -> Any:
+    """One command on the VM's control monitor; _Failed, saying why, when it fails."""
+    socket = str(session.paths.vm(vm).qmp_control_socket)
+    try:
+        async with qmp.open_session(socket, timeout=QMP_ANSWER, name=vm) as control:
+            return await control.execute(command, args)
+    except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+        raise _Failed(f"QEMU did not answer QMP within {QMP_ANSWER:g} s") from None
+    except qmp.QmpError as err:
+        raise _Failed(str(err)) from err
+
+
+def _model_of(session: Session, vm: str) -> Vm:
+    found = _models(session).get(vm)
+    if found is None:  # an orphan: in the state, no longer in the file
+        raise UsageError(f"{vm} is not in {session.project.compose_file.name}: stop it first")
+    return found
+
+
+# -- link ---------------------------------------------------------------------------------------
+
+
+async def link(
+    project: Project,
+    vms: Sequence[str],
+    network: str | None,
+    connection: Connection,
+    report: Reporter,
+    *,
+    up: bool,
+) -> list[str]:
+    """Set the links of running VMs' NICs down (or up again): on ``network`` ("user": the
+    user-mode NIC), or every NIC of theirs. Returns the VMs changed."""
+    verb = "restore the link of" if up else "cut the link of"
+    stage = Stage.HEAL if up else Stage.FAULT
+    async with open_session(project, connection, report) as session:
+        names = _running(session, vms, verb)
+        nets = {vm: _links_of(vm, _model_of(session, vm), network) for vm in names}
+        pid_of = pids(session)
+        done: list[str] = []
+
+        async def step(vm: str) -> None:
+            model = _model_of(session, vm)
+            for net in nets[vm]:
+                try:
+                    await _qmp(session, vm, "set_link", set_link_args(_nic(model, net), up=up))
+                except _Failed as err:
+                    session.report(vm, stage, Status.FAILED, str(err))
+                    raise
+            async with changing_faults(session.paths.state_dir) as kept:
+                kept.faults = [f for f in kept.faults if not _link_of(f, vm, nets[vm])]
+                if not up:
+                    pid, now = pid_of(vm) or 0, time.time()
+                    kept.faults += [LinkFault(vm, n, _nic(model, n), pid, now) for n in nets[vm]]
+            session.report(
+                vm, stage, Status.DONE, f"link {','.join(nets[vm])} {'up' if up else 'down'}"
+            )
+            done.append(vm)
+
+        await _each(names, verb, step)
+        return [n for n in names if n in done]
+
+
+def _link_of(fault: Fault, vm: str, networks: Sequence[str]) -> bool:
+    return isinstance(fault, LinkFault) and fault.vm == vm and fault.network in networks
+
+
+def _links_of(name: str, vm: Vm, network: str | None) -> list[str]:
+    networks = sorted(vm.networks)
+    if network is None:
+        return [USER_NIC, *networks]
+    if network in networks or network == USER_NIC:
+        return [network]
+    nics = ", ".join([f"{USER_NIC} (its user-mode NIC)", *networks])
+    raise UsageError(f"{name} is not on network {network!r} (its NICs: {nics})")
+
+
+# -- disk ---------------------------------------------------------------------------------------
+
+
+async def disk(
+    project: Project,
+    vms: Sequence[str],
+    drive: str,
+    connection: Connection,
+    report: Reporter,
+    *,
+    iops: int = 0,
+    bps: int | str = 0,
+) -> list[str]:
+    """Throttle a disk of running VMs ("root", or a named volume they mount) to ``iops``
+    operations and ``bps`` bytes a second (a size: "1M"; 0: no limit; both 0: the throttle
+    taken off). Returns the VMs changed."""
+    try:
+        bps = parse_size(bps) if bps not in (0, "0") else 0
+    except ValueError as err:
+        raise UsageError(f"--bps: {err}") from None
+    if iops < 0 or bps < 0:
+        raise UsageError("--iops and --bps are at least 1 (0: no limit)")
+    clearing = not iops and not bps
+    stage = Stage.HEAL if clearing else Stage.FAULT
+    async with open_session(project, connection, report) as session:
+        names = _running(session, vms, "throttle the disk of")
+        devices = {vm: _device(vm, _model_of(session, vm), drive) for vm in names}
+        pid_of = pids(session)
+        done: list[str] = []
+
+        async def step(vm: str) -> None:
+            device = devices[vm]
+            try:
+                await _qmp(
+                    session, vm, "block_set_io_throttle", throttle_args(device, iops=iops, bps=bps)
+                )
+            except _Failed as err:
+                session.report(vm, stage, Status.FAILED, str(err))
+                raise
+            fault = DiskFault(vm, device, drive, iops, bps, pid_of(vm) or 0, time.time())
+            async with changing_faults(session.paths.state_dir) as kept:
+                kept.faults = [
+                    f for f in kept.faults
+                    if not (isinstance(f, DiskFault) and f.vm == vm and f.drive == device)
+                ]  # fmt: skip
+                if not clearing:
+                    kept.faults.append(fault)
+            session.report(
+                vm,
+                stage,
+                Status.DONE,
+                f"disk {drive} unthrottled" if clearing else fault.describe(),
+            )
+            done.append(vm)
+
+        await _each(names, "throttle the disk of", step)
+        return [n for n in names if n in done]
+
+
+def _device(name: str, vm: Vm, drive: str) -> str:
+    """The device id of a VM's disk: "root", or the block node of a named volume."""
+    volumes = [m.source for m in vm.volumes if m.type == "volume"]
+    have = ", ".join((["root"] if vm.image is not None else []) + volumes) or "none"
+    if drive == "root" and vm.image is not None:
+        return "root"
+    if drive != "root" and drive in volumes:
+        return volume_node(drive)
+    raise UsageError(f"{name} has no disk {drive!r} (its disks: {have})")
+
+
+# -- partition ----------------------------------------------------------------------------------
+
+
+async def partition(
+    project: Project,
+    groups: Sequence[Sequence[str]],
+    network: str | None,
+    connection: Connection,
+    report: Reporter,
+    *,
+    one_way: bool = False,
+) -> PartitionFault:
+    """Drop the traffic between groups of running VMs on their bridge networks (``network``
+    only, if given); ``one_way``: only what the first group sends to the others."""
+    if len(groups) < 2:
+        raise UsageError("a partition needs two groups of VMs at least (e.g. a,b c)")
+    if network is not None and network not in project.model.networks:
+        known = ", ".join(project.model.networks) or "none"
+        raise UsageError(f"no network {network!r} in this project (its networks: {known})")
+    async with open_session(project, connection, report) as session:
+        sides = [_running(session, group, "partition") for group in groups]
+        seen: dict[str, int] = {}
+        for i, side in enumerate(sides):
+            for vm in side:
+                if seen.setdefault(vm, i) != i:
+                    raise UsageError(f"{vm} is in two groups of the partition")
+        models = _models(session)
+        for vm in seen:
+            if vm not in models:
+                raise UsageError(f"{vm} is not in {project.compose_file.name}: stop it first")
+            if network is not None and network not in models[vm].networks:
+                raise UsageError(f"{vm} is not on network {network!r}")
+        fault = _partition(session, sides, network, models, one_way)
+        if not fault.drops:
+            raise UsageError("these VMs share no bridge network: there is nothing to partition")
+        async with changing_faults(session.paths.state_dir) as kept:
+            kept.table = netcfg.partition_table(project.name)
+            kept.faults.append(fault)
+            await _apply_drops(session, kept)
+        for vm in seen:
+            session.report(vm, Stage.FAULT, Status.DONE, fault.describe())
+        return fault
+
+
+def _partition(
+    session: Session,
+    sides: list[list[str]],
+    network: str | None,
+    models: dict[str, Vm],
+    one_way: bool,
+) -> PartitionFault:
+    project = session.project.name
+    taps: dict[str, str] = {}
+    drops: list[tuple[str, str]] = []
+    nets = [network] if network is not None else sorted(session.project.model.networks)
+    for net in nets:
+        for i, side in enumerate(sides):
+            for j, other in enumerate(sides):
+                if i == j or (one_way and i != 0):
+                    continue
+                for a in side:
+                    for b in other:
+                        if net in models[a].networks and net in models[b].networks:
+                            ta, tb = (
+                                netcfg.tap_name(project, a, net),
+                                netcfg.tap_name(project, b, net),
+                            )
+                            taps[ta], taps[tb] = a, b
+                            drops.append((ta, tb))
+    pid_of = pids(session)
+    return PartitionFault(
+        id=secrets.token_hex(4),
+        groups=tuple(tuple(side) for side in sides),
+        one_way=one_way,
+        networks=tuple(nets),
+        taps=taps,
+        drops=tuple(drops),
+        qemu_pids={vm: pid_of(vm) or 0 for side in sides for vm in side},
+        since=time.time(),
+    )
+
+
+async def _apply_drops(session: Session, kept: KeptFaults) -> None:
+    if kept.table:
+        await netcfg.set_partition_drops(kept.table, kept.drops())
+
+
+async def heal(
+    project: Project,
+    network: str | None,
+    connection: Connection,
+    report: Reporter,
+    *,
+    only: str | None = None,
+) -> list[PartitionFault]:
+    """End the partitions (on ``network`` only, if given; the one of id ``only``, if given);
+    returns those ended or changed, as they were."""
+    if network is not None and network not in project.model.networks:
+        known = ", ".join(project.model.networks) or "none"
+        raise UsageError(f"no network {network!r} in this project (its networks: {known})")
+    async with open_session(project, connection, report) as session:
+        async with changing_faults(session.paths.state_dir) as kept:
+            healed = _heal(kept, project.name, network, only)
+            if healed:
+                await _apply_drops(session, kept)
+        for fault in healed:
+            for vm in dict.fromkeys(fault.taps.values()):
+                session.report(vm, Stage.HEAL, Status.DONE, fault.describe() + " healed")
+        return healed
+
+
+def _heal(
+    kept: KeptFaults, project: str, network: str | None, only: str | None
+) -> list[PartitionFault]:
+    healed: list[PartitionFault] = []
+    left: list[Fault] = []
+    for fault in kept.faults:
+        if (
+            not isinstance(fault, PartitionFault)
+            or (network is not None and network not in fault.networks)
+            or (only is not None and fault.id != only)
+        ):
+            left.append(fault)
+            continue
+        healed.append(fault)
+        if network is not None and len(fault.networks) > 1:  # it stays on its other networks
+            on = {netcfg.tap_name(project, vm, network) for vm in fault.taps.values()}
+            rest = tuple(d for d in fault.drops if not set(d) & on)
+            nets = tuple(n for n in fault.networks if n != network)
+            left.append(msgspec.structs.replace(fault, drops=rest, networks=nets))
+    kept.faults = left
+    return healed
+
+
+# -- panic --------------------------------------------------------------------------------------
+
+
+async def panic(
+    project: Project, vms: Sequence[str], connection: Connection, report: Reporter
+) -> list[str]:
+    """A kernel panic in running VMs' guests: an NMI (QMP inject-nmi), on which the kernels
+    of our guests panic (our cloud-init sets kernel.unknown_nmi_panic). Waits for the guest
+    to say so (GUEST_PANICKED, through the pvpanic device), or for QEMU to end."""
+    async with open_session(project, connection, report) as session:
+        names = _running(session, vms, "panic")
+
+        async def step(vm: str) -> None:
+            why = await _panic(session, vm)
+            if why:
+                session.report(vm, Stage.FAULT, Status.FAILED, why)
+                raise _Failed(why)
+            session.report(vm, Stage.FAULT, Status.DONE, "kernel panic (NMI)")
+
+        await _each(names, "panic", step)
+        return names
+
+
+async def _panic(session: Session, vm: str) -> str:
+    """inject-nmi, then wait for the panic; "" when it came, else why not."""
+    socket = str(session.paths.vm(vm).qmp_control_socket)
+    try:
+        async with (
+            qmp.open_session(socket, timeout=QMP_ANSWER, name=vm) as control,
+            control.events(["GUEST_PANICKED"]) as stream,
+        ):
+            await control.execute("inject-nmi")
+            with trio.move_on_after(PANIC_WAIT):
+                async for _ in stream:
+                    return ""
+                return ""  # QEMU ended: -action panic=exit-failure
+    except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+        return f"QEMU did not answer QMP within {QMP_ANSWER:g} s"
+    except qmp.VmGoneError:
+        return ""  # it ended with the panic (no restart policy: panic=exit-failure)
+    except qmp.QmpError as err:
+        return str(err)
+    return (
+        f"no panic within {PANIC_WAIT:g} s of the NMI: the guest's kernel ignores NMIs "
+        "(kernel.unknown_nmi_panic is 0: an image without cloud-init's bootcmd) or has no "
+        "pvpanic driver to say so"
+    )
+
+
+# -- ls and clear -------------------------------------------------------------------------------
+
+
+async def ls(project: Project, connection: Connection) -> list[FaultRow]:
+    """The faults in force: those kept (but those whose QEMU has ended), and paused guests."""
+    from ..query import vm_rows
+
+    async with open_session(project, connection, Reporter(), lock=False) as session:
+        kept = read_faults(session.paths.state_dir)
+        pid_of = pids(session)
+        rows = [_row(f) for f in kept.faults if in_force(f, pid_of)]
+        paused = [r.name for r in await vm_rows(session, session.names(())) if r.state == "paused"]
+        rows += [FaultRow("paused", [vm], "paused", None) for vm in paused]
+        return rows
+
+
+def _row(fault: Fault) -> FaultRow:
+    if isinstance(fault, PartitionFault):
+        vms = [vm for group in fault.groups for vm in group]
+        return FaultRow("partition", vms, fault.describe(), fault.since)
+    kind = "link" if isinstance(fault, LinkFault) else "disk"
+    return FaultRow(kind, [fault.vm], fault.describe(), fault.since)
+
+
+async def clear(
+    project: Project, vms: Sequence[str], connection: Connection, report: Reporter
+) -> list[str]:
+    """Undo every fault of the VMs named (none named: of all): links up, throttles off,
+    out of partitions, guests unpaused. Returns the VMs that had some."""
+    async with open_session(project, connection, report) as session:
+        names = session.names(vms)
+        cleared = await clear_faults(session, names)
+        running = _running(session, (), "clear")
+        paused: list[str] = []
+
+        async def unpause(vm: str) -> None:
+            if await _freeze(session, vm, paused=False, named=False):
+                paused.append(vm)
+
+        await _each([n for n in running if n in names], "unpause", unpause)
+        return [n for n in names if n in cleared or n in paused]
+
+
+async def clear_faults(session: Session, names: Sequence[str], *, why: str = "") -> set[str]:
+    """Take ``names`` out of every kept fault, undoing in QEMU what is still there (a VM that
+    no longer runs has nothing left to undo) and rewriting the partitions' drops. For
+    `fault clear`, `stop` and `destroy`; reports HEAL for each VM (``why``: for what)."""
+    state_dir = session.paths.state_dir
+    if not (state_dir / "faults.json").exists():
+        return set()  # the common case: no fault was ever made here
+    pid_of = pids(session)
+    async with changing_faults(state_dir) as kept:
+        forget_ended(kept, pid_of)
+        changed = without_vms(kept, names)
+        if any(isinstance(f, PartitionFault) for f in changed):
+            await _apply_drops(session, kept)
+    touched: dict[str, list[str]] = {}
+    for fault in changed:
+        undo = undo_command(fault)
+        if undo is not None and not isinstance(fault, PartitionFault):
+            with contextlib.suppress(_Failed):  # it ended meanwhile: so did its fault
+                await _qmp(session, fault.vm, *undo)
+        for vm in _vms_of(fault):
+            if vm in names:
+                touched.setdefault(vm, []).append(fault.describe())
+    for vm, what in touched.items():
+        detail = "cleared: " + "; ".join(what) + (f" ({why})" if why else "")
+        session.report(vm, Stage.HEAL, Status.DONE, detail)
+    return set(touched)
+
+
+def _vms_of(fault: Fault) -> list[str]:
+    if isinstance(fault, PartitionFault):
+        return [vm for group in fault.groups for vm in group]
+    return [fault.vm]

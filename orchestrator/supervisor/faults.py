@@ -1,0 +1,57 @@
+"""A VM its restart policy restarts starts without faults (state.faults): the supervisor takes
+them away, and says so in the event log (FAULTS_CLEARED, with the reason and the faults).
+
+Restarted in place (system_reset, the same QEMU): the link cuts and disk throttles are undone
+in QEMU through the supervision session. A new QEMU (systemd restarted a crashed one, or `up`
+started it again): those died with the old one. In both, the VM leaves its partitions (their
+drops between TAPs outlive QEMU). A new session on the same QEMU (the supervisor itself
+restarted) changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import netcfg
+import qmp
+from orchestrator.state.faults import (
+    PartitionFault,
+    changing_faults,
+    faults_file,
+    qemu_of,
+    qemu_pid,
+    undo_command,
+    without_vms,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Executes(Protocol):
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
+
+async def clear_after_restart(
+    state_dir: Path, vm: str, pidfile: Path, session: Executes, *, in_place: bool
+) -> list[str]:
+    """Take ``vm``'s faults away after its restart (``in_place``: system_reset, else a new
+    QEMU); returns what was cleared, described. Nothing kept: nothing read but one stat."""
+    if not faults_file(state_dir).exists():
+        return []
+    pid = qemu_pid(pidfile)
+    async with changing_faults(state_dir) as kept:
+        mine = [f for f in kept.faults if f.involves(vm)]
+        if not in_place and all(qemu_of(f, vm) == pid for f in mine):
+            return []  # the same QEMU as when they were made: a new session, not a restart
+        changed = without_vms(kept, [vm])
+        if any(isinstance(f, PartitionFault) for f in changed) and kept.table:
+            await netcfg.set_partition_drops(kept.table, kept.drops())
+    for fault in changed:
+        undo = undo_command(fault)
+        if in_place and undo is not None:
+            with contextlib.suppress(qmp.QmpError):  # QEMU ended meanwhile: so did the fault
+                await session.execute(*undo)
+    return [f.describe() for f in changed]
