@@ -5,10 +5,12 @@
         ...
     async with faults.link_down("db", network="lan"):
         ...
+    async with faults.net("db", delay="200ms", loss="1%"):
+        ...
     await faults.throttle("db", iops=10)              # stays until cleared
     await faults.clear()
 
-Each of link_down, throttle, partition and paused returns an injection: awaited, the fault
+Each of link_down, net, throttle, partition and paused returns an injection: awaited, the fault
 is made and stays (until `clear`, `heal` or the VM's stop); used with ``async with``, it is
 undone when the block ends, also when it raises or is cancelled. Errors are the CLI's
 (UsageError for a VM that does not run or a network it is not on, FaultError naming the VMs
@@ -111,6 +113,54 @@ class Faults:
 
         return Injection(make, undo)
 
+    def net(
+        self,
+        *vms: str,
+        network: str | None = None,
+        direction: str | None = None,
+        delay: str | None = None,
+        jitter: str | None = None,
+        loss: str | None = None,
+        duplicate: str | None = None,
+        corrupt: str | None = None,
+        reorder: str | None = None,
+        rate: str | None = None,
+    ) -> Injection[list[str]]:
+        """The VMs' traffic shaped as netem would (tc's spellings: delay="200ms",
+        loss="5%", rate="1mbit"), on ``network`` ("user": the user-mode NIC) or on every
+        bridge network of theirs, in both directions or one (``direction``: "egress", what
+        the VM sends; "ingress", what it receives); undone: unshaped."""
+        from orchestrator.runtime import faults
+
+        shape = faults.shape_of(delay=delay, jitter=jitter, loss=loss, duplicate=duplicate,
+                                corrupt=corrupt, reorder=reorder, rate=rate)  # fmt: skip
+        directions = _directions(direction)
+
+        async def make() -> list[str]:
+            return await faults.net(
+                self.project, vms, network, self._connection, self._report(),
+                shape=shape, directions=directions,
+            )  # fmt: skip
+
+        async def undo(done: list[str]) -> None:
+            await faults.net(
+                self.project, done, network, self._connection, self._report(),
+                shape=None, directions=directions,
+            )  # fmt: skip
+
+        return Injection(make, undo)
+
+    async def unshape(
+        self, *vms: str, network: str | None = None, direction: str | None = None
+    ) -> list[str]:
+        """The VMs' traffic no longer shaped (on ``network`` and ``direction``, or all)."""
+        from orchestrator.runtime import faults
+
+        return await faults.net(
+            self.project, vms, network, self._connection, self._report(),
+            shape=None, directions=_directions(direction),
+        )  # fmt: skip
+
     def partition(
         self, *groups: Sequence[str], network: str | None = None, one_way: bool = False
     ) -> Injection[Any]:
@@ -164,6 +214,16 @@ class Faults:
         from orchestrator.runtime import faults
 
         return await faults.clear(self.project, vms, self._connection, self._report())
+
+
+def _directions(direction: str | None) -> tuple[str, ...]:
+    from orchestrator.errors import UsageError
+
+    if direction is None:
+        return ("egress", "ingress")
+    if direction not in ("egress", "ingress"):
+        raise UsageError(f"a direction is egress or ingress, not {direction!r}")
+    return (direction,)
 
 
 def faults(

@@ -125,6 +125,64 @@ def fault_link(
     _run(progress, work)
 
 
+@fault.command("net")
+@click.argument("vm")
+@click.argument("network", required=False)
+@click.option("--delay", help="Added to every frame: 100ms, 1s, 250us.")
+@click.option("--jitter", help="The delay varies by up to this much, either way (needs --delay).")
+@click.option("--loss", help="Frames dropped: 5%, 0.1%.")
+@click.option("--duplicate", help="Frames sent twice.")
+@click.option("--corrupt", help="Frames with one bit flipped (their checksums notice).")
+@click.option("--reorder", help="Frames sent at once, ahead of delayed ones (needs --delay).")
+@click.option("--rate", help="What the link carries at most: 1mbit, 512kbit, 1gbit.")
+@click.option("--egress", "direction", flag_value="egress", help="Only what VM sends.")
+@click.option("--ingress", "direction", flag_value="ingress", help="Only what VM receives.")
+@click.option("--clear", "unshape", is_flag=True, help="No longer shaped.")
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def fault_net(
+    opts: GlobalOptions,
+    vm: str,
+    network: str | None,
+    delay: str | None,
+    jitter: str | None,
+    loss: str | None,
+    duplicate: str | None,
+    corrupt: str | None,
+    reorder: str | None,
+    rate: str | None,
+    direction: str | None,
+    unshape: bool,
+    progress: str,
+    wait_lock: bool,
+) -> None:
+    """Shape VM's traffic as tc netem would: delay, jitter, loss, duplication, corruption,
+    reordering, a rate.
+
+    On NETWORK ("user": the user-mode NIC), or on every bridge network of VM; both
+    directions unless --egress or --ingress (each gets the whole delay: a ping between two
+    VMs, one of them shaped both ways with --delay 100ms, takes 200 ms more). A new shape
+    replaces the old one. The frames go through qemu-compose's own shaper (a unit beside
+    the VM), which needs no privilege and no kernel module, and carries a few tens of MB/s.
+    """
+    options = {"delay": delay, "jitter": jitter, "loss": loss, "duplicate": duplicate,
+               "corrupt": corrupt, "reorder": reorder, "rate": rate}  # fmt: skip
+    given = {k: v for k, v in options.items() if v is not None}
+    if unshape == bool(given):
+        raise click.UsageError("give how to shape it (--delay, --loss, ...), or --clear")
+    project = opts.load()
+    from orchestrator import api
+
+    def work(on_event: EventCallback) -> Awaitable[list[str]]:
+        faults = api.faults(project, wait_lock=wait_lock, on_event=on_event)
+        if unshape:
+            return faults.unshape(vm, network=network, direction=direction)
+        return faults.net(vm, network=network, direction=direction, **given)
+
+    _run(progress, work)
+
+
 @fault.command("disk")
 @click.argument("vm")
 @click.argument("drive", default="root", metavar="[VOLUME|root]")

@@ -42,6 +42,7 @@ class ProjectUnits:
     vms: dict[str, systemd_dbus.UnitSummary] = field(default_factory=dict)  # by VM
     networks: dict[str, systemd_dbus.UnitSummary] = field(default_factory=dict)  # dnsmasq
     supervisor: systemd_dbus.UnitSummary | None = None
+    shapers: dict[str, systemd_dbus.UnitSummary] = field(default_factory=dict)  # by VM
     foreign: list[tuple[Owner, systemd_dbus.UnitSummary]] = field(default_factory=list)
 
     def vm_states(self) -> dict[str, systemd_dbus.ActiveState]:
@@ -78,7 +79,9 @@ async def project_units(
         if not owner.is_of(project.name, directory):
             units.foreign.append((owner, row))
             continue
-        table = {"vm": units.vms, "dnsmasq": units.networks}.get(owner.kind)
+        table = {"vm": units.vms, "dnsmasq": units.networks, "shaper": units.shapers}.get(
+            owner.kind
+        )
         if table is None:
             units.supervisor = _preferred(units.supervisor, row)
         else:  # an earlier version's unit beside this one's: the running one

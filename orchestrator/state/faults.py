@@ -25,6 +25,8 @@ import msgspec
 import trio
 from trio.lowlevel import RunVar
 
+from netcfg.shaping import Shape
+
 from .files import atomic_write, read_struct
 
 FAULTS_FILE = "faults.json"
@@ -66,6 +68,38 @@ class DiskFault(msgspec.Struct, frozen=True, tag="disk"):
         return vm == self.vm
 
 
+class NetFault(msgspec.Struct, frozen=True, tag="net"):
+    """One direction of a NIC shaped (netcfg.shaping): QEMU hands its frames, through a
+    filter-redirector and two chardevs, to the VM's shaper unit, which hands them back late,
+    twice, corrupted or not at all. ``direction``: egress (what the VM sends) or ingress."""
+
+    vm: str
+    network: str  # a bridge network, or "user"
+    nic: str
+    direction: str
+    shape: Shape
+    qemu_pid: int
+    since: float
+
+    def describe(self) -> str:
+        return f"net {self.network} {self.direction} {self.shape.describe()}"
+
+    def involves(self, vm: str) -> bool:
+        return vm == self.vm
+
+    @property
+    def ids(self) -> tuple[str, str, str]:
+        """QEMU's ids of the filter and of its outdev and indev chardevs."""
+        base = f"qc-shape-{self.nic}-{self.direction}"
+        return base, f"{base}-out", f"{base}-in"
+
+    def sockets(self, directory: Path) -> tuple[Path, Path]:
+        """The outdev's and the indev's sockets (QEMU listens), in the VM's socket directory:
+        names as short as the others there (the 108-byte limit)."""
+        leaf = f"{self.nic.removeprefix('nic')}{self.direction[0]}"
+        return directory / f"shape{leaf}o.sock", directory / f"shape{leaf}i.sock"
+
+
 class PartitionFault(msgspec.Struct, frozen=True, tag="partition"):
     """Traffic dropped between groups of VMs on bridge networks. ``one_way``: only from the
     first group to the others. ``drops``: (from TAP, to TAP), each a VM's TAP (``taps``)."""
@@ -105,7 +139,7 @@ class PartitionFault(msgspec.Struct, frozen=True, tag="partition"):
         )
 
 
-Fault = LinkFault | DiskFault | PartitionFault
+Fault = LinkFault | DiskFault | NetFault | PartitionFault
 
 
 class KeptFaults(msgspec.Struct):
@@ -190,13 +224,17 @@ def throttle_args(drive: str, *, iops: int, bps: int) -> dict[str, Any]:
             "iops": iops, "iops_rd": 0, "iops_wr": 0}  # fmt: skip
 
 
-def undo_command(fault: Fault) -> tuple[str, dict[str, Any]] | None:
-    """The QMP command that takes ``fault`` out of its QEMU (None: it is not in QEMU)."""
+def undo_commands(fault: Fault) -> list[tuple[str, dict[str, Any]]]:
+    """The QMP commands that take ``fault`` out of its QEMU (none: it is not in QEMU)."""
     if isinstance(fault, LinkFault):
-        return "set_link", set_link_args(fault.nic, up=True)
+        return [("set_link", set_link_args(fault.nic, up=True))]
     if isinstance(fault, DiskFault):
-        return "block_set_io_throttle", throttle_args(fault.drive, iops=0, bps=0)
-    return None
+        return [("block_set_io_throttle", throttle_args(fault.drive, iops=0, bps=0))]
+    if isinstance(fault, NetFault):  # the filter first: frames flow past it again
+        name, out, into = fault.ids
+        return [("object-del", {"id": name}), ("chardev-remove", {"id": out}),
+                ("chardev-remove", {"id": into})]  # fmt: skip
+    return []
 
 
 def in_force(fault: Fault, pid_of: Callable[[str], int | None]) -> bool:

@@ -30,7 +30,7 @@ from .files import VmState
 if TYPE_CHECKING:
     from orchestrator.config.project import Project
 
-Kind = Literal["vm", "dnsmasq", "supervisor"]
+Kind = Literal["vm", "dnsmasq", "supervisor", "shaper"]
 STATE_VARIABLE = "QEMU_COMPOSE_VM_STATE"  # a VM unit's VmState, as JSON
 SUBNET_VARIABLE = "QEMU_COMPOSE_SUBNET"  # a dnsmasq unit's network's subnet
 
@@ -38,11 +38,13 @@ _FORMATS: dict[Kind, str] = {
     "vm": "qemu-compose VM {project}/{name}",
     "dnsmasq": "qemu-compose DHCP and DNS of {project}/{name}",
     "supervisor": "qemu-compose supervisor of {project}",
+    "shaper": "qemu-compose network faults of {project}/{name}",
 }
 _PATTERNS: dict[Kind, re.Pattern[str]] = {
     "vm": re.compile(r"^qemu-compose VM ([^/ ]+)/([^/ ]+)(?: of (/.*))?$"),
     "dnsmasq": re.compile(r"^qemu-compose DHCP and DNS of ([^/ ]+)/([^/ ]+)(?: of (/.*))?$"),
     "supervisor": re.compile(r"^qemu-compose supervisor of ([^/ ]+)()(?: of (/.*))?$"),
+    "shaper": re.compile(r"^qemu-compose network faults of ([^/ ]+)/([^/ ]+)(?: of (/.*))?$"),
 }
 
 

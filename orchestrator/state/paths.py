@@ -52,6 +52,11 @@ def supervisor_unit(project: str) -> str:
     return f"{UNIT_PREFIX}{project}-supervisor.service"
 
 
+def shaper_unit(project: str, vm: str) -> str:
+    """The unit that shapes a VM's traffic (`fault net`): it ends with the VM's QEMU."""
+    return f"{UNIT_PREFIX}shaper-{project}-{vm}.service"
+
+
 class VmPaths(msgspec.Struct, frozen=True):
     directory: Path
     sockets: Path  # the directory the sockets are in (see module docstring)

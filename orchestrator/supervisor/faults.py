@@ -1,8 +1,9 @@
 """A VM its restart policy restarts starts without faults (state.faults): the supervisor takes
 them away, and says so in the event log (FAULTS_CLEARED, with the reason and the faults).
 
-Restarted in place (system_reset, the same QEMU): the link cuts and disk throttles are undone
-in QEMU through the supervision session. A new QEMU (systemd restarted a crashed one, or `up`
+Restarted in place (system_reset, the same QEMU): the link cuts, disk throttles and network
+shaping are undone in QEMU through the supervision session (the shaper unit ends when its
+chardevs go). A new QEMU (systemd restarted a crashed one, or `up`
 started it again): those died with the old one. In both, the VM leaves its partitions (their
 drops between TAPs outlive QEMU). A new session on the same QEMU (the supervisor itself
 restarted) changes nothing.
@@ -23,7 +24,7 @@ from orchestrator.state.faults import (
     faults_file,
     qemu_of,
     qemu_pid,
-    undo_command,
+    undo_commands,
     without_vms,
 )
 
@@ -50,8 +51,7 @@ async def clear_after_restart(
         if any(isinstance(f, PartitionFault) for f in changed) and kept.table:
             await netcfg.set_partition_drops(kept.table, kept.drops())
     for fault in changed:
-        undo = undo_command(fault)
-        if in_place and undo is not None:
+        for command in undo_commands(fault) if in_place else ():
             with contextlib.suppress(qmp.QmpError):  # QEMU ended meanwhile: so did the fault
-                await session.execute(*undo)
+                await session.execute(*command)
     return [f.describe() for f in changed]

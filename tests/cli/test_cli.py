@@ -40,7 +40,7 @@ COMMANDS = [
     "completion", "config", "console", "destroy", "doctor", "fault", "image", "inspect", "kill",
     "logs", "network", "pause", "ps", "pull", "restart", "ssh", "stop", "unpause", "up", "watch",
 ]  # fmt: skip
-FAULTS = ["fault link", "fault disk", "fault partition", "fault heal", "fault panic",
+FAULTS = ["fault link", "fault net", "fault disk", "fault partition", "fault heal", "fault panic",
           "fault ls", "fault clear"]  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """Faults on real guests: tiny guests on a bridge network, pinging each other over it.
 
-A link cut and a partition stop the ping and heal; a throttled disk makes direct writes in
+A link cut and a partition stop the ping and heal; shaping shows in the ping's round trip
+(and a loss of 100% stops it); a throttled disk makes direct writes in
 the guest slower; a panic on demand shows GUEST_PANICKED and its restart policy answers,
 and the VM comes back without its faults (FAULTS_CLEARED); the Python API's context
 managers heal on exception; every fault and its undoing is in the event log. Skipped
@@ -134,6 +135,30 @@ vms:
     assert faults_of("a") == []
     until(lambda: pings("a", "b"), 30, "healed")
 
+    # shaped: a delay on what b sends shows in a's pings of b (the reply is b's); both ways,
+    # each direction gets the whole delay; a loss of 100% is a cut; cleared, fast again
+    def rtt(source: str, target: str) -> float:
+        done = run("ssh", source, f"ping -c 3 -W 3 {address[target]}", timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        summary = done.stdout.rsplit("=", 1)[1]  # "round-trip min/avg/max = 0.4/0.5/0.6 ms"
+        return float(summary.split("/")[1]) / 1000
+
+    base = rtt("a", "b")
+    ok("fault", "net", "b", "lan", "--egress", "--delay", "200ms", "--progress", "quiet")
+    assert faults_of("b") == ["net lan egress delay=200ms"]
+    assert 0.14 < rtt("a", "b") - base < 0.26
+    ok("fault", "net", "b", "--delay", "100ms", "--progress", "quiet")  # both, replacing
+    assert sorted(faults_of("b")) == ["net lan egress delay=100ms", "net lan ingress delay=100ms"]
+    assert 0.14 < rtt("a", "b") - base < 0.26
+    ok("fault", "net", "b", "lan", "--ingress", "--loss", "100%", "--progress", "quiet")
+    assert not pings("a", "b")
+    ok("fault", "net", "b", "--clear", "--progress", "quiet")
+    assert faults_of("b") == []
+    assert rtt("a", "b") < base + 0.05
+    for args in (["--loss", "101%"], ["--delay", "-1ms"], ["--rate", "1mb"], ["--jitter", "5ms"]):
+        refused = run("fault", "net", "b", *args)
+        assert refused.returncode == 2, (args, refused.stderr)
+
     # the API's context manager heals on exception
     monkeypatch.setenv("XDG_STATE_HOME", str(project / ".xdg-state"))
     for key, value in compose_env(project, user_manager).items():
@@ -181,6 +206,7 @@ vms:
 
     # a panic on demand; restart: on-failure boots b again, without the link cut it had
     ok("fault", "link", "b", "lan", "down", "--progress", "quiet")
+    ok("fault", "net", "b", "--egress", "--delay", "50ms", "--progress", "quiet")
     ok("fault", "panic", "b", "--progress", "quiet")
     until(lambda: ps_rows(project, user_manager)["b"]["restarts"] >= 1, 120, "b restarted")
     until(lambda: faults_of("b") == [], 30, "b's faults cleared")
@@ -197,10 +223,12 @@ vms:
         ("a", "FAULT", "disk data iops=10"),
         ("a", "HEAL", "disk data unthrottled"),
         ("b", "FAULT", "kernel panic (NMI)"),
+        ("b", "FAULT", "net lan egress delay=200ms"),
+        ("b", "HEAL", "net lan egress/ingress unshaped"),
     ]:
         assert wanted in said, wanted
     events_of_b = [r["event"] for r in records if r["vm"] == "b"]
     panicked = events_of_b.index("GUEST_PANICKED")
     assert "RESTARTED" in events_of_b[panicked:]
     cleared = [(r["vm"], r["data"]["faults"]) for r in records if r["event"] == "FAULTS_CLEARED"]
-    assert cleared == [("b", ["link lan down"])]
+    assert cleared == [("b", ["link lan down", "net lan egress delay=50ms"])]

@@ -11,18 +11,20 @@ import pytest
 import trio
 
 import netcfg
+from netcfg.shaping import Shape
 from orchestrator.runtime.faults.inject import _heal
 from orchestrator.state.faults import (
     DiskFault,
     KeptFaults,
     LinkFault,
+    NetFault,
     PartitionFault,
     changing_faults,
     forget_ended,
     in_force,
     qemu_of,
     read_faults,
-    undo_command,
+    undo_commands,
     without_vms,
 )
 
@@ -79,17 +81,23 @@ def test_link_and_disk_faults_hold_while_their_qemu_runs() -> None:
 
 
 def test_undoing_a_fault_in_qemu() -> None:
-    assert undo_command(LinkFault("a", "lan", "nic1", 1, 1.0)) == (
-        "set_link",
-        {"name": "nic1", "up": True},
-    )
-    name, args = undo_command(DiskFault("a", "vol-x", "x", 10, 0, 1, 1.0)) or ("", {})
+    assert undo_commands(LinkFault("a", "lan", "nic1", 1, 1.0)) == [
+        ("set_link", {"name": "nic1", "up": True})
+    ]
+    [(name, args)] = undo_commands(DiskFault("a", "vol-x", "x", 10, 0, 1, 1.0))
     assert name == "block_set_io_throttle"
     assert args["id"] == "vol-x/virtio-backend"  # the disk is inside the PCI device
     assert {k: v for k, v in args.items() if k != "id"} == dict.fromkeys(
         ("bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"), 0
     )
-    assert undo_command(partition(("a",), ("b",))) is None  # not in QEMU
+    assert undo_commands(partition(("a",), ("b",))) == []  # not in QEMU
+    shaped = NetFault("a", "lan", "nic1", "egress", Shape(delay=0.1), 1, 1.0)
+    assert [name for name, _ in undo_commands(shaped)] == [
+        "object-del",  # the filter first: frames flow past it again at once
+        "chardev-remove",
+        "chardev-remove",
+    ]
+    assert shaped.describe() == "net lan egress delay=100ms"
 
 
 def test_without_vms_ends_theirs_and_shrinks_the_rest() -> None:

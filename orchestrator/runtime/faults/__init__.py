@@ -1,12 +1,24 @@
 """Faults made on purpose, to test what runs on the VMs.
 
 freeze: pause, unpause (QMP stop and cont) and kill (a signal to QEMU through systemd);
-inject: faults kept until undone (a link cut, a disk throttled, a partition), a kernel panic
-on demand, and `fault ls` / `fault clear`. What is kept is in state.faults.
+inject: faults kept until undone (a link cut, traffic shaped, a disk throttled, a partition),
+a kernel panic on demand, and `fault ls` / `fault clear`. What is kept is in state.faults.
 """
 
 from .freeze import FaultError, kill, parse_signal, pause, resume_if_paused, unpause
-from .inject import FaultRow, clear, clear_faults, disk, heal, link, ls, panic, partition
+from .inject import (
+    FaultRow,
+    clear,
+    clear_faults,
+    disk,
+    heal,
+    link,
+    ls,
+    net,
+    panic,
+    partition,
+    shape_of,
+)
 
 __all__ = [
     "FaultError",
@@ -18,10 +30,12 @@ __all__ = [
     "kill",
     "link",
     "ls",
+    "net",
     "panic",
     "parse_signal",
     "partition",
     "pause",
     "resume_if_paused",
+    "shape_of",
     "unpause",
 ]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,6 +23,9 @@ import trio
 
 import netcfg
 import qmp
+import systemd_dbus
+from netcfg.shaper import PipeSpec, ShaperSpec
+from netcfg.shaping import Shape
 from orchestrator.config.model import Vm
 from orchestrator.config.project import Project
 from orchestrator.config.quantities import parse_size
@@ -33,6 +38,7 @@ from orchestrator.state.faults import (
     Fault,
     KeptFaults,
     LinkFault,
+    NetFault,
     PartitionFault,
     changing_faults,
     forget_ended,
@@ -41,9 +47,11 @@ from orchestrator.state.faults import (
     read_faults,
     set_link_args,
     throttle_args,
-    undo_command,
+    undo_commands,
     without_vms,
 )
+from orchestrator.state.identity import Owner, project_dir
+from orchestrator.state.paths import shaper_unit
 
 from ..options import QMP_ANSWER, Connection
 from ..session import Session, open_session
@@ -222,6 +230,209 @@ def _device(name: str, vm: Vm, drive: str) -> str:
     if drive != "root" and drive in volumes:
         return volume_node(drive)
     raise UsageError(f"{name} has no disk {drive!r} (its disks: {have})")
+
+
+# -- net --------------------------------------------------------------------------------------
+
+DIRECTIONS = ("egress", "ingress")  # what the VM sends, what it receives
+# QEMU's netfilter queues: rx holds what the netdev receives (from the guest's NIC), tx
+# what it sends (to the guest)
+_QUEUES = {"egress": "rx", "ingress": "tx"}
+SHAPER_READY = 10.0  # seconds for the shaper to connect to QEMU's sockets
+
+
+async def net(
+    project: Project,
+    vms: Sequence[str],
+    network: str | None,
+    connection: Connection,
+    report: Reporter,
+    *,
+    shape: Shape | None,
+    directions: Sequence[str] = DIRECTIONS,
+) -> list[str]:
+    """Shape the traffic of running VMs' NICs (on ``network``, "user" for the user-mode NIC;
+    else on every bridge network of theirs) in ``directions``; ``shape`` None: unshaped.
+    A new shape replaces the one a direction had. Returns the VMs changed."""
+    verb = "shape the network of"
+    stage = Stage.HEAL if shape is None else Stage.FAULT
+    if shape is not None and shape.is_noop:
+        raise UsageError("say how to shape it: --delay, --loss, --rate, ... (or --clear)")
+    async with open_session(project, connection, report) as session:
+        names = _running(session, vms, verb)
+        nets = {vm: _shaped_networks(vm, _model_of(session, vm), network) for vm in names}
+        done: list[str] = []
+
+        async def step(vm: str) -> None:
+            model = _model_of(session, vm)
+            try:
+                changed = await _reshape(session, vm, model, nets[vm], directions, shape)
+            except _Failed as err:
+                session.report(vm, stage, Status.FAILED, str(err))
+                raise
+            if changed:
+                what = shape.describe() if shape is not None else "unshaped"
+                where = f"{','.join(nets[vm])} {'/'.join(directions)}"
+                session.report(vm, stage, Status.DONE, f"net {where} {what}")
+                done.append(vm)
+
+        await _each(names, verb, step)
+        return [n for n in names if n in done]
+
+
+def shape_of(
+    *,
+    delay: str | None = None,
+    jitter: str | None = None,
+    loss: str | None = None,
+    duplicate: str | None = None,
+    corrupt: str | None = None,
+    reorder: str | None = None,
+    rate: str | None = None,
+) -> Shape:
+    """A Shape from options as tc writes them ("100ms", "5%", "1mbit"); a UsageError names
+    the option that is wrong."""
+    from netcfg import shaping
+
+    given = {"delay": delay, "jitter": jitter, "loss": loss, "duplicate": duplicate,
+             "corrupt": corrupt, "reorder": reorder, "rate": rate}  # fmt: skip
+    parsers = {"delay": shaping.parse_duration, "jitter": shaping.parse_duration,
+               "rate": shaping.parse_rate}  # fmt: skip
+    values: dict[str, Any] = {}
+    for name, text in given.items():
+        if text is None:
+            continue
+        try:
+            values[name] = parsers.get(name, shaping.parse_percent)(str(text))
+        except ValueError as err:
+            raise UsageError(f"--{name}: {err}") from None
+    if values.get("jitter") and not values.get("delay"):
+        raise UsageError("--jitter varies a --delay: give one")
+    if values.get("reorder") and not values.get("delay"):
+        raise UsageError("--reorder sends some frames ahead of delayed ones: give a --delay")
+    return Shape(**values)
+
+
+def _shaped_networks(name: str, vm: Vm, network: str | None) -> list[str]:
+    if network is None:
+        if not vm.networks:
+            raise UsageError(
+                f"{name} is on no bridge network: name `{USER_NIC}` to shape its user-mode NIC"
+            )
+        return sorted(vm.networks)
+    return _links_of(name, vm, network)
+
+
+async def _reshape(
+    session: Session,
+    vm: str,
+    model: Vm,
+    networks: Sequence[str],
+    directions: Sequence[str],
+    shape: Shape | None,
+) -> bool:
+    """Carry out one VM's change: chardevs, its shaper unit, the filters; False if nothing
+    was to change. The record is held meanwhile: what QEMU has follows it."""
+    paths = session.paths.vm(vm)
+    pid = qemu_pid(paths.pidfile) or 0
+    async with changing_faults(session.paths.state_dir) as kept:
+        before = {
+            (f.nic, f.direction): f
+            for f in kept.faults
+            if isinstance(f, NetFault) and f.vm == vm and f.qemu_pid == pid
+        }
+        after = dict(before)
+        for net in networks:
+            for direction in directions:
+                key = (_nic(model, net), direction)
+                if shape is None:
+                    after.pop(key, None)
+                elif key not in before or before[key].shape != shape:
+                    after[key] = NetFault(vm, net, key[0], direction, shape, pid, time.time())
+        if after == before:
+            return False
+        # all of them anew, also those that stay: a redirector stops reading its indev for
+        # good once its peer (the old shaper) has gone (QEMU 7.2's filter-mirror.c)
+        gone, new = list(before.values()), list(after.values())
+        socket = str(paths.qmp_control_socket)
+        try:
+            async with qmp.open_session(socket, timeout=QMP_ANSWER, name=vm) as control:
+                for fault in gone:
+                    for command in undo_commands(fault):
+                        await control.execute(*command)
+                for fault in new:
+                    for chardev, path in zip(
+                        fault.ids[1:], fault.sockets(paths.sockets), strict=True
+                    ):
+                        path.unlink(missing_ok=True)
+                        await control.execute("chardev-add", _listening(chardev, path))
+                await _run_shaper(session, vm, list(after.values()))
+                if after:
+                    await _connected(control, [i for f in after.values() for i in f.ids[1:]])
+                for fault in new:
+                    name, out, into = fault.ids
+                    await control.execute("object-add", {
+                        "qom-type": "filter-redirector", "id": name, "netdev": fault.nic,
+                        "queue": _QUEUES[fault.direction], "outdev": out, "indev": into,
+                        "vnet_hdr_support": True,
+                    })  # fmt: skip
+        except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+            raise _Failed(f"QEMU did not answer QMP within {QMP_ANSWER:g} s") from None
+        except qmp.QmpError as err:
+            raise _Failed(str(err)) from err
+        kept.faults = [
+            f for f in kept.faults if not (isinstance(f, NetFault) and f.vm == vm)
+        ] + list(after.values())
+        return True
+
+
+def _listening(chardev: str, path: Path) -> dict[str, Any]:
+    """chardev-add's arguments: a unix socket QEMU listens on, not waiting for a peer."""
+    address = {"type": "unix", "data": {"path": str(path)}}
+    backend = {"type": "socket", "data": {"addr": address, "server": True, "wait": False}}
+    return {"id": chardev, "backend": backend}
+
+
+async def _run_shaper(session: Session, vm: str, faults: list[NetFault]) -> None:
+    """The VM's shaper unit, (re)started with every pipe it must run; none: stopped."""
+    unit = shaper_unit(session.project.name, vm)
+    status = await session.manager.status(unit)
+    other = session.taken(status, "shaper", vm)
+    if other is not None:
+        raise _Failed(f"{unit} is {other}")
+    if status.active_state.running:
+        await session.manager.stop(unit, timeout=10)
+    if (await session.manager.status(unit)).is_failed:
+        await session.manager.reset_failed(unit)
+    if not faults:
+        return
+    sockets = session.paths.vm(vm).sockets
+    spec = ShaperSpec([
+        PipeSpec(str(f.sockets(sockets)[0]), str(f.sockets(sockets)[1]), f.shape)
+        for f in faults
+    ])  # fmt: skip
+    await session.manager.start(
+        systemd_dbus.TransientUnit(
+            unit,
+            [sys.executable, "-m", "netcfg.shaper", msgspec.json.encode(spec).decode()],
+            description=Owner(
+                "shaper", session.project.name, vm, project_dir(session.project)
+            ).describe(),
+            working_directory=str(session.project.state_dir),
+        )
+    )
+
+
+async def _connected(control: qmp.QmpSession, chardevs: list[str]) -> None:
+    """Until the shaper is connected to each of QEMU's ``chardevs`` (query-chardev names the
+    peer of a connected socket; "disconnected:" before)."""
+    with trio.move_on_after(SHAPER_READY):
+        while True:
+            found = {c["label"]: c["filename"] for c in await control.execute("query-chardev")}
+            if all(not found.get(c, "disconnected:").startswith("disconnected") for c in chardevs):
+                return
+            await trio.sleep(0.05)
+    raise _Failed(f"the shaper did not connect to QEMU within {SHAPER_READY:g} s")
 
 
 # -- partition ----------------------------------------------------------------------------------
@@ -427,8 +638,8 @@ def _row(fault: Fault) -> FaultRow:
     if isinstance(fault, PartitionFault):
         vms = [vm for group in fault.groups for vm in group]
         return FaultRow("partition", vms, fault.describe(), fault.since)
-    kind = "link" if isinstance(fault, LinkFault) else "disk"
-    return FaultRow(kind, [fault.vm], fault.describe(), fault.since)
+    kinds = {LinkFault: "link", DiskFault: "disk", NetFault: "net"}
+    return FaultRow(kinds[type(fault)], [fault.vm], fault.describe(), fault.since)
 
 
 async def clear(
@@ -465,10 +676,11 @@ async def clear_faults(session: Session, names: Sequence[str], *, why: str = "")
             await _apply_drops(session, kept)
     touched: dict[str, list[str]] = {}
     for fault in changed:
-        undo = undo_command(fault)
-        if undo is not None and not isinstance(fault, PartitionFault):
+        if isinstance(fault, PartitionFault):
+            continue  # (its drops were rewritten above)
+        for command in undo_commands(fault):
             with contextlib.suppress(_Failed):  # it ended meanwhile: so did its fault
-                await _qmp(session, fault.vm, *undo)
+                await _qmp(session, fault.vm, *command)
         for vm in _vms_of(fault):
             if vm in names:
                 touched.setdefault(vm, []).append(fault.describe())
