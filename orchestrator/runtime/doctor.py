@@ -143,11 +143,16 @@ def _kvm(facts: Facts) -> Check:
 
 def _net_admin(facts: Facts) -> Check:
     if facts.net_admin:
-        return Check("net_admin", "ok", "CAP_NET_ADMIN: bridge networks can be made")
+        return Check(
+            "net_admin",
+            "ok",
+            "CAP_NET_ADMIN: bridge networks can be made, and partitioned (fault partition)",
+        )
     return Check(
         "net_admin",
         "warn",
-        "no CAP_NET_ADMIN: VMs on user-mode networking only, no bridge networks",
+        "no CAP_NET_ADMIN: VMs on user-mode networking only, no bridge networks and no "
+        "fault partition (the other faults need no privilege)",
         "run qemu-compose as root for bridge networks (a file capability on a shared "
         "Python interpreter would give CAP_NET_ADMIN to every program it runs: do not)",
     )

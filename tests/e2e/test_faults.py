@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,47 @@ vms:
     assert "RESTARTED" in events_of_b[panicked:]
     cleared = [(r["vm"], r["data"]["faults"]) for r in records if r["event"] == "FAULTS_CLEARED"]
     assert cleared == [("b", ["link lan down", "net lan egress delay=50ms"])]
+
+
+def test_the_readme_example_partitions_and_heals_a_three_node_cluster(
+    tmp_path: Path, user_manager: ManagerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's Python example, run as written (its sleeps shortened), on VMs without
+    disks: it must run, print what was in force, and leave nothing in force."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index(
+        '```python\nimport trio\nfrom orchestrator import api\n\nproject = api.load("cluster/'
+    )
+    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
+    assert "faults.partition" in code
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "qemu-compose.yaml").write_text(
+        "name: cluster\nnetworks: {lan: {}}\nvms:\n"
+        + "".join(
+            f"  {n}: {{memory: 64, cpu: 1, healthcheck: {{disable: true}}, networks: [lan]}}\n"
+            for n in ("n1", "n2", "n3")
+        )
+    )
+    for key, value in compose_env(tmp_path, user_manager).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code.replace("trio.sleep(30)", "trio.sleep(0.5)")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "['partition n1 | n2,n3']"
+        listed = compose(
+            "fault", "ls", "--format", "json", cwd=tmp_path / "cluster", manager=user_manager
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.strip() in ("", "[]")
+        rows = ps_rows(tmp_path / "cluster", user_manager)
+        assert {r["state"] for r in rows.values()} == {"running"}  # n3 unpaused
+        assert all(r["faults"] == [] for r in rows.values())
+    finally:
+        compose("destroy", "--progress", "quiet", cwd=tmp_path / "cluster", manager=user_manager)
