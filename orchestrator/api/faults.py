@@ -10,11 +10,11 @@
     await faults.throttle("db", iops=10)              # stays until cleared
     await faults.clear()
 
-Each of link_down, net, throttle, partition and paused returns an injection: awaited, the fault
-is made and stays (until `clear`, `heal` or the VM's stop); used with ``async with``, it is
-undone when the block ends, also when it raises or is cancelled. Errors are the CLI's
-(UsageError for a VM that does not run or a network it is not on, FaultError naming the VMs
-QEMU refused).
+Each of link_down, net, throttle, disk_errors, partition and paused returns an injection:
+awaited, the fault is made and stays (until `clear`, `heal` or the VM's stop); used with
+``async with``, it is undone when the block ends, also when it raises or is cancelled.
+Errors are the CLI's (UsageError for a VM that does not run or a network it is not on,
+FaultError naming the VMs QEMU refused).
 """
 
 from __future__ import annotations
@@ -112,6 +112,33 @@ class Faults:
             await faults.disk(self.project, done, drive, self._connection, self._report())
 
         return Injection(make, undo)
+
+    def disk_errors(
+        self, *vms: str, drive: str = "root", kind: str = "write"
+    ) -> Injection[list[str]]:
+        """A disk of the VMs ("root" or a named volume) fails its reads, writes or both
+        (``kind``: "read", "write", "all") with EIO; undone: no more errors."""
+        from orchestrator.runtime import faults
+
+        async def make() -> list[str]:
+            return await faults.disk_errors(
+                self.project, vms, drive, self._connection, self._report(), kind=kind
+            )
+
+        async def undo(done: list[str]) -> None:
+            await faults.disk_errors(
+                self.project, done, drive, self._connection, self._report(), kind=None
+            )
+
+        return Injection(make, undo)
+
+    async def clear_disk_errors(self, *vms: str, drive: str = "root") -> list[str]:
+        """The VMs' disk no longer fails."""
+        from orchestrator.runtime import faults
+
+        return await faults.disk_errors(
+            self.project, vms, drive, self._connection, self._report(), kind=None
+        )
 
     def net(
         self,

@@ -190,7 +190,13 @@ def fault_net(
     "--iops", type=click.IntRange(min=1), help="At most this many I/O operations a second."
 )
 @click.option("--bps", help="At most this many bytes a second (1M, 512K, ...).")
-@click.option("--clear", "unthrottle", is_flag=True, help="Take the throttle off.")
+@click.option(
+    "--error",
+    "errors",
+    type=click.Choice(["read", "write", "all"]),
+    help="Its reads, writes or both fail (EIO).",
+)
+@click.option("--clear", "undo", is_flag=True, help="No throttle and no errors any more.")
 @progress_option
 @wait_lock_option
 @click.pass_obj
@@ -200,23 +206,36 @@ def fault_disk(
     drive: str,
     iops: int | None,
     bps: str | None,
-    unthrottle: bool,
+    errors: str | None,
+    undo: bool,
     progress: str,
     wait_lock: bool,
 ) -> None:
-    """Throttle a disk of VM: its root disk, or a named volume it mounts (QMP
-    block_set_io_throttle). The guest sees a slow disk, not an error."""
-    if unthrottle == bool(iops or bps):
-        raise click.UsageError("give --iops and/or --bps, or --clear")
+    """Make a disk of VM slow or failing: its root disk, or a named volume it mounts.
+
+    --iops and --bps throttle it (QMP block_set_io_throttle): the guest sees a slow disk.
+    --error makes its reads, writes or both fail with EIO (a blkdebug node QEMU puts between
+    the disk and its file): the guest sees I/O errors, as from a failing drive.
+    """
+    if undo == bool(iops or bps or errors):
+        raise click.UsageError("give --iops, --bps and/or --error, or --clear")
     project = opts.load()
     from orchestrator import api
 
-    _run(
-        progress,
-        lambda on_event: api.faults(project, wait_lock=wait_lock, on_event=on_event).throttle(
-            vm, drive=drive, iops=iops or 0, bps=bps or 0
-        ),
-    )
+    async def work(on_event: EventCallback) -> list[str]:
+        faults = api.faults(project, wait_lock=wait_lock, on_event=on_event)
+        done: list[str] = []
+        if undo or iops or bps:
+            done += await faults.throttle(vm, drive=drive, iops=iops or 0, bps=bps or 0)
+        if undo or errors:
+            done += (
+                await faults.disk_errors(vm, drive=drive, kind=errors)
+                if errors
+                else (await faults.clear_disk_errors(vm, drive=drive))
+            )
+        return sorted(set(done))
+
+    _run(progress, work)
 
 
 @fault.command("partition")

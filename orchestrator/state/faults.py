@@ -2,8 +2,9 @@
 the state directory: what `ps`, `inspect` and `fault ls` show, what `fault clear`, `stop` and
 `destroy` undo, and what the supervisor takes away when a restart policy restarts a VM.
 
-A link cut or a disk throttle lives in QEMU, so it ends with the QEMU that had it: each
-records that QEMU's PID, and counts as in force only while that process is the VM's QEMU. A
+A link cut, a disk throttle or its errors, a NIC's shaping: each lives in QEMU, so it ends
+with the QEMU that had it; each records that QEMU's PID, and counts as in force only while
+that process is the VM's QEMU (a NIC's shaper unit ends with QEMU's sockets). A
 partition lives in the project's nftables table (bridge family) as drops between TAPs, which
 outlive QEMU: it lasts until it is healed, or until every VM of one side has left it.
 
@@ -66,6 +67,39 @@ class DiskFault(msgspec.Struct, frozen=True, tag="disk"):
 
     def involves(self, vm: str) -> bool:
         return vm == self.vm
+
+
+class DiskErrorFault(msgspec.Struct, frozen=True, tag="disk-error"):
+    """A disk whose reads or writes fail (EIO): a blkdebug node inserted between the disk's
+    format node and its file (blockdev-add, then blockdev-reopen of the format node)."""
+
+    vm: str
+    drive: str  # the format node, also the device id
+    label: str
+    kind: str  # read, write, all
+    file: str  # the format node's file child before (what the undoing puts back)
+    backing: str | None  # its backing child (a reopen must name it)
+    read_only: bool
+    qemu_pid: int
+    since: float
+
+    def describe(self) -> str:
+        return f"disk {self.label} {'I/O' if self.kind == 'all' else self.kind} errors"
+
+    def involves(self, vm: str) -> bool:
+        return vm == self.vm
+
+    @property
+    def node(self) -> str:
+        return f"qc-error-{self.drive}"
+
+    def reopen(self, file: str) -> dict[str, Any]:
+        """blockdev-reopen's arguments: the format node as it was opened, on ``file``."""
+        options: dict[str, Any] = {"driver": "qcow2", "node-name": self.drive,
+                                   "read-only": self.read_only, "file": file}  # fmt: skip
+        if self.backing is not None:
+            options["backing"] = self.backing
+        return {"options": [options]}
 
 
 class NetFault(msgspec.Struct, frozen=True, tag="net"):
@@ -139,7 +173,7 @@ class PartitionFault(msgspec.Struct, frozen=True, tag="partition"):
         )
 
 
-Fault = LinkFault | DiskFault | NetFault | PartitionFault
+Fault = LinkFault | DiskFault | DiskErrorFault | NetFault | PartitionFault
 
 
 class KeptFaults(msgspec.Struct):
@@ -230,6 +264,9 @@ def undo_commands(fault: Fault) -> list[tuple[str, dict[str, Any]]]:
         return [("set_link", set_link_args(fault.nic, up=True))]
     if isinstance(fault, DiskFault):
         return [("block_set_io_throttle", throttle_args(fault.drive, iops=0, bps=0))]
+    if isinstance(fault, DiskErrorFault):  # the file back under the disk, then no blkdebug
+        return [("blockdev-reopen", fault.reopen(fault.file)),
+                ("blockdev-del", {"node-name": fault.node})]  # fmt: skip
     if isinstance(fault, NetFault):  # the filter first: frames flow past it again
         name, out, into = fault.ids
         return [("object-del", {"id": name}), ("chardev-remove", {"id": out}),

@@ -183,15 +183,16 @@ vms:
     trio.run(partitioned_then_raise)
     until(lambda: pings("a", "b"), 30, "healed by the context manager")
 
-    # a throttled disk: direct writes to the volume's device get slower
+    # a throttled disk: direct writes to the volume's device get slower. The volume's
+    # device by its serial (the seed is a virtio disk too); one argument: ssh hands the
+    # guest's shell one command line
+    dd = (
+        "d=$(grep -l '^data$' /sys/block/vd*/serial) && d=${d%/serial} && "
+        "dd if=/dev/zero of=/dev/${d##*/} bs=4096 count=60 oflag=direct 2>&1"
+    )
+
     def write_seconds() -> float:
         started = time.monotonic()
-        # the volume's device by its serial (the seed is a virtio disk too); one argument:
-        # ssh hands the guest's shell one command line
-        dd = (
-            "d=$(grep -l '^data$' /sys/block/vd*/serial) && d=${d%/serial} && "
-            "dd if=/dev/zero of=/dev/${d##*/} bs=4096 count=60 oflag=direct 2>&1"
-        )
         done = run("ssh", "a", dd, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "60+0 records out" in done.stdout
@@ -204,6 +205,15 @@ vms:
     assert slow > fast + 3, (fast, slow)  # 60 writes at 10 a second: 6 s at least
     ok("fault", "disk", "a", "data", "--clear", "--progress", "quiet")
     assert faults_of("a") == []
+    # a failing disk: the guest's writes get EIO; cleared, they succeed again
+    ok("fault", "disk", "a", "data", "--error", "write", "--progress", "quiet")
+    assert faults_of("a") == ["disk data write errors"]
+    failed = run("ssh", "a", dd, timeout=120)
+    assert failed.returncode != 0
+    assert "Input/output error" in failed.stdout + failed.stderr
+    ok("fault", "disk", "a", "data", "--clear", "--progress", "quiet")
+    assert faults_of("a") == []
+    write_seconds()  # (it asserts they all went through)
 
     # a panic on demand; restart: on-failure boots b again, without the link cut it had
     ok("fault", "link", "b", "lan", "down", "--progress", "quiet")
@@ -223,6 +233,8 @@ vms:
         ("b", "HEAL", "partition a | b healed"),
         ("a", "FAULT", "disk data iops=10"),
         ("a", "HEAL", "disk data unthrottled"),
+        ("a", "FAULT", "disk data write errors"),
+        ("a", "HEAL", "disk data no errors"),
         ("b", "FAULT", "kernel panic (NMI)"),
         ("b", "FAULT", "net lan egress delay=200ms"),
         ("b", "HEAL", "net lan egress/ingress unshaped"),

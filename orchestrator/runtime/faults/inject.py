@@ -34,6 +34,7 @@ from orchestrator.errors import UsageError
 from orchestrator.guest.mounts import volume_node
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.faults import (
+    DiskErrorFault,
     DiskFault,
     Fault,
     KeptFaults,
@@ -219,6 +220,132 @@ async def disk(
 
         await _each(names, "throttle the disk of", step)
         return [n for n in names if n in done]
+
+
+ERROR_KINDS = {"read": ["read"], "write": ["write"], "all": ["read", "write"]}
+# blkdebug sits under qcow2, so it sees qcow2's own metadata I/O too, which must not fail
+# (or the disk could not be flushed, nor the node taken out again). qcow2 announces each
+# guest data request (read_aio, write_aio) and each metadata one (the others): an error rule
+# is armed by the former, and an errno-0 rule (no error) disarms it at each of the latter:
+# blkdebug keeps only the rules the last announcing event armed.
+_DATA_EVENTS = {"read": "read_aio", "write": "write_aio"}
+_METADATA_EVENTS = (
+    "l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table",
+    "l2_load", "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write",
+    "read_backing_aio", "cow_read", "cow_write", "reftable_load", "reftable_grow",
+    "reftable_update", "refblock_load", "refblock_update", "refblock_update_part",
+    "refblock_alloc", "refblock_alloc_hookup", "refblock_alloc_write",
+    "refblock_alloc_write_blocks", "refblock_alloc_write_table", "refblock_alloc_switch_table",
+    "cluster_alloc", "cluster_alloc_bytes", "cluster_free", "cluster_alloc_space",
+    "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "empty_image_prepare",
+    "vmstate_load", "vmstate_save",
+)  # fmt: skip
+
+
+def error_rules(kind: str) -> list[dict[str, Any]]:
+    """blkdebug's inject-error rules: EIO on the guest's data requests of ``kind``, never on
+    qcow2's metadata."""
+    rules: list[dict[str, Any]] = [
+        {"event": _DATA_EVENTS[io], "errno": 5, "iotype": io} for io in ERROR_KINDS[kind]
+    ]
+    return rules + [{"event": event, "errno": 0} for event in _METADATA_EVENTS]
+
+
+async def disk_errors(
+    project: Project,
+    vms: Sequence[str],
+    drive: str,
+    connection: Connection,
+    report: Reporter,
+    *,
+    kind: str | None,
+) -> list[str]:
+    """Make a disk's reads, writes or both ("all") fail with EIO in running VMs (a blkdebug
+    node put between the disk's format node and its file); ``kind`` None: no longer.
+    Returns the VMs changed."""
+    if kind is not None and kind not in ERROR_KINDS:
+        raise UsageError(f"--error is read, write or all, not {kind!r}")
+    stage = Stage.HEAL if kind is None else Stage.FAULT
+    async with open_session(project, connection, report) as session:
+        names = _running(session, vms, "make errors on the disk of")
+        devices = {vm: _device(vm, _model_of(session, vm), drive) for vm in names}
+        done: list[str] = []
+
+        async def step(vm: str) -> None:
+            try:
+                changed = await _set_errors(session, vm, devices[vm], drive, kind)
+            except _Failed as err:
+                session.report(vm, stage, Status.FAILED, str(err))
+                raise
+            if changed:
+                what = f"{kind} errors" if kind else "no errors"
+                session.report(vm, stage, Status.DONE, f"disk {drive} {what}")
+                done.append(vm)
+
+        await _each(names, "make errors on the disk of", step)
+        return [n for n in names if n in done]
+
+
+async def _set_errors(session: Session, vm: str, device: str, label: str, kind: str | None) -> bool:
+    paths = session.paths.vm(vm)
+    pid = qemu_pid(paths.pidfile) or 0
+    read_only = any(
+        m.read_only for m in _model_of(session, vm).volumes if volume_node(m.source) == device
+    )
+    async with changing_faults(session.paths.state_dir) as kept:
+        mine = [
+            f for f in kept.faults
+            if isinstance(f, DiskErrorFault) and f.vm == vm and f.drive == device
+        ]  # fmt: skip
+        before = next((f for f in mine if f.qemu_pid == pid), None)
+        if before is not None and before.kind == kind:
+            return False
+        try:
+            async with qmp.open_session(
+                str(paths.qmp_control_socket), timeout=QMP_ANSWER, name=vm
+            ) as control:
+                if before is not None:  # the old rules out first
+                    for command in undo_commands(before):
+                        await control.execute(*command)
+                made = None
+                if kind is not None:
+                    made = await _insert_errors(control, vm, device, label, kind, read_only)
+                    made = msgspec.structs.replace(made, qemu_pid=pid)
+        except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+            raise _Failed(f"QEMU did not answer QMP within {QMP_ANSWER:g} s") from None
+        except qmp.QmpError as err:
+            raise _Failed(str(err)) from err
+        kept.faults = [f for f in kept.faults if f not in mine] + ([made] if made else [])
+        return before is not None or made is not None
+
+
+async def _insert_errors(
+    control: qmp.QmpSession, vm: str, device: str, label: str, kind: str, read_only: bool
+) -> DiskErrorFault:
+    """blkdebug between the format node and its file; taken out again if the reopen fails."""
+    graph = await control.execute("x-debug-query-block-graph")
+    names = {n["id"]: n["name"] for n in graph["nodes"]}
+    children = {
+        e["name"]: names[e["child"]] for e in graph["edges"] if names.get(e["parent"]) == device
+    }
+    if "file" not in children:
+        raise _Failed(f"QEMU has no disk node {device!r}")
+    fault = DiskErrorFault(
+        vm, device, label, kind, children["file"], children.get("backing"), read_only, 0,
+        time.time(),
+    )  # fmt: skip
+    await control.execute(
+        "blockdev-add",
+        {"driver": "blkdebug", "node-name": fault.node, "image": fault.file,
+         "inject-error": error_rules(kind)},
+    )  # fmt: skip
+    try:
+        await control.execute("blockdev-reopen", fault.reopen(fault.node))
+    except qmp.QmpError:
+        with contextlib.suppress(qmp.QmpError):
+            await control.execute("blockdev-del", {"node-name": fault.node})
+        raise
+    return fault
 
 
 def _device(name: str, vm: Vm, drive: str) -> str:
@@ -638,7 +765,7 @@ def _row(fault: Fault) -> FaultRow:
     if isinstance(fault, PartitionFault):
         vms = [vm for group in fault.groups for vm in group]
         return FaultRow("partition", vms, fault.describe(), fault.since)
-    kinds = {LinkFault: "link", DiskFault: "disk", NetFault: "net"}
+    kinds = {LinkFault: "link", DiskFault: "disk", DiskErrorFault: "disk", NetFault: "net"}
     return FaultRow(kinds[type(fault)], [fault.vm], fault.describe(), fault.since)
 
 
