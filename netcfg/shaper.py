@@ -51,7 +51,7 @@ async def _run_then_end(pipe: Pipe, scope: trio.CancelScope) -> None:
     # QEMU closed the other socket of the pair: the filter went, or QEMU
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await pipe.run()
-    scope.cancel()
+    scope.cancel()  # (a FrameError ends the shaper failed: the journal says why)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,8 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-MAX_FRAME = 65536 + 64  # a GSO frame of virtio-net with its header, at most
+MAX_FRAME = 69632  # the most QEMU's redirector sends (REDIRECTOR_MAX_LEN: NET_BUFSIZE)
+QUEUE_LIMIT = 1000  # frames a direction holds back at most (netem's default limit): more are lost
 
 
 class Shape(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,7 +37,7 @@ class Shape(msgspec.Struct, frozen=True, kw_only=True):
     jitter: float = 0.0  # seconds, uniformly +-, around the delay (frames may reorder)
     loss: float = 0.0
     duplicate: float = 0.0
-    corrupt: float = 0.0  # a bit flipped, past the Ethernet header (checksums notice)
+    corrupt: float = 0.0  # a bit flipped where a checksum notices (see corrupted)
     reorder: float = 0.0  # sent at once, ahead of the delayed ones (needs a delay)
     rate: int = 0  # bits a second the direction carries (0: no limit)
 
@@ -147,12 +148,26 @@ def fate(shape: Shape, chance: Callable[[], float]) -> list[Copy]:
     return out
 
 
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+ETHERNET_HEADER = 14
+
+
 def corrupted(frame: bytes, header: int, chance: Callable[[], float]) -> bytes:
-    """``frame`` with one bit flipped past its virtio-net ``header`` and Ethernet header."""
-    start = header + 14
-    if len(frame) <= start:
+    """``frame`` with one bit flipped past its virtio-net ``header`` and Ethernet header,
+    where a checksum covers it. A frame whose transport checksum the host is to fill in
+    (NEEDS_CSUM: it would be computed over the flipped bit) gets it before csum_start (its
+    IP header, whose checksum the guest made); a GSO frame, segmented later, is left whole
+    (segmenting rewrites its headers)."""
+    start, end = header + ETHERNET_HEADER, len(frame)
+    if header >= 10:  # struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start
+        flags, gso_type, _, _, csum_start = struct.unpack_from("<BBHHH", frame)
+        if gso_type != 0:
+            return frame
+        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            end = min(end, header + csum_start)
+    if end <= start:
         return frame
-    at = start + int(chance() * (len(frame) - start))
+    at = start + int(chance() * (end - start))
     flipped = bytearray(frame)
     flipped[at] ^= 1 << int(chance() * 8)
     return bytes(flipped)
@@ -239,7 +254,7 @@ class Pipe:
 
     def _take(self, now: float, vnet_header: int | None, frame: bytes) -> None:
         copies = fate(self.shape, self.rng.random)
-        if not copies:
+        if not copies or len(self._due) >= QUEUE_LIMIT:  # lost, or no room (tail drop)
             self.lost += 1
             return
         for copy in copies:

@@ -35,23 +35,47 @@ UNDO_TIMEOUT = 60.0  # seconds an undo on leaving a block may take, even when ca
 
 
 class Injection(Generic[T]):
-    """A fault to make: ``await`` it to make it, or ``async with`` it to have it undone."""
+    """A fault to make: ``await`` it to make it, or ``async with`` it to have it undone.
 
-    def __init__(self, make: Callable[[], Awaitable[T]], undo: Callable[[T], Awaitable[Any]]):
+    ``undo`` gets what ``make`` returned, or None when ``make`` failed or was cancelled
+    halfway: then it undoes what it can of what was asked (a VM that no longer runs has
+    nothing left to undo)."""
+
+    def __init__(
+        self, make: Callable[[], Awaitable[T]], undo: Callable[[T | None], Awaitable[Any]]
+    ) -> None:
         self._make, self._undo = make, undo
+        self._made: T | None = None
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._make().__await__()
 
     async def __aenter__(self) -> T:
-        self._made = await self._make()
+        try:
+            self._made = await self._make()
+        except BaseException as err:  # some VMs may have it: take it back from them
+            await self._undo_keeping(err, None)
+            raise
         return self._made
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, kind: object, err: BaseException | None, tb: object) -> None:
+        if err is not None:
+            await self._undo_keeping(err, self._made)
+            return  # (the block's exception goes on)
+        await self._undoing(self._made)
+
+    async def _undoing(self, made: T | None) -> None:
         import trio
 
         with trio.CancelScope(shield=True), trio.fail_after(UNDO_TIMEOUT):
-            await self._undo(self._made)
+            await self._undo(made)
+
+    async def _undo_keeping(self, err: BaseException, made: T | None) -> None:
+        """Undo, without hiding ``err``: a failure to undo is a note on it."""
+        try:
+            await self._undoing(made)
+        except Exception as undo_err:
+            err.add_note(f"undoing the fault failed too: {undo_err}")
 
 
 class Faults:
@@ -82,10 +106,11 @@ class Faults:
                 self.project, vms, network, self._connection, self._report(), up=False
             )
 
-        async def undo(done: list[str]) -> None:
+        async def undo(done: list[str] | None) -> None:
             await faults.link(
-                self.project, done, network, self._connection, self._report(), up=True
-            )
+                self.project, vms if done is None else done, network, self._connection,
+                self._report(), up=True, lenient=True,
+            )  # fmt: skip
 
         return Injection(make, undo)
 
@@ -108,8 +133,11 @@ class Faults:
                 self.project, vms, drive, self._connection, self._report(), iops=iops, bps=bps
             )
 
-        async def undo(done: list[str]) -> None:
-            await faults.disk(self.project, done, drive, self._connection, self._report())
+        async def undo(done: list[str] | None) -> None:
+            await faults.disk(
+                self.project, vms if done is None else done, drive, self._connection,
+                self._report(), lenient=True,
+            )  # fmt: skip
 
         return Injection(make, undo)
 
@@ -125,10 +153,11 @@ class Faults:
                 self.project, vms, drive, self._connection, self._report(), kind=kind
             )
 
-        async def undo(done: list[str]) -> None:
+        async def undo(done: list[str] | None) -> None:
             await faults.disk_errors(
-                self.project, done, drive, self._connection, self._report(), kind=None
-            )
+                self.project, vms if done is None else done, drive, self._connection,
+                self._report(), kind=None, lenient=True,
+            )  # fmt: skip
 
         return Injection(make, undo)
 
@@ -169,10 +198,10 @@ class Faults:
                 shape=shape, directions=directions,
             )  # fmt: skip
 
-        async def undo(done: list[str]) -> None:
+        async def undo(done: list[str] | None) -> None:
             await faults.net(
-                self.project, done, network, self._connection, self._report(),
-                shape=None, directions=directions,
+                self.project, vms if done is None else done, network, self._connection,
+                self._report(), shape=None, directions=directions, lenient=True,
             )  # fmt: skip
 
         return Injection(make, undo)
@@ -202,7 +231,10 @@ class Faults:
             )
 
         async def undo(made: Any) -> None:
-            await faults.heal(self.project, None, self._connection, self._report(), only=made.id)
+            if made is not None:  # (a partition is made whole or not at all)
+                await faults.heal(
+                    self.project, None, self._connection, self._report(), only=made.id
+                )
 
         return Injection(make, undo)
 
@@ -219,8 +251,11 @@ class Faults:
         async def make() -> list[str]:
             return await runtime.pause(self.project, vms, self._connection, self._report())
 
-        async def undo(done: list[str]) -> None:
-            await runtime.unpause(self.project, done, self._connection, self._report())
+        async def undo(done: list[str] | None) -> None:
+            await runtime.unpause(
+                self.project, vms if done is None else done, self._connection, self._report(),
+                lenient=True,
+            )  # fmt: skip
 
         return Injection(make, undo)
 

@@ -90,8 +90,8 @@ def fault() -> None:
 
     Each is recorded in the event log (`watch` shows FAULT and HEAL), shown by `ps` and
     `fault ls`, and undone by `fault clear`, `stop` and `destroy`; a VM its restart policy
-    restarts starts without faults. The network faults need what the project's bridge
-    networks need (root, or CAP_NET_ADMIN).
+    restarts starts without faults. `fault partition` needs what the project's bridge
+    networks need (root, or CAP_NET_ADMIN); the others need no privilege.
     """
 
 
@@ -217,15 +217,18 @@ def fault_disk(
     --error makes its reads, writes or both fail with EIO (a blkdebug node QEMU puts between
     the disk and its file): the guest sees I/O errors, as from a failing drive.
     """
-    if undo == bool(iops or bps or errors):
+    if undo == bool(iops or bps is not None or errors):
         raise click.UsageError("give --iops, --bps and/or --error, or --clear")
+    if bps is not None and bps.strip() in ("", "0"):
+        raise click.BadParameter("at least 1 byte a second (--clear takes the throttle off)",
+                                 param_hint="--bps")  # fmt: skip
     project = opts.load()
     from orchestrator import api
 
     async def work(on_event: EventCallback) -> list[str]:
         faults = api.faults(project, wait_lock=wait_lock, on_event=on_event)
         done: list[str] = []
-        if undo or iops or bps:
+        if undo or iops or bps is not None:
             done += await faults.throttle(vm, drive=drive, iops=iops or 0, bps=bps or 0)
         if undo or errors:
             done += (
@@ -334,8 +337,8 @@ def fault_ls(opts: GlobalOptions, fmt: str) -> None:
 @wait_lock_option
 @click.pass_obj
 def fault_clear(opts: GlobalOptions, vms: tuple[str, ...], progress: str, wait_lock: bool) -> None:
-    """Undo every fault of VMs (all, or those named): links up, disks unthrottled, out of
-    partitions, guests unpaused."""
+    """Undo every fault of VMs (all, or those named): links up, traffic unshaped, disks
+    unthrottled and without errors, out of partitions, guests unpaused."""
     project = opts.load()
     from orchestrator import api
 

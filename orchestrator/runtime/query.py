@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import msgspec
 
@@ -14,7 +14,7 @@ from orchestrator.config.topology import instances, select_one
 from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import host_alias, known_hosts
 from orchestrator.progress import Reporter
-from orchestrator.state.faults import faults_file, in_force, qemu_pid, read_faults
+from orchestrator.state.faults import NetFault, faults_file, in_force, qemu_pid, read_faults
 from orchestrator.state.files import ProjectState, check_owner, check_private_dir
 from orchestrator.state.paths import ProjectPaths
 from orchestrator.supervisor.health import has_health, read_health
@@ -78,7 +78,8 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         if units.get(n) in RUNNING_STATES
     }
     started = await session.manager.started(running.values())  # collected since: left out
-    faults = faults_in_force(session.paths, running)
+    shaping = {vm for vm, unit in session.units.shapers.items() if unit.active_state.running}
+    faults = faults_in_force(session.paths, running, shaping)
 
     def one(name: str) -> VmRow:
         inst = by_name.get(name)
@@ -138,9 +139,12 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
     return [one(n) for n in names]
 
 
-def faults_in_force(paths: ProjectPaths, running: Iterable[str]) -> dict[str, list[str]]:
+def faults_in_force(
+    paths: ProjectPaths, running: Iterable[str], shaping: Collection[str] = ()
+) -> dict[str, list[str]]:
     """The faults in force on each running VM, described (state.faults); one stat when no
-    fault was ever made."""
+    fault was ever made. ``shaping``: the VMs whose shaper unit runs (without it, a shaped
+    NIC's frames go nowhere: said so)."""
     if not faults_file(paths.state_dir).exists():
         return {}
     kept = read_faults(paths.state_dir)
@@ -153,7 +157,13 @@ def faults_in_force(paths: ProjectPaths, running: Iterable[str]) -> dict[str, li
 
     found: dict[str, list[str]] = {}
     for vm in running:
-        found[vm] = [f.describe() for f in kept.faults if f.involves(vm) and in_force(f, pid_of)]
+        found[vm] = [
+            f.describe() + (" (its shaper ended: frames lost)" if vm not in shaping else "")
+            if isinstance(f, NetFault)
+            else f.describe()
+            for f in kept.faults
+            if f.involves(vm) and in_force(f, pid_of)
+        ]
     return {vm: described for vm, described in found.items() if described}
 
 

@@ -21,7 +21,7 @@ from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.paths import remove_socket_dir
 
-from .faults.inject import clear_faults
+from .faults.inject import clear_faults, forget_partitions
 from .launch import grace_period
 from .observe import unit_states
 from .options import QMP_ANSWER, Connection
@@ -141,6 +141,8 @@ async def destroy(
             if n in state.vms or session.paths.vm(n).directory.exists()
         ]
         await clear_faults(session, names, why="destroyed")
+        if not vms:
+            await forget_partitions(session)
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(remove_vm, session, name)

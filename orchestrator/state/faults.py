@@ -124,7 +124,7 @@ class NetFault(msgspec.Struct, frozen=True, tag="net"):
     @property
     def ids(self) -> tuple[str, str, str]:
         """QEMU's ids of the filter and of its outdev and indev chardevs."""
-        base = f"qc-shape-{self.nic}-{self.direction}"
+        base = f"qc-shape-{self.nic}-{self.direction}"  # (runtime: SHAPE_PREFIX)
         return base, f"{base}-out", f"{base}-in"
 
     def sockets(self, directory: Path) -> tuple[Path, Path]:
@@ -156,7 +156,8 @@ class PartitionFault(msgspec.Struct, frozen=True, tag="partition"):
 
     def without(self, vm: str) -> PartitionFault | None:
         """The partition once ``vm`` has left it (its restart, its stop); None when what is
-        left divides nothing (fewer than two groups, or a one-way one without its source)."""
+        left divides nothing (fewer than two groups, a one-way one without its source, or
+        no drop left)."""
         groups = tuple(tuple(n for n in g if n != vm) for g in self.groups)
         if self.one_way and not groups[0]:
             return None
@@ -164,11 +165,14 @@ class PartitionFault(msgspec.Struct, frozen=True, tag="partition"):
         if len(groups) < 2:
             return None
         gone = {tap for tap, owner in self.taps.items() if owner == vm}
+        drops = tuple(d for d in self.drops if not gone & set(d))
+        if not drops:
+            return None  # what is left shares no network
         return msgspec.structs.replace(
             self,
             groups=groups,
             taps={t: v for t, v in self.taps.items() if t not in gone},
-            drops=tuple(d for d in self.drops if not gone & set(d)),
+            drops=drops,
             qemu_pids={v: p for v, p in self.qemu_pids.items() if v != vm},
         )
 
@@ -211,7 +215,8 @@ async def changing_faults(state_dir: Path) -> AsyncIterator[KeptFaults]:
     except LookupError:
         in_process = trio.Lock()
         _IN_PROCESS.set(in_process)
-    # the flock is between processes: two tasks of one would deadlock on it without this
+    # the flock serialises processes; the lock, a process's tasks (without it they would
+    # queue on the flock, each in a worker thread of its own)
     async with in_process, _flocked(state_dir / FAULTS_LOCK):
         kept = read_faults(state_dir)
         before = msgspec.json.encode(kept)
@@ -272,6 +277,15 @@ def undo_commands(fault: Fault) -> list[tuple[str, dict[str, Any]]]:
         return [("object-del", {"id": name}), ("chardev-remove", {"id": out}),
                 ("chardev-remove", {"id": into})]  # fmt: skip
     return []
+
+
+# what QEMU answers a command that undoes what is not there (undone already, or never made)
+_GONE = ("not found", "Failed to find", "does not exist")
+
+
+def already_undone(error: str) -> bool:
+    """Whether a QMP error from an undoing command says there was nothing left to undo."""
+    return any(gone in error for gone in _GONE)
 
 
 def in_force(fault: Fault, pid_of: Callable[[str], int | None]) -> bool:

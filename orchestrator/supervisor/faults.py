@@ -11,7 +11,6 @@ restarted) changes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +18,9 @@ from typing import Any, Protocol
 import netcfg
 import qmp
 from orchestrator.state.faults import (
+    Fault,
     PartitionFault,
+    already_undone,
     changing_faults,
     faults_file,
     qemu_of,
@@ -37,21 +38,31 @@ class Executes(Protocol):
 
 async def clear_after_restart(
     state_dir: Path, vm: str, pidfile: Path, session: Executes, *, in_place: bool
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
     """Take ``vm``'s faults away after its restart (``in_place``: system_reset, else a new
-    QEMU); returns what was cleared, described. Nothing kept: nothing read but one stat."""
+    QEMU); returns what was cleared and what QEMU would not take back (kept), described.
+    Nothing kept: nothing read but one stat."""
     if not faults_file(state_dir).exists():
-        return []
+        return [], []
     pid = qemu_pid(pidfile)
+    failed: list[Fault] = []
     async with changing_faults(state_dir) as kept:
         mine = [f for f in kept.faults if f.involves(vm)]
         if not in_place and all(qemu_of(f, vm) == pid for f in mine):
-            return []  # the same QEMU as when they were made: a new session, not a restart
+            return [], []  # the same QEMU as when they were made: a new session, not a restart
         changed = without_vms(kept, [vm])
+        for fault in changed if in_place else ():
+            for command in undo_commands(fault):
+                try:
+                    await session.execute(*command)
+                except qmp.CommandError as err:
+                    if not already_undone(str(err)):
+                        failed.append(fault)  # still in QEMU: still kept
+                        break
+                except qmp.QmpError:  # QEMU ended meanwhile: so did the fault
+                    break
+        kept.faults += failed
         if any(isinstance(f, PartitionFault) for f in changed) and kept.table:
             await netcfg.set_partition_drops(kept.table, kept.drops())
-    for fault in changed:
-        for command in undo_commands(fault) if in_place else ():
-            with contextlib.suppress(qmp.QmpError):  # QEMU ended meanwhile: so did the fault
-                await session.execute(*command)
-    return [f.describe() for f in changed]
+    cleared = [f.describe() for f in changed if f not in failed]
+    return cleared, [f.describe() for f in failed]

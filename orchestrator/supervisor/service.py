@@ -214,7 +214,7 @@ class ProjectSupervisor:
         QEMU keeps them."""
         mine = self.paths.vm(vm)
         try:
-            cleared = await clear_after_restart(
+            cleared, kept = await clear_after_restart(
                 self.paths.state_dir, vm, mine.pidfile, session, in_place=in_place
             )
         except (OSError, netcfg.NetcfgError) as err:
@@ -222,6 +222,9 @@ class ProjectSupervisor:
                 vm, "SUPERVISOR_ERROR", {"error": f"clearing faults: {err}"}, source="supervisor"
             )
             return
+        if kept:
+            said = {"error": f"QEMU would not take these faults back: {'; '.join(kept)}"}
+            self._record(vm, "SUPERVISOR_ERROR", said, source="supervisor")
         if cleared:
             why = "restarted in place" if in_place else "a new QEMU"
             data = {"reason": f"{why}: a restarted VM starts without faults", "faults": cleared}

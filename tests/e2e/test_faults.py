@@ -106,6 +106,7 @@ vms:
         ["fault", "disk", "b", "--iops", "10"],  # b has no disk
         ["fault", "disk", "a", "nope", "--iops", "10"],
         ["fault", "disk", "a"],
+        ["fault", "disk", "a", "data", "--bps", "0"],
         ["fault", "partition", "a"],
         ["fault", "partition", "a", "a,b"],
         ["fault", "partition", "a", "zz"],
@@ -135,6 +136,19 @@ vms:
     ok("fault", "heal", "--progress", "quiet")
     assert faults_of("a") == []
     until(lambda: pings("a", "b"), 30, "healed")
+
+    def received(vm: str) -> int:  # frames its bridge NIC got
+        done = run("ssh", vm, "cat /sys/class/net/eth1/statistics/rx_packets", timeout=60)
+        return int(done.stdout)
+
+    ok("fault", "partition", "--one-way", "a", "b", "--progress", "quiet")
+    assert faults_of("b") == ["partition a -> b"]
+    before = received("a")
+    assert not pings("b", "a")  # b's requests reach a; a's replies do not reach b
+    assert received("a") > before
+    assert not pings("a", "b")
+    ok("fault", "heal", "--progress", "quiet")
+    until(lambda: pings("a", "b"), 30, "healed, one way")
 
     # shaped: a delay on what b sends shows in a's pings of b (the reply is b's); both ways,
     # each direction gets the whole delay; a loss of 100% is a cut; cleared, fast again

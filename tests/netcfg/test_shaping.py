@@ -4,6 +4,7 @@ a pipe's timing on a fake clock, and the shaper process against sockets as QEMU 
 from __future__ import annotations
 
 import random
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import trio.testing
 
 from netcfg.shaper import PipeSpec, ShaperSpec
 from netcfg.shaping import (
+    QUEUE_LIMIT,
     Copy,
     Decoder,
     FrameError,
@@ -83,6 +85,19 @@ def test_corruption_flips_one_bit_past_the_headers() -> None:
     assert corrupted(bytes(20), 12, rng.random) == bytes(20)  # nothing past the headers
 
 
+def test_corruption_keeps_clear_of_checksums_yet_to_be_made() -> None:
+    """A frame whose TCP checksum the host fills in (NEEDS_CSUM, csum_start 34: after an
+    IPv4 header) is flipped in its IP header only; a GSO frame is left whole."""
+    rng = random.Random(2)
+    needs_csum = struct.pack("<BBHHHH", 1, 0, 0, 0, 34, 16) + bytes(2) + bytes(14 + 20 + 100)
+    for _ in range(50):
+        bad = corrupted(needs_csum, 12, rng.random)
+        [at] = [i for i, (x, y) in enumerate(zip(needs_csum, bad, strict=True)) if x != y]
+        assert 12 + 14 <= at < 12 + 34
+    gso = struct.pack("<BBHHHH", 1, 1, 54, 1448, 34, 16) + bytes(2) + bytes(14 + 20 + 100)
+    assert corrupted(gso, 12, rng.random) == gso
+
+
 def test_framing_round_trip_in_any_chunks() -> None:
     frames = [(12, b"\x01" * 60), (12, b"\x02" * 1514), (12, b"")]
     stream = b"".join(encode(f, n) for n, f in frames)
@@ -142,6 +157,9 @@ def test_a_pipe_delays_and_rate_limits_on_a_fake_clock() -> None:
         assert sorted(order) == list(range(8))
         assert order != sorted(order)
         assert [f for _, f in await _through(Shape(loss=100), [b"x"] * 5)] == []
+        # at most QUEUE_LIMIT frames held back: the rest are lost, as netem's limit does
+        held = await _through(Shape(delay=1.0), [b"y"] * (QUEUE_LIMIT + 50))
+        assert len(held) == QUEUE_LIMIT
 
     trio.run(main, clock=clock)
 

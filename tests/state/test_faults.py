@@ -176,8 +176,8 @@ async def test_the_record_is_written_whole_and_only_when_changed(tmp_path: Path)
 
 
 async def test_two_tasks_changing_the_record_take_turns(tmp_path: Path) -> None:
-    """The flock is between processes; two tasks of one process must not deadlock on it,
-    and neither change is lost."""
+    """Tasks of one process change the record in turn, across what they await: no change
+    is lost (without the locks, each would write back what it read, over the others')."""
 
     async def add(vm: str) -> None:
         async with changing_faults(tmp_path) as kept:
@@ -193,3 +193,48 @@ async def test_two_tasks_changing_the_record_take_turns(tmp_path: Path) -> None:
         "b",
         "c",
     ]
+
+
+async def test_an_injection_undoes_what_a_failed_make_left_and_hides_no_error() -> None:
+    from orchestrator.api.faults import Injection
+
+    undone: list[object] = []
+
+    async def failing_make() -> list[str]:
+        raise RuntimeError("QEMU refused b")
+
+    async def undo(made: list[str] | None) -> None:
+        undone.append(made)
+
+    async def enter_failing() -> None:
+        async with Injection(failing_make, undo):
+            pass
+
+    with pytest.raises(RuntimeError, match="QEMU refused b"):
+        await enter_failing()
+    assert undone == [None]  # what was asked, undone as far as it goes
+
+    async def make() -> list[str]:
+        return ["a"]
+
+    async def failing_undo(made: list[str] | None) -> None:
+        raise ValueError("a stopped meanwhile")
+
+    async def body_raises() -> None:
+        async with Injection(make, failing_undo):
+            raise KeyError("the test's own")
+
+    with pytest.raises(KeyError) as caught:
+        await body_raises()
+    assert "undoing the fault failed too: a stopped meanwhile" in caught.value.__notes__[0]
+
+    async def body_passes() -> None:
+        async with Injection(make, failing_undo):
+            pass
+
+    with pytest.raises(ValueError, match="stopped meanwhile"):  # nothing else to hide it
+        await body_passes()
+    undone.clear()
+    async with Injection(make, undo) as made:
+        assert made == ["a"]
+    assert undone == [["a"]]

@@ -50,9 +50,11 @@ def parse_signal(text: str) -> signal.Signals:
         raise UsageError(f"unknown signal {text!r} (e.g. KILL, TERM, INT, 9)") from None
 
 
-def _running(session: Session, vms: Sequence[str], verb: str) -> list[str]:
+def _running(
+    session: Session, vms: Sequence[str], verb: str, *, lenient: bool = False
+) -> list[str]:
     """The running VMs a fault acts on: of those named (a definition: its running replicas),
-    each must have one running; none named: every running VM."""
+    each must have one running (``lenient``: those that do); none named: every running VM."""
     states = session.units.vm_states()
     if not vms:
         return [n for n in session.names(()) if states.get(n) in RUNNING_STATES]
@@ -63,7 +65,7 @@ def _running(session: Session, vms: Sequence[str], verb: str) -> list[str]:
         if not running:
             idle.append(vm)
         chosen += [n for n in running if n not in chosen]
-    if idle:
+    if idle and not lenient:
         raise UsageError(f"cannot {verb} what does not run: {', '.join(idle)}")
     return chosen
 
@@ -98,18 +100,30 @@ async def pause(
 
 
 async def unpause(
-    project: Project, vms: Sequence[str], connection: Connection, report: Reporter
+    project: Project,
+    vms: Sequence[str],
+    connection: Connection,
+    report: Reporter,
+    *,
+    lenient: bool = False,
 ) -> list[str]:
-    """Let paused guests run again (QMP cont); returns the VMs running now."""
-    return await _set_paused(project, vms, connection, report, paused=False)
+    """Let paused guests run again (QMP cont); returns the VMs running now. ``lenient``: a
+    VM named that no longer runs is passed over (an undoing: nothing is left to undo)."""
+    return await _set_paused(project, vms, connection, report, paused=False, lenient=lenient)
 
 
 async def _set_paused(
-    project: Project, vms: Sequence[str], connection: Connection, report: Reporter, *, paused: bool
+    project: Project,
+    vms: Sequence[str],
+    connection: Connection,
+    report: Reporter,
+    *,
+    paused: bool,
+    lenient: bool = False,
 ) -> list[str]:
     verb = "pause" if paused else "unpause"
     async with open_session(project, connection, report) as session:
-        names = _running(session, vms, verb)
+        names = _running(session, vms, verb, lenient=lenient)
         done: list[str] = []
 
         async def step(name: str) -> None:

@@ -5,7 +5,8 @@ table, bridge family); a kernel panic on demand (QMP inject-nmi); `fault ls`, `f
 What is in force is kept in faults.json (state.faults): `ps`, `inspect` and `fault ls` show
 it; `fault clear`, `stop` and `destroy` undo what they concern; the supervisor undoes a VM's
 faults when its restart policy restarts it. Each fault and each undoing is a step of the
-command, so the event log (`watch`) has them: FAULT and HEAL, with what was done.
+command, so the event log (`watch`) has them: FAULT and HEAL, with what was done. Each
+takes ``lenient`` (for an undoing): a VM named that no longer runs is passed over.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from orchestrator.state.faults import (
     LinkFault,
     NetFault,
     PartitionFault,
+    already_undone,
     changing_faults,
     forget_ended,
     in_force,
@@ -56,7 +58,7 @@ from orchestrator.state.paths import shaper_unit
 
 from ..options import QMP_ANSWER, Connection
 from ..session import Session, open_session
-from .freeze import _each, _Failed, _freeze, _running
+from .freeze import FaultError, _each, _Failed, _freeze, _running
 
 PANIC_WAIT = 30.0  # seconds for the guest to say it panicked after the NMI (TCG is slow)
 USER_NIC = "user"  # what `fault link` calls a VM's user-mode NIC
@@ -116,25 +118,33 @@ async def link(
     report: Reporter,
     *,
     up: bool,
+    lenient: bool = False,
 ) -> list[str]:
     """Set the links of running VMs' NICs down (or up again): on ``network`` ("user": the
     user-mode NIC), or every NIC of theirs. Returns the VMs changed."""
     verb = "restore the link of" if up else "cut the link of"
     stage = Stage.HEAL if up else Stage.FAULT
     async with open_session(project, connection, report) as session:
-        names = _running(session, vms, verb)
+        names = _running(session, vms, verb, lenient=lenient)
         nets = {vm: _links_of(vm, _model_of(session, vm), network) for vm in names}
         pid_of = pids(session)
         done: list[str] = []
 
         async def step(vm: str) -> None:
             model = _model_of(session, vm)
+            changed: list[str] = []
             for net in nets[vm]:
                 try:
                     await _qmp(session, vm, "set_link", set_link_args(_nic(model, net), up=up))
-                except _Failed as err:
+                except _Failed as err:  # the others back as they were: all or none
+                    for back in changed:
+                        with contextlib.suppress(_Failed):
+                            await _qmp(
+                                session, vm, "set_link", set_link_args(_nic(model, back), up=not up)
+                            )
                     session.report(vm, stage, Status.FAILED, str(err))
                     raise
+                changed.append(net)
             async with changing_faults(session.paths.state_dir) as kept:
                 kept.faults = [f for f in kept.faults if not _link_of(f, vm, nets[vm])]
                 if not up:
@@ -175,6 +185,7 @@ async def disk(
     *,
     iops: int = 0,
     bps: int | str = 0,
+    lenient: bool = False,
 ) -> list[str]:
     """Throttle a disk of running VMs ("root", or a named volume they mount) to ``iops``
     operations and ``bps`` bytes a second (a size: "1M"; 0: no limit; both 0: the throttle
@@ -188,7 +199,7 @@ async def disk(
     clearing = not iops and not bps
     stage = Stage.HEAL if clearing else Stage.FAULT
     async with open_session(project, connection, report) as session:
-        names = _running(session, vms, "throttle the disk of")
+        names = _running(session, vms, "throttle the disk of", lenient=lenient)
         devices = {vm: _device(vm, _model_of(session, vm), drive) for vm in names}
         pid_of = pids(session)
         done: list[str] = []
@@ -259,6 +270,7 @@ async def disk_errors(
     report: Reporter,
     *,
     kind: str | None,
+    lenient: bool = False,
 ) -> list[str]:
     """Make a disk's reads, writes or both ("all") fail with EIO in running VMs (a blkdebug
     node put between the disk's format node and its file); ``kind`` None: no longer.
@@ -267,7 +279,7 @@ async def disk_errors(
         raise UsageError(f"--error is read, write or all, not {kind!r}")
     stage = Stage.HEAL if kind is None else Stage.FAULT
     async with open_session(project, connection, report) as session:
-        names = _running(session, vms, "make errors on the disk of")
+        names = _running(session, vms, "make errors on the disk of", lenient=lenient)
         devices = {vm: _device(vm, _model_of(session, vm), drive) for vm in names}
         done: list[str] = []
 
@@ -366,6 +378,7 @@ DIRECTIONS = ("egress", "ingress")  # what the VM sends, what it receives
 # what it sends (to the guest)
 _QUEUES = {"egress": "rx", "ingress": "tx"}
 SHAPER_READY = 10.0  # seconds for the shaper to connect to QEMU's sockets
+SHAPE_PREFIX = "qc-shape-"  # QEMU's ids of the filters and chardevs of `fault net`
 
 
 async def net(
@@ -377,6 +390,7 @@ async def net(
     *,
     shape: Shape | None,
     directions: Sequence[str] = DIRECTIONS,
+    lenient: bool = False,
 ) -> list[str]:
     """Shape the traffic of running VMs' NICs (on ``network``, "user" for the user-mode NIC;
     else on every bridge network of theirs) in ``directions``; ``shape`` None: unshaped.
@@ -386,7 +400,7 @@ async def net(
     if shape is not None and shape.is_noop:
         raise UsageError("say how to shape it: --delay, --loss, --rate, ... (or --clear)")
     async with open_session(project, connection, report) as session:
-        names = _running(session, vms, verb)
+        names = _running(session, vms, verb, lenient=lenient)
         nets = {vm: _shaped_networks(vm, _model_of(session, vm), network) for vm in names}
         done: list[str] = []
 
@@ -459,9 +473,12 @@ async def _reshape(
     shape: Shape | None,
 ) -> bool:
     """Carry out one VM's change: chardevs, its shaper unit, the filters; False if nothing
-    was to change. The record is held meanwhile: what QEMU has follows it."""
+    was to change. The record is held meanwhile: what QEMU has follows it. A change that
+    fails (or is cancelled) halfway leaves the VM unshaped, QEMU and the record alike."""
     paths = session.paths.vm(vm)
     pid = qemu_pid(paths.pidfile) or 0
+    shaper = session.units.shapers.get(vm)
+    failure: BaseException | None = None
     async with changing_faults(session.paths.state_dir) as kept:
         before = {
             (f.nic, f.direction): f
@@ -476,41 +493,60 @@ async def _reshape(
                     after.pop(key, None)
                 elif key not in before or before[key].shape != shape:
                     after[key] = NetFault(vm, net, key[0], direction, shape, pid, time.time())
-        if after == before:
-            return False
-        # all of them anew, also those that stay: a redirector stops reading its indev for
-        # good once its peer (the old shaper) has gone (QEMU 7.2's filter-mirror.c)
-        gone, new = list(before.values()), list(after.values())
-        socket = str(paths.qmp_control_socket)
+        alive = shaper is not None and shaper.active_state.running
+        if after == before and (alive or not after):
+            return False  # (a shaper that died is made anew: its frames went nowhere)
+        others = [f for f in kept.faults if not (isinstance(f, NetFault) and f.vm == vm)]
         try:
-            async with qmp.open_session(socket, timeout=QMP_ANSWER, name=vm) as control:
-                for fault in gone:
-                    for command in undo_commands(fault):
-                        await control.execute(*command)
-                for fault in new:
-                    for chardev, path in zip(
-                        fault.ids[1:], fault.sockets(paths.sockets), strict=True
-                    ):
-                        path.unlink(missing_ok=True)
-                        await control.execute("chardev-add", _listening(chardev, path))
-                await _run_shaper(session, vm, list(after.values()))
-                if after:
-                    await _connected(control, [i for f in after.values() for i in f.ids[1:]])
-                for fault in new:
-                    name, out, into = fault.ids
-                    await control.execute("object-add", {
-                        "qom-type": "filter-redirector", "id": name, "netdev": fault.nic,
-                        "queue": _QUEUES[fault.direction], "outdev": out, "indev": into,
-                        "vnet_hdr_support": True,
-                    })  # fmt: skip
-        except (qmp.QmpConnectError, qmp.QmpTimeoutError):
-            raise _Failed(f"QEMU did not answer QMP within {QMP_ANSWER:g} s") from None
-        except qmp.QmpError as err:
-            raise _Failed(str(err)) from err
-        kept.faults = [
-            f for f in kept.faults if not (isinstance(f, NetFault) and f.vm == vm)
-        ] + list(after.values())
-        return True
+            await _shape_in_qemu(session, vm, list(after.values()))
+            kept.faults = others + list(after.values())
+        except BaseException as err:  # (Cancelled too) nothing half made stays
+            failure = err
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(QMP_ANSWER * 3),
+                contextlib.suppress(Exception),
+            ):
+                await _shape_in_qemu(session, vm, [])
+            kept.faults = others
+    if isinstance(failure, _Failed | qmp.QmpError | systemd_dbus.SystemdError):
+        raise _Failed(f"{failure} (the VM is left unshaped)") from failure
+    if failure is not None:
+        raise failure
+    return True
+
+
+async def _shape_in_qemu(session: Session, vm: str, faults: list[NetFault]) -> None:
+    """QEMU's filters and chardevs and the shaper unit as ``faults`` need them, whatever
+    QEMU had: all anew, also those that stay (a redirector stops reading its indev for good
+    once its peer, the old shaper, has gone: QEMU 7.2's filter-mirror.c)."""
+    paths = session.paths.vm(vm)
+    socket = str(paths.qmp_control_socket)
+    try:
+        async with qmp.open_session(socket, timeout=QMP_ANSWER, name=vm) as control:
+            objects = await control.execute("qom-list", {"path": "/objects"})
+            for found in objects:
+                if found["name"].startswith(SHAPE_PREFIX):
+                    await control.execute("object-del", {"id": found["name"]})
+            for chardev in await control.execute("query-chardev"):
+                if chardev["label"].startswith(SHAPE_PREFIX):
+                    await control.execute("chardev-remove", {"id": chardev["label"]})
+            for fault in faults:
+                for chardev, path in zip(fault.ids[1:], fault.sockets(paths.sockets), strict=True):
+                    path.unlink(missing_ok=True)
+                    await control.execute("chardev-add", _listening(chardev, path))
+            await _run_shaper(session, vm, faults)
+            if faults:
+                await _connected(control, [i for f in faults for i in f.ids[1:]])
+            for fault in faults:
+                name, out, into = fault.ids
+                await control.execute("object-add", {
+                    "qom-type": "filter-redirector", "id": name, "netdev": fault.nic,
+                    "queue": _QUEUES[fault.direction], "outdev": out, "indev": into,
+                    "vnet_hdr_support": True,
+                })  # fmt: skip
+    except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+        raise _Failed(f"QEMU did not answer QMP within {QMP_ANSWER:g} s") from None
 
 
 def _listening(chardev: str, path: Path) -> dict[str, Any]:
@@ -527,7 +563,7 @@ async def _run_shaper(session: Session, vm: str, faults: list[NetFault]) -> None
     other = session.taken(status, "shaper", vm)
     if other is not None:
         raise _Failed(f"{unit} is {other}")
-    if status.active_state.running:
+    if status.exists:  # (also one still deactivating: its name must be free)
         await session.manager.stop(unit, timeout=10)
     if (await session.manager.status(unit)).is_failed:
         await session.manager.reset_failed(unit)
@@ -632,11 +668,12 @@ def _partition(
                             taps[ta], taps[tb] = a, b
                             drops.append((ta, tb))
     pid_of = pids(session)
+    on = [net for net in nets if any(netcfg.tap_name(project, vm, net) in taps for vm in models)]
     return PartitionFault(
         id=secrets.token_hex(4),
         groups=tuple(tuple(side) for side in sides),
         one_way=one_way,
-        networks=tuple(nets),
+        networks=tuple(on),  # those it drops something on
         taps=taps,
         drops=tuple(drops),
         qemu_pids={vm: pid_of(vm) or 0 for side in sides for vm in side},
@@ -647,6 +684,18 @@ def _partition(
 async def _apply_drops(session: Session, kept: KeptFaults) -> None:
     if kept.table:
         await netcfg.set_partition_drops(kept.table, kept.drops())
+
+
+async def forget_partitions(session: Session) -> None:
+    """For `destroy` of the whole project: the partitions' table as the record has it (no
+    table once no partition is left), also when a crash left drops the record never had."""
+    state_dir = session.paths.state_dir
+    if not session.project.model.networks and not session.state.subnets:
+        return  # no bridge: nothing was ever partitioned
+    async with changing_faults(state_dir) as kept:
+        kept.table = netcfg.partition_table(session.project.name)
+        with contextlib.suppress(netcfg.NetcfgError, OSError):  # no nft here: none made
+            await _apply_drops(session, kept)
 
 
 async def heal(
@@ -663,10 +712,12 @@ async def heal(
         known = ", ".join(project.model.networks) or "none"
         raise UsageError(f"no network {network!r} in this project (its networks: {known})")
     async with open_session(project, connection, report) as session:
+        if not project.model.networks and not session.state.subnets:
+            return []  # no bridge network: no partition
         async with changing_faults(session.paths.state_dir) as kept:
             healed = _heal(kept, project.name, network, only)
-            if healed:
-                await _apply_drops(session, kept)
+            kept.table = netcfg.partition_table(project.name)
+            await _apply_drops(session, kept)  # also what a crash left without a record
         for fault in healed:
             for vm in dict.fromkeys(fault.taps.values()):
                 session.report(vm, Stage.HEAL, Status.DONE, fault.describe() + " healed")
@@ -691,7 +742,8 @@ def _heal(
             on = {netcfg.tap_name(project, vm, network) for vm in fault.taps.values()}
             rest = tuple(d for d in fault.drops if not set(d) & on)
             nets = tuple(n for n in fault.networks if n != network)
-            left.append(msgspec.structs.replace(fault, drops=rest, networks=nets))
+            if rest:
+                left.append(msgspec.structs.replace(fault, drops=rest, networks=nets))
     kept.faults = left
     return healed
 
@@ -776,7 +828,6 @@ async def clear(
     out of partitions, guests unpaused. Returns the VMs that had some."""
     async with open_session(project, connection, report) as session:
         names = session.names(vms)
-        cleared = await clear_faults(session, names)
         running = _running(session, (), "clear")
         paused: list[str] = []
 
@@ -785,36 +836,76 @@ async def clear(
                 paused.append(vm)
 
         await _each([n for n in running if n in names], "unpause", unpause)
+        cleared = await clear_faults(session, names, strict=True)
         return [n for n in names if n in cleared or n in paused]
 
 
-async def clear_faults(session: Session, names: Sequence[str], *, why: str = "") -> set[str]:
+async def clear_faults(
+    session: Session, names: Sequence[str], *, why: str = "", strict: bool = False
+) -> set[str]:
     """Take ``names`` out of every kept fault, undoing in QEMU what is still there (a VM that
     no longer runs has nothing left to undo) and rewriting the partitions' drops. For
-    `fault clear`, `stop` and `destroy`; reports HEAL for each VM (``why``: for what)."""
+    `fault clear`, `stop` and `destroy`; reports HEAL for each VM (``why``: for what).
+    ``strict`` (`fault clear`): a fault QEMU would not take back stays kept, and is a
+    FaultError; otherwise (the VM stops next) it is forgotten. Returns the VMs cleared."""
     state_dir = session.paths.state_dir
     if not (state_dir / "faults.json").exists():
         return set()  # the common case: no fault was ever made here
     pid_of = pids(session)
+    failed: dict[str, str] = {}
     async with changing_faults(state_dir) as kept:
         forget_ended(kept, pid_of)
         changed = without_vms(kept, names)
+        for fault in changed:
+            if isinstance(fault, PartitionFault):
+                continue  # (its drops are rewritten below)
+            why_not = await _undo(session, fault)
+            if why_not:
+                failed[fault.vm] = why_not
+                if strict:
+                    kept.faults.append(fault)  # still in QEMU: still kept
         if any(isinstance(f, PartitionFault) for f in changed):
             await _apply_drops(session, kept)
     touched: dict[str, list[str]] = {}
     for fault in changed:
-        if isinstance(fault, PartitionFault):
-            continue  # (its drops were rewritten above)
-        for command in undo_commands(fault):
-            with contextlib.suppress(_Failed):  # it ended meanwhile: so did its fault
-                await _qmp(session, fault.vm, *command)
         for vm in _vms_of(fault):
-            if vm in names:
+            if vm in names and not (strict and vm in failed):
                 touched.setdefault(vm, []).append(fault.describe())
     for vm, what in touched.items():
         detail = "cleared: " + "; ".join(what) + (f" ({why})" if why else "")
         session.report(vm, Stage.HEAL, Status.DONE, detail)
+    for vm, why_not in failed.items():
+        status = Status.FAILED if strict else Status.SKIPPED
+        session.report(vm, Stage.HEAL, status, f"QEMU did not take a fault back: {why_not}")
+    if strict and failed:
+        listed = "; ".join(f"{vm}: {w}" for vm, w in failed.items())
+        raise FaultError(f"cannot clear the faults of {', '.join(failed)} ({listed})")
     return set(touched)
+
+
+async def _undo(session: Session, fault: Fault) -> str:
+    """Take ``fault`` out of its QEMU, command by command (what is gone already counts as
+    undone); "" when it is, else why not. A QEMU that has ended took its faults with it."""
+    if isinstance(fault, PartitionFault):
+        return ""
+    socket = str(session.paths.vm(fault.vm).qmp_control_socket)
+    try:
+        async with qmp.open_session(socket, timeout=QMP_ANSWER, name=fault.vm) as control:
+            for command in undo_commands(fault):
+                try:
+                    await control.execute(*command)
+                except qmp.CommandError as err:
+                    if not already_undone(str(err)):
+                        return str(err)
+    except (qmp.QmpConnectError, qmp.QmpTimeoutError):
+        if qemu_pid(session.paths.vm(fault.vm).pidfile) != fault.qemu_pid:
+            return ""  # it ended meanwhile
+        return f"QEMU did not answer QMP within {QMP_ANSWER:g} s"
+    except qmp.QmpError as err:
+        if qemu_pid(session.paths.vm(fault.vm).pidfile) != fault.qemu_pid:
+            return ""
+        return str(err)
+    return ""
 
 
 def _vms_of(fault: Fault) -> list[str]:
