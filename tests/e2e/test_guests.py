@@ -96,6 +96,36 @@ def console_login(project: Path, manager: ManagerHandle, vm: str, user: str, pas
         os.close(master)
 
 
+def faults_on_a_real_guest(project: Path, manager: ManagerHandle, web: int) -> None:
+    """Faults on Debian (cloud-init, systemd-networkd): its kernel panics on an NMI as our
+    cloud-init set it to; a partition cuts web off from db's sshd by name, and heals; a
+    delay on what db sends shows in web's TCP handshake with it."""
+    assert ssh(project, web, "cat /proc/sys/kernel/unknown_nmi_panic") == "1\n"
+    handshake = (
+        "s=$(date +%s%N); if timeout 5 bash -c 'echo > /dev/tcp/db/22' 2>/dev/null; "
+        "then echo $(( ($(date +%s%N) - s) / 1000000 )); else echo cut; fi"
+    )
+
+    def connect_ms() -> int | None:
+        said = ssh(project, web, handshake).strip()
+        return None if said == "cut" else int(said)
+
+    def fault(*args: str) -> None:
+        done = compose("fault", *args, "--progress", "quiet", cwd=project, manager=manager)
+        assert done.returncode == 0, (args, done.stderr)
+
+    base = connect_ms()
+    assert base is not None
+    fault("partition", "web", "db")
+    assert connect_ms() is None
+    fault("heal")
+    assert (connect_ms() or 10**6) < base + 200
+    fault("net", "db", "lan", "--egress", "--delay", "300ms")
+    assert (connect_ms() or 0) - base > 200  # db's SYN-ACK waits 300 ms
+    fault("clear")
+    assert (connect_ms() or 10**6) < base + 200
+
+
 def test_three_vms_on_a_bridge_with_a_volume_and_a_share(
     tmp_path: Path, user_manager: ManagerHandle
 ) -> None:
@@ -179,6 +209,7 @@ vms:
         assert (lan["address"], lan["dhcp"]) == (addresses["web"], "active")
         assert info["volumes"][0]["host_path"] == str(site)
         assert info["depends_on"] == {"app": "service_started"}
+        faults_on_a_real_guest(tmp_path, user_manager, web)
         console = console_login(
             tmp_path, user_manager, "web", "debian", info["console"]["password"]
         )
