@@ -38,13 +38,13 @@ class LinkFault(msgspec.Struct, frozen=True, tag="link"):
     """A NIC's link set down (QMP set_link): the guest sees its carrier lost."""
 
     vm: str
-    network: str  # a bridge network, or "user" for the user-mode NIC
+    network: str  # a bridge network, or "" for the user-mode NIC
     nic: str  # QEMU's netdev id of that NIC
     qemu_pid: int
     since: float
 
     def describe(self) -> str:
-        return f"link {self.network} down"
+        return f"link {self.network or 'user'} down"
 
     def involves(self, vm: str) -> bool:
         return vm == self.vm
@@ -108,7 +108,7 @@ class NetFault(msgspec.Struct, frozen=True, tag="net"):
     twice, corrupted or not at all. ``direction``: egress (what the VM sends) or ingress."""
 
     vm: str
-    network: str  # a bridge network, or "user"
+    network: str  # a bridge network, or "" for the user-mode NIC
     nic: str
     direction: str
     shape: Shape
@@ -116,7 +116,7 @@ class NetFault(msgspec.Struct, frozen=True, tag="net"):
     since: float
 
     def describe(self) -> str:
-        return f"net {self.network} {self.direction} {self.shape.describe()}"
+        return f"net {self.network or 'user'} {self.direction} {self.shape.describe()}"
 
     def involves(self, vm: str) -> bool:
         return vm == self.vm

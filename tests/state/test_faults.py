@@ -238,3 +238,23 @@ async def test_an_injection_undoes_what_a_failed_make_left_and_hides_no_error() 
     async with Injection(make, undo) as made:
         assert made == ["a"]
     assert undone == [["a"]]
+
+
+def test_nics_are_named_as_launch_numbers_them_and_user_is_the_user_mode_one() -> None:
+    from orchestrator.config.model import Vm
+    from orchestrator.errors import UsageError
+    from orchestrator.runtime.faults.inject import _links_of, _nic
+
+    vm = msgspec.convert({"networks": {"san": {}, "lan": {}}}, Vm)
+    assert [(n, _nic(vm, n)) for n in _links_of("a", vm, None)] == [
+        ("", "nic0"),  # the user-mode NIC first, then the networks by name
+        ("lan", "nic1"),
+        ("san", "nic2"),
+    ]
+    assert _links_of("a", vm, "user") == [""]
+    with pytest.raises(UsageError, match="not on network 'wan'"):
+        _links_of("a", vm, "wan")
+    odd = msgspec.convert({"networks": {"user": {}}}, Vm)  # a bridge network named "user"
+    assert _links_of("a", odd, "user") == ["user"]
+    assert _nic(odd, "user") == "nic1"
+    assert LinkFault("a", "", "nic0", 1, 1.0).describe() == "link user down"

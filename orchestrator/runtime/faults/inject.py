@@ -61,7 +61,7 @@ from ..session import Session, open_session
 from .freeze import FaultError, _each, _Failed, _freeze, _running
 
 PANIC_WAIT = 30.0  # seconds for the guest to say it panicked after the NMI (TCG is slow)
-USER_NIC = "user"  # what `fault link` calls a VM's user-mode NIC
+USER_NIC = "user"  # what `fault link` and `fault net` call a VM's user-mode NIC ("" inside)
 
 
 class FaultRow(msgspec.Struct, frozen=True):
@@ -85,7 +85,7 @@ def _models(session: Session) -> dict[str, Vm]:
 def _nic(vm: Vm, network: str) -> str:
     """QEMU's netdev id of a NIC: nic0 the user-mode one, then one a network in name order
     (as launch.vm_launch numbers them)."""
-    return "nic0" if network == USER_NIC else f"nic{sorted(vm.networks).index(network) + 1}"
+    return "nic0" if network == "" else f"nic{sorted(vm.networks).index(network) + 1}"
 
 
 async def _qmp(session: Session, vm: str, command: str, args: dict[str, Any]) -> Any:
@@ -151,12 +151,16 @@ async def link(
                     pid, now = pid_of(vm) or 0, time.time()
                     kept.faults += [LinkFault(vm, n, _nic(model, n), pid, now) for n in nets[vm]]
             session.report(
-                vm, stage, Status.DONE, f"link {','.join(nets[vm])} {'up' if up else 'down'}"
+                vm, stage, Status.DONE, f"link {_said(nets[vm])} {'up' if up else 'down'}"
             )
             done.append(vm)
 
         await _each(names, verb, step)
         return [n for n in names if n in done]
+
+
+def _said(networks: Sequence[str]) -> str:
+    return ",".join(n or USER_NIC for n in networks)
 
 
 def _link_of(fault: Fault, vm: str, networks: Sequence[str]) -> bool:
@@ -166,9 +170,11 @@ def _link_of(fault: Fault, vm: str, networks: Sequence[str]) -> bool:
 def _links_of(name: str, vm: Vm, network: str | None) -> list[str]:
     networks = sorted(vm.networks)
     if network is None:
-        return [USER_NIC, *networks]
-    if network in networks or network == USER_NIC:
+        return ["", *networks]
+    if network in networks:  # (a bridge network may be called "user" too: it comes first)
         return [network]
+    if network == USER_NIC:
+        return [""]
     nics = ", ".join([f"{USER_NIC} (its user-mode NIC)", *networks])
     raise UsageError(f"{name} is not on network {network!r} (its NICs: {nics})")
 
@@ -413,7 +419,7 @@ async def net(
                 raise
             if changed:
                 what = shape.describe() if shape is not None else "unshaped"
-                where = f"{','.join(nets[vm])} {'/'.join(directions)}"
+                where = f"{_said(nets[vm])} {'/'.join(directions)}"
                 session.report(vm, stage, Status.DONE, f"net {where} {what}")
                 done.append(vm)
 
@@ -759,6 +765,9 @@ async def panic(
     to say so (GUEST_PANICKED, through the pvpanic device), or for QEMU to end."""
     async with open_session(project, connection, report) as session:
         names = _running(session, vms, "panic")
+        firmware = [vm for vm in names if not _model_of(session, vm).has_os]
+        if firmware:
+            raise UsageError(f"no kernel to panic in {', '.join(firmware)} (no image, no boot)")
 
         async def step(vm: str) -> None:
             why = await _panic(session, vm)
