@@ -99,7 +99,7 @@ def console_login(project: Path, manager: ManagerHandle, vm: str, user: str, pas
 def faults_on_a_real_guest(project: Path, manager: ManagerHandle, web: int) -> None:
     """Faults on Debian (cloud-init, systemd-networkd): its kernel panics on an NMI as our
     cloud-init set it to; a partition cuts web off from db's sshd by name, and heals; a
-    delay on what db sends shows in web's TCP handshake with it."""
+    delay on what db sends shows in web's TCP handshake with it, and goes."""
     assert ssh(project, web, "cat /proc/sys/kernel/unknown_nmi_panic") == "1\n"
     handshake = (
         "s=$(date +%s%N); if timeout 5 bash -c 'echo > /dev/tcp/db/22' 2>/dev/null; "
@@ -114,16 +114,22 @@ def faults_on_a_real_guest(project: Path, manager: ManagerHandle, web: int) -> N
         done = compose("fault", *args, "--progress", "quiet", cwd=project, manager=manager)
         assert done.returncode == 0, (args, done.stderr)
 
-    base = connect_ms()
-    assert base is not None
+    # (a handshake here takes 0.2-0.7 s under TCG on a busy machine: a second of delay
+    # stands out of that)
+    assert connect_ms() is not None
     fault("partition", "web", "db")
     assert connect_ms() is None
     fault("heal")
-    assert (connect_ms() or 10**6) < base + 200
-    fault("net", "db", "lan", "--egress", "--delay", "300ms")
-    assert (connect_ms() or 0) - base > 200  # db's SYN-ACK waits 300 ms
+    base = connect_ms()
+    assert base is not None
+    fault("net", "db", "lan", "--egress", "--delay", "1s")
+    delayed = connect_ms()
+    assert delayed is not None
+    assert delayed - base > 700  # db's SYN-ACK waits a second
     fault("clear")
-    assert (connect_ms() or 10**6) < base + 200
+    cleared = connect_ms()
+    assert cleared is not None
+    assert cleared < delayed - 500
 
 
 def test_three_vms_on_a_bridge_with_a_volume_and_a_share(
