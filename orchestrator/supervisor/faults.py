@@ -1,17 +1,16 @@
 """A VM its restart policy restarts starts without faults (state.faults): the supervisor takes
 them away, and says so in the event log (FAULTS_CLEARED, with the reason and the faults).
 
-Restarted in place (system_reset, the same QEMU): the link cuts, disk throttles and network
-shaping are undone in QEMU through the supervision session (the shaper unit ends when its
-chardevs go). A new QEMU (systemd restarted a crashed one, or `up`
-started it again): those died with the old one. In both, the VM leaves its partitions (their
-drops between TAPs outlive QEMU). A new session on the same QEMU (the supervisor itself
-restarted) changes nothing.
+Restarted in place (system_reset, the same QEMU): the link cuts, disk throttles and errors
+and the network shaping are undone in QEMU through the supervision session (the shaper unit
+ends when its chardevs go). A new QEMU (systemd restarted a crashed one, or `up` started it
+again): those died with the old one. In both, the VM leaves its partitions (their drops
+between TAPs outlive QEMU). A new session on the same QEMU (the supervisor itself restarted)
+changes nothing. What QEMU will not take back stays kept, and is said (SUPERVISOR_ERROR).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,8 +27,6 @@ from orchestrator.state.faults import (
     undo_commands,
     without_vms,
 )
-
-log = logging.getLogger(__name__)
 
 
 class Executes(Protocol):

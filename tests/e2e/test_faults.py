@@ -120,6 +120,8 @@ vms:
     ok("fault", "link", "b", "lan", "down", "--progress", "quiet")
     assert faults_of("b") == ["link lan down"]
     assert "FAULTS" in ok("ps").stdout
+    assert json.loads(ok("inspect", "b", "--format", "json").stdout)["faults"] == ["link lan down"]
+    assert "  Faults: link lan down\n" in ok("inspect", "b").stdout
     assert not pings("a", "b")
     ok("fault", "link", "b", "lan", "up", "--progress", "quiet")
     assert faults_of("b") == []
