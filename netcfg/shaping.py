@@ -149,6 +149,7 @@ def fate(shape: Shape, chance: Callable[[], float]) -> list[Copy]:
 
 
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2  # "checksums checked already": the receiver skips them
 ETHERNET_HEADER = 14
 
 
@@ -170,6 +171,8 @@ def corrupted(frame: bytes, header: int, chance: Callable[[], float]) -> bytes:
     at = start + int(chance() * (end - start))
     flipped = bytearray(frame)
     flipped[at] ^= 1 << int(chance() * 8)
+    if header >= 10:  # no DATA_VALID: the receiver checks the checksums the bit broke
+        flipped[0] &= ~VIRTIO_NET_HDR_F_DATA_VALID
     return bytes(flipped)
 
 

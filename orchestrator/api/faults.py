@@ -51,8 +51,12 @@ class Injection(Generic[T]):
         return self._make().__await__()
 
     async def __aenter__(self) -> T:
+        from orchestrator.errors import UsageError
+
         try:
             self._made = await self._make()
+        except UsageError:
+            raise  # refused before anything changed: the faults already there stay
         except BaseException as err:  # some VMs may have it: take it back from them
             await self._undo_keeping(err, None)
             raise
@@ -107,8 +111,10 @@ class Faults:
             )
 
         async def undo(done: list[str] | None) -> None:
+            if done == []:
+                return  # nothing was changed: nothing to undo (and [] would mean all)
             await faults.link(
-                self.project, vms if done is None else done, network, self._connection,
+                self.project, _undoing(vms, done), network, self._connection,
                 self._report(), up=True, lenient=True,
             )  # fmt: skip
 
@@ -134,8 +140,10 @@ class Faults:
             )
 
         async def undo(done: list[str] | None) -> None:
+            if done == []:
+                return  # nothing was changed: nothing to undo (and [] would mean all)
             await faults.disk(
-                self.project, vms if done is None else done, drive, self._connection,
+                self.project, _undoing(vms, done), drive, self._connection,
                 self._report(), lenient=True,
             )  # fmt: skip
 
@@ -154,8 +162,10 @@ class Faults:
             )
 
         async def undo(done: list[str] | None) -> None:
+            if done == []:
+                return  # nothing was changed: nothing to undo (and [] would mean all)
             await faults.disk_errors(
-                self.project, vms if done is None else done, drive, self._connection,
+                self.project, _undoing(vms, done), drive, self._connection,
                 self._report(), kind=None, lenient=True,
             )  # fmt: skip
 
@@ -199,8 +209,10 @@ class Faults:
             )  # fmt: skip
 
         async def undo(done: list[str] | None) -> None:
+            if done == []:
+                return  # nothing was changed: nothing to undo (and [] would mean all)
             await faults.net(
-                self.project, vms if done is None else done, network, self._connection,
+                self.project, _undoing(vms, done), network, self._connection,
                 self._report(), shape=None, directions=directions, lenient=True,
             )  # fmt: skip
 
@@ -252,8 +264,10 @@ class Faults:
             return await runtime.pause(self.project, vms, self._connection, self._report())
 
         async def undo(done: list[str] | None) -> None:
+            if done == []:
+                return  # nothing was changed: nothing to undo (and [] would mean all)
             await runtime.unpause(
-                self.project, vms if done is None else done, self._connection, self._report(),
+                self.project, _undoing(vms, done), self._connection, self._report(),
                 lenient=True,
             )  # fmt: skip
 
@@ -276,6 +290,11 @@ class Faults:
         from orchestrator.runtime import faults
 
         return await faults.clear(self.project, vms, self._connection, self._report())
+
+
+def _undoing(asked: tuple[str, ...], done: list[str] | None) -> list[str] | tuple[str, ...]:
+    """The VMs an undoing acts on: those the make changed, or (it failed) those asked."""
+    return asked if done is None else done
 
 
 def _directions(direction: str | None) -> tuple[str, ...]:

@@ -56,6 +56,9 @@ async def clear_after_restart(
                     if not already_undone(str(err)):
                         failed.append(fault)  # still in QEMU: still kept
                         break
+                except qmp.QmpTimeoutError:  # a live QEMU that did not answer: still there
+                    failed.append(fault)
+                    break
                 except qmp.QmpError:  # QEMU ended meanwhile: so did the fault
                     break
         kept.faults += failed

@@ -96,6 +96,11 @@ def test_corruption_keeps_clear_of_checksums_yet_to_be_made() -> None:
         assert 12 + 14 <= at < 12 + 34
     gso = struct.pack("<BBHHHH", 1, 1, 54, 1448, 34, 16) + bytes(2) + bytes(14 + 20 + 100)
     assert corrupted(gso, 12, rng.random) == gso
+    # a frame to the guest marked DATA_VALID (checked already): no longer, once corrupted
+    valid = struct.pack("<BBHHHH", 2, 0, 0, 0, 0, 0) + bytes(2) + bytes(14 + 20 + 100)
+    bad = corrupted(valid, 12, rng.random)
+    assert bad[0] == 0
+    assert sum(x != y for x, y in zip(valid[1:], bad[1:], strict=True)) == 1
 
 
 def test_framing_round_trip_in_any_chunks() -> None:

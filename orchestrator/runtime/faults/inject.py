@@ -136,13 +136,14 @@ async def link(
             for net in nets[vm]:
                 try:
                     await _qmp(session, vm, "set_link", set_link_args(_nic(model, net), up=up))
-                except _Failed as err:  # the others back as they were: all or none
-                    for back in changed:
-                        with contextlib.suppress(_Failed):
-                            await _qmp(
-                                session, vm, "set_link", set_link_args(_nic(model, back), up=not up)
-                            )
-                    session.report(vm, stage, Status.FAILED, str(err))
+                except BaseException as err:  # (Cancelled too) the others back: all or none
+                    with trio.CancelScope(shield=True), trio.move_on_after(QMP_ANSWER * 2):
+                        for back in changed:
+                            with contextlib.suppress(_Failed):
+                                await _qmp(session, vm, "set_link",
+                                           set_link_args(_nic(model, back), up=not up))  # fmt: skip
+                    if isinstance(err, _Failed):
+                        session.report(vm, stage, Status.FAILED, str(err))
                     raise
                 changed.append(net)
             async with changing_faults(session.paths.state_dir) as kept:
@@ -508,13 +509,16 @@ async def _reshape(
             kept.faults = others + list(after.values())
         except BaseException as err:  # (Cancelled too) nothing half made stays
             failure = err
+            cleaned = False
             with (
                 trio.CancelScope(shield=True),
                 trio.move_on_after(QMP_ANSWER * 3),
                 contextlib.suppress(Exception),
             ):
                 await _shape_in_qemu(session, vm, [])
-            kept.faults = others
+                cleaned = True
+            # unshaped, or (QEMU did not answer) kept as it was: the next change sweeps it
+            kept.faults = others if cleaned else others + list(before.values())
     if isinstance(failure, _Failed | qmp.QmpError | systemd_dbus.SystemdError):
         raise _Failed(f"{failure} (the VM is left unshaped)") from failure
     if failure is not None:
@@ -699,9 +703,9 @@ async def forget_partitions(session: Session) -> None:
     if not session.project.model.networks and not session.state.subnets:
         return  # no bridge: nothing was ever partitioned
     async with changing_faults(state_dir) as kept:
-        kept.table = netcfg.partition_table(session.project.name)
+        table = kept.table or netcfg.partition_table(session.project.name)
         with contextlib.suppress(netcfg.NetcfgError, OSError):  # no nft here: none made
-            await _apply_drops(session, kept)
+            await netcfg.set_partition_drops(table, kept.drops())
 
 
 async def heal(
@@ -722,8 +726,9 @@ async def heal(
             return []  # no bridge network: no partition
         async with changing_faults(session.paths.state_dir) as kept:
             healed = _heal(kept, project.name, network, only)
-            kept.table = netcfg.partition_table(project.name)
-            await _apply_drops(session, kept)  # also what a crash left without a record
+            if kept.table or netcfg.has_net_admin():  # (a crash may have left drops unkept)
+                table = kept.table or netcfg.partition_table(project.name)
+                await netcfg.set_partition_drops(table, kept.drops())
         for fault in healed:
             for vm in dict.fromkeys(fault.taps.values()):
                 session.report(vm, Stage.HEAL, Status.DONE, fault.describe() + " healed")
@@ -861,7 +866,7 @@ async def clear_faults(
     if not (state_dir / "faults.json").exists():
         return set()  # the common case: no fault was ever made here
     pid_of = pids(session)
-    failed: dict[str, str] = {}
+    refused: list[tuple[Fault, str]] = []  # (fault, why QEMU would not take it back)
     async with changing_faults(state_dir) as kept:
         forget_ended(kept, pid_of)
         changed = without_vms(kept, names)
@@ -870,25 +875,27 @@ async def clear_faults(
                 continue  # (its drops are rewritten below)
             why_not = await _undo(session, fault)
             if why_not:
-                failed[fault.vm] = why_not
+                refused.append((fault, why_not))
                 if strict:
                     kept.faults.append(fault)  # still in QEMU: still kept
         if any(isinstance(f, PartitionFault) for f in changed):
             await _apply_drops(session, kept)
+    kept_back = {id(f) for f, _ in refused} if strict else set()
     touched: dict[str, list[str]] = {}
     for fault in changed:
         for vm in _vms_of(fault):
-            if vm in names and not (strict and vm in failed):
+            if vm in names and id(fault) not in kept_back:
                 touched.setdefault(vm, []).append(fault.describe())
     for vm, what in touched.items():
         detail = "cleared: " + "; ".join(what) + (f" ({why})" if why else "")
         session.report(vm, Stage.HEAL, Status.DONE, detail)
-    for vm, why_not in failed.items():
-        status = Status.FAILED if strict else Status.SKIPPED
-        session.report(vm, Stage.HEAL, status, f"QEMU did not take a fault back: {why_not}")
-    if strict and failed:
-        listed = "; ".join(f"{vm}: {w}" for vm, w in failed.items())
-        raise FaultError(f"cannot clear the faults of {', '.join(failed)} ({listed})")
+    status = Status.FAILED if strict else Status.SKIPPED
+    for fault, why_not in refused:
+        vm = _vms_of(fault)[0]
+        session.report(vm, Stage.HEAL, status, f"QEMU kept {fault.describe()}: {why_not}")
+    if strict and refused:
+        listed = "; ".join(f"{_vms_of(f)[0]}: {f.describe()}: {w}" for f, w in refused)
+        raise FaultError(f"cannot clear every fault ({listed})")
     return set(touched)
 
 
