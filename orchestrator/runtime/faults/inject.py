@@ -828,11 +828,9 @@ async def ls(project: Project, connection: Connection) -> list[FaultRow]:
 
 
 def _row(fault: Fault) -> FaultRow:
-    if isinstance(fault, PartitionFault):
-        vms = [vm for group in fault.groups for vm in group]
-        return FaultRow("partition", vms, fault.describe(), fault.since)
-    kinds = {LinkFault: "link", DiskFault: "disk", DiskErrorFault: "disk", NetFault: "net"}
-    return FaultRow(kinds[type(fault)], [fault.vm], fault.describe(), fault.since)
+    kinds = {LinkFault: "link", DiskFault: "disk", DiskErrorFault: "disk", NetFault: "net",
+             PartitionFault: "partition"}  # fmt: skip
+    return FaultRow(kinds[type(fault)], _vms_of(fault), fault.describe(), fault.since)
 
 
 async def clear(
