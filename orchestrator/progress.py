@@ -39,6 +39,9 @@ class Stage(enum.StrEnum):
     KILL = "kill"  # a signal to QEMU
     FAULT = "fault"  # a fault made: a link cut, a disk throttled, a partition, a panic
     HEAL = "heal"  # a fault undone
+    SNAPSHOT = "snapshot"  # a VM captured (snapshot save), a snapshot removed
+    RESTORE = "restore"  # a VM's saved state loaded (snapshot restore, resume)
+    SUSPEND = "suspend"  # a VM's state saved and its QEMU ended
 
 
 class Status(enum.StrEnum):

@@ -22,6 +22,7 @@ from .events import KNOWN_EVENTS, GenericEvent, QmpEvent, parse_event
 from .loop import asyncio_loop
 
 if TYPE_CHECKING:
+    from .migration import Migration, MigrationError, load_state, save_state
     from .session import (
         BlockDevice,
         CpuInfo,
@@ -45,9 +46,14 @@ _FROM_SESSION = {
 }
 
 
+_FROM_MIGRATION = {"Migration", "MigrationError", "load_state", "save_state"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _FROM_SESSION:
         return getattr(importlib.import_module(".session", __name__), name)
+    if name in _FROM_MIGRATION:
+        return getattr(importlib.import_module(".migration", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -58,6 +64,8 @@ __all__ = [
     "CpuInfo",
     "EventStream",
     "GenericEvent",
+    "Migration",
+    "MigrationError",
     "PowerdownOutcome",
     "QmpConnectError",
     "QmpError",
@@ -70,8 +78,10 @@ __all__ = [
     "VmStatus",
     "asyncio_loop",
     "check_socket_path",
+    "load_state",
     "monitor_args",
     "open_session",
     "parse_event",
     "qemu_option_value",
+    "save_state",
 ]

@@ -199,6 +199,17 @@ class QmpSession:
             self.state = SessionState.CLOSED
             raise VmGoneError(f"{self.name}: {command}: the connection ended ({err})") from err
 
+    async def send_fd(self, fdname: str, fd: int) -> None:
+        """Give QEMU a copy of ``fd`` under ``fdname`` (SCM_RIGHTS, then ``getfd``): for
+        ``migrate``/``migrate-incoming`` to ``fd:<fdname>``; QEMU closes its copy when done."""
+        client = self._require_connected()
+        try:
+            client.send_fd_scm(fd)
+        except (QMPError, OSError) as err:
+            self.state = SessionState.CLOSED
+            raise VmGoneError(f"{self.name}: sending a file descriptor: {err}") from err
+        await self.execute("getfd", {"fdname": fdname})
+
     async def query_status(self) -> VmStatus:
         return msgspec.convert(await self.execute("query-status"), VmStatus)
 

@@ -2,10 +2,11 @@
 
 Everything the CLI does, without parsing its output (the CLI sits on it). What talks to
 systemd, QEMU, guests or the network is a trio async function (up, plan, stop, destroy,
-restart, pause, unpause, kill, ps, inspect, networks, remove_networks, logs, pull, doctor;
-events is an async context manager; ``faults(project)`` makes and undoes faults, see
-api.faults); what only reads files or formats data is synchronous
-(load, ssh_argv, records, console, images, remove_image, prune_images, format_*). Progress
+restart, pause, unpause, kill, ps, inspect, networks, remove_networks, logs, pull, doctor,
+snapshot_save, snapshot_restore, snapshot_remove; events and snapshot are async context
+managers; ``faults(project)`` makes and undoes faults, see api.faults); what only reads files
+or formats data is synchronous (load, ssh_argv, records, console, images, remove_image,
+prune_images, snapshots, format_*). Progress
 arrives as typed ``Event`` objects through ``on_event``:
 
     import trio
@@ -42,6 +43,7 @@ from orchestrator.progress import Event, Stage, Status, Transfer
 from .cache import images, prune_images, pull, remove_image
 from .faults import Faults, Injection, faults
 from .host import doctor
+from .snapshots import snapshot, snapshot_remove, snapshot_restore, snapshot_save, snapshots
 from .text import format_checks, format_config, format_inspect, format_plan, format_record
 from .vms import (
     EventCallback,
@@ -71,6 +73,8 @@ if TYPE_CHECKING:
     from orchestrator.runtime.doctor import Check
     from orchestrator.runtime.faults import FaultError, FaultRow
     from orchestrator.runtime.plan import Action, ActionKind
+    from orchestrator.runtime.snapshots import RestoreResult, SnapshotError, SnapshotRow
+    from orchestrator.state.snapshots import SnapshotRecord
     from orchestrator.supervisor.eventlog import EventRecord
 
 _TYPES = {
@@ -87,6 +91,10 @@ _TYPES = {
     "EventRecord": "orchestrator.supervisor.eventlog",
     "FaultError": "orchestrator.runtime.faults.freeze",
     "FaultRow": "orchestrator.runtime.faults.inject",
+    "RestoreResult": "orchestrator.runtime.snapshots.restore",
+    "SnapshotError": "orchestrator.runtime.snapshots.common",
+    "SnapshotRow": "orchestrator.runtime.snapshots.manage",
+    "SnapshotRecord": "orchestrator.state.snapshots",
 }
 
 __all__ = [
@@ -103,6 +111,10 @@ __all__ = [
     "Injection",
     "NetworkRow",
     "Project",
+    "RestoreResult",
+    "SnapshotError",
+    "SnapshotRecord",
+    "SnapshotRow",
     "Stage",
     "Status",
     "Transfer",
@@ -137,6 +149,11 @@ __all__ = [
     "remove_networks",
     "restart",
     "selection",
+    "snapshot",
+    "snapshot_remove",
+    "snapshot_restore",
+    "snapshot_save",
+    "snapshots",
     "ssh_argv",
     "stop",
     "unpause",

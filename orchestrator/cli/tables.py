@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.api import FaultRow, ImageInfo, NetworkRow, VmRow
+    from orchestrator.api import FaultRow, ImageInfo, NetworkRow, SnapshotRow, VmRow
 
 
 def vm_table(rows: Sequence[VmRow]) -> str:
@@ -39,6 +39,19 @@ def fault_table(rows: Sequence[FaultRow]) -> str:
         return [row.kind, ",".join(row.vms), since, row.detail]
 
     return _table(columns, map(cells, rows)) if rows else "no faults in force\n"
+
+
+def snapshot_table(rows: Sequence[SnapshotRow]) -> str:
+    columns = [("NAME", "<20"), ("CREATED", "<17"), ("MEMORY", "<7"), ("SIZE", ">9"),
+               ("VMS", "")]  # fmt: skip
+
+    def cells(row: SnapshotRow) -> list[object]:
+        when = row.created_at
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(when)) if when else "incomplete"
+        memory = "yes" if row.memory else "no"
+        return [row.name, created, memory, f"{row.size / (1 << 20):.1f}M", ",".join(row.vms)]
+
+    return _table(columns, map(cells, rows)) if rows else "no snapshots\n"
 
 
 def network_table(rows: Sequence[NetworkRow]) -> str:

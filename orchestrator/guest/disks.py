@@ -130,3 +130,18 @@ async def create_volume(path: Path, size: int, label: str) -> None:
     finally:
         raw.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
+
+
+async def internal_snapshots(path: Path) -> list[str]:
+    """The tags of the internal snapshots in a qcow2 image (read without its lock: a running
+    VM's disk too)."""
+    argv = ["qemu-img", "info", "-U", "--output=json", "--", str(path)]
+    data = json.loads(await _run(argv, f"reading {path}"))
+    return [str(s["name"]) for s in data.get("snapshots", [])]
+
+
+async def snapshot_offline(path: Path, op: str, tag: str) -> None:
+    """``op`` (create, apply, delete) the internal snapshot ``tag`` of an image no QEMU has
+    open (qemu-img takes the image's lock: a running VM's disk is refused, never harmed)."""
+    flag = {"create": "-c", "apply": "-a", "delete": "-d"}[op]
+    await _run(["qemu-img", "snapshot", flag, tag, "--", str(path)], f"{op} {tag} of {path}", path)

@@ -85,6 +85,9 @@ class VmLaunch:
     # The supervisor restarts the guest in place (system_reset): QEMU stays after a poweroff
     # or a panic, paused, for it to decide. Otherwise a panic ends QEMU with a failure.
     restart_in_place: bool = False
+    # Its memory and devices come from a saved state (a snapshot, a suspended VM): QEMU waits
+    # for it (-incoming defer), and the guest does not boot.
+    incoming: bool = False
     extra: tuple[str, ...] = field(default=())
 
 
@@ -151,6 +154,8 @@ def qemu_argv(vm: VmLaunch) -> list[str]:
         # romfile=: no iPXE option ROM. qemu-compose never boots from the network, and a VM
         # without a disk would otherwise spend its first seconds of CPU in PXE (a lot, on TCG)
         argv += ["-device", f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac},romfile="]
+    if vm.incoming:
+        argv += ["-incoming", "defer"]
     return argv + list(vm.extra)
 
 

@@ -19,14 +19,14 @@ from orchestrator.guest.secrets import ensure_console_password, ensure_project_k
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.supervisor.eventlog import EventLog
 
-from .observe import observe, observe_resources
+from .observe import observe, observe_resources, project_units
 from .options import Connection, PlanOptions, UpOptions
 from .plan import Action, ActionKind, UpPlan, plan_up
 from .ports import claim_ports
 from .prepare import prepare_images, prepare_networks, prepare_volumes
 from .readiness import Conditions, HealthBoard
 from .session import Session, open_session
-from .start import UpRun, run_vm
+from .start import Rendezvous, UpRun, run_vm
 from .supervision import ensure_supervisor
 from .teardown import remove_vm
 
@@ -52,6 +52,14 @@ async def up(
 ) -> UpResult:
     async with open_session(project, connection, report) as session:
         return await _execute(session, await _plan(session, options.plan), options)
+
+
+async def up_in(session: Session, options: UpOptions) -> UpResult:
+    """`up` in a session a command holds already (snapshot restore, resume), from the units
+    as they are now (the command may have stopped some)."""
+    units = await project_units(session.project, session.manager, session.state)
+    session = replace(session, units=units)
+    return await _execute(session, await _plan(session, options.plan), options)
 
 
 async def dry_run(project: Project, options: PlanOptions, connection: Connection) -> UpPlan:
@@ -112,6 +120,7 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
     run.networks = await prepare_networks(session, [n.name for n in up_plan.networks])
     await ensure_supervisor(session, set(state.vms) | {a.vm for a in todo})
     run.conditions = {a.vm: Conditions() for a in todo}
+    run.loaded = Rendezvous({a.vm for a in todo if a.vm in options.incoming})
     if up_plan.ports:  # a thread: the registry is locked and fsynced; ports are tried by binding
         run.ports = await trio.to_thread.run_sync(claim_ports, project.name, up_plan.ports)
     awaited = [

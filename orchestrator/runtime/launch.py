@@ -52,6 +52,7 @@ class LaunchFacts:
     python: str = "/usr/bin/python3"  # runs qmp.stopvm, the unit's graceful ExecStop
     project_dir: str = ""  # recorded on the unit: whose VM it is (see state.identity)
     user: str | None = None  # the guest account its disk was made with; None: as the file says
+    incoming: bool = False  # it starts from a saved state (see _unit: systemd does not restart it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
             boot=boot,
             qemu=facts.qemu,
             restart_in_place=vm.restart_policy.supervised,  # the supervisor restarts the guest
+            incoming=facts.incoming,
         )
     )
     return Launch(
@@ -139,6 +141,8 @@ def _unit(inst: Instance, facts: LaunchFacts, argv: list[str]) -> systemd_dbus.T
     # systemd's own policy is for QEMU crashing; the guest's ends are the supervisor's
     policy = vm.restart_policy
     restart: Literal["no", "on-failure"] = "on-failure" if policy.supervised else "no"
+    if facts.incoming:  # started again, it would wait for a state nobody gives it: the guest's
+        restart = "no"  # own ends are still the supervisor's; a crashed QEMU waits for `up`
     extra = []
     if restart != "no":  # the supervisor's giving up is final
         extra.append(

@@ -36,3 +36,7 @@ class UpOptions(msgspec.Struct, frozen=True):
     wait: bool = True  # until ready (SSH, healthchecks), not only started
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     parallel: int | None = None  # at most this many VMs starting at once
+    # VM -> a saved state it starts from (snapshot restore, resume): no boot; all of them
+    # loaded before any runs, then resumed together (or left paused)
+    incoming: dict[str, str] = {}
+    paused: bool = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -46,6 +46,7 @@ from .readiness import (
     wait_running,
 )
 from .session import Session, vm_failures
+from .snapshots.loading import load_saved_state
 from .teardown import stop_one
 
 
@@ -65,13 +66,44 @@ class UpRun:
     awaited_health: set[str] = field(default_factory=set)  # VMs a dependant waits to be healthy
     ports: dict[str, list[Forward] | netcfg.NetcfgError] = field(default_factory=dict)
     reached: dict[str, Stage] = field(default_factory=dict)  # the stage each VM reported last
+    loaded: Rendezvous | None = None  # the VMs starting from a saved state wait for each other
 
     def note(self, event: Event) -> None:
         if event.vm:
             self.reached[event.vm] = event.stage
 
 
+class Rendezvous:
+    """Where the VMs that start from a saved state wait until all of them are loaded (or
+    failed): they resume together."""
+
+    def __init__(self, names: set[str]) -> None:
+        self._waiting = set(names)
+        self._all = trio.Event()
+        if not self._waiting:
+            self._all.set()
+
+    def leave(self, name: str) -> None:
+        self._waiting.discard(name)
+        if not self._waiting:
+            self._all.set()
+
+    async def arrive(self, name: str) -> None:
+        self.leave(name)
+        await self._all.wait()
+
+
 async def run_vm(run: UpRun, inst: Instance, action: Action, limiter: trio.CapacityLimiter) -> None:
+    try:
+        await _run_vm(run, inst, action, limiter)
+    finally:
+        if run.loaded is not None:
+            run.loaded.leave(inst.name)  # a failed one holds nobody up
+
+
+async def _run_vm(
+    run: UpRun, inst: Instance, action: Action, limiter: trio.CapacityLimiter
+) -> None:
     session = run.session
     me = run.conditions[inst.name]
     report = session.report
@@ -86,6 +118,14 @@ async def run_vm(run: UpRun, inst: Instance, action: Action, limiter: trio.Capac
                     await resume_if_paused(session, inst.name)  # up makes it run
                 else:
                     await start_vm(run, inst, action)
+                    state = run.options.incoming.get(inst.name)
+                    if state is not None and run.loaded is not None:
+                        await load_saved_state(session, inst.name, Path(state))
+                        await run.loaded.arrive(inst.name)
+                    if state is not None and run.options.paused:
+                        me.started.set()
+                        report(inst.name, Stage.READY, Status.DONE, "paused, as asked")
+                        return
                     await wait_running(session, inst)
             me.started.set()
             if run.board is not None and (run.options.wait or inst.name in run.awaited_health):
@@ -147,7 +187,10 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     accel = choose_accel(vm.accel, read_host_facts(), vm.cpu_model)
     new_disk = action.kind in (ActionKind.CREATE, ActionKind.RECREATE)
     user = saved.user if saved is not None and not new_disk else None  # its disk has that one
-    launch = vm_launch(inst, _facts(run, inst, accel, forwards, taps, user))
+    facts = _facts(run, inst, accel, forwards, taps, user)
+    if name in run.options.incoming:
+        facts = replace(facts, incoming=True)
+    launch = vm_launch(inst, facts)
     if launch.guest is not None:
         write_seed_iso(paths.seed, seed_files(launch.guest))
     report(name, Stage.UNIT, Status.WORKING, f"{accel.name}, {vm.cpu} CPU, {vm.memory} MiB")

@@ -27,6 +27,7 @@ from .observe import unit_states
 from .options import QMP_ANSWER, Connection
 from .ports import release_ports
 from .session import Session, open_session
+from .snapshots.manage import forget_vms
 from .supervision import stop_supervisor
 
 
@@ -146,6 +147,7 @@ async def destroy(
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(remove_vm, session, name)
+        await forget_vms(session, names, everything=not vms)
         in_use = state.networks_in_use()
         await _remove_networks(session, [n for n in state.subnets if n not in in_use])
         if not state.vms:  # (each removal saved the supervised VMs without it)

@@ -88,6 +88,11 @@ class VmPaths(msgspec.Struct, frozen=True):
         return self.directory / "run.json"
 
     @property
+    def suspended(self) -> Path:
+        """The state of a suspended VM (memory and devices), for its resume."""
+        return self.directory / "suspended.state"
+
+    @property
     def console_socket(self) -> Path:
         return self.sockets / "console.sock"
 

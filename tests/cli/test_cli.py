@@ -38,10 +38,12 @@ def project(tmp_path: Path) -> Path:
 
 COMMANDS = [
     "completion", "config", "console", "destroy", "doctor", "fault", "image", "inspect", "kill",
-    "logs", "network", "pause", "ps", "pull", "restart", "ssh", "stop", "unpause", "up", "watch",
+    "logs", "network", "pause", "ps", "pull", "restart", "snapshot", "ssh", "stop", "unpause",
+    "up", "watch",
 ]  # fmt: skip
 FAULTS = ["fault link", "fault net", "fault disk", "fault partition", "fault heal", "fault panic",
           "fault ls", "fault clear"]  # fmt: skip
+SNAPSHOTS = ["snapshot save", "snapshot restore", "snapshot ls", "snapshot rm"]
 
 
 def test_help_lists_only_working_commands(tmp_path: Path) -> None:
@@ -54,7 +56,16 @@ def test_help_lists_only_working_commands(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [*COMMANDS, "network ls", "network rm", "image ls", "image rm", "image prune", *FAULTS],
+    [
+        *COMMANDS,
+        "network ls",
+        "network rm",
+        "image ls",
+        "image rm",
+        "image prune",
+        *FAULTS,
+        *SNAPSHOTS,
+    ],
 )
 def test_every_command_has_help(command: str, tmp_path: Path) -> None:
     result = run(*command.split(), "--help", cwd=tmp_path)

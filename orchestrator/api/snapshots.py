@@ -1,0 +1,126 @@
+"""Snapshots from Python: put a whole topology back to a known instant between tests.
+
+    record = await api.snapshot_save(project, "clean")      # every running VM, memory too
+    ...                                                      # the test changes things
+    await api.snapshot_restore(project, "clean")             # back, running, no boot
+
+    async with api.snapshot(project, "before-test"):         # saved now, restored on leaving
+        ...                                                  # (raise or not), then removed
+
+Errors are the CLI's: UsageError for a bad name, an unknown snapshot or VM (nothing changed),
+SnapshotError naming the VMs and why (a changed hardware, a device that blocks saving).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from orchestrator.config.project import Project
+from orchestrator.progress import Reporter
+from orchestrator.runtime.options import DEFAULT_READY_TIMEOUT
+
+from .vms import EventCallback, _connection
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.snapshots import RestoreResult, SnapshotRow
+    from orchestrator.state.snapshots import SnapshotRecord
+
+RESTORE_ON_EXIT_TIMEOUT = 600.0
+
+
+async def snapshot_save(
+    project: Project,
+    name: str,
+    *vms: str,
+    memory: bool = True,
+    force: bool = False,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> SnapshotRecord:
+    """Freeze the VMs (all running ones when none is named) together, save their memory and
+    disks, resume them; ``memory=False``: disks only (stopped VMs too). ``force`` replaces a
+    snapshot of that name."""
+    from orchestrator.runtime import snapshots
+
+    connection = _connection(bus, wait_lock)
+    return await snapshots.save(
+        project, name, vms, connection, Reporter(on_event), memory=memory, force=force
+    )
+
+
+async def snapshot_restore(
+    project: Project,
+    name: str,
+    *vms: str,
+    paused: bool = False,
+    wait: bool = False,
+    ready_timeout: float = DEFAULT_READY_TIMEOUT,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> RestoreResult:
+    """Put the VMs (all of the snapshot's when none is named) back at the snapshot's instant,
+    running (``paused``: frozen), without a boot; ``wait``: until ready, as `up --wait`."""
+    from orchestrator.runtime import snapshots
+
+    connection = _connection(bus, wait_lock)
+    return await snapshots.restore(
+        project,
+        name,
+        vms,
+        connection,
+        Reporter(on_event),
+        paused=paused,
+        wait=wait,
+        ready_timeout=ready_timeout,
+    )
+
+
+def snapshots(project: Project) -> list[SnapshotRow]:
+    """The project's snapshots, oldest first (an interrupted save: ``complete`` False)."""
+    from orchestrator.runtime import snapshots as runtime_snapshots
+
+    return runtime_snapshots.rows(project)
+
+
+async def snapshot_remove(
+    project: Project,
+    *names: str,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> list[str]:
+    """Remove snapshots: their files and their disks' points in time."""
+    from orchestrator.runtime import snapshots
+
+    connection = _connection(bus, wait_lock)
+    return await snapshots.remove(project, names, connection, Reporter(on_event))
+
+
+@asynccontextmanager
+async def snapshot(
+    project: Project,
+    name: str,
+    vms: Sequence[str] = (),
+    *,
+    keep: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> AsyncIterator[SnapshotRecord]:
+    """Save snapshot ``name`` now (replacing one of that name); on leaving the block, also
+    when it raises or is cancelled, restore it, then remove it (``keep``: keep it)."""
+    import trio
+
+    record = await snapshot_save(
+        project, name, *vms, force=True, wait_lock=True, bus=bus, on_event=on_event
+    )
+    try:
+        yield record
+    finally:
+        with trio.CancelScope(shield=True), trio.fail_after(RESTORE_ON_EXIT_TIMEOUT):
+            await snapshot_restore(project, name, wait_lock=True, bus=bus, on_event=on_event)
+            if not keep:
+                await snapshot_remove(project, name, wait_lock=True, bus=bus, on_event=on_event)

@@ -1,0 +1,111 @@
+"""What saving and restoring share: a VM's writable disks, its hardware, QEMU's version, the
+snapshot errors, the event log's project-wide record."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from orchestrator.config.topology import Instance, instances
+from orchestrator.errors import QemuComposeError
+from orchestrator.guest.disks import DiskError, internal_snapshots
+from orchestrator.guest.mounts import volume_node
+from orchestrator.state.snapshots import SnapshotDisk
+from orchestrator.supervisor.eventlog import EventLog
+
+from ..changes import Change, changes, shape
+from ..session import Session
+
+# What a state is loaded into must have the same devices: what shapes QEMU's hardware (and
+# the disks the state was taken with). The other fields (ports, environment, ...) may change.
+HARDWARE = (
+    "image", "disk", "boot", "cpu", "memory", "machine", "cpu_model", "accel", "networks",
+    "volumes",
+)  # fmt: skip
+
+
+class SnapshotError(QemuComposeError):
+    """A snapshot could not be saved, restored or removed: what and why, VM by VM."""
+
+
+def instance_map(session: Session) -> dict[str, Instance]:
+    return {i.name: i for i in instances(session.project.model)}
+
+
+def writable_disks(session: Session, inst: Instance) -> list[SnapshotDisk]:
+    """The disks whose point in time a snapshot keeps: the root disk (if it has one) and the
+    named volumes it may write to; read-only volumes and bind mounts are not its to keep."""
+    found = []
+    disk = session.paths.vm(inst.name).disk
+    if inst.vm.image is not None and disk.exists():
+        found.append(SnapshotDisk("root", str(disk)))
+    for mount in inst.vm.volumes:
+        if mount.type == "volume" and not mount.read_only:
+            path = session.paths.volume(mount.source)
+            found.append(SnapshotDisk(volume_node(mount.source), str(path), mount.source))
+    return found
+
+
+def current_shape(session: Session, inst: Instance) -> dict[str, str]:
+    """The shape ``inst`` starts with now, as the compose file says."""
+    return shape(session.project.model, inst, session.project.files)
+
+
+def hardware_changes(saved: Mapping[str, str], now: Mapping[str, str]) -> list[Change]:
+    """What of a VM's hardware differs from what a snapshot was taken with."""
+    return [
+        c
+        for c in changes({k: saved[k] for k in HARDWARE if k in saved}, now)
+        if c.field in HARDWARE
+    ]
+
+
+_VERSION = re.compile(r"version (\d+\.\d+\.\d+)")
+
+
+async def qemu_version(qemu: str) -> str:
+    """``7.2.13 (Debian 1:7.2+dfsg-7+deb12u12)``: what a state is tied to."""
+    result = await trio.run_process([qemu, "--version"], capture_stdout=True, check=False)
+    first = result.stdout.decode(errors="replace").splitlines()[:1]
+    return _version_text(first[0] if first else "")
+
+
+def _version_text(line: str) -> str:
+    match = _VERSION.search(line)
+    if match is None:
+        return line.strip()
+    package = line[match.end() :].strip().removeprefix("(").removesuffix(")")
+    return f"{match.group(1)} {package}".strip()
+
+
+def version_of(answer: Mapping[str, Any]) -> str:
+    """The same text from QMP's ``query-version``."""
+    q = answer.get("qemu", {})
+    number = f"{q.get('major', 0)}.{q.get('minor', 0)}.{q.get('micro', 0)}"
+    package = str(answer.get("package", "")).strip()
+    return f"{number} {package}".strip()
+
+
+def log_project_event(session: Session, event: str, data: dict[str, Any]) -> None:
+    """A project-wide record in the event log (SNAPSHOT_SAVE, SNAPSHOT_RESTORE, ...)."""
+    with contextlib.suppress(OSError):  # the log is for watchers: a full disk fails nothing
+        EventLog(session.paths.events_dir).append("", event, data, source="snapshot")
+
+
+async def check_tags(disks: list[SnapshotDisk], tag: str) -> list[str]:
+    """The disks that lack ``tag`` (or are gone): a snapshot that cannot be restored."""
+    missing = []
+    for disk in disks:
+        path = Path(disk.path)
+        try:
+            tags = await internal_snapshots(path) if path.exists() else []
+        except DiskError:
+            tags = []
+        if tag not in tags:
+            missing.append(disk.volume or disk.node)
+    return missing

@@ -1,0 +1,66 @@
+"""A VM's memory and device state to a file and back: QEMU's migration stream, over a file
+descriptor we pass (the file is ours to open, name and make whole; nothing reaches a shell).
+
+`save_state` needs the VM stopped (QMP ``stop``) for a state of one instant; when it returns,
+QEMU is ``postmigrate`` with its disks inactive, until ``cont`` takes them back. `load_state`
+needs a QEMU started with ``-incoming defer`` and the same devices; when it returns, the VM
+is ``paused`` at the saved instant, for ``cont``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import trio
+
+from .errors import QmpError
+from .session import QmpSession
+
+POLL = 0.02
+UNLIMITED = 1 << 40  # bytes a second: QEMU's default limit (32 MiB/s) is for live migration
+
+
+class MigrationError(QmpError):
+    """QEMU could not write or read the state: the reason is QEMU's own."""
+
+
+class Migration(msgspec.Struct, frozen=True):
+    status: str
+    seconds: float  # from the command until QEMU said completed
+    transferred: int = 0  # bytes of RAM sent (as QEMU counts them)
+
+
+async def save_state(session: QmpSession, fd: int, *, timeout: float = 600.0) -> Migration:
+    """Write the (stopped) VM's state to ``fd``; a MigrationError when QEMU refuses (a device
+    that blocks migration, say) or fails (the file's disk is full)."""
+    started = time.monotonic()
+    await session.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
+    await session.send_fd("qemu-compose-state", fd)
+    await session.execute("migrate", {"uri": "fd:qemu-compose-state"})
+    return await _until_done(session, started, timeout)
+
+
+async def load_state(session: QmpSession, fd: int, *, timeout: float = 600.0) -> Migration:
+    """Read the state from ``fd`` into a QEMU waiting for it (``-incoming defer``)."""
+    started = time.monotonic()
+    await session.send_fd("qemu-compose-state", fd)
+    await session.execute("migrate-incoming", {"uri": "fd:qemu-compose-state"})
+    return await _until_done(session, started, timeout)
+
+
+async def _until_done(session: QmpSession, started: float, timeout: float) -> Migration:
+    info: dict[str, Any] = {}
+    with trio.move_on_after(timeout):
+        while True:
+            info = await session.execute("query-migrate")
+            status = info.get("status", "")
+            if status == "completed":
+                ram = info.get("ram") or {}
+                return Migration(status, time.monotonic() - started, int(ram.get("total", 0)))
+            if status in ("failed", "cancelled"):
+                raise MigrationError(info.get("error-desc") or f"the migration {status}")
+            await trio.sleep(POLL)
+    await session.execute("migrate_cancel")
+    raise MigrationError(f"not done within {timeout:g} s (last: {info.get('status', '?')})")

@@ -1,0 +1,180 @@
+"""Snapshots on real guests: two tiny guests (one with a named volume), frozen together,
+saved, changed, restored: the volume's old bytes are back, a process in memory runs on with
+its old counter, uptime goes on from the snapshot, nothing boots again; a stopped VM comes
+back running; a changed hardware and bad input are refused with nothing changed; `rm`
+frees the space. Skipped without QEMU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.guest_images.build import build
+from tests.support.cli import compose
+from tests.support.systemd_user import ManagerHandle
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"),
+]
+
+COUNTER = (
+    "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done'"
+    " </dev/null >/dev/null 2>&1 & echo $! > /tmp/counter.pid"
+)
+VOLUME = '$(for d in /sys/block/vd*; do [ "$(cat $d/serial)" = data ] && echo /dev/${d##*/}; done)'
+
+
+@pytest.fixture
+def project(tmp_path: Path, user_manager: ManagerHandle) -> Any:
+    yield tmp_path
+    compose("destroy", "--volumes", "--progress", "quiet", cwd=tmp_path, manager=user_manager)
+
+
+def test_save_change_restore_on_tiny_guests(project: Path, user_manager: ManagerHandle) -> None:
+    tiny = build("tiny")
+    compose_file = project / "qemu-compose.yaml"
+    compose_file.write_text(
+        f"""
+name: snaps
+volumes:
+  data: {{size: 16M}}
+x-tiny: &tiny
+  boot: {{kernel: {tiny}/vmlinuz, initrd: {tiny}/initrd.img, cmdline: console=ttyS0 quiet}}
+  memory: 128
+  cpu: 1
+  user: root
+  healthcheck: {{disable: true}}
+vms:
+  a:
+    <<: *tiny
+    volumes: ["data:/data"]
+  b:
+    <<: *tiny
+"""
+    )
+
+    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return compose(*args, cwd=project, manager=user_manager, timeout=timeout)
+
+    def ok(*args: str) -> str:
+        done = run(*args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def sh(vm: str, command: str) -> str:
+        return ok("ssh", vm, command).strip()
+
+    ok("up", "-d", "--wait", "--progress", "quiet")
+    sh("a", COUNTER)
+    sh("a", f"printf before | dd of={VOLUME} conv=fsync 2>/dev/null")
+    sh("b", "echo one > /root/note")
+    pid = sh("a", "cat /tmp/counter.pid")
+
+    ok("snapshot", "save", "s1", "--progress", "quiet")
+    saved_at = time.time()
+    counted = int(sh("a", "cat /tmp/counter"))
+    uptime_saved = float(sh("a", "cut -d' ' -f1 /proc/uptime"))
+    listed = json.loads(ok("snapshot", "ls", "--format", "json"))
+    assert [(s["name"], s["vms"], s["memory"]) for s in listed] == [("s1", ["a", "b"], True)]
+    assert listed[0]["size"] > 1 << 20
+    states = project / ".qemu-compose" / "snapshots" / "s1"
+    assert sorted(p.name for p in states.iterdir()) == ["a.state", "b.state", "snapshot.json"]
+
+    # frozen together: both STOPs before the first capture, both RESUMEs after the last
+    log = [
+        json.loads(line)
+        for line in ok("watch", "--since", "all", "--no-follow", "--json").splitlines()
+    ]
+    stops = {r["vm"]: r["qemu_time"] for r in log if r["event"] == "STOP"}
+    captures = [
+        r["time"] for r in log if r["event"] == "SNAPSHOT" and r["data"]["status"] == "working"
+    ]
+    assert set(stops) == {"a", "b"}
+    assert max(stops.values()) < min(captures)
+    saves = [r for r in log if r["event"] == "SNAPSHOT_SAVE"]
+    assert [(r["data"]["name"], r["data"]["vms"]) for r in saves] == [("s1", ["a", "b"])]
+
+    # changed: the counter goes on, the volume and b's file are rewritten, time passes
+    time.sleep(2)
+    sh("a", f"printf after! | dd of={VOLUME} conv=fsync 2>/dev/null")
+    sh("b", "echo two > /root/note")
+    later = int(sh("a", "cat /tmp/counter"))
+    assert later > counted + 10
+    uptime_later = float(sh("a", "cut -d' ' -f1 /proc/uptime"))
+
+    # bad input: refused, nothing changed
+    for args, code in (
+        (["snapshot", "restore", "nosuch"], 2),
+        (["snapshot", "restore", "s1", "zz"], 2),
+        (["snapshot", "save", "a/b"], 2),
+        (["snapshot", "save", "s1"], 2),  # exists
+        (["snapshot", "rm", "nosuch"], 2),
+    ):
+        refused = run(*args)
+        assert refused.returncode == code, (args, refused.stdout, refused.stderr)
+    assert sh("b", "cat /root/note") == "two"
+
+    # a changed hardware is refused, naming the change
+    compose_file.write_text(compose_file.read_text().replace('    <<: *tiny\n"""', ""))
+    text = compose_file.read_text()
+    compose_file.write_text(text + "    memory: 256\n")
+    refused = run("snapshot", "restore", "s1")
+    assert refused.returncode == 1, refused.stderr
+    assert "b: its hardware changed since the snapshot (memory 128 -> 256)" in refused.stderr
+    compose_file.write_text(text)
+    assert sh("b", "cat /root/note") == "two"
+
+    # restored: the old bytes, the old file, the same process with its old count, no boot
+    ok("stop", "b", "--progress", "quiet")  # a stopped VM comes back running
+    ok("snapshot", "restore", "s1", "--progress", "quiet")
+    assert sh("a", f"dd if={VOLUME} bs=6 count=1 2>/dev/null") == "before"
+    assert sh("b", "cat /root/note") == "one"
+    assert sh("a", "cat /tmp/counter.pid") == pid
+    assert sh("a", f"kill -0 {pid} && echo alive") == "alive"
+    uptime_restored = float(sh("a", "cut -d' ' -f1 /proc/uptime"))
+    assert uptime_saved - 1 < uptime_restored < uptime_later
+    assert int(sh("a", "cat /tmp/counter")) < later + 5  # counting on from the snapshot's count
+    for vm in ("a", "b"):
+        console = (project / ".qemu-compose" / vm / "console.log").read_text(errors="replace")
+        assert console.count("tiny-init: ssh ready") == 1, vm  # one boot, long ago
+        guest_clock = int(sh(vm, "date +%s"))
+        assert abs(guest_clock - time.time()) < 10, (vm, guest_clock)  # set to the host's
+    assert time.time() - saved_at > 2  # (the clock had something to catch up)
+    rows = {r["name"]: r for r in json.loads(ok("ps", "--format", "json"))}
+    assert rows["a"]["state"] == rows["b"]["state"] == "running"
+
+    # paused: restored frozen; removed: its files and the volume's point in time are gone
+    ok("snapshot", "restore", "s1", "b", "--paused", "--progress", "quiet")
+    assert json.loads(ok("inspect", "b", "--format", "json"))["qemu_status"] == "paused"
+    assert sh("a", "cat /root/note 2>/dev/null || echo none") == "none"  # a ran on, untouched
+    ok("unpause", "b", "--progress", "quiet")
+    assert sh("b", "cat /root/note") == "one"
+    ok("snapshot", "rm", "s1", "--progress", "quiet")
+    assert not states.exists()
+    assert json.loads(ok("snapshot", "ls", "--format", "json")) == []
+    volume = project / ".qemu-compose" / "volumes" / "data" / "disk.qcow2"
+    info = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(volume)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "snapshots" not in json.loads(info.stdout)
+    log = [
+        json.loads(line)
+        for line in ok("watch", "--since", "all", "--no-follow", "--json").splitlines()
+    ]
+    restores = [r["data"] for r in log if r["event"] == "SNAPSHOT_RESTORE"]
+    assert [(r["name"], r["vms"], r["paused"]) for r in restores] == [
+        ("s1", ["a", "b"], False),
+        ("s1", ["b"], True),
+    ]
+    assert os.path.exists(project / ".qemu-compose" / "a")

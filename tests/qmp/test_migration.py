@@ -1,0 +1,92 @@
+"""A VM's state to a file and back into a new QEMU (snapshots, suspend): the power-button
+guest, saved while it waits for the button, loaded into another QEMU started ``-incoming
+defer``, where it is still waiting: no boot (its debug console says nothing), and it powers
+off when the button is pressed."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from qmp import MigrationError, load_state, open_session, save_state
+from qmp.events import Shutdown
+from tests.support.qemu import Vm
+
+MakeVm = Callable[..., Vm]
+
+
+async def _until_ready(vm: Vm) -> None:
+    deadline = time.monotonic() + 30
+    while not vm.guest_ready():
+        assert time.monotonic() < deadline, "the guest did not start"
+        await trio.sleep(0.05)
+
+
+async def test_a_saved_state_runs_on_in_a_new_qemu_without_a_boot(
+    make_vm: MakeVm, sockdir: Path
+) -> None:
+    source = make_vm(name="a", boot_sector=True)
+    state = sockdir / "a.state"
+    async with open_session(source.control_socket) as session:
+        await session.execute("cont")
+        await _until_ready(source)
+        await session.execute("stop")
+        fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            saved = await save_state(session, fd)
+        finally:
+            os.close(fd)
+        assert saved.status == "completed"
+        assert saved.transferred > 0
+        assert (await session.query_status()).status == "postmigrate"
+        await session.execute("quit")
+    assert state.stat().st_size > 100_000  # RAM (mostly zero pages, sent as markers) and devices
+
+    target = make_vm(name="b", boot_sector=True, paused=False, extra=["-incoming", "defer"])
+    async with open_session(target.control_socket) as session:
+        assert (await session.query_status()).status == "inmigrate"
+        fd = os.open(state, os.O_RDONLY)
+        try:
+            loaded = await load_state(session, fd)
+        finally:
+            os.close(fd)
+        assert loaded.status == "completed"
+        assert (await session.query_status()).status == "paused"
+        async with session.events(["SHUTDOWN"]) as events:
+            await session.execute("cont")
+            await trio.sleep(0.5)
+            assert not target.guest_ready()  # it did not start again: it goes on waiting
+            await session.execute("system_powerdown")
+            with trio.fail_after(30):
+                event = await events.__anext__()
+    assert isinstance(event, Shutdown)
+    assert event.guest
+
+
+async def test_a_state_that_cannot_be_written_fails_and_the_vm_runs_on(
+    make_vm: MakeVm, sockdir: Path
+) -> None:
+    vm = make_vm(name="a", boot_sector=True)
+    target = sockdir / "readonly.state"
+    target.write_bytes(b"")
+    async with open_session(vm.control_socket) as session:
+        await session.execute("cont")
+        await _until_ready(vm)
+        await session.execute("stop")
+        fd = os.open(target, os.O_RDONLY)  # every write fails, as on a full disk
+        try:
+            with pytest.raises(MigrationError):
+                await save_state(session, fd)
+        finally:
+            os.close(fd)
+        await session.execute("cont")
+        assert (await session.query_status()).running
+        async with session.events(["SHUTDOWN"]) as events:
+            await session.execute("system_powerdown")
+            with trio.fail_after(30):
+                assert isinstance(await events.__anext__(), Shutdown)
