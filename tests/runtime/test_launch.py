@@ -216,3 +216,18 @@ def test_a_firmware_only_vm_has_no_seed_no_grace_and_no_restart(lab: dict[str, I
     db = lab["db"].vm
     assert (grace_period(db), grace_period(db, 5), has_health(db)) == (20.0, 5.0, True)
     assert grace_period(None) == 60.0
+
+
+def test_a_vm_starting_from_a_saved_state_waits_for_it_and_systemd_does_not_restart_it(
+    lab: dict[str, Instance],
+) -> None:
+    facts_db = {
+        "taps": {"back": "qc-tap0"},
+        "volume_paths": {"data": Path("/p/.qemu-compose/volumes/data/data.img")},
+    }
+    cold = vm_launch(lab["db"], facts("db", **facts_db))
+    warm = vm_launch(lab["db"], facts("db", incoming=True, **facts_db))
+    assert warm.argv == [*cold.argv, "-incoming", "defer"]  # the same devices, waiting
+    assert "-incoming" not in cold.argv
+    assert render(warm).splitlines()[5] == "restart no after None"  # it would wait again
+    assert "-no-shutdown" in warm.argv  # the guest's own ends are still the supervisor's

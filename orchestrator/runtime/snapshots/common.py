@@ -57,12 +57,9 @@ def current_shape(session: Session, inst: Instance) -> dict[str, str]:
 
 
 def hardware_changes(saved: Mapping[str, str], now: Mapping[str, str]) -> list[Change]:
-    """What of a VM's hardware differs from what a snapshot was taken with."""
-    return [
-        c
-        for c in changes({k: saved[k] for k in HARDWARE if k in saved}, now)
-        if c.field in HARDWARE
-    ]
+    """What of a VM's hardware differs from what a snapshot was taken with (a field it did
+    not record is no difference)."""
+    return [c for c in changes(saved, now) if c.field in HARDWARE and c.old is not None]
 
 
 _VERSION = re.compile(r"version (\d+\.\d+\.\d+)")
