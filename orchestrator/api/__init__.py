@@ -3,10 +3,10 @@
 Everything the CLI does, without parsing its output (the CLI sits on it). What talks to
 systemd, QEMU, guests or the network is a trio async function (up, plan, stop, destroy,
 restart, pause, unpause, kill, ps, inspect, networks, remove_networks, logs, pull, doctor,
-snapshot_save, snapshot_restore, snapshot_remove; events and snapshot are async context
-managers; ``faults(project)`` makes and undoes faults, see api.faults); what only reads files
-or formats data is synchronous (load, ssh_argv, records, console, images, remove_image,
-prune_images, snapshots, format_*). Progress
+snapshot_save, snapshot_restore, snapshot_remove, suspend, resume; events and snapshot are
+async context managers; ``faults(project)`` makes and undoes faults, see api.faults); what
+only reads files or formats data is synchronous (load, ssh_argv, records, console, images,
+remove_image, prune_images, snapshots, format_*). Progress
 arrives as typed ``Event`` objects through ``on_event``:
 
     import trio
@@ -43,7 +43,15 @@ from orchestrator.progress import Event, Stage, Status, Transfer
 from .cache import images, prune_images, pull, remove_image
 from .faults import Faults, Injection, faults
 from .host import doctor
-from .snapshots import snapshot, snapshot_remove, snapshot_restore, snapshot_save, snapshots
+from .snapshots import (
+    resume,
+    snapshot,
+    snapshot_remove,
+    snapshot_restore,
+    snapshot_save,
+    snapshots,
+    suspend,
+)
 from .text import format_checks, format_config, format_inspect, format_plan, format_record
 from .vms import (
     EventCallback,
@@ -148,6 +156,7 @@ __all__ = [
     "remove_image",
     "remove_networks",
     "restart",
+    "resume",
     "selection",
     "snapshot",
     "snapshot_remove",
@@ -156,6 +165,7 @@ __all__ = [
     "snapshots",
     "ssh_argv",
     "stop",
+    "suspend",
     "unpause",
     "up",
 ]

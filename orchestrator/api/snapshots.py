@@ -7,6 +7,9 @@
     async with api.snapshot(project, "before-test"):         # saved now, restored on leaving
         ...                                                  # (raise or not), then removed
 
+    await api.suspend(project, "db")                         # state saved, QEMU ended
+    await api.resume(project, "db")                          # where it was (up does it too)
+
 Errors are the CLI's: UsageError for a bad name, an unknown snapshot or VM (nothing changed),
 SnapshotError naming the VMs and why (a changed hardware, a device that blocks saving).
 """
@@ -24,6 +27,7 @@ from orchestrator.runtime.options import DEFAULT_READY_TIMEOUT
 from .vms import EventCallback, _connection
 
 if TYPE_CHECKING:
+    from orchestrator.runtime import UpResult
     from orchestrator.runtime.snapshots import RestoreResult, SnapshotRow
     from orchestrator.state.snapshots import SnapshotRecord
 
@@ -124,3 +128,37 @@ async def snapshot(
             await snapshot_restore(project, name, wait_lock=True, bus=bus, on_event=on_event)
             if not keep:
                 await snapshot_remove(project, name, wait_lock=True, bus=bus, on_event=on_event)
+
+
+async def suspend(
+    project: Project,
+    *vms: str,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> list[str]:
+    """Save the VMs' state (all running ones when none is named) and end their QEMUs; a VM
+    named must run (UsageError). Returns the VMs suspended."""
+    from orchestrator.runtime import snapshots
+
+    connection = _connection(bus, wait_lock)
+    return await snapshots.suspend(project, vms, connection, Reporter(on_event))
+
+
+async def resume(
+    project: Project,
+    *vms: str,
+    wait: bool = False,
+    ready_timeout: float = DEFAULT_READY_TIMEOUT,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> UpResult:
+    """Start suspended VMs (all of them when none is named) where they were, without a boot;
+    ``up`` does the same for the suspended VMs it starts."""
+    from orchestrator.runtime import snapshots
+
+    connection = _connection(bus, wait_lock)
+    return await snapshots.resume(
+        project, vms, connection, Reporter(on_event), wait=wait, ready_timeout=ready_timeout
+    )

@@ -165,3 +165,67 @@ def snapshot_rm(
             project, *names, wait_lock=wait_lock, on_event=on_event
         ),
     )
+
+
+@click.command()
+@click.argument("vms", nargs=-1)
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def suspend(opts: GlobalOptions, vms: tuple[str, ...], progress: str, wait_lock: bool) -> None:
+    """Save the state of running VMs (all, or those named) and end their QEMUs.
+
+    Their CPU and memory are freed; `resume` (or `up`) brings each back where it was,
+    without a boot. `ps` shows them suspended; `stop` discards the saved state (the VM boots
+    next time). A VM with a 9p bind mount mounted cannot be suspended (QEMU 7.2).
+    """
+    project = opts.load()
+    from orchestrator import api
+
+    _run(
+        progress,
+        lambda on_event: api.suspend(project, *vms, wait_lock=wait_lock, on_event=on_event),
+    )
+
+
+@click.command()
+@click.argument("vms", nargs=-1)
+@click.option("--wait", "wait_ready", is_flag=True, help="Wait until every VM is ready again.")
+@click.option(
+    "--wait-timeout",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Seconds a VM may take to be ready.",
+)
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def resume(
+    opts: GlobalOptions,
+    vms: tuple[str, ...],
+    wait_ready: bool,
+    wait_timeout: float,
+    progress: str,
+    wait_lock: bool,
+) -> None:
+    """Start suspended VMs (all, or those named) where they were, without a boot.
+
+    A VM whose hardware changed since it was suspended is refused, naming the change. Each
+    guest's wall clock is set to the host's over SSH (its monotonic time goes on from where
+    it stopped); where that fails, it is behind by the time it was suspended.
+    """
+    project = opts.load()
+    from orchestrator import api
+
+    _run(
+        progress,
+        lambda on_event: api.resume(
+            project,
+            *vms,
+            wait=wait_ready,
+            ready_timeout=wait_timeout,
+            wait_lock=wait_lock,
+            on_event=on_event,
+        ),
+    )

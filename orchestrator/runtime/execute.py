@@ -26,7 +26,8 @@ from .ports import claim_ports
 from .prepare import prepare_images, prepare_networks, prepare_volumes
 from .readiness import Conditions, HealthBoard
 from .session import Session, open_session
-from .start import Rendezvous, UpRun, run_vm
+from .snapshots.loading import suspended_state
+from .start import Rendezvous, Resumed, UpRun, run_vm
 from .supervision import ensure_supervisor
 from .teardown import remove_vm
 
@@ -99,6 +100,23 @@ async def _plan(session: Session, options: PlanOptions) -> UpPlan:
     )
 
 
+def _resumed(session: Session, todo: list[Action], options: UpOptions) -> dict[str, Resumed]:
+    """The suspended VMs that start: from their states (or why their state no longer fits,
+    for each to fail on)."""
+    found: dict[str, Resumed] = {}
+    for action in todo:
+        if action.kind is not ActionKind.START or action.vm in options.incoming:
+            continue
+        try:
+            state = suspended_state(session, action.vm)
+        except QemuComposeError as err:
+            found[action.vm] = err
+            continue
+        if state is not None:
+            found[action.vm] = state
+    return found
+
+
 async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpResult:
     project, state = session.project, session.state
     by_name = {i.name: i for i in instances(project.model)}
@@ -121,6 +139,7 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
     await ensure_supervisor(session, set(state.vms) | {a.vm for a in todo})
     run.conditions = {a.vm: Conditions() for a in todo}
     run.loaded = Rendezvous({a.vm for a in todo if a.vm in options.incoming})
+    run.resumed = _resumed(session, todo, options)
     if up_plan.ports:  # a thread: the registry is locked and fsynced; ports are tried by binding
         run.ports = await trio.to_thread.run_sync(claim_ports, project.name, up_plan.ports)
     awaited = [

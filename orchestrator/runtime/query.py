@@ -27,7 +27,8 @@ from .session import Session, open_session
 
 class VmRow(msgspec.Struct, frozen=True):
     name: str
-    state: str  # not-created, starting, running, paused, restarting, stopping, exited, failed
+    state: str  # not-created, starting, running, paused, restarting, stopping, exited, failed,
+    # suspended
     status: str  # as docker shows it: "running (healthy) 12m", "exited (0) 2m ago", ...
     health: str | None  # starting, healthy, unhealthy; None: none kept (no OS, not running)
     started_at: float | None  # when its QEMU started (seconds since the epoch), if it runs
@@ -89,6 +90,8 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         created = saved is not None or paths.disk.exists()
         state = _STATES.get(unit) if unit is not None else None
         state = state or ("exited" if created else "not-created")
+        if state in ("exited", "failed") and paths.suspended_record.exists():
+            state = "suspended"  # its QEMU ended, its state saved: `resume` (or `up`)
         run = read_run(paths)
         since, restarts, health = 0, 0, None
         if name in running:

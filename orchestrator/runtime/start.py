@@ -46,8 +46,10 @@ from .readiness import (
     wait_running,
 )
 from .session import Session, vm_failures
-from .snapshots.loading import load_saved_state
+from .snapshots.loading import discard_suspended, load_saved_state
 from .teardown import stop_one
+
+Resumed = Path | QemuComposeError  # a suspended VM's state, or why it no longer fits
 
 
 @dataclass
@@ -67,6 +69,7 @@ class UpRun:
     ports: dict[str, list[Forward] | netcfg.NetcfgError] = field(default_factory=dict)
     reached: dict[str, Stage] = field(default_factory=dict)  # the stage each VM reported last
     loaded: Rendezvous | None = None  # the VMs starting from a saved state wait for each other
+    resumed: dict[str, Resumed] = field(default_factory=dict)  # suspended VMs: their states
 
     def note(self, event: Event) -> None:
         if event.vm:
@@ -111,6 +114,9 @@ async def _run_vm(
     try:
         with vm_failures(inst.name, unit, lambda: run.reached.get(inst.name, Stage.PLAN)):
             await wait_for_dependencies(session, run.conditions, inst)
+            resumed = run.resumed.get(inst.name)
+            if isinstance(resumed, QemuComposeError):
+                raise resumed
             async with limiter:
                 if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
                     _record_kept(session, inst.name, action)
@@ -121,7 +127,10 @@ async def _run_vm(
                     state = run.options.incoming.get(inst.name)
                     if state is not None and run.loaded is not None:
                         await load_saved_state(session, inst.name, Path(state))
-                        await run.loaded.arrive(inst.name)
+                        await run.loaded.arrive(inst.name)  # they resume together
+                    elif isinstance(resumed, Path):
+                        await load_saved_state(session, inst.name, resumed)
+                        discard_suspended(session.paths.vm(inst.name))  # it runs on from it
                     if state is not None and run.options.paused:
                         me.started.set()
                         report(inst.name, Stage.READY, Status.DONE, "paused, as asked")
@@ -188,7 +197,7 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     new_disk = action.kind in (ActionKind.CREATE, ActionKind.RECREATE)
     user = saved.user if saved is not None and not new_disk else None  # its disk has that one
     facts = _facts(run, inst, accel, forwards, taps, user)
-    if name in run.options.incoming:
+    if name in run.options.incoming or name in run.resumed:
         facts = replace(facts, incoming=True)
     launch = vm_launch(inst, facts)
     if launch.guest is not None:

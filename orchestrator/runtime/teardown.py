@@ -27,6 +27,7 @@ from .observe import unit_states
 from .options import QMP_ANSWER, Connection
 from .ports import release_ports
 from .session import Session, open_session
+from .snapshots.loading import discard_suspended
 from .snapshots.manage import forget_vms
 from .supervision import stop_supervisor
 
@@ -116,6 +117,8 @@ async def stop(
         async def one(name: str) -> None:
             inst = by_name.get(name)
             await stop_one(session, name, grace_period(inst.vm if inst else None, timeout))
+            if discard_suspended(session.paths.vm(name)):  # it boots next time
+                session.report(name, Stage.STOP, Status.DONE, "its suspended state discarded")
 
         async with trio.open_nursery() as nursery:
             for name in names:

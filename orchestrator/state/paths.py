@@ -93,6 +93,12 @@ class VmPaths(msgspec.Struct, frozen=True):
         return self.directory / "suspended.state"
 
     @property
+    def suspended_record(self) -> Path:
+        """What a suspended VM ran with (state.snapshots.SuspendRecord), written last: a VM
+        is suspended when this is there."""
+        return self.directory / "suspended.json"
+
+    @property
     def console_socket(self) -> Path:
         return self.sockets / "console.sock"
 

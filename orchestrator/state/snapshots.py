@@ -79,6 +79,17 @@ class SavingRecord(msgspec.Struct, frozen=True):
     vms: dict[str, list[SnapshotDisk]]  # VM -> its disks
 
 
+class SuspendRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A suspended VM: what its state needs to be loaded (see `SnapshotVm`)."""
+
+    suspended_at: float
+    qemu: str
+    shape: dict[str, str]
+    accel: str
+    state_bytes: int = 0
+    was: str = "running"
+
+
 class Snapshots:
     """The project's snapshots under ``<state_dir>/snapshots``."""
 

@@ -38,8 +38,8 @@ def project(tmp_path: Path) -> Path:
 
 COMMANDS = [
     "completion", "config", "console", "destroy", "doctor", "fault", "image", "inspect", "kill",
-    "logs", "network", "pause", "ps", "pull", "restart", "snapshot", "ssh", "stop", "unpause",
-    "up", "watch",
+    "logs", "network", "pause", "ps", "pull", "restart", "resume", "snapshot", "ssh", "stop",
+    "suspend", "unpause", "up", "watch",
 ]  # fmt: skip
 FAULTS = ["fault link", "fault net", "fault disk", "fault partition", "fault heal", "fault panic",
           "fault ls", "fault clear"]  # fmt: skip

@@ -7,7 +7,6 @@ frees the space. Skipped without QEMU."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -177,4 +176,36 @@ vms:
         ("s1", ["a", "b"], False),
         ("s1", ["b"], True),
     ]
-    assert os.path.exists(project / ".qemu-compose" / "a")
+
+    # suspended: QEMU ends, the state is kept; `up` resumes a, `resume` b, where they were
+    def states_now() -> dict[str, str]:
+        return {r["name"]: r["state"] for r in json.loads(ok("ps", "-a", "--format", "json"))}
+
+    ok("suspend", "--progress", "quiet")
+    assert states_now() == {"a": "suspended", "b": "suspended"}
+    assert (project / ".qemu-compose" / "a" / "suspended.state").stat().st_size > 1 << 20
+    assert run("ssh", "a", "true", timeout=30).returncode != 0
+    assert run("resume", "zz").returncode == 2
+    ok("up", "-d", "a", "--no-deps", "--progress", "quiet")
+    assert sh("a", f"kill -0 {pid} && echo alive") == "alive"
+    assert not (project / ".qemu-compose" / "a" / "suspended.state").exists()
+    assert states_now() == {"a": "running", "b": "suspended"}
+    assert run("resume", "a").returncode == 2  # not suspended
+    ok("resume", "--progress", "quiet")
+    assert sh("b", "cat /root/note") == "one"
+    for vm in ("a", "b"):
+        console = (project / ".qemu-compose" / vm / "console.log").read_text(errors="replace")
+        assert console.count("tiny-init: ssh ready") == 1, vm
+    # a stop discards the suspended state: the VM boots next time
+    ok("suspend", "b", "--progress", "quiet")
+    ok("stop", "b", "--progress", "quiet")
+    assert not (project / ".qemu-compose" / "b" / "suspended.json").exists()
+    assert states_now()["b"] == "exited"
+    log = [
+        json.loads(line)
+        for line in ok("watch", "--since", "all", "--no-follow", "--json").splitlines()
+    ]
+    assert [r["vm"] for r in log if r["event"] == "SUSPEND" and r["data"]["status"] == "done"] in (
+        ["a", "b", "b"],
+        ["b", "a", "b"],
+    )

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .manage import SnapshotRow, remove, rows
     from .restore import RestoreResult, restore
     from .save import save
+    from .suspend import resume, suspend
 
 _EXPORTS = {
     "SnapshotError": ".common",
@@ -25,7 +26,19 @@ _EXPORTS = {
     "RestoreResult": ".restore",
     "restore": ".restore",
     "save": ".save",
+    "resume": ".suspend",
+    "suspend": ".suspend",
 }
-__all__ = ["RestoreResult", "SnapshotError", "SnapshotRow", "remove", "restore", "rows", "save"]
+__all__ = [
+    "RestoreResult",
+    "SnapshotError",
+    "SnapshotRow",
+    "remove",
+    "restore",
+    "resume",
+    "rows",
+    "save",
+    "suspend",
+]
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -94,7 +94,7 @@ async def save(
             )
         captures = _chosen(session, vms, memory)
         if memory:
-            _check_room(session, store, [c.inst for c in captures])
+            check_room(session, store.directory, [c.inst for c in captures])
         async with contextlib.AsyncExitStack() as stack:
             for c in captures:
                 if c.running:
@@ -164,15 +164,15 @@ def _chosen(session: Session, vms: Sequence[str], memory: bool) -> list[_Capture
     return captures
 
 
-def _check_room(session: Session, store: Snapshots, insts: list[Instance]) -> None:
-    """Refuse, before anything stands still, a save that may not fit: a state takes up to
-    the VM's RAM (less: pages never written are not in it)."""
+def check_room(session: Session, where: Path, insts: list[Instance]) -> None:
+    """Refuse, before anything stands still, saving memory that may not fit: a state takes
+    up to the VM's RAM (less: pages never written are not in it)."""
     needed = sum(i.vm.memory << 20 for i in insts) + MARGIN
-    place = store.directory if store.directory.exists() else session.paths.state_dir
+    place = where if where.exists() else session.paths.state_dir
     if shutil.disk_usage(place).free < needed:
         raise SnapshotError(
             f"not enough room for the memory of {len(insts)} VM(s): up to "
-            f"{needed >> 20} MiB, {free_space(place)} (--no-memory keeps the disks only)"
+            f"{needed >> 20} MiB, {free_space(place)} (a snapshot --no-memory keeps disks only)"
         )
 
 
