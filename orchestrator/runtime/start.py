@@ -113,7 +113,8 @@ async def _run_vm(
     unit = session.vm_unit(inst.name)
     try:
         with vm_failures(inst.name, unit, lambda: run.reached.get(inst.name, Stage.PLAN)):
-            await wait_for_dependencies(session, run.conditions, inst)
+            if inst.name not in run.options.incoming:  # those resume together, at the saved
+                await wait_for_dependencies(session, run.conditions, inst)  # instant: all up
             resumed = run.resumed.get(inst.name)
             if isinstance(resumed, QemuComposeError):
                 raise resumed

@@ -44,6 +44,7 @@ from .common import (
     log_project_event,
     qemu_version,
 )
+from .loading import discard_suspended
 from .manage import _known
 
 CLOCK_TIMEOUT = 60.0
@@ -86,7 +87,7 @@ async def restore(
             for vm in running:
                 nursery.start_soon(stop_one, session, vm, 0.0)
         for vm in names:
-            session.paths.vm(vm).suspended.unlink(missing_ok=True)  # the snapshot wins
+            discard_suspended(session.paths.vm(vm))  # the snapshot wins
         await _put_disks_back(session, record, names)
         incoming = (
             {vm: str(store.path(name) / (record.vms[vm].state or "")) for vm in names}

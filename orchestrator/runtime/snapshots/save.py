@@ -95,6 +95,9 @@ async def save(
         captures = _chosen(session, vms, memory)
         if memory:
             check_room(session, store.directory, [c.inst for c in captures])
+        # the one --force replaces, or what an interrupted save left; before the sessions
+        # below are opened: deleting a running disk's tag takes its VM's control monitor
+        await _forget(session, store, name)
         async with contextlib.AsyncExitStack() as stack:
             for c in captures:
                 if c.running:
@@ -103,7 +106,6 @@ async def save(
                         qmp.open_session(socket, timeout=QMP_ANSWER, name=c.inst.name)
                     )
             version = await _check_statuses(captures)
-            await _forget(session, store, name)  # the one --force replaces, or an interrupted one
             directory = store.begin(name, {c.inst.name: c.disks for c in captures})
             frozen_at, frozen_for = await _freeze_capture_thaw(session, captures, directory, memory)
         failed = [c for c in captures if c.failure]
