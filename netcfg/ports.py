@@ -29,9 +29,14 @@ class Forward(msgspec.Struct, frozen=True):
 
 
 def port_is_free(port: int, host: str = "127.0.0.1", protocol: str = "tcp") -> bool:
-    """True if ``port`` can be bound on ``host`` now."""
+    """True if ``port`` can be bound on ``host`` now, as QEMU binds it: with SO_REUSEADDR
+    (libslirp's listeners set it), so that a port whose last connections linger in
+    TIME_WAIT (a VM just stopped, its SSH port) is free; one that something listens on is
+    not."""
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as sock:
+        if protocol == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:

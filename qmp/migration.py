@@ -9,6 +9,7 @@ is ``paused`` at the saved instant, for ``cont``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -19,6 +20,9 @@ from .errors import QmpError
 from .session import QmpSession
 
 POLL = 0.02
+CANCEL_TIMEOUT = 10.0
+FD_NAME = "qemu-compose-state"
+_ENDED = ("completed", "failed", "cancelled", "none")
 UNLIMITED = 1 << 40  # bytes a second: QEMU's default limit (32 MiB/s) is for live migration
 
 
@@ -34,19 +38,41 @@ class Migration(msgspec.Struct, frozen=True):
 
 async def save_state(session: QmpSession, fd: int, *, timeout: float = 600.0) -> Migration:
     """Write the (stopped) VM's state to ``fd``; a MigrationError when QEMU refuses (a device
-    that blocks migration, say) or fails (the file's disk is full)."""
+    that blocks migration, say) or fails (the file's disk is full). Whatever ends it early
+    (an error, a cancellation) cancels the migration in QEMU too: it would go on with its
+    own copy of the file, and leave the VM ``postmigrate`` once done."""
     started = time.monotonic()
     await session.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
-    await session.send_fd("qemu-compose-state", fd)
-    await session.execute("migrate", {"uri": "fd:qemu-compose-state"})
-    return await _until_done(session, started, timeout)
+    await session.send_fd(FD_NAME, fd)
+    try:
+        await session.execute("migrate", {"uri": f"fd:{FD_NAME}"})
+    except QmpError:
+        with contextlib.suppress(QmpError):  # refused: QEMU keeps the fd until told
+            await session.execute("closefd", {"fdname": FD_NAME})
+        raise
+    try:
+        return await _until_done(session, started, timeout)
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_TIMEOUT):
+            await _cancel(session)
+        raise
+
+
+async def _cancel(session: QmpSession) -> None:
+    """Cancel a migration under way and wait until QEMU says it ended."""
+    with contextlib.suppress(QmpError):
+        await session.execute("migrate_cancel")
+        while True:  # (QEMU tells it by polling or by MIGRATION events; polling is simpler)
+            if (await session.execute("query-migrate")).get("status") in _ENDED:
+                return
+            await trio.sleep(POLL)
 
 
 async def load_state(session: QmpSession, fd: int, *, timeout: float = 600.0) -> Migration:
     """Read the state from ``fd`` into a QEMU waiting for it (``-incoming defer``)."""
     started = time.monotonic()
-    await session.send_fd("qemu-compose-state", fd)
-    await session.execute("migrate-incoming", {"uri": "fd:qemu-compose-state"})
+    await session.send_fd(FD_NAME, fd)
+    await session.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
     return await _until_done(session, started, timeout)
 
 
@@ -62,5 +88,4 @@ async def _until_done(session: QmpSession, started: float, timeout: float) -> Mi
             if status in ("failed", "cancelled"):
                 raise MigrationError(info.get("error-desc") or f"the migration {status}")
             await trio.sleep(POLL)
-    await session.execute("migrate_cancel")
     raise MigrationError(f"not done within {timeout:g} s (last: {info.get('status', '?')})")

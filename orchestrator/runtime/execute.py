@@ -8,6 +8,7 @@ up. Its dry run observes and plans without the lock and changes nothing.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, replace
 
 import trio
@@ -26,6 +27,7 @@ from .ports import claim_ports
 from .prepare import prepare_images, prepare_networks, prepare_volumes
 from .readiness import Conditions, HealthBoard
 from .session import Session, open_session
+from .snapshots.common import qemu_version
 from .snapshots.loading import suspended_state
 from .start import Rendezvous, Resumed, UpRun, run_vm
 from .supervision import ensure_supervisor
@@ -100,20 +102,28 @@ async def _plan(session: Session, options: PlanOptions) -> UpPlan:
     )
 
 
-def _resumed(session: Session, todo: list[Action], options: UpOptions) -> dict[str, Resumed]:
+async def _resumed(session: Session, todo: list[Action], options: UpOptions) -> dict[str, Resumed]:
     """The suspended VMs that start: from their states (or why their state no longer fits,
     for each to fail on)."""
+    starting = [
+        a.vm
+        for a in todo
+        if a.kind is ActionKind.START
+        and a.vm not in options.incoming
+        and session.paths.vm(a.vm).is_suspended
+    ]
+    if not starting:
+        return {}
+    qemu = await qemu_version(shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
     found: dict[str, Resumed] = {}
-    for action in todo:
-        if action.kind is not ActionKind.START or action.vm in options.incoming:
-            continue
+    for vm in starting:
         try:
-            state = suspended_state(session, action.vm)
+            state = suspended_state(session, vm, qemu)
         except QemuComposeError as err:
-            found[action.vm] = err
+            found[vm] = err
             continue
         if state is not None:
-            found[action.vm] = state
+            found[vm] = state
     return found
 
 
@@ -139,7 +149,7 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
     await ensure_supervisor(session, set(state.vms) | {a.vm for a in todo})
     run.conditions = {a.vm: Conditions() for a in todo}
     run.loaded = Rendezvous({a.vm for a in todo if a.vm in options.incoming})
-    run.resumed = _resumed(session, todo, options)
+    run.resumed = await _resumed(session, todo, options)
     if up_plan.ports:  # a thread: the registry is locked and fsynced; ports are tried by binding
         run.ports = await trio.to_thread.run_sync(claim_ports, project.name, up_plan.ports)
     awaited = [

@@ -90,7 +90,7 @@ async def vm_rows(session: Session, names: Sequence[str]) -> list[VmRow]:
         created = saved is not None or paths.disk.exists()
         state = _STATES.get(unit) if unit is not None else None
         state = state or ("exited" if created else "not-created")
-        if state in ("exited", "failed") and paths.suspended_record.exists():
+        if state in ("exited", "failed") and paths.is_suspended:
             state = "suspended"  # its QEMU ended, its state saved: `resume` (or `up`)
         run = read_run(paths)
         since, restarts, health = 0, 0, None

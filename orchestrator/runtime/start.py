@@ -118,25 +118,37 @@ async def _run_vm(
             resumed = run.resumed.get(inst.name)
             if isinstance(resumed, QemuComposeError):
                 raise resumed
+            state = run.options.incoming.get(inst.name)  # a snapshot's: loaded with others
             async with limiter:
                 if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
                     _record_kept(session, inst.name, action)
-                    report(inst.name, Stage.UNIT, Status.DONE, "already running")
-                    await resume_if_paused(session, inst.name)  # up makes it run
+                    if discard_suspended(session.paths.vm(inst.name)):  # a suspend cut short:
+                        report(inst.name, Stage.SUSPEND, Status.SKIPPED, "it runs on")  # stale
+                    if await resume_if_paused(session, inst.name):  # up makes it run
+                        report(inst.name, Stage.UNIT, Status.DONE, "already running")
+                    else:
+                        why = "its QEMU waited for a saved state (a restore cut short)"
+                        report(inst.name, Stage.UNIT, Status.WORKING, f"{why}: started anew")
+                        await stop_one(session, inst.name, 0.0)
+                        await start_vm(run, inst, action)
+                        await wait_running(session, inst)
                 else:
                     await start_vm(run, inst, action)
-                    state = run.options.incoming.get(inst.name)
-                    if state is not None and run.loaded is not None:
+                    if state is not None:
                         await load_saved_state(session, inst.name, Path(state))
-                        await run.loaded.arrive(inst.name)  # they resume together
-                    elif isinstance(resumed, Path):
-                        await load_saved_state(session, inst.name, resumed)
-                        discard_suspended(session.paths.vm(inst.name))  # it runs on from it
-                    if state is not None and run.options.paused:
-                        me.started.set()
-                        report(inst.name, Stage.READY, Status.DONE, "paused, as asked")
-                        return
-                    await wait_running(session, inst)
+                    else:
+                        if isinstance(resumed, Path):
+                            await load_saved_state(session, inst.name, resumed)
+                            discard_suspended(session.paths.vm(inst.name))  # it runs on
+                        await wait_running(session, inst)
+            if state is not None and action.kind is not ActionKind.KEEP:
+                if run.loaded is not None:  # (not holding a token: all have to get here)
+                    await run.loaded.arrive(inst.name)  # they resume together
+                if run.options.paused:
+                    me.started.set()
+                    report(inst.name, Stage.READY, Status.DONE, "paused, as asked")
+                    return
+                await wait_running(session, inst)
             me.started.set()
             if run.board is not None and (run.options.wait or inst.name in run.awaited_health):
                 await wait_healthy(session, run.board, inst, run.options.ready_timeout)

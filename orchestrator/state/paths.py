@@ -99,6 +99,11 @@ class VmPaths(msgspec.Struct, frozen=True):
         return self.directory / "suspended.json"
 
     @property
+    def is_suspended(self) -> bool:
+        """Suspended: its state and the record written after it are there."""
+        return self.suspended_record.is_file() and self.suspended.is_file()
+
+    @property
     def console_socket(self) -> Path:
         return self.sockets / "console.sock"
 

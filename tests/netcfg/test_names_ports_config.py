@@ -178,3 +178,21 @@ def test_registry_claims_are_shared_and_persisted(tmp_path: Path) -> None:
     with registry.claims() as claims:
         assert claims == Claims(subnets={"two/lan": "172.16.1.0/24"}, ports={})
     assert (tmp_path / "claims.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_port_whose_connection_lingers_in_time_wait_is_free_as_qemu_sees_it() -> None:
+    """A VM just stopped: its SSH port's last connection, closed by the guest's side first,
+    lingers in TIME_WAIT on the port; QEMU (SO_REUSEADDR) can listen on it again."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libslirp's listeners
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the listener's side closes first: TIME_WAIT is on its port
+        client.recv(1)
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+        plain.bind(("127.0.0.1", port))  # without SO_REUSEADDR
+    assert port_is_free(port)

@@ -6,6 +6,7 @@ off when the button is pressed."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,3 +91,22 @@ async def test_a_state_that_cannot_be_written_fails_and_the_vm_runs_on(
             await session.execute("system_powerdown")
             with trio.fail_after(30):
                 assert isinstance(await events.__anext__(), Shutdown)
+
+
+async def test_a_save_cut_short_is_cancelled_in_qemu_too(make_vm: MakeVm) -> None:
+    """Cancelled while QEMU writes (nobody reads the other end of its socket): QEMU's own
+    migration is cancelled, not left to finish and leave the VM ``postmigrate``."""
+    vm = make_vm(name="a", boot_sector=True)
+    ours, theirs = socket.socketpair()
+    async with open_session(vm.control_socket) as session:
+        await session.execute("cont")
+        await _until_ready(vm)
+        await session.execute("stop")
+        with trio.move_on_after(0.5):
+            await save_state(session, theirs.fileno())
+        theirs.close()
+        assert (await session.execute("query-migrate"))["status"] == "cancelled"
+        await session.execute("cont")
+        await trio.sleep(0.5)
+        assert (await session.query_status()).status == "running"
+    ours.close()

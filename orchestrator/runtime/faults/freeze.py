@@ -142,6 +142,8 @@ async def _freeze(session: Session, name: str, *, paused: bool, named: bool) -> 
     try:
         async with qmp.open_session(socket, timeout=QMP_ANSWER, name=name) as control:
             status = (await control.query_status()).status
+            if status == "postmigrate" and not paused:  # a save cut short left it so
+                status = other
             if status == other:
                 await control.execute("stop" if paused else "cont")
                 session.report(name, stage, Status.DONE, wanted)
@@ -161,17 +163,21 @@ async def _freeze(session: Session, name: str, *, paused: bool, named: bool) -> 
     raise _Failed(why)
 
 
-async def resume_if_paused(session: Session, name: str) -> None:
-    """For `up`: a VM the supervisor last saw paused runs again (QMP cont). Reads only the
-    supervisor's run record for the others: a no-op `up` asks QEMU nothing."""
+async def resume_if_paused(session: Session, name: str) -> bool:
+    """For `up`: a VM the supervisor last saw paused runs again (QMP cont), also one a save
+    cut short left ``postmigrate``. Reads only the supervisor's run record for the others: a
+    no-op `up` asks QEMU nothing. False when its QEMU waits for a saved state that nobody
+    gives it (a restore cut short: ``inmigrate``): it needs a new start."""
     run = read_run(session.paths.vm(name))
-    if run is None or run.guest != "paused":
-        return
+    if run is None or run.guest not in ("paused", "inmigrate"):
+        return True
     socket = str(session.paths.vm(name).qmp_control_socket)
     async with qmp.open_session(socket, timeout=QMP_ANSWER, name=name) as control:
-        if (await control.query_status()).status == "paused":
+        status = (await control.query_status()).status
+        if status in ("paused", "postmigrate"):
             await control.execute("cont")
-            session.report(name, Stage.UNPAUSE, Status.DONE, "running (it was paused)")
+            session.report(name, Stage.UNPAUSE, Status.DONE, f"running (it was {status})")
+        return status != "inmigrate"
 
 
 async def kill(

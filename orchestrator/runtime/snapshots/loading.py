@@ -34,9 +34,10 @@ async def load_saved_state(session: Session, name: str, state: Path) -> None:
     session.report(name, Stage.RESTORE, Status.DONE, f"state loaded in {loaded.seconds:.2f} s")
 
 
-def suspended_state(session: Session, name: str) -> Path | None:
+def suspended_state(session: Session, name: str, qemu: str) -> Path | None:
     """The state a suspended VM resumes from (None: it is not suspended); a SnapshotError
-    when it can no longer be loaded (its hardware, QEMU or accelerator changed since)."""
+    when it can no longer be loaded: its hardware, accelerator or QEMU (``qemu``: the
+    version that would load it) changed since."""
     paths = session.paths.vm(name)
     record = read_struct(paths.suspended_record, SuspendRecord)
     if record is None or not paths.suspended.is_file():
@@ -48,6 +49,8 @@ def suspended_state(session: Session, name: str) -> Path | None:
     accel = choose_accel(inst.vm.accel, read_host_facts(), inst.vm.cpu_model).name
     if accel != record.accel:
         problems.append(f"suspended on {record.accel}, would run on {accel}")
+    if qemu != record.qemu:
+        problems.append(f"suspended by QEMU {record.qemu}, this is {qemu}")
     if problems:
         raise SnapshotError(
             f"{name} is suspended, and its state no longer fits ({', '.join(problems)}): "

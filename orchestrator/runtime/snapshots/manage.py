@@ -7,7 +7,7 @@ qemu-img otherwise (which takes the lock: a disk some QEMU has open is refused, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -87,10 +87,16 @@ def _known(store: Snapshots) -> str:
 
 
 async def undo_disks(
-    session: Session, disks: Iterable[tuple[str, SnapshotDisk]], name: str, *, strict: bool
+    session: Session,
+    disks: Iterable[tuple[str, SnapshotDisk]],
+    name: str,
+    *,
+    strict: bool,
+    held: Mapping[str, qmp.QmpSession] | None = None,
 ) -> None:
     """Delete snapshot ``name``'s tag from each (VM, disk); a tag already gone is fine.
-    ``strict``: a tag that could not be deleted is a SnapshotError (the snapshot is kept)."""
+    ``strict``: a tag that could not be deleted is a SnapshotError (the snapshot is kept).
+    ``held``: the control sessions the caller holds (a monitor takes one client at once)."""
     tag = disk_tag(name)
     states = session.units.vm_states()
     failed: list[str] = []
@@ -103,7 +109,11 @@ async def undo_disks(
         try:
             if not path.exists() or tag not in await internal_snapshots(path):
                 continue
-            if states.get(vm) in RUNNING_STATES:
+            if held and vm in held:
+                arguments = {"device": disk.node, "name": tag}
+                command = "blockdev-snapshot-delete-internal-sync"
+                await held[vm].execute(command, arguments, timeout=60)
+            elif states.get(vm) in RUNNING_STATES:
                 await _delete_live(session, vm, disk, tag)
             else:
                 await snapshot_offline(path, "delete", tag)

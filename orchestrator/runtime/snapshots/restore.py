@@ -24,7 +24,7 @@ import trio
 from orchestrator.config.project import Project
 from orchestrator.errors import UsageError
 from orchestrator.guest.accel import choose_accel, read_host_facts
-from orchestrator.guest.disks import snapshot_offline
+from orchestrator.guest.disks import DiskError, snapshot_offline
 from orchestrator.guest.probe import GuestShell
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.snapshots import SnapshotRecord, Snapshots, check_name, disk_tag
@@ -33,6 +33,7 @@ from ..access import ssh_target
 from ..execute import UpResult, up_in
 from ..faults import clear_faults
 from ..options import Connection, PlanOptions, UpOptions
+from ..query import RUNNING_STATES
 from ..session import Session, open_session
 from ..teardown import stop_one
 from .common import (
@@ -79,6 +80,10 @@ async def restore(
             if store.path(name).exists():
                 raise UsageError(f"snapshot {name} is incomplete (its save was interrupted)")
             raise UsageError(f"no snapshot {name}{_known(store)}")
+        if paused and not record.memory:
+            raise UsageError(
+                f"snapshot {name} has no memory: its VMs boot, they cannot stay paused"
+            )
         names = await _check(session, store, record, vms)
         states = session.units.vm_states()
         running = [n for n in names if n in states]
@@ -156,6 +161,7 @@ async def _check(
             )
         if record.memory and not (store.path(record.name) / (kept.state or "-")).is_file():
             problems.append(f"{vm}: its saved state is missing")
+    problems += _shared_disks(session, record, names)
     if record.memory:
         import shutil
 
@@ -168,19 +174,47 @@ async def _check(
     return names
 
 
+def _shared_disks(session: Session, record: SnapshotRecord, names: list[str]) -> list[str]:
+    """A disk to put back that a running VM outside the restore has open (a volume it
+    mounts read-only, say): qemu-img could not take it, after the VMs were stopped."""
+    restoring = {d.path for vm in names for d in record.vms[vm].disks}
+    states = session.units.vm_states()
+    found = []
+    for inst in instance_map(session).values():
+        if inst.name in names or states.get(inst.name) not in RUNNING_STATES:
+            continue
+        for mount in inst.vm.volumes:
+            if mount.type == "volume" and str(session.paths.volume(mount.source)) in restoring:
+                found.append(f"volume {mount.source} is in use by {inst.name}, which runs")
+    return found
+
+
 async def _put_disks_back(session: Session, record: SnapshotRecord, names: list[str]) -> None:
+    """Each disk back at the snapshot's point in time (qemu-img, offline); one that fails
+    does not stop the others (each apply is whole or not done), and the failures are told
+    together: the VMs are stopped, and the same restore again finishes it."""
     tag = disk_tag(record.name)
     seen: set[str] = set()
+    failed: list[str] = []
 
     async def one(vm: str, path: Path) -> None:
-        await snapshot_offline(path, "apply", tag)
+        try:
+            await snapshot_offline(path, "apply", tag)
+        except DiskError as err:
+            failed.append(f"{vm}: {err}")
 
-    async with trio.open_nursery() as nursery:
-        for vm in names:
-            for disk in record.vms[vm].disks:
-                if disk.path not in seen:
-                    seen.add(disk.path)
-                    nursery.start_soon(one, vm, Path(disk.path))
+    with trio.CancelScope(shield=True):  # a qemu-img is never cut off halfway
+        async with trio.open_nursery() as nursery:
+            for vm in names:
+                for disk in record.vms[vm].disks:
+                    if disk.path not in seen:
+                        seen.add(disk.path)
+                        nursery.start_soon(one, vm, Path(disk.path))
+    if failed:
+        raise SnapshotError(
+            f"snapshot {record.name}: disks not put back ({'; '.join(failed)}); the VMs are "
+            "stopped: restore it again, or `up` to run them as they are"
+        )
     for vm in names:
         if record.vms[vm].disks:
             count = len(record.vms[vm].disks)
@@ -196,7 +230,9 @@ async def sync_clocks(session: Session, names: Sequence[str]) -> list[str]:
 
     async def one(vm: str) -> None:
         inst = by_name.get(vm)
-        target = ssh_target(session.project, inst, session.state) if inst else None
+        if inst is None or not inst.vm.has_os:  # no guest to log in to
+            return
+        target = ssh_target(session.project, inst, session.state)
         if target is None:
             return
         shell = GuestShell(target)

@@ -20,7 +20,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,9 +95,6 @@ async def save(
         captures = _chosen(session, vms, memory)
         if memory:
             check_room(session, store.directory, [c.inst for c in captures])
-        # the one --force replaces, or what an interrupted save left; before the sessions
-        # below are opened: deleting a running disk's tag takes its VM's control monitor
-        await _forget(session, store, name)
         async with contextlib.AsyncExitStack() as stack:
             for c in captures:
                 if c.running:
@@ -106,11 +103,14 @@ async def save(
                         qmp.open_session(socket, timeout=QMP_ANSWER, name=c.inst.name)
                     )
             version = await _check_statuses(captures)
+            held = {c.inst.name: c.control for c in captures if c.control is not None}
+            await _forget(session, store, name, captures, held)
             directory = store.begin(name, {c.inst.name: c.disks for c in captures})
             frozen_at, frozen_for = await _freeze_capture_thaw(session, captures, directory, memory)
-        failed = [c for c in captures if c.failure]
+            failed = [c for c in captures if c.failure]
+            if failed:  # (with the sessions still held: a running disk's tag is deleted there)
+                await _undo(session, store, name, captures, held)
         if failed:
-            await _undo(session, store, name, captures)
             why = "; ".join(f"{c.inst.name}: {c.failure}" for c in failed)
             raise SnapshotError(f"snapshot {name} not saved ({why}); nothing of it is kept")
         record = _finish(session, store, name, captures, memory, version, frozen_at, frozen_for)
@@ -195,14 +195,23 @@ async def _check_statuses(captures: list[_Capture]) -> str:
     return version
 
 
-async def _forget(session: Session, store: Snapshots, name: str) -> None:
-    """What an earlier snapshot of this name left: its disks' tags and files."""
+async def _forget(
+    session: Session,
+    store: Snapshots,
+    name: str,
+    captures: list[_Capture],
+    held: Mapping[str, qmp.QmpSession],
+) -> None:
+    """What an earlier snapshot of this name left: the one --force replaces, what an
+    interrupted save made, and a tag of this name in a disk about to be captured that no
+    snapshot refers to (a volume keeps its tags when `destroy` removes the snapshots); its
+    tags and files. QEMU would refuse a second tag of a name; qemu-img would make one."""
     old = store.record(name)
     leftover = store.saving(name)
     disks = [(vm, d) for vm, kept in old.vms.items() for d in kept.disks] if old else []
     disks += [(vm, d) for vm, kept in leftover.vms.items() for d in kept] if leftover else []
-    if disks:
-        await undo_disks(session, disks, name, strict=True)
+    disks += [(c.inst.name, d) for c in captures for d in c.disks]
+    await undo_disks(session, disks, name, strict=True, held=held)
     if old is not None or leftover is not None or store.path(name).exists():
         store.remove(name)
 
@@ -213,6 +222,7 @@ async def _freeze_capture_thaw(
     """Stop every running VM, capture each, resume those that ran; when they stood still
     (host clock) and for how long."""
     running = [c for c in captures if c.control is not None and c.was == "running"]
+    paused = [c for c in captures if c.control is not None and c.was == "paused"]
     try:
         async with trio.open_nursery() as nursery:
             for c in running:
@@ -229,6 +239,8 @@ async def _freeze_capture_thaw(
             async with trio.open_nursery() as nursery:
                 for c in running:
                     nursery.start_soon(_cont, c)
+                for c in paused if memory else ():
+                    nursery.start_soon(_repause, c)
     return frozen_at, time.monotonic() - t0
 
 
@@ -244,6 +256,17 @@ async def _cont(c: _Capture) -> None:
     assert c.control is not None
     with contextlib.suppress(qmp.QmpError):  # it ended meanwhile: nothing to resume
         await c.control.execute("cont", timeout=QMP_ANSWER)
+
+
+async def _repause(c: _Capture) -> None:
+    """A VM paused before its memory was saved: QEMU left it ``postmigrate``, its disks
+    given up (as for a migration's destination); ``cont`` takes them back (the guest runs
+    for the moment until ``stop``), and it is paused again, as `pause` left it."""
+    assert c.control is not None
+    with contextlib.suppress(qmp.QmpError):
+        if (await c.control.query_status()).status == "postmigrate":
+            await c.control.execute("cont", timeout=QMP_ANSWER)
+            await c.control.execute("stop", timeout=QMP_ANSWER)
 
 
 async def _capture(session: Session, c: _Capture, directory: Path, memory: bool) -> None:
@@ -295,10 +318,18 @@ def _explained(said: str) -> str:
     return said
 
 
-async def _undo(session: Session, store: Snapshots, name: str, captures: list[_Capture]) -> None:
+async def _undo(
+    session: Session,
+    store: Snapshots,
+    name: str,
+    captures: list[_Capture],
+    held: Mapping[str, qmp.QmpSession],
+) -> None:
+    """Nothing of a failed save is kept: every captured disk's tag (also one QEMU made as
+    its answer timed out: tags of this name were none before), its files."""
     with trio.CancelScope(shield=True):
-        made = [(c.inst.name, d) for c in captures for d in c.made]
-        await undo_disks(session, made, name, strict=False)
+        disks = [(c.inst.name, d) for c in captures for d in c.disks]
+        await undo_disks(session, disks, name, strict=False, held=held)
         store.remove(name)
 
 

@@ -11,6 +11,7 @@ accelerator changed) makes `up` fail for that VM, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import trio
 
 import qmp
 from orchestrator.config.project import Project
-from orchestrator.errors import UsageError
+from orchestrator.errors import QemuComposeError, UsageError
 from orchestrator.guest.accel import choose_accel, read_host_facts
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import atomic_write
@@ -35,6 +36,7 @@ from ..session import Session, open_session
 from ..supervision import stop_supervisor
 from ..teardown import stop_one
 from .common import SnapshotError, current_shape, instance_map, version_of
+from .loading import discard_suspended
 from .restore import sync_clocks
 from .save import check_room
 
@@ -59,7 +61,7 @@ async def suspend(
         async def one(name: str) -> None:
             try:
                 record = await _save(session, name)
-            except (qmp.QmpError, OSError) as err:
+            except (qmp.QmpError, OSError, QemuComposeError) as err:
                 failed[name] = str(err)
                 session.report(name, Stage.SUSPEND, Status.FAILED, f"{err}; it runs on")
                 return
@@ -79,8 +81,9 @@ async def suspend(
 
 
 async def _save(session: Session, name: str) -> SuspendRecord:
-    """The VM's state to its instance directory, whole; the VM stands still after it (its
-    QEMU is to end). A failure leaves it running as it was, and no state."""
+    """The VM's state to its instance directory, whole, and its record; the VM stands still
+    after it (its QEMU is to end). A failure leaves it as it was (running, or paused), with
+    no state: QEMU takes its disks back (``cont``) from where a finished migration left it."""
     paths = session.paths.vm(name)
     socket = str(paths.qmp_control_socket)
     inst = instance_map(session)[name]
@@ -91,29 +94,33 @@ async def _save(session: Session, name: str) -> SuspendRecord:
             raise qmp.QmpError(f"its guest is {was} (between two runs)")
         version = version_of(await control.execute("query-version"))
         await control.execute("stop")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            await qmp.save_state(control, fd)
-            await trio.to_thread.run_sync(os.fsync, fd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                await qmp.save_state(control, fd)
+                await trio.to_thread.run_sync(os.fsync, fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, paths.suspended)
+            saved = session.state.vms.get(name)
+            record = SuspendRecord(
+                suspended_at=time.time(),
+                qemu=version,
+                shape=dict(saved.shape) if saved and saved.shape else current_shape(session, inst),
+                accel=choose_accel(inst.vm.accel, read_host_facts(), inst.vm.cpu_model).name,
+                state_bytes=paths.suspended.stat().st_size,
+                was=was,
+            )
+            atomic_write(paths.suspended_record, msgspec.json.encode(record))
         except BaseException:
-            tmp.unlink(missing_ok=True)
             with trio.CancelScope(shield=True):
-                if was == "running":
-                    await control.execute("cont", timeout=QMP_ANSWER)
+                discard_suspended(paths)
+                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(qmp.QmpError):
+                    await control.execute("cont", timeout=QMP_ANSWER)  # its disks back
+                    if was == "paused":
+                        await control.execute("stop", timeout=QMP_ANSWER)
             raise
-        finally:
-            os.close(fd)
-    os.replace(tmp, paths.suspended)
-    saved = session.state.vms.get(name)
-    record = SuspendRecord(
-        suspended_at=time.time(),
-        qemu=version,
-        shape=dict(saved.shape) if saved and saved.shape else current_shape(session, inst),
-        accel=choose_accel(inst.vm.accel, read_host_facts(), inst.vm.cpu_model).name,
-        state_bytes=paths.suspended.stat().st_size,
-        was=was,
-    )
-    atomic_write(paths.suspended_record, msgspec.json.encode(record))
     return record
 
 
@@ -128,7 +135,7 @@ async def resume(
 ) -> UpResult:
     """Start suspended VMs (those named, none: every one) from their states."""
     async with open_session(project, connection, report) as session:
-        suspended = [n for n in session.names(()) if _is_suspended(session, n)]
+        suspended = [n for n in session.names(()) if session.paths.vm(n).is_suspended]
         names = session.names(vms) if vms else suspended
         idle = [n for n in names if n not in suspended]
         if idle and vms:
@@ -141,8 +148,3 @@ async def resume(
         result = await up_in(session, options)
         await sync_clocks(session, [n for n in result.ready if n in names])
         return result
-
-
-def _is_suspended(session: Session, name: str) -> bool:
-    paths = session.paths.vm(name)
-    return paths.suspended_record.exists() and paths.suspended.exists()
