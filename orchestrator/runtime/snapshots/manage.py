@@ -72,12 +72,21 @@ async def remove(
         return list(names)
 
 
-async def remove_one(session: Session, store: Snapshots, name: str) -> None:
+async def remove_one(
+    session: Session,
+    store: Snapshots,
+    name: str,
+    *,
+    also: Iterable[tuple[str, SnapshotDisk]] = (),
+    held: Mapping[str, qmp.QmpSession] | None = None,
+) -> None:
+    """A snapshot's disks' tags (those of its record, of an interrupted save of it, and any
+    of ``also``), then its files; a tag that cannot be deleted keeps it (SnapshotError)."""
     record = store.record(name)
     saving = store.saving(name)
     disks = [(vm, d) for vm, kept in record.vms.items() for d in kept.disks] if record else []
     disks += [(vm, d) for vm, kept in saving.vms.items() for d in kept] if saving else []
-    await undo_disks(session, disks, name, strict=True)
+    await undo_disks(session, [*disks, *also], name, strict=True, held=held)
     store.remove(name)
 
 

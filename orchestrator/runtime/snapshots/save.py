@@ -54,7 +54,7 @@ from .common import (
     version_of,
     writable_disks,
 )
-from .manage import undo_disks
+from .manage import remove_one, undo_disks
 
 MARGIN = 64 << 20  # bytes kept free beside the states
 
@@ -204,16 +204,10 @@ async def _forget(
 ) -> None:
     """What an earlier snapshot of this name left: the one --force replaces, what an
     interrupted save made, and a tag of this name in a disk about to be captured that no
-    snapshot refers to (a volume keeps its tags when `destroy` removes the snapshots); its
-    tags and files. QEMU would refuse a second tag of a name; qemu-img would make one."""
-    old = store.record(name)
-    leftover = store.saving(name)
-    disks = [(vm, d) for vm, kept in old.vms.items() for d in kept.disks] if old else []
-    disks += [(vm, d) for vm, kept in leftover.vms.items() for d in kept] if leftover else []
-    disks += [(c.inst.name, d) for c in captures for d in c.disks]
-    await undo_disks(session, disks, name, strict=True, held=held)
-    if old is not None or leftover is not None or store.path(name).exists():
-        store.remove(name)
+    snapshot refers to (a volume keeps its tags when `destroy` removes the snapshots). QEMU
+    would refuse a second tag of a name; qemu-img would make one."""
+    also = [(c.inst.name, d) for c in captures for d in c.disks]
+    await remove_one(session, store, name, also=also, held=held)
 
 
 async def _freeze_capture_thaw(
