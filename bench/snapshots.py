@@ -41,7 +41,7 @@ def tiny_project(directory: Path, name: str, n: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     lines = [f"name: {name}", "x-tiny: &tiny", f"  boot: {{kernel: {tiny}/vmlinuz, "
              f"initrd: {tiny}/initrd.img, cmdline: console=ttyS0 quiet}}",
-             "  memory: 128", "  cpu: 1", "  user: root", "  healthcheck: {disable: true}",
+             "  memory: 128", "  cpu: 1", "  user: root",
              "vms:"]  # fmt: skip
     lines += [f"  g{i}: {{<<: *tiny}}" for i in range(1, n + 1)]
     (directory / "qemu-compose.yaml").write_text("\n".join(lines) + "\n")
@@ -55,7 +55,7 @@ def debian_project(directory: Path, name: str) -> Path:
         f"name: {name}\nvms:\n  d1:\n    image: {guest}/root.qcow2\n"
         f"    boot: {{kernel: {guest}/vmlinuz, initrd: {guest}/initrd.img, "
         "cmdline: root=LABEL=rootfs rw console=ttyS0 quiet}\n"
-        "    memory: 384\n    user: debian\n    healthcheck: {disable: true}\n"
+        "    memory: 384\n    user: debian\n"
     )
     return directory
 

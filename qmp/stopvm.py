@@ -7,6 +7,7 @@ guest the grace period, then quit; exits 0 once QEMU is gone (or was not there).
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 import trio
@@ -15,9 +16,27 @@ from .errors import QmpError
 from .session import open_session
 
 
-async def _stop(socket: str, grace: float) -> str:
+def _gone(path: str) -> str | None:
+    """Why QEMU is not there to stop (no socket, nobody listening on it), else None. systemd
+    runs ExecStop also after QEMU ended by itself (a `stop` that quit it, a poweroff): then
+    there is nothing to wait for."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as err:
+            return err.strerror or type(err).__name__
+        except OSError:
+            return None  # there but slow (busy): the session below waits for it
+    return None
+
+
+async def _stop(path: str, grace: float) -> str:
+    gone = _gone(path)
+    if gone is not None:
+        return f"already-gone ({gone})"
     try:
-        async with open_session(socket, timeout=2) as session:
+        async with open_session(path, timeout=2) as session:
             return (await session.powerdown(grace=grace)).value
     except QmpError as err:
         return f"already-gone ({err})"

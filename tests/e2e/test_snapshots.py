@@ -158,6 +158,9 @@ vms:
     assert json.loads(ok("inspect", "b", "--format", "json"))["qemu_status"] == "paused"
     ok("unpause", "b", "--progress", "quiet")
     assert sh("b", "echo three > /root/other && sync && cat /root/other") == "three"
+    not_in_it = run("snapshot", "restore", "p", "a")
+    assert not_in_it.returncode == 2, not_in_it.stderr
+    assert "a is not in snapshot p" in not_in_it.stderr
     ok("snapshot", "rm", "p", "--progress", "quiet")
 
     # paused: restored frozen; removed: its files and the volume's point in time are gone

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,11 @@ from orchestrator.config.topology import Instance, instances
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.disks import DiskError, internal_snapshots
 from orchestrator.guest.mounts import volume_node
+from orchestrator.guest.probe import GuestShell, Outcome
 from orchestrator.state.snapshots import SnapshotDisk
 from orchestrator.supervisor.eventlog import EventLog
 
+from ..access import ssh_target
 from ..changes import Change, changes, shape
 from ..session import Session
 
@@ -106,3 +108,32 @@ async def check_tags(disks: list[SnapshotDisk], tag: str) -> list[str]:
         if tag not in tags:
             missing.append(disk.volume or disk.node)
     return missing
+
+
+async def in_guests(
+    session: Session, names: Sequence[str], command: Callable[[], str], timeout: float
+) -> dict[str, Outcome]:
+    """Run ``command()`` in each guest that has an OS and SSH (logged in first, so that the
+    command is made when it is sent), all at once; each one's outcome (never raises)."""
+    by_name = instance_map(session)
+    found: dict[str, Outcome] = {}
+    limiter = trio.CapacityLimiter(8)
+
+    async def one(vm: str) -> None:
+        inst = by_name.get(vm)
+        target = ssh_target(session.project, inst, session.state) if inst else None
+        if inst is None or not inst.vm.has_os or target is None:
+            return
+        shell = GuestShell(target)
+        try:
+            outcome = await shell.probe("true", timeout=timeout, handshakes=limiter)
+            if outcome.exit_code == 0:
+                outcome = await shell.probe(command(), timeout=timeout, handshakes=limiter)
+        finally:
+            await shell.aclose()
+        found[vm] = outcome
+
+    async with trio.open_nursery() as nursery:
+        for vm in names:
+            nursery.start_soon(one, vm)
+    return {n: found[n] for n in names if n in found}

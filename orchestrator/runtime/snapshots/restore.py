@@ -25,11 +25,9 @@ from orchestrator.config.project import Project
 from orchestrator.errors import UsageError
 from orchestrator.guest.accel import choose_accel, read_host_facts
 from orchestrator.guest.disks import DiskError, snapshot_offline
-from orchestrator.guest.probe import GuestShell
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.snapshots import SnapshotRecord, Snapshots, check_name, disk_tag
 
-from ..access import ssh_target
 from ..execute import UpResult, up_in
 from ..faults import clear_faults
 from ..options import Connection, PlanOptions, UpOptions
@@ -41,6 +39,7 @@ from .common import (
     check_tags,
     current_shape,
     hardware_changes,
+    in_guests,
     instance_map,
     log_project_event,
     qemu_version,
@@ -48,7 +47,7 @@ from .common import (
 from .loading import discard_suspended
 from .manage import _known
 
-CLOCK_TIMEOUT = 60.0
+CLOCK_TIMEOUT = 30.0
 
 
 class RestoreResult(msgspec.Struct, frozen=True):
@@ -224,41 +223,20 @@ async def _put_disks_back(session: Session, record: SnapshotRecord, names: list[
 async def sync_clocks(session: Session, names: Sequence[str]) -> list[str]:
     """Set each guest's wall clock to the host's (over SSH with the project key, as root or
     with sudo); returns the VMs whose clock was set. A failure is a warning: the guest runs."""
-    by_name = instance_map(session)
-    done: list[str] = []
-    limiter = trio.CapacityLimiter(8)
 
-    async def one(vm: str) -> None:
-        inst = by_name.get(vm)
-        if inst is None or not inst.vm.has_os:  # no guest to log in to
-            return
-        target = ssh_target(session.project, inst, session.state)
-        if target is None:
-            return
-        shell = GuestShell(target)
-        try:  # logged in first: the time sent is the time it is set
-            outcome = await shell.probe("true", timeout=CLOCK_TIMEOUT, handshakes=limiter)
-            if outcome.exit_code == 0:
-                epoch = f"@{int(time.time())}"
-                command = f"date -u -s {epoch} >/dev/null 2>&1 || sudo -n date -u -s {epoch}"
-                outcome = await shell.probe(command, timeout=CLOCK_TIMEOUT, handshakes=limiter)
-        finally:
-            await shell.aclose()
+    def command() -> str:  # the time when it is sent, once logged in
+        epoch = f"@{int(time.time())}"
+        return f"date -u -s {epoch} >/dev/null 2>&1 || sudo -n date -u -s {epoch}"
+
+    done = []
+    for vm, outcome in (await in_guests(session, names, command, CLOCK_TIMEOUT)).items():
         if outcome.exit_code == 0:
             done.append(vm)
             session.report(vm, Stage.RESTORE, Status.DONE, "clock set to the host's")
         else:
             said = outcome.output.decode(errors="replace").strip()[:200]
-            session.report(
-                vm,
-                Stage.RESTORE,
-                Status.SKIPPED,
-                f"clock not set (its wall clock is behind): {said}",
-            )
-
-    async with trio.open_nursery() as nursery:
-        for vm in names:
-            nursery.start_soon(one, vm)
+            why = f"clock not set (its wall clock is behind): {said}"
+            session.report(vm, Stage.RESTORE, Status.SKIPPED, why)
     return [n for n in names if n in done]
 
 

@@ -49,6 +49,7 @@ from ..session import Session, open_session
 from .common import (
     SnapshotError,
     current_shape,
+    in_guests,
     instance_map,
     log_project_event,
     version_of,
@@ -57,6 +58,7 @@ from .common import (
 from .manage import remove_one, undo_disks
 
 MARGIN = 64 << 20  # bytes kept free beside the states
+SYNC_TIMEOUT = 15.0
 
 
 @dataclass
@@ -103,6 +105,8 @@ async def save(
                         qmp.open_session(socket, timeout=QMP_ANSWER, name=c.inst.name)
                     )
             version = await _check_statuses(captures)
+            if not memory:  # what the guests wrote, on their disks (no agent to freeze them)
+                await _sync_disks(session, [c for c in captures if c.was == "running"])
             held = {c.inst.name: c.control for c in captures if c.control is not None}
             await _forget(session, store, name, captures, held)
             directory = store.begin(name, {c.inst.name: c.disks for c in captures})
@@ -193,6 +197,16 @@ async def _check_statuses(captures: list[_Capture]) -> str:
     if busy:
         raise UsageError(f"cannot snapshot now: {'; '.join(busy)} (between two runs)")
     return version
+
+
+async def _sync_disks(session: Session, captures: list[_Capture]) -> None:
+    """``sync`` in each running guest over SSH, where it can be: a disks-only snapshot then
+    holds what the guests wrote until now (it stays crash-consistent: nothing is frozen)."""
+    names = [c.inst.name for c in captures]
+    for vm, outcome in (await in_guests(session, names, lambda: "sync", SYNC_TIMEOUT)).items():
+        if outcome.exit_code != 0:
+            said = outcome.output.decode(errors="replace").strip()[:200]
+            session.report(vm, Stage.SNAPSHOT, Status.SKIPPED, f"no sync in the guest: {said}")
 
 
 async def _forget(
