@@ -8,7 +8,6 @@ up. Its dry run observes and plans without the lock and changes nothing.
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass, replace
 
 import trio
@@ -114,7 +113,7 @@ async def _resumed(session: Session, todo: list[Action], options: UpOptions) -> 
     ]
     if not starting:
         return {}
-    qemu = await qemu_version(shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64")
+    qemu = await qemu_version()
     found: dict[str, Resumed] = {}
     for vm in starting:
         try:

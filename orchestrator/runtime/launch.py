@@ -9,6 +9,7 @@ transient unit that runs it. It is golden-tested as `qemu_argv` is; the effects 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,11 @@ class Launch:
     guest: GuestConfig | None  # what the seed ISO says; None: no OS, no seed
     unit: systemd_dbus.TransientUnit
     macs: dict[str, str]  # netdev -> MAC
+
+
+def qemu_binary() -> str:
+    """The QEMU that starts the VMs: the one on PATH, else Debian's."""
+    return shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 
 
 def grace_period(vm: Vm | None, override: float | None = None) -> float:

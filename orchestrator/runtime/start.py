@@ -32,7 +32,7 @@ from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
 
 from .changes import digest
 from .faults import clear_faults, resume_if_paused
-from .launch import LaunchFacts, grace_period, recorded, vm_launch
+from .launch import LaunchFacts, grace_period, qemu_binary, recorded, vm_launch
 from .observe import UnitTakenError
 from .options import UpOptions
 from .plan import Action, ActionKind
@@ -297,7 +297,7 @@ def _facts(
             for step in vm.provision
         ],
         extra_user_data=named.user_data[extra] if isinstance(extra, str) else extra,
-        qemu=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64",
+        qemu=qemu_binary(),
         python=sys.executable,
         project_dir=project_dir(session.project),
         user=user,

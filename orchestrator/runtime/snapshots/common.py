@@ -13,6 +13,7 @@ import trio
 
 from orchestrator.config.topology import Instance, instances
 from orchestrator.errors import QemuComposeError
+from orchestrator.guest.accel import choose_accel, read_host_facts
 from orchestrator.guest.disks import DiskError, internal_snapshots
 from orchestrator.guest.mounts import volume_node
 from orchestrator.guest.probe import GuestShell, Outcome
@@ -21,6 +22,7 @@ from orchestrator.supervisor.eventlog import EventLog
 
 from ..access import ssh_target
 from ..changes import Change, changes, shape
+from ..launch import qemu_binary
 from ..session import Session
 
 # What a state is loaded into must have the same devices: what shapes QEMU's hardware (and
@@ -58,6 +60,17 @@ def current_shape(session: Session, inst: Instance) -> dict[str, str]:
     return shape(session.project.model, inst, session.project.files)
 
 
+def running_shape(session: Session, inst: Instance) -> dict[str, str]:
+    """What the VM runs with (its record), else what the file says."""
+    saved = session.state.vms.get(inst.name)
+    return dict(saved.shape) if saved is not None and saved.shape else current_shape(session, inst)
+
+
+def accel_of(inst: Instance) -> str:
+    """The accelerator the VM runs on here (a state loads on the one it was saved on)."""
+    return choose_accel(inst.vm.accel, read_host_facts(), inst.vm.cpu_model).name
+
+
 def hardware_changes(saved: Mapping[str, str], now: Mapping[str, str]) -> list[Change]:
     """What of a VM's hardware differs from what a snapshot was taken with (a field it did
     not record is no difference)."""
@@ -67,9 +80,10 @@ def hardware_changes(saved: Mapping[str, str], now: Mapping[str, str]) -> list[C
 _VERSION = re.compile(r"version (\d+\.\d+\.\d+)")
 
 
-async def qemu_version(qemu: str) -> str:
-    """``7.2.13 (Debian 1:7.2+dfsg-7+deb12u12)``: what a state is tied to."""
-    result = await trio.run_process([qemu, "--version"], capture_stdout=True, check=False)
+async def qemu_version() -> str:
+    """``7.2.13 Debian 1:7.2+dfsg-7+deb12u12`` of the QEMU that starts VMs: what a state is
+    tied to."""
+    result = await trio.run_process([qemu_binary(), "--version"], capture_stdout=True, check=False)
     first = result.stdout.decode(errors="replace").splitlines()[:1]
     return _version_text(first[0] if first else "")
 

@@ -1,13 +1,15 @@
-"""A VM's saved state loaded into the QEMU `up` started for it (``-incoming defer``), and
-the state of a suspended VM: whether it still fits, and forgetting it once resumed."""
+"""A VM's state written to a file (snapshot save, suspend) and loaded into the QEMU `up`
+started for it (``-incoming defer``); the state of a suspended VM: whether it still fits,
+and forgetting it once resumed."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import trio
+
 import qmp
-from orchestrator.guest.accel import choose_accel, read_host_facts
 from orchestrator.progress import Stage, Status
 from orchestrator.state.files import read_struct
 from orchestrator.state.paths import VmPaths
@@ -15,7 +17,7 @@ from orchestrator.state.snapshots import SuspendRecord
 
 from ..options import QMP_ANSWER
 from ..session import Session
-from .common import SnapshotError, current_shape, hardware_changes, instance_map
+from .common import SnapshotError, accel_of, current_shape, hardware_changes, instance_map
 
 LOAD_TIMEOUT = 600.0
 
@@ -34,6 +36,23 @@ async def load_saved_state(session: Session, name: str, state: Path) -> None:
     session.report(name, Stage.RESTORE, Status.DONE, f"state loaded in {loaded.seconds:.2f} s")
 
 
+async def write_state(control: qmp.QmpSession, target: Path) -> int:
+    """The stopped VM's state to ``target``, whole or not at all (a temporary file beside
+    it, synced, renamed); its size."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        await qmp.save_state(control, fd)
+        await trio.to_thread.run_sync(os.fsync, fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    return target.stat().st_size
+
+
 def suspended_state(session: Session, name: str, qemu: str) -> Path | None:
     """The state a suspended VM resumes from (None: it is not suspended); a SnapshotError
     when it can no longer be loaded: its hardware, accelerator or QEMU (``qemu``: the
@@ -46,7 +65,7 @@ def suspended_state(session: Session, name: str, qemu: str) -> Path | None:
     if inst is None:
         return None
     problems = [str(c) for c in hardware_changes(record.shape, current_shape(session, inst))]
-    accel = choose_accel(inst.vm.accel, read_host_facts(), inst.vm.cpu_model).name
+    accel = accel_of(inst)
     if accel != record.accel:
         problems.append(f"suspended on {record.accel}, would run on {accel}")
     if qemu != record.qemu:

@@ -119,11 +119,11 @@ async def undo_disks(
             if not path.exists() or tag not in await internal_snapshots(path):
                 continue
             if held and vm in held:
-                arguments = {"device": disk.node, "name": tag}
-                command = "blockdev-snapshot-delete-internal-sync"
-                await held[vm].execute(command, arguments, timeout=60)
+                await _delete_live(held[vm], disk, tag)
             elif states.get(vm) in RUNNING_STATES:
-                await _delete_live(session, vm, disk, tag)
+                socket = str(session.paths.vm(vm).qmp_control_socket)
+                async with qmp.open_session(socket, timeout=QMP_ANSWER, name=vm) as control:
+                    await _delete_live(control, disk, tag)
             else:
                 await snapshot_offline(path, "delete", tag)
         except (DiskError, qmp.QmpError) as err:
@@ -132,11 +132,9 @@ async def undo_disks(
         raise SnapshotError(f"snapshot {name}: cannot delete it from " + "; ".join(failed))
 
 
-async def _delete_live(session: Session, vm: str, disk: SnapshotDisk, tag: str) -> None:
-    socket = str(session.paths.vm(vm).qmp_control_socket)
-    async with qmp.open_session(socket, timeout=QMP_ANSWER, name=vm) as control:
-        arguments = {"device": disk.node, "name": tag}
-        await control.execute("blockdev-snapshot-delete-internal-sync", arguments, timeout=60)
+async def _delete_live(control: qmp.QmpSession, disk: SnapshotDisk, tag: str) -> None:
+    arguments = {"device": disk.node, "name": tag}
+    await control.execute("blockdev-snapshot-delete-internal-sync", arguments, timeout=60)
 
 
 async def forget_vms(session: Session, vms: Sequence[str], *, everything: bool) -> None:

@@ -23,7 +23,6 @@ import trio
 
 from orchestrator.config.project import Project
 from orchestrator.errors import UsageError
-from orchestrator.guest.accel import choose_accel, read_host_facts
 from orchestrator.guest.disks import DiskError, snapshot_offline
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.snapshots import SnapshotRecord, Snapshots, check_name, disk_tag
@@ -36,6 +35,7 @@ from ..session import Session, open_session
 from ..teardown import stop_one
 from .common import (
     SnapshotError,
+    accel_of,
     check_tags,
     current_shape,
     hardware_changes,
@@ -139,7 +139,6 @@ async def _check(
     else:
         names = list(record.vms)
     problems = []
-    facts = read_host_facts()
     for vm in names:
         inst = by_name.get(vm)
         if inst is None:
@@ -150,7 +149,7 @@ async def _check(
         if changed:
             what = ", ".join(str(c) for c in changed)
             problems.append(f"{vm}: its hardware changed since the snapshot ({what})")
-        accel = choose_accel(inst.vm.accel, facts, inst.vm.cpu_model).name
+        accel = accel_of(inst)
         if record.memory and accel != kept.accel:
             problems.append(f"{vm}: saved on {kept.accel}, would run on {accel}")
         missing = await check_tags(kept.disks, disk_tag(record.name))
@@ -162,10 +161,7 @@ async def _check(
             problems.append(f"{vm}: its saved state is missing")
     problems += _shared_disks(session, record, names)
     if record.memory:
-        import shutil
-
-        qemu = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
-        now = await qemu_version(qemu)
+        now = await qemu_version()
         if now != record.qemu:
             problems.append(f"saved with QEMU {record.qemu}, this is {now}: its states do not load")
     if problems:

@@ -17,7 +17,6 @@ naming it; the snapshots made before are not touched. A save killed halfway leav
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,6 @@ import qmp
 from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance
 from orchestrator.errors import UsageError
-from orchestrator.guest.accel import choose_accel, read_host_facts
 from orchestrator.guest.disks import DiskError, snapshot_offline
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import free_space
@@ -48,13 +46,15 @@ from ..query import RUNNING_STATES
 from ..session import Session, open_session
 from .common import (
     SnapshotError,
-    current_shape,
+    accel_of,
     in_guests,
     instance_map,
     log_project_event,
+    running_shape,
     version_of,
     writable_disks,
 )
+from .loading import write_state
 from .manage import remove_one, undo_disks
 
 MARGIN = 64 << 20  # bytes kept free beside the states
@@ -303,19 +303,9 @@ async def _capture(session: Session, c: _Capture, directory: Path, memory: bool)
 
 async def _save_memory(c: _Capture, directory: Path) -> None:
     assert c.control is not None
-    tmp = directory / f".{c.inst.name}.state.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        await qmp.save_state(c.control, fd)
-        await trio.to_thread.run_sync(os.fsync, fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    c.state = directory / f"{c.inst.name}.state"
-    os.replace(tmp, c.state)
-    c.state_bytes = c.state.stat().st_size
+    target = directory / f"{c.inst.name}.state"
+    c.state_bytes = await write_state(c.control, target)
+    c.state = target
 
 
 def _explained(said: str) -> str:
@@ -351,11 +341,10 @@ def _finish(
     frozen_at: float,
     frozen_for: float,
 ) -> SnapshotRecord:
-    facts = read_host_facts()
     vms = {
         c.inst.name: SnapshotVm(
-            shape=_running_shape(session, c.inst),
-            accel=choose_accel(c.inst.vm.accel, facts, c.inst.vm.cpu_model).name,
+            shape=running_shape(session, c.inst),
+            accel=accel_of(c.inst),
             disks=c.disks,
             state=c.state.name if c.state else None,
             state_bytes=c.state_bytes,
@@ -377,9 +366,3 @@ def _with_duration(record: SnapshotRecord, duration: float) -> SnapshotRecord:
     import msgspec
 
     return msgspec.structs.replace(record, duration=round(duration, 3))
-
-
-def _running_shape(session: Session, inst: Instance) -> dict[str, str]:
-    """What the VM runs with (its record), else what the file says."""
-    saved = session.state.vms.get(inst.name)
-    return dict(saved.shape) if saved is not None and saved.shape else current_shape(session, inst)

@@ -12,7 +12,6 @@ accelerator changed) makes `up` fail for that VM, saying so.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Sequence
 
@@ -22,7 +21,6 @@ import trio
 import qmp
 from orchestrator.config.project import Project
 from orchestrator.errors import QemuComposeError, UsageError
-from orchestrator.guest.accel import choose_accel, read_host_facts
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import atomic_write
 from orchestrator.state.snapshots import SuspendRecord
@@ -35,8 +33,8 @@ from ..options import DEFAULT_READY_TIMEOUT, QMP_ANSWER, Connection, PlanOptions
 from ..session import Session, open_session
 from ..supervision import stop_supervisor
 from ..teardown import stop_one
-from .common import SnapshotError, current_shape, instance_map, version_of
-from .loading import discard_suspended
+from .common import SnapshotError, accel_of, instance_map, running_shape, version_of
+from .loading import discard_suspended, write_state
 from .restore import sync_clocks
 from .save import check_room
 
@@ -87,7 +85,6 @@ async def _save(session: Session, name: str) -> SuspendRecord:
     paths = session.paths.vm(name)
     socket = str(paths.qmp_control_socket)
     inst = instance_map(session)[name]
-    tmp = paths.directory / ".suspended.state.tmp"
     async with qmp.open_session(socket, timeout=QMP_ANSWER, name=name) as control:
         was = (await control.query_status()).status
         if was not in ("running", "paused"):
@@ -95,27 +92,19 @@ async def _save(session: Session, name: str) -> SuspendRecord:
         version = version_of(await control.execute("query-version"))
         await control.execute("stop")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                await qmp.save_state(control, fd)
-                await trio.to_thread.run_sync(os.fsync, fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, paths.suspended)
-            saved = session.state.vms.get(name)
+            size = await write_state(control, paths.suspended)
             record = SuspendRecord(
                 suspended_at=time.time(),
                 qemu=version,
-                shape=dict(saved.shape) if saved and saved.shape else current_shape(session, inst),
-                accel=choose_accel(inst.vm.accel, read_host_facts(), inst.vm.cpu_model).name,
-                state_bytes=paths.suspended.stat().st_size,
+                shape=running_shape(session, inst),
+                accel=accel_of(inst),
+                state_bytes=size,
                 was=was,
             )
             atomic_write(paths.suspended_record, msgspec.json.encode(record))
         except BaseException:
             with trio.CancelScope(shield=True):
                 discard_suspended(paths)
-                tmp.unlink(missing_ok=True)
                 with contextlib.suppress(qmp.QmpError):
                     await control.execute("cont", timeout=QMP_ANSWER)  # its disks back
                     if was == "paused":
