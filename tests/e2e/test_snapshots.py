@@ -50,7 +50,6 @@ x-tiny: &tiny
   memory: 128
   cpu: 1
   user: root
-  healthcheck: {{disable: true}}
 vms:
   a:
     <<: *tiny
