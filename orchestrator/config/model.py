@@ -236,6 +236,8 @@ class Vm(Model, frozen=True, kw_only=True):
         ),
     ] = "no"
     replicas: Annotated[int, Meta(ge=1, le=1000)] = 1
+    # Replicas after the first start from its saved state (a template), not from a boot
+    warm: bool = False
     ssh: Ssh = Ssh()
     user: UserName | None = None  # the guest account; default: by the image's OS
     hostname: Hostname | None = None

@@ -128,6 +128,8 @@ def _vm(
         report((*path, "disk", "size"), "a disk needs at least 1M")
     if vm.replicas > 1 and vm.hostname:
         report((*path, "hostname"), "cannot be set with replicas > 1: each replica is named <vm>-N")
+    if vm.warm:
+        _warm(vm, path, report)
     _vm_networks(vm, path, compose, subnets, report)
     _vm_mounts(vm, path, compose, state_dir, report)
     _vm_ports(vm, path, published, report)
@@ -136,6 +138,27 @@ def _vm(
             report((*path, "provision", i), "give exactly one of inline: or script:")
     if vm.healthcheck is not None and not vm.healthcheck.disable:
         _healthcheck(vm.healthcheck, (*path, "healthcheck"), report)
+
+
+def _warm(vm: Vm, path: PathKey, report: Report) -> None:
+    """What a clone cannot be made of: a guest without an OS (its identity is set inside
+    it), 9p shares (QEMU cannot save a guest while it has one mounted), and volumes it
+    writes (every clone would have the template's view of what is on them)."""
+    if not vm.has_os:
+        report((*path, "warm"), "needs an image or boot: a clone gets its identity in its guest")
+    for i, mount in enumerate(vm.volumes):
+        if mount.type == "bind":
+            report(
+                (*path, "volumes", i),
+                "a warm VM cannot have bind mounts (QEMU cannot save a guest that has a 9p"
+                " share mounted)",
+            )
+        elif not mount.read_only:
+            report(
+                (*path, "volumes", i),
+                "a warm VM's named volumes must be read_only (each clone would start with the"
+                " template's view of a volume it writes)",
+            )
 
 
 def _vm_networks(

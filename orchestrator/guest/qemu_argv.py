@@ -88,6 +88,9 @@ class VmLaunch:
     # Its memory and devices come from a saved state (a snapshot, a suspended VM): QEMU waits
     # for it (-incoming defer), and the guest does not boot.
     incoming: bool = False
+    # A VM generation ID (ACPI): a guest started from a saved state shared with others (a
+    # warm clone) learns that it is a copy, and its kernel reseeds its random numbers
+    generation_id: bool = False
     extra: tuple[str, ...] = field(default=())
 
 
@@ -123,6 +126,8 @@ def qemu_argv(vm: VmLaunch) -> list[str]:
     ]  # fmt: skip
     if vm.machine.startswith(("q35", "pc")):
         argv += ["-device", "pvpanic"]  # the guest reports a kernel panic: GUEST_PANICKED
+        if vm.generation_id:
+            argv += ["-device", "vmgenid,guid=auto"]  # a new one in each QEMU
     if vm.restart_in_place:
         argv += ["-no-shutdown", "-action", "panic=pause"]
     else:

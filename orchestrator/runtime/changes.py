@@ -7,7 +7,7 @@ A VM records the *shape* it was started with: each field that shapes it, spelled
 
 - **restart** (on its disk): what QEMU, its unit or the seed's every-boot part is made of:
   cpu, memory, machine, cpu_model, accel, hostname, boot, ports, networks, volumes,
-  environment, restart, stop_grace_period, ssh.port;
+  environment, restart, stop_grace_period, ssh.port, warm;
 - **grow**: a larger ``disk:`` grows the disk in place (with a restart);
 - **replace**: what is written into the disk on its first boot, or a smaller ``disk:``:
   image, user, cloud_init, provision. The VM stays as it is and `up` says
@@ -65,6 +65,7 @@ EFFECTS: dict[str, Effect] = {
     "environment": Effect.RESTART,
     "restart": Effect.RESTART,
     "stop_grace_period": Effect.RESTART,
+    "warm": Effect.RESTART,  # a warm VM's QEMU has a VM generation ID device
     "depends_on": Effect.APPLY,
     "healthcheck": Effect.APPLY,
     "ssh.user": Effect.APPLY,
@@ -107,6 +108,7 @@ def shape(
         "environment": vm.environment,
         "restart": vm.restart,
         "stop_grace_period": vm.stop_grace_period,
+        "warm": vm.warm,
         "depends_on": vm.depends_on,
         "healthcheck": vm.healthcheck,
         "ssh.user": vm.ssh.user,

@@ -131,6 +131,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
             qemu=facts.qemu,
             restart_in_place=vm.restart_policy.supervised,  # the supervisor restarts the guest
             incoming=facts.incoming,
+            generation_id=vm.warm,
         )
     )
     return Launch(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from netcfg import Forward
@@ -231,3 +232,18 @@ def test_a_vm_starting_from_a_saved_state_waits_for_it_and_systemd_does_not_rest
     assert "-incoming" not in cold.argv
     assert render(warm).splitlines()[5] == "restart no after None"  # it would wait again
     assert "-no-shutdown" in warm.argv  # the guest's own ends are still the supervisor's
+
+
+def test_a_warm_vm_has_a_generation_id_that_each_qemu_makes_anew(
+    lab: dict[str, Instance],
+) -> None:
+    facts_db = {
+        "taps": {"back": "qc-tap0"},
+        "volume_paths": {"data": Path("/p/.qemu-compose/volumes/data/data.img")},
+    }
+    cold = vm_launch(lab["db"], facts("db", **facts_db))
+    warm_db = Instance("db", "db", msgspec.structs.replace(lab["db"].vm, warm=True))
+    warm = vm_launch(warm_db, facts("db", **facts_db))
+    at = cold.argv.index("pvpanic") + 1
+    assert warm.argv == [*cold.argv[:at], "-device", "vmgenid,guid=auto", *cold.argv[at:]]
+    assert "vmgenid,guid=auto" not in cold.argv

@@ -29,7 +29,7 @@ from ..session import Session
 # the disks the state was taken with). The other fields (ports, environment, ...) may change.
 HARDWARE = (
     "image", "disk", "boot", "cpu", "memory", "machine", "cpu_model", "accel", "networks",
-    "volumes",
+    "volumes", "warm",
 )  # fmt: skip
 
 
