@@ -42,6 +42,8 @@ class Stage(enum.StrEnum):
     SNAPSHOT = "snapshot"  # a VM captured (snapshot save), a snapshot removed
     RESTORE = "restore"  # a VM's saved state loaded (snapshot restore, resume)
     SUSPEND = "suspend"  # a VM's state saved and its QEMU ended
+    TEMPLATE = "template"  # a warm VM's state saved for its clones
+    CLONE = "warm"  # a warm clone started from a template and given its own identity
 
 
 class Status(enum.StrEnum):

@@ -25,7 +25,7 @@ MIN_VOLUME_BYTES = 1024 * 1024  # mkfs.ext4 needs some room
 # qemu-compose-<project>-supervisor.service, and the entries of .qemu-compose/ beside the VMs'
 RESERVED_VM_NAMES = frozenset(
     {"supervisor", "ssh", "events", "volumes", "networks", "lock", "console-password",
-     "sockets-dir", "snapshots"}
+     "sockets-dir", "snapshots", "templates"}
 )  # fmt: skip
 
 

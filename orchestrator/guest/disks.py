@@ -75,6 +75,19 @@ async def create_overlay(base: Path, path: Path, size: int | None = None) -> Ima
     return await image_info(path)
 
 
+async def copy_disk(source: Path, path: Path) -> None:
+    """A copy of the qcow2 ``source`` (backed by what it is backed by) at ``path``, whole or
+    not at all: holes stay holes, and blocks are shared where the filesystem can (reflink)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    argv = ["cp", "--sparse=always", "--reflink=auto", "--", str(source), str(tmp)]
+    try:
+        await _run(argv, f"copying {source}", writes=path)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 async def check_growable(path: Path, size: int) -> ImageInfo:
     """A DiskError when the disk at ``path`` is larger than ``size``: a disk never shrinks.
     The VM may still run."""

@@ -31,3 +31,13 @@ def forget_host(paths: ProjectPaths, project: str, vm: str) -> None:
     kept = [line for line in lines if line.split(" ", 1)[0] != alias]
     if kept != lines:
         atomic_write(path, "".join(kept).encode())
+
+
+def record_host(paths: ProjectPaths, project: str, vm: str, key: str) -> None:
+    """Trust ``key`` (``<type> <base64>``) for the VM, in place of what was recorded for it
+    (a warm clone made its own host key: it is known, not trusted on first use)."""
+    path = known_hosts(paths)
+    alias = host_alias(project, vm)
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    kept = [line for line in lines if line.split(" ", 1)[0] != alias]
+    atomic_write(path, "".join([*kept, f"{alias} {key}\n"]).encode())

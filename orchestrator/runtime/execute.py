@@ -19,6 +19,7 @@ from orchestrator.guest.secrets import ensure_console_password, ensure_project_k
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.supervisor.eventlog import EventLog
 
+from .clones import plan_warm
 from .observe import observe, observe_resources, project_units
 from .options import Connection, PlanOptions, UpOptions
 from .plan import Action, ActionKind, UpPlan, plan_up
@@ -143,6 +144,7 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
     )
     run.session = session = replace(session, report=session.report.also(run.note))
     run.images = await prepare_images(session, up_plan.images)
+    run.warm = await plan_warm(session, todo, run.images)
     await prepare_volumes(session, up_plan.volumes)
     run.networks = await prepare_networks(session, [n.name for n in up_plan.networks])
     await ensure_supervisor(session, set(state.vms) | {a.vm for a in todo})
@@ -160,7 +162,8 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
     run.awaited_health = {n for n, c in awaited if c == "service_healthy"}
     limiter = trio.CapacityLimiter(options.parallel or math.inf)
     async with session.store.deferring(), trio.open_nursery() as nursery:
-        if options.wait or run.awaited_health:  # the supervisor's word, followed once for all
+        sources = any(w.source for w in run.warm.values())  # their templates wait for ready
+        if options.wait or run.awaited_health or sources:  # the supervisor's word, for all
             run.board = HealthBoard(EventLog(session.paths.events_dir))
             await nursery.start(run.board.run)
         async with trio.open_nursery() as vms:

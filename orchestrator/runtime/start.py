@@ -15,13 +15,14 @@ from pathlib import Path
 import trio
 
 import netcfg
+import qmp
 from netcfg import Forward
 from orchestrator.config.quantities import parse_size
 from orchestrator.config.topology import Instance
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.accel import Accel, choose_accel, read_host_facts
 from orchestrator.guest.cloudinit import seed_files, write_seed_iso
-from orchestrator.guest.disks import check_growable, create_overlay, grow_disk
+from orchestrator.guest.disks import check_growable, copy_disk, create_overlay, grow_disk
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.guest.mounts import check_bind_sources
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
@@ -29,8 +30,10 @@ from orchestrator.progress import Event, Stage, Status
 from orchestrator.state.files import VmState, private_dir
 from orchestrator.state.identity import project_dir
 from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
+from orchestrator.state.templates import TemplateRecord, Templates
 
 from .changes import digest
+from .clones import CloneError, WarmStart, become_itself, make_template
 from .faults import clear_faults, resume_if_paused
 from .launch import LaunchFacts, grace_period, qemu_binary, recorded, vm_launch
 from .observe import UnitTakenError
@@ -47,7 +50,7 @@ from .readiness import (
 )
 from .session import Session, vm_failures
 from .snapshots.loading import discard_suspended, load_saved_state
-from .teardown import stop_one
+from .teardown import remove_vm, stop_one
 
 Resumed = Path | QemuComposeError  # a suspended VM's state, or why it no longer fits
 
@@ -70,6 +73,17 @@ class UpRun:
     reached: dict[str, Stage] = field(default_factory=dict)  # the stage each VM reported last
     loaded: Rendezvous | None = None  # the VMs starting from a saved state wait for each other
     resumed: dict[str, Resumed] = field(default_factory=dict)  # suspended VMs: their states
+    warm: dict[str, WarmStart] = field(default_factory=dict)  # warm definitions' starts
+
+    def template_source(self, inst: Instance) -> WarmStart | None:
+        """The warm start whose template this VM's state becomes, if it is that replica."""
+        start = self.warm.get(inst.definition)
+        return start if start is not None and start.source == inst.name else None
+
+    def clone_start(self, inst: Instance) -> WarmStart | None:
+        """The warm start this VM is a clone of, if it is one."""
+        start = self.warm.get(inst.definition)
+        return start if start is not None and inst.name in start.clones else None
 
     def note(self, event: Event) -> None:
         if event.vm:
@@ -102,6 +116,9 @@ async def run_vm(run: UpRun, inst: Instance, action: Action, limiter: trio.Capac
     finally:
         if run.loaded is not None:
             run.loaded.leave(inst.name)  # a failed one holds nobody up
+        source = run.template_source(inst)
+        if source is not None:  # its clones boot instead
+            source.give(None, f"{inst.name} did not come up")
 
 
 async def _run_vm(
@@ -118,6 +135,7 @@ async def _run_vm(
             resumed = run.resumed.get(inst.name)
             if isinstance(resumed, QemuComposeError):
                 raise resumed
+            template = await _template_for(run, inst)
             state = run.options.incoming.get(inst.name)  # a snapshot's: loaded with others
             async with limiter:
                 if action.kind is ActionKind.KEEP:  # its unit is active: QEMU runs, as before
@@ -132,6 +150,17 @@ async def _run_vm(
                         await stop_one(session, inst.name, 0.0)
                         await start_vm(run, inst, action)
                         await wait_running(session, inst)
+                elif template is not None:
+                    await start_vm(run, inst, action, template)
+                    loaded = await load_saved_state(session, inst.name, template_state(run, inst))
+                    try:
+                        await become_itself(session, inst, template, loaded)
+                    except CloneError:
+                        with trio.CancelScope(shield=True):
+                            await stop_one(session, inst.name, 0.0)
+                            await remove_vm(session, inst.name)  # never a copy left running
+                        raise
+                    await wait_running(session, inst)
                 else:
                     await start_vm(run, inst, action)
                     if state is not None:
@@ -150,8 +179,12 @@ async def _run_vm(
                     return
                 await wait_running(session, inst)
             me.started.set()
-            if run.board is not None and (run.options.wait or inst.name in run.awaited_health):
+            source = run.template_source(inst)
+            awaited = run.options.wait or inst.name in run.awaited_health or source is not None
+            if run.board is not None and awaited:
                 await wait_healthy(session, run.board, inst, run.options.ready_timeout)
+            if source is not None:
+                await _save_template(run, inst, source)
             me.healthy.set()
             report(inst.name, Stage.READY, Status.DONE)
             if inst.name in run.awaited_completion:
@@ -165,8 +198,43 @@ async def _run_vm(
         report(inst.name, Stage.FAILED, Status.FAILED, f"not ready within {limit:g} s")
 
 
-async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
-    """Carry out a VM's launch: its directory, disk, ports, TAPs and seed, then its unit."""
+async def _template_for(run: UpRun, inst: Instance) -> TemplateRecord | None:
+    """The template a clone starts from, once there (None: not a clone, or it boots)."""
+    start = run.clone_start(inst)
+    if start is None:
+        return None
+    if not start.done.is_set():
+        said = f"for the template of {start.source}"
+        run.session.report(inst.name, Stage.CLONE, Status.WAITING, said)
+        await start.done.wait()
+    if start.template is None:
+        why = f"no template ({start.why_not}): it boots"
+        run.session.report(inst.name, Stage.CLONE, Status.SKIPPED, why)
+    return start.template
+
+
+def template_state(run: UpRun, inst: Instance) -> Path:
+    return Templates(run.session.paths.state_dir).paths(inst.definition).state
+
+
+async def _save_template(run: UpRun, inst: Instance, start: WarmStart) -> None:
+    """The ready source's state saved for its clones; a failure makes them boot (the
+    source itself runs on, as a replica like any other)."""
+    try:
+        record = await make_template(run.session, inst, run.images)
+    except (qmp.QmpError, OSError, QemuComposeError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        run.session.report(inst.name, Stage.TEMPLATE, Status.SKIPPED, f"not saved: {why}")
+        start.give(None, f"{inst.name}'s state was not saved: {why}")
+    else:
+        start.give(record)
+
+
+async def start_vm(
+    run: UpRun, inst: Instance, action: Action, template: TemplateRecord | None = None
+) -> None:
+    """Carry out a VM's launch: its directory, disk, ports, TAPs and seed, then its unit
+    (a clone's disk is a copy of its template's, and its QEMU waits for the state)."""
     session = run.session
     vm, name, report = inst.vm, inst.name, session.report
     project = session.project.name
@@ -187,7 +255,12 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     paths = make_socket_dir(session.paths, name)
     await _clear_unit(session, name)
     check_bind_sources(name, vm.volumes)
-    if vm.image is not None and not paths.disk.exists():
+    if template is not None and template.has_disk and not paths.disk.exists():
+        report(name, Stage.DISK, Status.WORKING, "a copy of the template's")
+        source = Templates(session.paths.state_dir).paths(inst.definition).disk
+        await copy_disk(source, paths.disk)
+        report(name, Stage.DISK, Status.DONE, str(paths.disk))
+    elif vm.image is not None and not paths.disk.exists():
         report(name, Stage.DISK, Status.WORKING)
         size = parse_size(vm.disk.size) if vm.disk.size else None
         await create_overlay(run.images[vm.image.source], paths.disk, size)
@@ -209,8 +282,10 @@ async def start_vm(run: UpRun, inst: Instance, action: Action) -> None:
     accel = choose_accel(vm.accel, read_host_facts(), vm.cpu_model)
     new_disk = action.kind in (ActionKind.CREATE, ActionKind.RECREATE)
     user = saved.user if saved is not None and not new_disk else None  # its disk has that one
+    if template is not None:
+        user = template.user
     facts = _facts(run, inst, accel, forwards, taps, user)
-    if name in run.options.incoming or name in run.resumed:
+    if name in run.options.incoming or name in run.resumed or template is not None:
         facts = replace(facts, incoming=True)
     launch = vm_launch(inst, facts)
     if launch.guest is not None:

@@ -102,6 +102,8 @@ echo "tiny-init: power button, powering off" > /dev/console
 kill -TERM -1 2>/dev/null; sync; poweroff -f
 EOF
 chmod +x root/init root/etc/udhcpc.script
+mkdir -p root/etc/udhcpc   # udhcpc's own default (Debian's path): a later DHCP (a warm clone's)
+ln -sf /etc/udhcpc.script root/etc/udhcpc/default.script
 (cd root && find . | ../$BB cpio -o -H newc 2>/dev/null) > initrd.img
 echo "initramfs: $(du -h initrd.img | cut -f1) uncompressed cpio"
 

@@ -22,9 +22,9 @@ from .common import SnapshotError, accel_of, current_shape, hardware_changes, in
 LOAD_TIMEOUT = 600.0
 
 
-async def load_saved_state(session: Session, name: str, state: Path) -> None:
-    """Load ``state``; the VM is paused at the saved instant after it. A failure is the
-    VM's (QEMU refused it: other devices, another QEMU)."""
+async def load_saved_state(session: Session, name: str, state: Path) -> float:
+    """Load ``state``; the VM is paused at the saved instant after it; the seconds it took.
+    A failure is the VM's (QEMU refused it: other devices, another QEMU)."""
     session.report(name, Stage.RESTORE, Status.WORKING, f"loading {state.name}")
     socket = str(session.paths.vm(name).qmp_control_socket)
     fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
@@ -34,6 +34,7 @@ async def load_saved_state(session: Session, name: str, state: Path) -> None:
     finally:
         os.close(fd)
     session.report(name, Stage.RESTORE, Status.DONE, f"state loaded in {loaded.seconds:.2f} s")
+    return loaded.seconds
 
 
 async def write_state(control: qmp.QmpSession, target: Path) -> int:

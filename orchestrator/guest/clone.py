@@ -1,0 +1,170 @@
+"""What makes a warm clone its own machine, inside its guest: the commands run over SSH
+(runtime.clones) right after it resumes from its template's state. Pure.
+
+A clone resumes as a copy of the template's guest: its hostname, MACs and addresses, SSH host
+keys, machine-id, cloud-init instance-id and clock are the template's. A NIC on a bridge network
+takes its own MAC at once; the user-mode NIC keeps the template's until the guest next boots
+(its network is the clone's own QEMU, and changing it under the SSH session that carries these
+commands would cut it off); the network configuration names the new MACs for that boot,
+when QEMU gives each NIC its own. The first command
+(`identity_command`) gives it its own, with its bridge NICs cut off (QMP set_link on their
+netdevs) so that nothing of the old identity reaches a peer; the second
+(`network_command`), once they are joined again, asks for its own addresses. Both are
+POSIX sh that works with a systemd, ifupdown or busybox userland; every value is an argument
+(quoted), never part of the script. They need root (sudo where the account is not root).
+
+The first one prints ``qemu-compose-host-key: <type> <key>``: the new SSH host key, for the
+project's known_hosts.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+HOST_KEY_LINE = "qemu-compose-host-key: "
+
+
+@dataclass(frozen=True, slots=True)
+class CloneIdentity:
+    hostname: str
+    domain: str  # the project
+    machine_id: str  # 32 hex digits
+    instance_id: str  # cloud-init's
+    user_macs: Mapping[str, str]  # the template's MAC -> this clone's, user-mode NICs
+    bridge_macs: Mapping[str, str]  # the same for its NICs on bridge networks
+
+
+IDENTITY_SCRIPT = r"""
+set -u
+host=$1 domain=$2 mid=$3 iid=$4 epoch=$5; shift 5
+date -u -s "@$epoch" >/dev/null 2>&1 || true
+old=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || true)
+if ! { command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname "$host"; } 2>/dev/null
+then
+  hostname "$host"; printf '%s\n' "$host" > /etc/hostname
+fi
+if [ -n "$old" ] && [ "$old" != "$host" ] && [ -f /etc/hosts ]; then
+  t=$(mktemp /etc/.hosts.XXXXXX) && awk -v o="$old" -v n="$host" -v d="$domain" \
+    '{for(i=2;i<=NF;i++){if($i==o)$i=n; else if($i==o"."d)$i=n"."d}} 1' /etc/hosts > "$t" \
+    && chmod 644 "$t" && mv -f "$t" /etc/hosts || rm -f "$t"
+fi
+printf '%s\n' "$mid" > /etc/.machine-id.new && mv -f /etc/.machine-id.new /etc/machine-id
+if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then
+  printf '%s\n' "$mid" > /var/lib/dbus/machine-id
+fi
+c=/var/lib/cloud
+if [ -f $c/data/instance-id ]; then
+  was=$(cat $c/data/instance-id)
+  if [ "$was" != "$iid" ] && [ -d "$c/instances/$was" ] && [ ! -e "$c/instances/$iid" ]; then
+    mv "$c/instances/$was" "$c/instances/$iid" && ln -sfn "$c/instances/$iid" $c/instance
+  fi
+  rm -f "$c/instances/$iid/obj.pkl"
+  printf '%s\n' "$iid" > $c/data/instance-id
+  printf '%s\n' "$iid" > $c/data/previous-instance-id
+fi
+while [ $# -ge 3 ]; do
+  o=$1 n=$2 kind=$3; shift 3
+  for d in /sys/class/net/*; do
+    [ "$kind" = bridge ] && [ "$(cat "$d/address" 2>/dev/null)" = "$o" ] || continue
+    i=${d##*/}
+    ip link set dev "$i" address "$n" 2>/dev/null \
+      || { ip link set dev "$i" down; ip link set dev "$i" address "$n"; ip link set dev "$i" up; }
+    ip -4 addr flush dev "$i"  # the template's address: never seen on the network
+  done
+  for f in $(grep -rls "$o" /etc/netplan /etc/systemd/network /run/systemd/network /etc/network \
+      /etc/NetworkManager/system-connections 2>/dev/null); do
+    sed -i "s/$o/$n/g" "$f"
+  done
+done
+if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
+  rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+  ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key >/dev/null
+  printf 'qemu-compose-host-key: %s\n' "$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)"
+  systemctl reload ssh 2>/dev/null || systemctl reload sshd 2>/dev/null || pkill -HUP -x sshd
+elif command -v dropbearkey >/dev/null 2>&1; then
+  for p in /proc/[0-9]*; do
+    [ "$(cat $p/comm 2>/dev/null)" = dropbear ] || continue
+    [ "$(awk '/^PPid:/{print $2}' $p/status)" = 1 ] || continue
+    args=$(tr '\0' ' ' < $p/cmdline); key=
+    set -- $args
+    while [ $# -gt 0 ]; do [ "$1" = -r ] && key=$2; shift; done
+    [ -n "$key" ] || key=/etc/dropbear/dropbear_ed25519_host_key
+    rm -f "$key"; dropbearkey -t ed25519 -f "$key" >/dev/null 2>&1
+    pub=$(dropbearkey -y -f "$key" | grep '^ssh-' | cut -d' ' -f1,2)
+    printf 'qemu-compose-host-key: %s\n' "$pub"
+    kill "${p#/proc/}"
+    n=0; while [ -e "$p" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done
+    $args
+    break
+  done
+fi
+"""
+
+NETWORK_SCRIPT = r"""
+set -u
+if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/null; then
+  systemctl restart systemd-networkd
+elif [ -d /run/systemd/system ] && systemctl -q is-active NetworkManager 2>/dev/null; then
+  for m in "$@"; do
+    for d in /sys/class/net/*; do
+      [ "$(cat "$d/address" 2>/dev/null)" = "$m" ] || continue
+      nmcli device reapply "${d##*/}" >/dev/null 2>&1
+    done
+  done
+else
+  for m in "$@"; do
+    for d in /sys/class/net/*; do
+      [ "$(cat "$d/address" 2>/dev/null)" = "$m" ] || continue
+      i=${d##*/}
+      if command -v dhclient >/dev/null 2>&1; then dhclient -r "$i" 2>/dev/null; dhclient -1 "$i"
+      elif command -v udhcpc >/dev/null 2>&1; then udhcpc -i "$i" -f -q -n -t 10 -T 1 >/dev/null
+      fi
+    done
+  done
+fi
+for m in "$@"; do
+  for d in /sys/class/net/*; do
+    [ "$(cat "$d/address" 2>/dev/null)" = "$m" ] || continue
+    n=0; until ip -4 addr show dev "${d##*/}" | grep -q inet; do
+      n=$((n+1)); [ $n -le 100 ] || { echo "no address on ${d##*/}"; exit 1; }; sleep 0.1
+    done
+  done
+done
+"""
+
+
+def _as_root(script: str, name: str, args: Sequence[str]) -> str:
+    inner = shlex.join(["sh", "-c", script, name, *args])
+    return f'if [ "$(id -u)" = 0 ]; then {inner}; else sudo -n {inner}; fi'
+
+
+def identity_command(identity: CloneIdentity, epoch: int) -> str:
+    """The first command: clock, hostname, machine-id, instance-id, MACs, host keys."""
+    pairs = [
+        field
+        for kind, macs in (("user", identity.user_macs), ("bridge", identity.bridge_macs))
+        for old, new in macs.items()
+        for field in (old, new, kind)
+    ]
+    args = [
+        identity.hostname, identity.domain, identity.machine_id, identity.instance_id,
+        str(epoch), *pairs,
+    ]  # fmt: skip
+    return _as_root(IDENTITY_SCRIPT, "qemu-compose-identity", args)
+
+
+def network_command(identity: CloneIdentity) -> str:
+    """The second command: addresses on the bridge NICs, by DHCP, as their new selves."""
+    return _as_root(NETWORK_SCRIPT, "qemu-compose-network", list(identity.bridge_macs.values()))
+
+
+def host_key(output: bytes) -> str | None:
+    """The ``<type> <key>`` the identity command printed, if it made one."""
+    for line in output.decode(errors="replace").splitlines():
+        if line.startswith(HOST_KEY_LINE):
+            key = line[len(HOST_KEY_LINE) :].strip()
+            if len(key.split()) == 2:
+                return key
+    return None

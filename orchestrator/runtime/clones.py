@@ -1,0 +1,329 @@
+"""Warm clones (``warm: true``): a replica set for the price of one boot.
+
+`up` boots the first replica it creates, and once that one is ready (SSH, cloud-init done,
+healthy) saves its state, the *template* (state.templates): its memory and devices and a copy
+of its disk, taken while it stands still for a second or two. The other replicas start from
+the template instead of booting: each QEMU is made as for a cold start (its own disk, seed,
+MACs, ports and TAPs), loads the template's state (``-incoming defer``) and is resumed with its
+bridge NICs cut off (QMP ``set_link`` on their netdevs: the guest notices nothing, its packets go
+nowhere); then, over SSH with the project key, the guest gets its own identity (guest.clone),
+its NICs are joined again and it asks for its own addresses. Only then is it a replica like
+the others, ready when the same probes pass. A template is kept for the next `up` (or
+`up --scale`) while it fits the definition; a template that cannot be made (the replica did not
+come up, QEMU refused to save it) makes the others boot as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+import qmp
+from orchestrator.config.topology import Instance, instances
+from orchestrator.errors import QemuComposeError
+from orchestrator.guest.clone import CloneIdentity, host_key, identity_command, network_command
+from orchestrator.guest.cloudinit import instance_id
+from orchestrator.guest.disks import copy_disk
+from orchestrator.guest.knownhosts import forget_host, record_host
+from orchestrator.guest.probe import READY_COMMAND, GuestShell
+from orchestrator.progress import Stage, Status
+from orchestrator.state.templates import (
+    ImageFile,
+    TemplatePaths,
+    TemplateRecord,
+    Templates,
+    misfits,
+)
+from orchestrator.supervisor.eventlog import EventLog
+
+from .access import ssh_target
+from .options import QMP_ANSWER
+from .plan import Action, ActionKind
+from .session import Session
+from .snapshots.common import accel_of, current_shape, qemu_version, running_shape, version_of
+from .snapshots.loading import write_state
+
+USER_NETDEV = "nic0"  # the user-mode NIC (launch): the others are on bridge networks
+LOGIN_TIMEOUT = 120.0  # a resumed guest answers SSH within seconds; many at once take longer
+COMMAND_TIMEOUT = 90.0
+
+
+class CloneError(QemuComposeError):
+    """A clone could not be given its own identity: it is removed, never left running as a
+    copy of its template."""
+
+
+@dataclass(eq=False)
+class WarmStart:
+    """One warm definition in one `up`: the replica whose state becomes the template (None:
+    a kept template serves), and the replicas that start from it."""
+
+    definition: str
+    source: str | None
+    clones: list[str]
+    template: TemplateRecord | None = None
+    why_not: str = ""  # why there is no template (the clones boot)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def give(self, template: TemplateRecord | None, why_not: str = "") -> None:
+        if not self.done.is_set():
+            self.template, self.why_not = template, why_not
+            self.done.set()
+
+
+def base_image(inst: Instance, images: Mapping[str, Path]) -> ImageFile | None:
+    """The base image file a replica's disk is made from, as it is now."""
+    if inst.vm.image is None or inst.vm.image.source not in images:
+        return None
+    return ImageFile.of(images[inst.vm.image.source])
+
+
+async def plan_warm(
+    session: Session, todo: Sequence[Action], images: Mapping[str, Path]
+) -> dict[str, WarmStart]:
+    """The warm starts of this `up`, by definition; templates that no longer fit (or whose
+    definition is gone, or no longer warm) are removed first."""
+    model = session.project.model
+    templates = Templates(session.paths.state_dir)
+    templates.clean_staging()
+    by_name = {i.name: i for i in instances(model)}
+    creating: dict[str, list[Instance]] = {}
+    for action in todo:
+        inst = by_name.get(action.vm)
+        if inst is not None and inst.vm.warm and action.kind is ActionKind.CREATE:
+            creating.setdefault(inst.definition, []).append(inst)
+    qemu: str | None = None
+    for definition in templates.names():
+        vm = model.vms.get(definition)
+        record = templates.read(definition)
+        if vm is None or not vm.warm or record is None:
+            templates.remove(definition)
+            continue
+        inst = next(i for i in by_name.values() if i.definition == definition)
+        qemu = qemu or await qemu_version()
+        known = inst.vm.image is None or inst.vm.image.source in images
+        image = base_image(inst, images) if known else record.image  # (not needed: not read)
+        problems = misfits(record, current_shape(session, inst), accel_of(inst), qemu, image)
+        if problems:
+            templates.remove(definition)
+            who = creating[definition][0].name if definition in creating else inst.name
+            why = f"the template of {definition} no longer fits ({', '.join(problems)}): removed"
+            session.report(who, Stage.TEMPLATE, Status.SKIPPED, why)
+    starts = {}
+    for definition, insts in creating.items():
+        record = templates.read(definition)
+        if record is not None:
+            start = WarmStart(definition, None, [i.name for i in insts])
+            start.give(record)
+        else:
+            start = WarmStart(definition, insts[0].name, [i.name for i in insts[1:]])
+        starts[definition] = start
+    return starts
+
+
+async def make_template(
+    session: Session, inst: Instance, images: Mapping[str, Path]
+) -> TemplateRecord:
+    """Save the ready replica ``inst`` as its definition's template; it runs on after."""
+    name, definition = inst.name, inst.definition
+    session.report(name, Stage.TEMPLATE, Status.WORKING, "waiting for SSH and cloud-init")
+    await _provisioned(session, inst)
+    templates = Templates(session.paths.state_dir)
+    staged = templates.staging(definition)
+    session.report(name, Stage.TEMPLATE, Status.WORKING, f"saving it as {definition}'s template")
+    try:
+        version, state_bytes, stood = await _save(session, inst, staged)
+        saved = session.state.vms[name]
+        record = TemplateRecord(
+            definition=definition,
+            source=name,
+            saved_at=time.time(),
+            shape=running_shape(session, inst),
+            accel=accel_of(inst),
+            qemu=version,
+            image=base_image(inst, images),
+            has_disk=inst.vm.image is not None,
+            macs=dict(saved.macs),
+            user=saved.user,
+            state_bytes=state_bytes,
+            disk_bytes=staged.disk.stat().st_size if inst.vm.image is not None else 0,
+            save_seconds=stood,
+        )
+        templates.commit(definition, staged, record)
+    except BaseException:
+        templates.discard(staged)
+        raise
+    size = (record.state_bytes + record.disk_bytes) / (1 << 20)
+    said = f"{size:.0f} MiB; it stood still {stood:.2f} s"
+    session.report(name, Stage.TEMPLATE, Status.DONE, said)
+    _log(
+        session, name, "TEMPLATE_SAVE", {"definition": definition, "bytes": size, "seconds": stood}
+    )
+    return record
+
+
+async def _save(session: Session, inst: Instance, staged: TemplatePaths) -> tuple[str, int, float]:
+    """The replica's state and a copy of its disk, taken while it stands still; the version
+    of QEMU that saved it, the state's size, how long the guest stood still."""
+    paths = session.paths.vm(inst.name)
+    socket = str(paths.qmp_control_socket)
+    async with qmp.open_session(socket, timeout=QMP_ANSWER, name=inst.name) as control:
+        version = version_of(await control.execute("query-version"))
+        status = (await control.query_status()).status
+        if status != "running":
+            raise CloneError(f"its guest is {status}: only a running guest is saved")
+        began = time.monotonic()
+        await control.execute("stop")
+        try:
+            state_bytes = await write_state(control, staged.state)
+            if inst.vm.image is not None:  # its disk at the same instant, still
+                await copy_disk(paths.disk, staged.disk)
+        finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(qmp.QmpError):
+                await control.execute("cont", timeout=QMP_ANSWER)
+        return version, state_bytes, time.monotonic() - began
+
+
+def identity_of(session: Session, inst: Instance, template: TemplateRecord) -> CloneIdentity:
+    """Who the clone ``inst`` becomes: its own name, MACs (as its QEMU has them), machine-id
+    and instance-id."""
+    project = session.project.name
+    macs = session.state.vms[inst.name].macs
+    pairs = {n: (template.macs[n], mac) for n, mac in macs.items() if n in template.macs}
+    return CloneIdentity(
+        hostname=inst.vm.hostname or inst.name,
+        domain=project,
+        machine_id=secrets.token_hex(16),
+        instance_id=instance_id(project, inst.name),
+        user_macs=dict(v for n, v in pairs.items() if n == USER_NETDEV),
+        bridge_macs=dict(v for n, v in pairs.items() if n != USER_NETDEV),
+    )
+
+
+async def become_itself(
+    session: Session, inst: Instance, template: TemplateRecord, loaded_in: float
+) -> None:
+    """Resume the clone (loaded, paused) cut off from its bridge networks, give it its own
+    identity, join it again. A failure removes it (a CloneError)."""
+    name = inst.name
+    identity = identity_of(session, inst, template)
+    bridges = [n for n in session.state.vms[name].macs if n != USER_NETDEV]
+    socket = str(session.paths.vm(name).qmp_control_socket)
+    began = time.monotonic()
+    try:
+        async with qmp.open_session(socket, timeout=QMP_ANSWER, name=name) as control:
+            for netdev in bridges:
+                await control.execute("set_link", {"name": netdev, "up": False})
+            await control.execute("cont")
+            key = await _in_guest(session, inst, identity, control, bridges)
+    except (qmp.QmpError, OSError) as err:
+        raise CloneError(f"{name}: {err}") from err
+    project, paths = session.project.name, session.paths
+    if key is not None:
+        record_host(paths, project, name, key)
+    else:
+        forget_host(paths, project, name)
+    took = time.monotonic() - began
+    session.report(
+        name,
+        Stage.CLONE,
+        Status.DONE,
+        f"from {template.source}'s template: its own hostname, MACs, host key and machine-id"
+        f" ({loaded_in:.2f} s to load, {took:.1f} s to become itself)",
+    )
+    _log(
+        session,
+        name,
+        "CLONE",
+        {
+            "template": template.definition,
+            "source": template.source,
+            "load_seconds": round(loaded_in, 3),
+            "identity_seconds": round(took, 3),
+            "hostname": identity.hostname,
+            "machine_id": identity.machine_id,
+            "macs": {**identity.user_macs, **identity.bridge_macs},
+            "host_key": key,
+        },
+    )
+
+
+async def _in_guest(
+    session: Session,
+    inst: Instance,
+    identity: CloneIdentity,
+    control: qmp.QmpSession,
+    bridges: list[str],
+) -> str | None:
+    target = ssh_target(session.project, inst, session.state)
+    if target is None:
+        raise CloneError(f"{inst.name} has no SSH port recorded")
+    shell = GuestShell(target)
+    handshakes = trio.CapacityLimiter(1)
+    try:
+        await _login(shell, handshakes)
+        command = identity_command(identity, int(time.time()))  # the time when it is sent
+        said = await shell.probe(command, timeout=COMMAND_TIMEOUT, handshakes=handshakes)
+        if said.exit_code != 0:
+            raise CloneError(f"its identity could not be set: {_said(said.output)}")
+        key = host_key(said.output)
+        for netdev in bridges:
+            await control.execute("set_link", {"name": netdev, "up": True})
+        if bridges:
+            command = network_command(identity)
+            said = await shell.probe(command, timeout=COMMAND_TIMEOUT, handshakes=handshakes)
+            if said.exit_code != 0:
+                raise CloneError(f"its addresses could not be set: {_said(said.output)}")
+        return key
+    finally:
+        await shell.aclose()
+
+
+async def _provisioned(session: Session, inst: Instance) -> None:
+    """Until the guest answers SSH with the project key and cloud-init is done: what its
+    clones start from is a guest that has finished its first boot, whatever its healthcheck
+    says (one disabled makes a VM ready once QEMU runs)."""
+    target = ssh_target(session.project, inst, session.state)
+    if target is None:
+        raise CloneError(f"{inst.name} has no SSH port recorded")
+    shell = GuestShell(target)
+    try:
+        await _login(shell, trio.CapacityLimiter(1), LOGIN_TIMEOUT * 5)
+        said = await shell.probe(
+            READY_COMMAND, timeout=LOGIN_TIMEOUT * 5, handshakes=trio.CapacityLimiter(1)
+        )
+        if said.exit_code != 0:
+            raise CloneError(f"cloud-init did not finish: {_said(said.output)}")
+    finally:
+        await shell.aclose()
+
+
+async def _login(
+    shell: GuestShell, handshakes: trio.CapacityLimiter, timeout: float = LOGIN_TIMEOUT
+) -> None:
+    """Until the guest lets us in (a resumed one: its network is back within a second or
+    two; a connection refused or reset meanwhile is tried again)."""
+    deadline = trio.current_time() + timeout
+    while True:
+        left = deadline - trio.current_time()
+        said = await shell.probe("true", timeout=max(1.0, min(30.0, left)), handshakes=handshakes)
+        if said.exit_code == 0:
+            return
+        if trio.current_time() + 0.5 >= deadline:
+            raise CloneError(f"no SSH login after it resumed: {_said(said.output)}")
+        await trio.sleep(0.5)
+
+
+def _said(output: bytes) -> str:
+    return output.decode(errors="replace").strip()[-300:] or "no output"
+
+
+def _log(session: Session, vm: str, event: str, data: dict[str, object]) -> None:
+    with contextlib.suppress(OSError):  # the log is for watchers: a full disk fails nothing
+        EventLog(session.paths.events_dir).append(vm, event, data, source="clone")

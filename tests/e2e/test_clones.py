@@ -1,0 +1,118 @@
+"""Warm clones on real guests: tiny guests on a bridge network, `warm: true`; the first
+replica boots, the others start from its saved state and become themselves: their own
+hostnames, MACs, addresses, SSH host keys and machine-ids, clocks set, reachable from each
+other. Skipped without QEMU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.guest_images.build import build
+from tests.support.cli import compose
+from tests.support.systemd_user import ManagerHandle
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"),
+]
+
+HOST_KEY = "dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key | grep ^ssh- | cut -d' ' -f2"
+
+
+@pytest.fixture
+def project(tmp_path: Path, user_manager: ManagerHandle) -> Any:
+    yield tmp_path
+    compose("destroy", "--volumes", "--progress", "quiet", cwd=tmp_path, manager=user_manager)
+
+
+def compose_text(tiny: Path, replicas: int, memory: int = 128) -> str:
+    return f"""
+name: clones
+networks:
+  back: {{}}
+vms:
+  w:
+    boot: {{kernel: {tiny}/vmlinuz, initrd: {tiny}/initrd.img, cmdline: console=ttyS0 quiet}}
+    memory: {memory}
+    cpu: 1
+    user: root
+    replicas: {replicas}
+    warm: true
+    networks: [back]
+"""
+
+
+def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandle) -> None:
+    tiny = build("tiny")
+    compose_file = project / "qemu-compose.yaml"
+    compose_file.write_text(compose_text(tiny, 4))
+
+    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return compose(*args, cwd=project, manager=user_manager, timeout=timeout)
+
+    def ok(*args: str) -> str:
+        done = run(*args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def sh(vm: str, command: str) -> str:
+        return ok("ssh", vm, command).strip()
+
+    ok("up", "-d", "--wait", "--progress", "quiet")
+    names = ["w-1", "w-2", "w-3", "w-4"]
+    log = [
+        json.loads(line)
+        for line in ok("watch", "--since", "all", "--no-follow", "--json").splitlines()
+    ]
+    templates = [r for r in log if r["event"] == "TEMPLATE_SAVE"]
+    clones = {r["vm"]: r["data"] for r in log if r["event"] == "CLONE"}
+    assert [r["vm"] for r in templates] == ["w-1"]
+    assert sorted(clones) == names[1:]
+    assert all(c["source"] == "w-1" for c in clones.values())
+    record = json.loads((project / ".qemu-compose/templates/w/template.json").read_bytes())
+    assert (record["source"], record["has_disk"]) == ("w-1", False)
+    consoles = {n: (project / ".qemu-compose" / n / "console.log").read_text() for n in names}
+    assert all("tiny-init: ssh ready" not in consoles[n] for n in names[1:]), consoles  # no boot
+    assert "tiny-init: ssh ready" in consoles["w-1"]
+
+    state = json.loads((project / ".qemu-compose/state.json").read_bytes())
+    seen: dict[str, dict[str, Any]] = {}
+    for name in names:
+        seen[name] = {
+            "hostname": sh(name, "hostname"),
+            "macs": sh(name, "cat /sys/class/net/eth0/address /sys/class/net/eth1/address"),
+            "address": sh(name, "ip -4 -o addr show eth1 | awk '{print $4}'"),
+            "key": sh(name, HOST_KEY),
+            "clock": float(sh(name, "date +%s")) - time.time(),
+        }
+        assert seen[name]["hostname"] == name
+        recorded = state["vms"][name]["macs"]
+        user, bridge = seen[name]["macs"].split()  # the user-mode NIC: the template's, till a boot
+        assert (user, bridge) == (state["vms"]["w-1"]["macs"]["nic0"], recorded["nic1"])
+        assert abs(seen[name]["clock"]) < 3, seen[name]  # (+ the ssh round trip)
+    for field in ("address", "key"):
+        assert len({s[field] for s in seen.values()}) == 4, (field, seen)
+    assert all(seen[n]["address"] for n in names), seen
+    machine_ids = {sh(n, "cat /etc/machine-id") for n in names[1:]}
+    assert len(machine_ids) == 3
+    assert len({s["macs"].split()[1] for s in seen.values()}) == 4
+    known = (project / ".qemu-compose/ssh/known_hosts").read_text()
+    for name in names[1:]:  # known from the clone's own word, not trusted on first use
+        assert f"qemu-compose.clones.{name} ssh-ed25519 {seen[name]['key']}" in known
+    for name, other in [("w-2", "w-3"), ("w-4", "w-1"), ("w-1", "w-2")]:
+        address = seen[other]["address"].split("/")[0]
+        sh(name, f"ping -c 1 -W 5 {address}")
+
+    # nothing to do again; a change of the definition makes the template go
+    assert "keep" in ok("up", "--dry-run")
+    ok("up", "-d", "--wait", "--progress", "quiet")
+    compose_file.write_text(compose_text(tiny, 4, memory=144))
+    ok("up", "-d", "--wait", "--progress", "quiet")
+    assert not (project / ".qemu-compose/templates/w").exists()
