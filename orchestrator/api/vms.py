@@ -73,17 +73,23 @@ async def up(
     force_recreate: bool = False,
     remove_orphans: bool = False,
     no_deps: bool = False,
+    scale: Mapping[str, int] | None = None,
     wait_lock: bool = False,
     bus: str = "user",
     on_event: EventCallback | None = None,
 ) -> UpResult:
-    """Create and start the VMs (``vms`` and what they depend on, or all).
+    """Create and start the VMs (``vms`` and what they depend on, or all); ``scale``: a
+    replica set's number of replicas for this up (docker compose's ``--scale``: new ones
+    are created, those above it removed).
 
     UpError (with ``.result``) when some did not come up."""
     from orchestrator import runtime
 
+    planned = runtime.PlanOptions(
+        vms, no_recreate, force_recreate, remove_orphans, no_deps, dict(scale or {})
+    )
     options = runtime.UpOptions(
-        runtime.PlanOptions(vms, no_recreate, force_recreate, remove_orphans, no_deps),
+        planned,
         wait=wait,
         ready_timeout=ready_timeout,
         parallel=parallel,
@@ -98,12 +104,15 @@ async def plan(
     force_recreate: bool = False,
     remove_orphans: bool = False,
     no_deps: bool = False,
+    scale: Mapping[str, int] | None = None,
     bus: str = "user",
 ) -> UpPlan:
     """What ``up`` would do, with causes (``.actions``: the VMs'); changes nothing."""
     from orchestrator import runtime
 
-    options = runtime.PlanOptions(vms, no_recreate, force_recreate, remove_orphans, no_deps)
+    options = runtime.PlanOptions(
+        vms, no_recreate, force_recreate, remove_orphans, no_deps, dict(scale or {})
+    )
     return await runtime.dry_run(project, options, _connection(bus))
 
 
@@ -203,10 +212,12 @@ async def restart(
     stays pending (`up` says it). Returns the VMs restarted.
     """
     from orchestrator import runtime
-    from orchestrator.runtime.session import read_state
+    from orchestrator.runtime.session import read_state, with_scale
 
+    state = read_state(project)
+    project = with_scale(project, state)
     named = [i.name for i in select(project.model, vms, project=project.name)] if vms else []
-    created = set(read_state(project).vms)
+    created = set(state.vms)
     if named:
         missing = [n for n in named if n not in created]
         if missing:

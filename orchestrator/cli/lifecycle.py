@@ -23,6 +23,20 @@ class _Planning(TypedDict):
     force_recreate: bool
     remove_orphans: bool
     no_deps: bool
+    scale: dict[str, int]
+
+
+def _scale(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
+    """``--scale VM=N``, given once per VM."""
+    found: dict[str, int] = {}
+    for value in values:
+        name, equals, count = value.partition("=")
+        if not equals or not name or not count.isdigit():
+            raise click.BadParameter(f"{value!r} is not VM=N (a number of replicas)")
+        if name in found:
+            raise click.BadParameter(f"{name} is scaled twice")
+        found[name] = int(count)
+    return found
 
 
 def _run(progress: str, work: Callable[[EventCallback], Awaitable[T]]) -> T:
@@ -57,6 +71,14 @@ def _run(progress: str, work: Callable[[EventCallback], Awaitable[T]]) -> T:
 )
 @click.option("--remove-orphans", is_flag=True, help="Remove VMs no longer in the file.")
 @click.option("--no-deps", is_flag=True, help="Start only the VMs named, not their dependencies.")
+@click.option(
+    "--scale",
+    multiple=True,
+    metavar="VM=N",
+    callback=_scale,
+    help="Run N replicas of a replica set (this time: the file is not changed); those above N"
+    " are removed. Warm VMs' new replicas start from the kept template.",
+)
 @click.option("--dry-run", is_flag=True, help="Print what would be done, do nothing.")
 @progress_option
 @wait_lock_option
@@ -72,6 +94,7 @@ def up(
     force_recreate: bool,
     remove_orphans: bool,
     no_deps: bool,
+    scale: dict[str, int],
     dry_run: bool,
     progress: str,
     wait_lock: bool,
@@ -95,6 +118,7 @@ def up(
         force_recreate=force_recreate,
         remove_orphans=remove_orphans,
         no_deps=no_deps,
+        scale=scale,
     )
     if dry_run:
         click.echo(api.format_plan(run(lambda: api.plan(project, *vms, **planning))), nl=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from orchestrator.errors import ConfigError, Problem, ProjectNotFoundError
+from orchestrator.errors import ConfigError, Problem, ProjectNotFoundError, UsageError
 
 from . import schema
 from .files import NamedFiles, read_named_files
@@ -46,6 +46,42 @@ class Project(msgspec.Struct, frozen=True):
     @property
     def state_dir(self) -> Path:
         return self.directory / STATE_DIRNAME
+
+
+MAX_SCALE = 1000
+
+
+def scaled(project: Project, scale: Mapping[str, int]) -> Project:
+    """The project with the replicas `up --scale VM=N` asks for (for that `up`: the file is
+    not changed). Only a replica set scales: a definition whose replicas are named
+    ``<vm>-N`` (``replicas:`` above 1 in the file, or ``warm: true``)."""
+    if not scale:
+        return project
+    vms = dict(project.model.vms)
+    for name, count in scale.items():
+        vm = vms.get(name)
+        said = f"--scale {name}={count}"
+        if vm is None:
+            known = ", ".join(vms) or "none"
+            raise UsageError(f"{said}: no VM named {name!r} in {project.name} (VMs: {known})")
+        if not 0 <= count <= MAX_SCALE:
+            raise UsageError(f"{said}: the number of replicas is 0 to {MAX_SCALE}")
+        if not vm.warm and (vm.replicas == 1 or count == 1):
+            raise UsageError(
+                f"{said}: {name} would change names ({name} alone, or {name}-1 .. {name}-N):"
+                " only a replica set scales, one with replicas: above 1 in the file or warm: true"
+            )
+        vms[name] = msgspec.structs.replace(vm, replicas=count)
+    model = msgspec.structs.replace(project.model, vms=vms)
+    problems: list[str] = []
+
+    def report(path: PathKey, message: str, key: bool = False) -> None:
+        problems.append(f"{'.'.join(str(p) for p in path)}: {message}")
+
+    validate(model, project.state_dir, report)
+    if problems:
+        raise UsageError("--scale: " + "; ".join(problems))
+    return msgspec.structs.replace(project, model=model)
 
 
 def find_compose_file(start: Path) -> Path:

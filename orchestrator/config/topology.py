@@ -21,8 +21,9 @@ class Instance(msgspec.Struct, frozen=True):
 
 
 def replica_names(name: str, vm: Vm) -> list[str]:
-    """The VM names a definition stands for: itself, or ``name-1`` .. ``name-N``."""
-    if vm.replicas == 1:
+    """The VM names a definition stands for: itself, or ``name-1`` .. ``name-N`` (always for
+    a warm VM: its replica set may grow and shrink, `up --scale`)."""
+    if vm.replicas == 1 and not vm.warm:
         return [name]
     return [f"{name}-{i}" for i in range(1, vm.replicas + 1)]
 

@@ -8,15 +8,17 @@ up. Its dry run observes and plans without the lock and changes nothing.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
 import trio
 
-from orchestrator.config.project import Project
+from orchestrator.config.project import Project, scaled
 from orchestrator.config.topology import dependencies, instances, select
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.secrets import ensure_console_password, ensure_project_key
 from orchestrator.progress import Reporter, Stage, Status
+from orchestrator.state.files import Scale
 from orchestrator.supervisor.eventlog import EventLog
 
 from .clones import plan_warm
@@ -53,8 +55,13 @@ class UpError(QemuComposeError):
 async def up(
     project: Project, options: UpOptions, connection: Connection, report: Reporter
 ) -> UpResult:
-    async with open_session(project, connection, report) as session:
-        return await _execute(session, await _plan(session, options.plan), options)
+    async with open_session(project, connection, report) as opened:
+        session = _scaled(opened, options.plan.scale)
+        up_plan = await _plan(session, options.plan)
+        for definition, count in options.plan.scale.items():  # what the next commands see
+            file = project.model.vms[definition].replicas
+            session.state.scale[definition] = Scale(count, file)
+        return await _execute(session, up_plan, options)
 
 
 async def up_in(session: Session, options: UpOptions) -> UpResult:
@@ -68,7 +75,15 @@ async def up_in(session: Session, options: UpOptions) -> UpResult:
 async def dry_run(project: Project, options: PlanOptions, connection: Connection) -> UpPlan:
     """What `up` would do, with causes; nothing is locked or changed."""
     async with open_session(project, connection, Reporter(), lock=False) as session:
-        return await _plan(session, options)
+        return await _plan(_scaled(session, options.scale), options)
+
+
+def _scaled(session: Session, scale: Mapping[str, int]) -> Session:
+    """The session with the replica counts of `up --scale` (its supervisor table too)."""
+    if not scale:
+        return session
+    session.store.project = project = scaled(session.project, scale)
+    return replace(session, project=project)
 
 
 async def _plan(session: Session, options: PlanOptions) -> UpPlan:
@@ -95,11 +110,23 @@ async def _plan(session: Session, options: PlanOptions) -> UpPlan:
         no_recreate=options.no_recreate,
         force_recreate=options.force_recreate,
         remove_orphans=options.remove_orphans,
+        remove=_scaled_away(project, observed, options),
         files=project.files,
         named=[i.name for i in select(project.model, options.services, project=project.name)]
         if options.services
         else None,
     )
+
+
+def _scaled_away(project: Project, observed: Collection[str], options: PlanOptions) -> list[str]:
+    """The replicas `up --scale` takes away: those of a scaled definition above its count."""
+    gone = []
+    for name in observed:
+        definition, _, number = name.rpartition("-")
+        count = options.scale.get(definition)
+        if count is not None and number.isdigit() and int(number) > count:
+            gone.append(name)
+    return gone
 
 
 async def _resumed(session: Session, todo: list[Action], options: UpOptions) -> dict[str, Resumed]:

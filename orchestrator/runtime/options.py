@@ -6,7 +6,7 @@ with PlanOptions; `up` itself adds how long to wait and how much at once (UpOpti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -29,6 +29,7 @@ class PlanOptions(msgspec.Struct, frozen=True):
     force_recreate: bool = False
     remove_orphans: bool = False
     no_deps: bool = False  # only the VMs named, not what they depend on
+    scale: Mapping[str, int] = {}  # definition -> replicas, for this up (up --scale)
 
 
 class UpOptions(msgspec.Struct, frozen=True):

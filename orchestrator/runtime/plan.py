@@ -92,6 +92,7 @@ def plan(
     no_recreate: bool = False,
     force_recreate: bool = False,
     remove_orphans: bool = False,
+    remove: Collection[str] = (),
     files: NamedFiles | None = None,
     named: Collection[str] | None = None,
 ) -> list[Action]:
@@ -111,7 +112,9 @@ def plan(
     ]
     desired = {i.name for i in instances(compose)}
     for name in sorted(set(observed) - desired):
-        if remove_orphans:
+        if name in remove:
+            actions.append(Action(name, ActionKind.REMOVE, "scaled down (--scale)"))
+        elif remove_orphans:
             actions.append(Action(name, ActionKind.REMOVE, "not in the compose file"))
         else:
             actions.append(
@@ -231,6 +234,7 @@ def plan_up(
     no_recreate: bool = False,
     force_recreate: bool = False,
     remove_orphans: bool = False,
+    remove: Collection[str] = (),
     files: NamedFiles | None = None,
     named: Collection[str] | None = None,
 ) -> UpPlan:
@@ -243,6 +247,7 @@ def plan_up(
         no_recreate=no_recreate,
         force_recreate=force_recreate,
         remove_orphans=remove_orphans,
+        remove=remove,
         files=files,
         named=named,
     )

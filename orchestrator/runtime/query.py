@@ -22,7 +22,7 @@ from orchestrator.supervisor.runs import read_run
 
 from .access import ssh_target
 from .options import Connection
-from .session import Session, open_session
+from .session import Session, open_session, with_scale
 
 
 class VmRow(msgspec.Struct, frozen=True):
@@ -239,6 +239,7 @@ async def networks(project: Project, connection: Connection) -> list[NetworkRow]
 
 
 def ssh_argv(project: Project, vm: str, state: ProjectState, command: list[str]) -> list[str]:
+    project = with_scale(project, state)
     inst = select_one(project.model, vm, project=project.name)
     target = ssh_target(project, inst, state)
     if target is None:

@@ -15,9 +15,9 @@ import trio
 import netcfg
 import qmp
 import systemd_dbus
-from orchestrator.config.project import Project
+from orchestrator.config.project import Project, scaled
 from orchestrator.config.topology import instances, select
-from orchestrator.errors import PeerError, QemuComposeError, VmError
+from orchestrator.errors import PeerError, QemuComposeError, UsageError, VmError
 from orchestrator.progress import Event, Reporter, Stage
 from orchestrator.state.files import (
     NO_SPACE,
@@ -162,6 +162,20 @@ def read_state(project: Project) -> ProjectState:
     return state_dir.read_state(project.name) if state_dir.path.exists() else ProjectState()
 
 
+def with_scale(project: Project, state: ProjectState) -> Project:
+    """The project with the replica counts `up --scale` set, where the file still says what
+    it said then (an edited ``replicas:`` counts again)."""
+    wanted = {
+        definition: scale.count
+        for definition, scale in state.scale.items()
+        if definition in project.model.vms and project.model.vms[definition].replicas == scale.file
+    }
+    try:
+        return scaled(project, wanted)
+    except UsageError:  # no longer a replica set: the file's own number
+        return project
+
+
 @asynccontextmanager
 async def open_session(
     project: Project, connection: Connection, report: Reporter, *, lock: bool = True
@@ -183,6 +197,7 @@ async def open_session(
                 await held.acquire(wait=connection.wait_lock)
                 sweep_temporaries(state_dir.path)  # of commands killed while writing
             state = read_state(project)
+            project = with_scale(project, state)
             if lock:
                 state.project = project.name
             paths = ProjectPaths(project.state_dir, project.name)

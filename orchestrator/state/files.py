@@ -54,12 +54,21 @@ class VmState(msgspec.Struct, kw_only=True):
     user: str | None = None  # the guest account its disk was made with (None: earlier versions)
 
 
+class Scale(msgspec.Struct, frozen=True):
+    """What `up --scale` set a replica set to: ``count`` replicas while the file says
+    ``file`` (once it says something else, the file's number counts again)."""
+
+    count: int
+    file: int
+
+
 class ProjectState(msgspec.Struct, kw_only=True):
     version: int = STATE_VERSION
     project: str = ""
     vms: dict[str, VmState] = {}
     subnets: dict[str, str] = {}  # network -> subnet, kept across runs
     addresses: dict[str, dict[str, str]] = {}  # network -> vm -> IPv4 address
+    scale: dict[str, Scale] = {}  # definition -> its replicas as `up --scale` set them
 
     def networks_in_use(self) -> dict[str, list[str]]:
         """Each network's created VMs (those with an address on it)."""

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import ConfigError, ProjectNotFoundError, load_project
+from orchestrator import ConfigError, ProjectNotFoundError, UsageError, load_project
 from orchestrator.config.model import Dependency, PortMapping, VolumeMount
-from orchestrator.config.project import find_compose_file, normalize_project_name
+from orchestrator.config.project import find_compose_file, normalize_project_name, scaled
 from orchestrator.config.topology import replica_names
 
 
@@ -254,3 +254,25 @@ def test_the_model_is_frozen(tmp_path: Path) -> None:
     vm = load_project(write(tmp_path, "vms: {a: {}}\n"), environ={}).model.vms["a"]
     with pytest.raises(AttributeError):
         vm.cpu = 4  # type: ignore[misc]
+
+
+def test_warm_replicas_are_always_numbered_and_scale(tmp_path: Path) -> None:
+    text = (
+        "vms:\n  w: {boot: {kernel: /k}, warm: true}\n  r: {replicas: 3}\n  solo: {}\n"
+        "  fixed: {boot: {kernel: /k}, warm: true, ports: ['8080:80']}\n"
+    )
+    project = load_project(write(tmp_path, text), environ={})
+    assert replica_names("w", project.model.vms["w"]) == ["w-1"]  # a set of one
+    grown = scaled(project, {"w": 3, "r": 0})
+    assert replica_names("w", grown.model.vms["w"]) == ["w-1", "w-2", "w-3"]
+    assert replica_names("r", grown.model.vms["r"]) == []
+    assert project.model.vms["w"].replicas == 1  # (the loaded project is left as it is)
+    for scale, said in [
+        ({"solo": 2}, "only a replica set scales"),
+        ({"r": 1}, "would change names"),
+        ({"nope": 2}, "no VM named 'nope'"),
+        ({"w": 1001}, "0 to 1000"),
+        ({"fixed": 3}, "host port 8080 cannot be published by 3 replicas"),
+    ]:
+        with pytest.raises(UsageError, match=said):
+            scaled(project, scale)

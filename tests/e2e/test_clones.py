@@ -110,9 +110,29 @@ def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandl
         address = seen[other]["address"].split("/")[0]
         sh(name, f"ping -c 1 -W 5 {address}")
 
-    # nothing to do again; a change of the definition makes the template go
-    assert "keep" in ok("up", "--dry-run")
-    ok("up", "-d", "--wait", "--progress", "quiet")
-    compose_file.write_text(compose_text(tiny, 4, memory=144))
+    # up --scale: new replicas from the kept template, those above N removed
+    ok("up", "-d", "--wait", "--scale", "w=6", "--progress", "quiet")
+    log = [
+        json.loads(line)
+        for line in ok("watch", "--since", "all", "--no-follow", "--json").splitlines()
+    ]
+    assert [r["vm"] for r in log if r["event"] == "TEMPLATE_SAVE"] == ["w-1"]  # the same one
+    clones = {r["vm"]: r["data"] for r in log if r["event"] == "CLONE"}
+    assert sorted(clones) == ["w-2", "w-3", "w-4", "w-5", "w-6"]
+    assert sh("w-6", "hostname") == "w-6"
+    sh("w-6", f"ping -c 1 -W 5 {seen['w-1']['address'].split('/')[0]}")
+    dry = ok("up", "--dry-run", "--scale", "w=2")
+    assert [line.split()[:2] for line in dry.splitlines() if line.startswith("w-")] == [
+        ["w-1", "keep"], ["w-2", "keep"], *[[f"w-{i}", "remove"] for i in range(3, 7)]
+    ]  # fmt: skip
+    ok("up", "-d", "--scale", "w=2", "--progress", "quiet")
+    state = json.loads((project / ".qemu-compose/state.json").read_bytes())
+    assert sorted(state["vms"]) == ["w-1", "w-2"]
+    assert not (project / ".qemu-compose/w-3").exists()
+    assert run("up", "--scale", "w=x").returncode == 2
+    assert run("up", "--scale", "nope=2").returncode == 2
+
+    # a change of the definition makes the template go (the replicas restart: they boot)
+    compose_file.write_text(compose_text(tiny, 2, memory=144))
     ok("up", "-d", "--wait", "--progress", "quiet")
     assert not (project / ".qemu-compose/templates/w").exists()

@@ -1,0 +1,65 @@
+"""The commands that give a warm clone its identity: valid sh, every value an argument."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from orchestrator.guest import clone
+from orchestrator.guest.clone import CloneIdentity, host_key, identity_command, network_command
+
+IDENTITY = CloneIdentity(
+    hostname="web-2",
+    domain="shop",
+    machine_id="0123456789abcdef0123456789abcdef",
+    instance_id="qc-0011223344556677",
+    user_macs={"52:54:00:00:00:01": "52:54:00:00:00:02"},
+    bridge_macs={"52:54:00:00:01:01": "52:54:00:00:01:02"},
+)
+
+
+@pytest.mark.parametrize("shell", ["sh", "dash", "bash", "busybox"])
+@pytest.mark.parametrize("script", [clone.IDENTITY_SCRIPT, clone.NETWORK_SCRIPT])
+def test_the_scripts_are_valid_shell(shell: str, script: str) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"no {shell} here")
+    argv = [shell, "sh", "-n"] if shell == "busybox" else [shell, "-n"]
+    done = subprocess.run([*argv, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_values_reach_the_script_as_arguments_whatever_they_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(clone, "IDENTITY_SCRIPT", 'printf "%s\\n" "$0" "$@"')
+    odd = CloneIdentity("a b", "$(touch /tmp/x)", "'; exit 1; '", "`id`", {}, {})
+    done = subprocess.run(
+        ["sh", "-c", identity_command(odd, 1234)], capture_output=True, text=True, check=False
+    )
+    assert done.stdout.splitlines() == [
+        "qemu-compose-identity", "a b", "$(touch /tmp/x)", "'; exit 1; '", "`id`", "1234",
+    ]  # fmt: skip
+
+
+def test_the_identity_names_each_nic_with_its_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clone, "IDENTITY_SCRIPT", 'shift 5; printf "%s\\n" "$@"')
+    monkeypatch.setattr(clone, "NETWORK_SCRIPT", 'printf "%s\\n" "$@"')
+
+    def run(command: str) -> list[str]:
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
+        return done.stdout.splitlines()
+
+    assert run(identity_command(IDENTITY, 1)) == [
+        "52:54:00:00:00:01", "52:54:00:00:00:02", "user",
+        "52:54:00:00:01:01", "52:54:00:00:01:02", "bridge",
+    ]  # fmt: skip
+    assert run(network_command(IDENTITY)) == ["52:54:00:00:01:02"]  # the new ones ask
+
+
+def test_the_new_host_key_is_read_from_what_the_command_printed() -> None:
+    out = b"noise\nqemu-compose-host-key: ssh-ed25519 AAAAC3Nza\nmore\n"
+    assert host_key(out) == "ssh-ed25519 AAAAC3Nza"
+    assert host_key(b"qemu-compose-host-key: \n") is None  # none made (no sshd)
+    assert host_key(b"") is None
