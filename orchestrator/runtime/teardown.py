@@ -15,11 +15,12 @@ import netcfg
 import qmp
 import systemd_dbus
 from orchestrator.config.project import Project
-from orchestrator.config.topology import instances
+from orchestrator.config.topology import instances, replica_names
 from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.paths import remove_socket_dir
+from orchestrator.state.templates import Templates
 
 from .faults.inject import clear_faults, forget_partitions
 from .launch import grace_period
@@ -151,6 +152,7 @@ async def destroy(
             for name in names:
                 nursery.start_soon(remove_vm, session, name)
         await forget_vms(session, names, everything=not vms)
+        _forget_templates(session, names, everything=not vms)
         in_use = state.networks_in_use()
         await _remove_networks(session, [n for n in state.subnets if n not in in_use])
         if not state.vms:  # (each removal saved the supervised VMs without it)
@@ -166,6 +168,23 @@ async def destroy(
                 claims.forget_project(project.name)
         session.store.save()
         return names
+
+
+def _forget_templates(session: Session, names: Sequence[str], *, everything: bool) -> None:
+    """The templates (and `up --scale` counts) of the definitions destroyed whole."""
+    templates = Templates(session.paths.state_dir)
+    gone = set(names)
+    whole = {
+        definition
+        for definition, vm in session.project.model.vms.items()
+        if everything or set(replica_names(definition, vm)) <= gone
+    }
+    for definition in sorted(whole | (set(templates.names()) if everything else set())):
+        session.state.scale.pop(definition, None)
+        if templates.remove(definition):
+            session.report("", Stage.TEMPLATE, Status.DONE, f"{definition}'s template removed")
+    if everything:
+        session.state.scale.clear()
 
 
 async def remove_networks(

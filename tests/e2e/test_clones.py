@@ -135,4 +135,9 @@ def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandl
     # a change of the definition makes the template go (the replicas restart: they boot)
     compose_file.write_text(compose_text(tiny, 2, memory=144))
     ok("up", "-d", "--wait", "--progress", "quiet")
-    assert not (project / ".qemu-compose/templates/w").exists()
+    template = project / ".qemu-compose/templates/w"
+    assert not template.exists()
+    ok("up", "-d", "--wait", "--scale", "w=3", "--progress", "quiet")  # w-3 boots: the new one
+    assert json.loads((template / "template.json").read_bytes())["source"] == "w-3"
+    ok("destroy", "--progress", "quiet")
+    assert not template.exists()
