@@ -358,3 +358,78 @@ vms:
             timeout=300,
         )
     assert not (tmp_path / ".qemu-compose/volumes/dbdata").exists()
+
+
+def test_warm_replicas_of_a_debian_guest(tmp_path: Path, user_manager: ManagerHandle) -> None:
+    """Three replicas for one boot: the clones have their own names (resolved over the
+    bridge), machine-ids, host keys (recorded: `qemu-compose ssh` checks them), cloud-init
+    instance-ids and clocks, and their kernels know they are copies (vmgenid)."""
+    if shutil.which("ssh") is None:
+        pytest.skip("needs the ssh client")
+    guest = build("debian")
+    (tmp_path / "qemu-compose.yaml").write_text(
+        f"""
+name: warm
+networks:
+  lan: {{}}
+vms:
+  worker:
+    image: {guest}/root.qcow2
+    boot: {{kernel: {guest}/vmlinuz, initrd: {guest}/initrd.img, cmdline: root=LABEL=rootfs rw console=ttyS0 quiet}}
+    memory: 384
+    user: debian
+    replicas: 3
+    warm: true
+    networks: [lan]
+"""
+    )
+    names = ["worker-1", "worker-2", "worker-3"]
+
+    def in_guest(vm: str, command: str) -> str:
+        done = compose("ssh", vm, command, cwd=tmp_path, manager=user_manager)
+        assert done.returncode == 0, (vm, command, done.stderr)  # its recorded host key too
+        return done.stdout.strip()
+
+    try:
+        up = compose(
+            "up", "-d", "--wait", "--progress", "quiet", cwd=tmp_path, manager=user_manager,
+            timeout=900,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        log = events(
+            compose(
+                "watch", "--since", "all", "--no-follow", "--json", cwd=tmp_path,
+                manager=user_manager,
+            ).stdout
+        )  # fmt: skip
+        assert [r["vm"] for r in log if r["event"] == "TEMPLATE_SAVE"] == ["worker-1"]
+        assert sorted(r["vm"] for r in log if r["event"] == "CLONE") == names[1:]
+        rows = ps_rows(tmp_path, user_manager)
+        addresses = {n: rows[n]["addresses"]["lan"] for n in names}
+        assert len(set(addresses.values())) == 3
+        seen = {
+            n: in_guest(
+                n,
+                "hostname; cat /etc/machine-id /var/lib/cloud/data/instance-id;"
+                " cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub; date +%s;"
+                " getent ahostsv4 worker-1.warm worker-2 worker-3 | awk '{print $1}' | sort -u",
+            ).splitlines()
+            for n in names
+        }
+        for name, lines in seen.items():
+            assert lines[0] == name
+            assert abs(int(lines[4]) - time.time()) < 5, (name, lines)
+            assert sorted(lines[5:]) == sorted(addresses.values()), (name, lines)  # by name
+        for field in (1, 2, 3):  # machine-id, instance-id, host key
+            assert len({lines[field] for lines in seen.values()}) == 3, (field, seen)
+        forked = in_guest("worker-3", "sudo dmesg | grep -c 'virtual machine fork' || true")
+        assert int(forked) >= 1  # the kernel reseeded its random numbers
+        consoles = {
+            n: (tmp_path / f".qemu-compose/{n}/console.log").read_text(errors="replace")
+            for n in names
+        }
+        assert "Cloud-init v." in consoles["worker-1"]  # it booted
+        assert "Cloud-init v." not in consoles["worker-2"]  # it never did
+    finally:
+        compose("destroy", "--progress", "quiet", cwd=tmp_path, manager=user_manager, timeout=300)
+    assert not (tmp_path / ".qemu-compose/templates/worker").exists()
