@@ -54,9 +54,16 @@ def _connection(bus: str, wait_lock: bool = False) -> Connection:
     return Connection(bus=bus, journal_dir=journal_dir(), wait_lock=wait_lock)
 
 
-def selection(project: Project, *vms: str, no_deps: bool = False) -> list[str]:
+def selection(
+    project: Project, *vms: str, no_deps: bool = False, scale: Mapping[str, int] | None = None
+) -> list[str]:
     """The VMs `up VM...` acts on: those named and, unless ``no_deps``, what they depend on;
-    every VM of the file when none is named. An unknown name is a UsageError."""
+    every VM of the file when none is named (with the replica counts `up --scale` set, and
+    ``scale``). An unknown name is a UsageError."""
+    from orchestrator.config.project import scaled
+    from orchestrator.runtime.session import current_project
+
+    project = scaled(current_project(project), scale or {})
     if not vms:
         return [i.name for i in instances(project.model)]
     chosen = select(project.model, vms, project=project.name, with_dependencies=not no_deps)

@@ -26,7 +26,15 @@ def _log(project: Project) -> EventLog:
 
 def _named(project: Project, vms: Sequence[str]) -> set[str]:
     """The instances of the VMs named (a name with replicas is all of them); none: all."""
-    return {i.name for i in select(project.model, vms, project=project.name)} if vms else set()
+    if not vms:
+        return set()
+    return {i.name for i in select(_current(project).model, vms, project=project.name)}
+
+
+def _current(project: Project) -> Project:
+    from orchestrator.runtime.session import current_project
+
+    return current_project(project)
 
 
 @asynccontextmanager
@@ -94,7 +102,7 @@ async def logs(
     from orchestrator.guest.logs import show_logs
     from orchestrator.state.paths import vm_unit
 
-    select_one(project.model, vm, project=project.name)
+    select_one(_current(project).model, vm, project=project.name)
     paths, saved = _checked(project, vm)
     await show_logs(
         saved.unit if saved else vm_unit(project.name, vm),  # an earlier version's name too
@@ -111,7 +119,7 @@ def console(project: Project, vm: str) -> str:
     """Join this terminal to a VM's serial console until Ctrl+]; returns why it ended."""
     from orchestrator.guest.console import attach
 
-    select_one(project.model, vm, project=project.name)
+    select_one(_current(project).model, vm, project=project.name)
     paths, _ = _checked(project, vm)  # what is typed goes to whoever serves the socket
     return attach(paths.console_socket, vm)
 

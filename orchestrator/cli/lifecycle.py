@@ -139,7 +139,7 @@ def up(
     if detach:
         _run(progress, bring_up)
     else:
-        run(lambda: _up_attached(project, vms, progress, wait_lock, bring_up, no_deps))
+        run(lambda: _up_attached(project, vms, progress, wait_lock, bring_up, no_deps, scale))
 
 
 async def _up_attached(
@@ -149,6 +149,7 @@ async def _up_attached(
     wait_lock: bool,
     bring_up: Callable[[EventCallback], Awaitable[object]],
     no_deps: bool,
+    scale: dict[str, int],
 ) -> None:
     """Up, then attached until Ctrl-C (or SIGTERM). Ctrl-C at any moment, while the VMs
     start or once they run, stops what this `up` is about, gracefully; a second one stops
@@ -160,7 +161,7 @@ async def _up_attached(
     from .progress import with_progress
     from .runner import interrupted
 
-    targets = api.selection(project, *vms, no_deps=no_deps) if vms else []
+    targets = api.selection(project, *vms, no_deps=no_deps, scale=scale) if vms else []
     try:
         await with_progress(progress, bring_up)
         click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)

@@ -2,13 +2,15 @@
 (runtime.clones) right after it resumes from its template's state. Pure.
 
 A clone resumes as a copy of the template's guest: its hostname, MACs and addresses, SSH host
-keys, machine-id, cloud-init instance-id and clock are the template's. A NIC on a bridge network
-takes its own MAC at once; the user-mode NIC keeps the template's until the guest next boots
+keys, machine-id, cloud-init instance-id and clock are the template's. Its bridge NICs are cut
+off (the guest sees their links down) until the first command has run. A NIC on a bridge
+network takes its own MAC at once; the user-mode NIC keeps the template's until the guest next boots
 (its network is the clone's own QEMU, and changing it under the SSH session that carries these
 commands would cut it off); the network configuration names the new MACs for that boot,
 when QEMU gives each NIC its own. The first command
-(`identity_command`) gives it its own, with its bridge NICs cut off (QMP set_link on their
-netdevs) so that nothing of the old identity reaches a peer; the second
+(`identity_command`) gives it its own, so that nothing of the old identity reaches a peer
+(systemd-networkd is restarted then, to take the new machine-id for its DHCP identity); the
+second
 (`network_command`), once they are joined again, asks for its own addresses. Both are
 POSIX sh that works with a systemd, ifupdown or busybox userland; every value is an argument
 (quoted), never part of the script. They need root (sudo where the account is not root).
@@ -73,16 +75,19 @@ while [ $# -ge 3 ]; do
       || { ip link set dev "$i" down; ip link set dev "$i" address "$n"; ip link set dev "$i" up; }
     ip -4 addr flush dev "$i"  # the template's address: never seen on the network
   done
-  for f in $(grep -rls "$o" /etc/netplan /etc/systemd/network /run/systemd/network /etc/network \
-      /etc/NetworkManager/system-connections 2>/dev/null); do
-    sed -i "s/$o/$n/g" "$f"
-  done
+  grep -rlis "$o" /etc/netplan /etc/systemd/network /run/systemd/network /etc/network \
+      /etc/NetworkManager/system-connections /run/NetworkManager/system-connections \
+      2>/dev/null | while IFS= read -r f; do sed -i "s/$o/$n/gI" "$f"; done
 done
+if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/null; then
+  systemctl restart systemd-networkd  # the new machine-id: its DHCP identity, once linked
+fi
 if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
   rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
   ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key >/dev/null
   printf 'qemu-compose-host-key: %s\n' "$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)"
-  systemctl reload ssh 2>/dev/null || systemctl reload sshd 2>/dev/null || pkill -HUP -x sshd
+  systemctl reload ssh 2>/dev/null || systemctl reload sshd 2>/dev/null \
+    || { [ -f /run/sshd.pid ] && kill -HUP "$(cat /run/sshd.pid)"; }
 elif command -v dropbearkey >/dev/null 2>&1; then
   for p in /proc/[0-9]*; do
     [ "$(cat $p/comm 2>/dev/null)" = dropbear ] || continue
@@ -105,12 +110,13 @@ fi
 NETWORK_SCRIPT = r"""
 set -u
 if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/null; then
-  systemctl restart systemd-networkd
+  :  # restarted with the new identity: it asks as the link comes back
 elif [ -d /run/systemd/system ] && systemctl -q is-active NetworkManager 2>/dev/null; then
+  nmcli connection reload >/dev/null 2>&1
   for m in "$@"; do
     for d in /sys/class/net/*; do
       [ "$(cat "$d/address" 2>/dev/null)" = "$m" ] || continue
-      nmcli device reapply "${d##*/}" >/dev/null 2>&1
+      nmcli device connect "${d##*/}" >/dev/null 2>&1
     done
   done
 else
@@ -118,7 +124,14 @@ else
     for d in /sys/class/net/*; do
       [ "$(cat "$d/address" 2>/dev/null)" = "$m" ] || continue
       i=${d##*/}
-      if command -v dhclient >/dev/null 2>&1; then dhclient -r "$i" 2>/dev/null; dhclient -1 "$i"
+      if command -v ifquery >/dev/null 2>&1 && ifquery "$i" >/dev/null 2>&1; then
+        ifdown --force "$i" >/dev/null 2>&1; ifup "$i" >/dev/null 2>&1; continue
+      fi
+      for p in /proc/[0-9]*; do  # a client still running has the template's lease
+        case "$(cat $p/comm 2>/dev/null)" in dhclient|udhcpc) ;; *) continue;; esac
+        tr '\0' '\n' < $p/cmdline 2>/dev/null | grep -qx "$i" && kill "${p#/proc/}"
+      done
+      if command -v dhclient >/dev/null 2>&1; then dhclient -1 "$i"
       elif command -v udhcpc >/dev/null 2>&1; then udhcpc -i "$i" -f -q -n -t 10 -T 1 >/dev/null
       fi
     done

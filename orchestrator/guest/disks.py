@@ -83,9 +83,18 @@ async def copy_disk(source: Path, path: Path) -> None:
     try:
         await _run(argv, f"copying {source}", writes=path)
         os.chmod(tmp, 0o600)
+        await trio.to_thread.run_sync(_fsync, tmp)  # whole on disk before it is used
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def check_growable(path: Path, size: int) -> ImageInfo:

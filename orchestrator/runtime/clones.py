@@ -2,15 +2,17 @@
 
 `up` boots the first replica it creates, and once that one is ready (SSH, cloud-init done,
 healthy) saves its state, the *template* (state.templates): its memory and devices and a copy
-of its disk, taken while it stands still for a second or two. The other replicas start from
-the template instead of booting: each QEMU is made as for a cold start (its own disk, seed,
-MACs, ports and TAPs), loads the template's state (``-incoming defer``) and is resumed with its
-bridge NICs cut off (QMP ``set_link`` on their netdevs: the guest notices nothing, its packets go
-nowhere); then, over SSH with the project key, the guest gets its own identity (guest.clone),
-its NICs are joined again and it asks for its own addresses. Only then is it a replica like
-the others, ready when the same probes pass. A template is kept for the next `up` (or
-`up --scale`) while it fits the definition; a template that cannot be made (the replica did not
-come up, QEMU refused to save it) makes the others boot as usual.
+of its disk, taken while it stands still. The other replicas start from the template instead
+of booting: each QEMU is made as for a cold start (its own disk, seed, MACs, ports and TAPs),
+loads the template's state (``-incoming defer``) and is resumed with its bridge NICs cut off
+(QMP ``set_link`` on their netdevs: the guest sees their links down, and nothing it sends
+gets out); then, over SSH with the project key, the guest gets its own identity
+(guest.clone), its NICs are joined again and it asks for its own addresses. Only then is it a
+replica like the others, ready when the same probes pass. A template is kept for the next
+`up` (or `up --scale`) while it fits the definition; a template that cannot be made (the
+replica did not come up, QEMU refused to save it) makes the others boot as usual. A clone
+cut short before it became itself is removed (its ``cloning`` marker), now or by the next
+`up`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from orchestrator.guest.disks import copy_disk
 from orchestrator.guest.knownhosts import forget_host, record_host
 from orchestrator.guest.probe import READY_COMMAND, GuestShell
 from orchestrator.progress import Stage, Status
+from orchestrator.state.files import atomic_write
 from orchestrator.state.templates import (
     ImageFile,
     TemplatePaths,
@@ -48,6 +51,7 @@ from .plan import Action, ActionKind
 from .session import Session
 from .snapshots.common import accel_of, current_shape, qemu_version, running_shape, version_of
 from .snapshots.loading import write_state
+from .teardown import remove_vm, stop_one
 
 USER_NETDEV = "nic0"  # the user-mode NIC (launch): the others are on bridge networks
 LOGIN_TIMEOUT = 120.0  # a resumed guest answers SSH within seconds; many at once take longer
@@ -105,7 +109,9 @@ async def plan_warm(
         if vm is None or not vm.warm or record is None:
             templates.remove(definition)
             continue
-        inst = next(i for i in by_name.values() if i.definition == definition)
+        inst = next((i for i in by_name.values() if i.definition == definition), None)
+        if inst is None:  # scaled to none: kept for when it grows again
+            continue
         qemu = qemu or await qemu_version()
         known = inst.vm.image is None or inst.vm.image.source in images
         image = base_image(inst, images) if known else record.image  # (not needed: not read)
@@ -190,6 +196,19 @@ async def _save(session: Session, inst: Instance, staged: TemplatePaths) -> tupl
         return version, state_bytes, time.monotonic() - began
 
 
+async def remove_unfinished(session: Session) -> bool:
+    """Remove the clones an earlier `up` left before they became themselves (it was killed):
+    copies of their template, never to be kept. True if there were any."""
+    names = {i.name for i in instances(session.project.model)} | set(session.state.vms)
+    found = sorted(n for n in names if session.paths.vm(n).cloning.exists())
+    for name in found:
+        why = "a clone cut short before it became itself: removed, made again"
+        session.report(name, Stage.CLONE, Status.WORKING, why)
+        await stop_one(session, name, 0.0)
+        await remove_vm(session, name)
+    return bool(found)
+
+
 def identity_of(session: Session, inst: Instance, template: TemplateRecord) -> CloneIdentity:
     """Who the clone ``inst`` becomes: its own name, MACs (as its QEMU has them), machine-id
     and instance-id."""
@@ -214,21 +233,24 @@ async def become_itself(
     name = inst.name
     identity = identity_of(session, inst, template)
     bridges = [n for n in session.state.vms[name].macs if n != USER_NETDEV]
-    socket = str(session.paths.vm(name).qmp_control_socket)
+    paths = session.paths.vm(name)
+    socket = str(paths.qmp_control_socket)
     began = time.monotonic()
+    atomic_write(paths.cloning, b"", durable=True)  # until it is itself (see remove_unfinished)
     try:
         async with qmp.open_session(socket, timeout=QMP_ANSWER, name=name) as control:
             for netdev in bridges:
                 await control.execute("set_link", {"name": netdev, "up": False})
             await control.execute("cont")
             key = await _in_guest(session, inst, identity, control, bridges)
+        project = session.project.name
+        if key is not None:
+            record_host(session.paths, project, name, key)
+        else:
+            forget_host(session.paths, project, name)
     except (qmp.QmpError, OSError) as err:
         raise CloneError(f"{name}: {err}") from err
-    project, paths = session.project.name, session.paths
-    if key is not None:
-        record_host(paths, project, name, key)
-    else:
-        forget_host(paths, project, name)
+    paths.cloning.unlink()
     took = time.monotonic() - began
     session.report(
         name,

@@ -21,7 +21,7 @@ from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import Scale
 from orchestrator.supervisor.eventlog import EventLog
 
-from .clones import plan_warm
+from .clones import plan_warm, remove_unfinished
 from .observe import observe, observe_resources, project_units
 from .options import Connection, PlanOptions, UpOptions
 from .plan import Action, ActionKind, UpPlan, plan_up
@@ -56,7 +56,14 @@ async def up(
     project: Project, options: UpOptions, connection: Connection, report: Reporter
 ) -> UpResult:
     async with open_session(project, connection, report) as opened:
+        for definition, scale in list(opened.state.scale.items()):  # the file changed since
+            vm = project.model.vms.get(definition)
+            if vm is None or vm.replicas != scale.file:
+                del opened.state.scale[definition]
         session = _scaled(opened, options.plan.scale)
+        if await remove_unfinished(session):  # (its units again: some are gone)
+            units = await project_units(session.project, session.manager, session.state)
+            session = replace(session, units=units)
         up_plan = await _plan(session, options.plan)
         for definition, count in options.plan.scale.items():  # what the next commands see
             file = project.model.vms[definition].replicas

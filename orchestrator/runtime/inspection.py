@@ -32,9 +32,9 @@ from .session import open_session
 
 
 async def inspect(project: Project, connection: Connection, name: str) -> dict[str, Any]:
-    inst = select_one(project.model, name, project=project.name)
-    vm = inst.vm
     async with open_session(project, connection, Reporter(), lock=False) as session:
+        inst = select_one(session.project.model, name, project=project.name)
+        vm = inst.vm
         unit = session.vm_unit(name)
         [row] = await vm_rows(session, [name])
         status = await session.manager.status(unit)

@@ -176,6 +176,11 @@ def with_scale(project: Project, state: ProjectState) -> Project:
         return project
 
 
+def current_project(project: Project) -> Project:
+    """The project as the commands see it: the file, with the counts `up --scale` set."""
+    return with_scale(project, read_state(project))
+
+
 @asynccontextmanager
 async def open_session(
     project: Project, connection: Connection, report: Reporter, *, lock: bool = True

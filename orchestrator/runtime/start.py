@@ -33,7 +33,7 @@ from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
 from orchestrator.state.templates import TemplateRecord, Templates
 
 from .changes import digest
-from .clones import CloneError, WarmStart, become_itself, make_template
+from .clones import WarmStart, become_itself, make_template
 from .faults import clear_faults, resume_if_paused
 from .launch import LaunchFacts, grace_period, qemu_binary, recorded, vm_launch
 from .observe import UnitTakenError
@@ -155,7 +155,7 @@ async def _run_vm(
                     loaded = await load_saved_state(session, inst.name, template_state(run, inst))
                     try:
                         await become_itself(session, inst, template, loaded)
-                    except CloneError:
+                    except BaseException:  # a failure, or up cut short: never a copy left
                         with trio.CancelScope(shield=True):
                             await stop_one(session, inst.name, 0.0)
                             await remove_vm(session, inst.name)  # never a copy left running

@@ -112,7 +112,7 @@ async def stop(
     """Power the VMs down gracefully (grace: --timeout, else each VM's stop_grace_period)."""
     async with open_session(project, connection, report) as session:
         names = session.names(vms)
-        by_name = {i.name: i for i in instances(project.model)}
+        by_name = {i.name: i for i in instances(session.project.model)}
         await clear_faults(session, names, why="stopped")
 
         async def one(name: str) -> None:
@@ -152,7 +152,7 @@ async def destroy(
             for name in names:
                 nursery.start_soon(remove_vm, session, name)
         await forget_vms(session, names, everything=not vms)
-        _forget_templates(session, names, everything=not vms)
+        _forget_templates(session, vms, names)
         in_use = state.networks_in_use()
         await _remove_networks(session, [n for n in state.subnets if n not in in_use])
         if not state.vms:  # (each removal saved the supervised VMs without it)
@@ -170,14 +170,15 @@ async def destroy(
         return names
 
 
-def _forget_templates(session: Session, names: Sequence[str], *, everything: bool) -> None:
-    """The templates (and `up --scale` counts) of the definitions destroyed whole."""
+def _forget_templates(session: Session, vms: Sequence[str], names: Sequence[str]) -> None:
+    """The templates (and `up --scale` counts) of the definitions destroyed whole: named, or
+    every replica of them (all of them, when no VM is named)."""
     templates = Templates(session.paths.state_dir)
-    gone = set(names)
+    everything, gone = not vms, set(names)
     whole = {
         definition
         for definition, vm in session.project.model.vms.items()
-        if everything or set(replica_names(definition, vm)) <= gone
+        if everything or definition in vms or set(replica_names(definition, vm)) <= gone
     }
     for definition in sorted(whole | (set(templates.names()) if everything else set())):
         session.state.scale.pop(definition, None)

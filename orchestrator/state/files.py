@@ -228,9 +228,13 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = 
         if isinstance(err, OSError) and err.errno in NO_SPACE:
             raise no_space(path, err) from err
         raise
-    if not durable:
-        return
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    if durable:
+        sync_dir(path.parent)
+
+
+def sync_dir(directory: Path) -> None:
+    """What was renamed in ``directory`` (or made, or removed) survives a power cut."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -104,6 +104,12 @@ class VmPaths(msgspec.Struct, frozen=True):
         return self.suspended_record.is_file() and self.suspended.is_file()
 
     @property
+    def cloning(self) -> Path:
+        """There while a warm clone runs as a copy of its template, not yet itself: a VM
+        with it is removed by the next `up` (and made again)."""
+        return self.directory / "cloning"
+
+    @property
     def console_socket(self) -> Path:
         return self.sockets / "console.sock"
 

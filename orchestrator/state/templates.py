@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from .files import atomic_write, private_dir, read_struct
+from .files import atomic_write, private_dir, read_struct, sync_dir
 
 VERSION = 1
 
@@ -83,9 +83,12 @@ class Templates:
         """The template of ``definition``, if one is there whole."""
         paths = self.paths(definition)
         record = read_struct(paths.record, TemplateRecord)
-        if record is None or not paths.state.is_file():
-            return None
-        if record.has_disk and not paths.disk.is_file():
+        try:  # (sizes as recorded: nothing cut short by a power cut is taken for whole)
+            if record is None or paths.state.stat().st_size != record.state_bytes:
+                return None
+            if record.has_disk and paths.disk.stat().st_size != record.disk_bytes:
+                return None
+        except OSError:
             return None
         return record
 
@@ -110,6 +113,7 @@ class Templates:
         if target.exists():
             os.replace(target, old)
         os.replace(staged.directory, target)
+        sync_dir(self.root)
         shutil.rmtree(old, ignore_errors=True)
 
     def discard(self, staged: TemplatePaths) -> None:

@@ -13,7 +13,7 @@ IMAGE = ImageFile("/i/debian.qcow2", 100, 7)
 def record(**changes: object) -> TemplateRecord:
     fields: dict[str, object] = {
         "definition": "web", "source": "web-1", "saved_at": 1.0, "shape": SHAPE,
-        "accel": "tcg", "qemu": "7.2.13", "image": IMAGE,
+        "accel": "tcg", "qemu": "7.2.13", "image": IMAGE, "state_bytes": 5, "disk_bytes": 4,
     }  # fmt: skip
     fields.update(changes)
     return TemplateRecord(**fields)  # type: ignore[arg-type]
@@ -34,12 +34,15 @@ def test_a_template_is_there_once_its_record_is(tmp_path: Path) -> None:
     again = templates.staging("web")  # a new one replaces it whole
     again.state.write_bytes(b"new state")
     again.disk.write_bytes(b"disk")
-    templates.commit("web", again, record(source="web-3"))
+    templates.commit("web", again, record(source="web-3", state_bytes=9))
     found = templates.read("web")
     assert found is not None
     assert found.source == "web-3"
     assert templates.paths("web").state.read_bytes() == b"new state"
     assert [p.name for p in templates.root.iterdir()] == ["web"]  # nothing left beside it
+    with templates.paths("web").disk.open("r+b") as disk:  # cut short (a power cut)
+        disk.truncate(2)
+    assert templates.read("web") is None
 
 
 def test_a_template_without_its_files_or_record_is_nothing(tmp_path: Path) -> None:
