@@ -3,10 +3,10 @@
 Everything the CLI does, without parsing its output (the CLI sits on it). What talks to
 systemd, QEMU, guests or the network is a trio async function (up, plan, stop, destroy,
 restart, pause, unpause, kill, ps, inspect, networks, remove_networks, logs, pull, doctor,
-snapshot_save, snapshot_restore, snapshot_remove, suspend, resume; events and snapshot are
-async context managers; ``faults(project)`` makes and undoes faults, see api.faults); what
-only reads files or formats data is synchronous (load, ssh_argv, records, console, images,
-remove_image, prune_images, snapshots, format_*). Progress
+snapshot_save, snapshot_restore, snapshot_remove, suspend, resume, remove_templates; events
+and snapshot are async context managers; ``faults(project)`` makes and undoes faults, see
+api.faults); what only reads files or formats data is synchronous (load, ssh_argv, records,
+console, images, remove_image, prune_images, snapshots, templates, format_*). Progress
 arrives as typed ``Event`` objects through ``on_event``:
 
     import trio
@@ -44,6 +44,7 @@ from .cache import images, prune_images, pull, remove_image
 from .faults import Faults, Injection, faults
 from .host import doctor
 from .snapshots import (
+    remove_templates,
     resume,
     snapshot,
     snapshot_remove,
@@ -51,6 +52,7 @@ from .snapshots import (
     snapshot_save,
     snapshots,
     suspend,
+    templates,
 )
 from .text import format_checks, format_config, format_inspect, format_plan, format_record
 from .vms import (
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from orchestrator.config.project import Project
     from orchestrator.guest.images import ImageInfo
     from orchestrator.runtime import NetworkRow, UpError, UpPlan, UpResult, VmRow
+    from orchestrator.runtime.clones import TemplateRow
     from orchestrator.runtime.doctor import Check
     from orchestrator.runtime.faults import FaultError, FaultRow
     from orchestrator.runtime.plan import Action, ActionKind
@@ -103,6 +106,7 @@ _TYPES = {
     "SnapshotError": "orchestrator.runtime.snapshots.common",
     "SnapshotRow": "orchestrator.runtime.snapshots.manage",
     "SnapshotRecord": "orchestrator.state.snapshots",
+    "TemplateRow": "orchestrator.runtime.clones",
 }
 
 __all__ = [
@@ -125,6 +129,7 @@ __all__ = [
     "SnapshotRow",
     "Stage",
     "Status",
+    "TemplateRow",
     "Transfer",
     "UpError",
     "UpPlan",
@@ -155,6 +160,7 @@ __all__ = [
     "records",
     "remove_image",
     "remove_networks",
+    "remove_templates",
     "restart",
     "resume",
     "selection",
@@ -166,6 +172,7 @@ __all__ = [
     "ssh_argv",
     "stop",
     "suspend",
+    "templates",
     "unpause",
     "up",
 ]

@@ -28,6 +28,7 @@ from .vms import EventCallback, _connection
 
 if TYPE_CHECKING:
     from orchestrator.runtime import UpResult
+    from orchestrator.runtime.clones import TemplateRow
     from orchestrator.runtime.snapshots import RestoreResult, SnapshotRow
     from orchestrator.state.snapshots import SnapshotRecord
 
@@ -162,3 +163,23 @@ async def resume(
     return await snapshots.resume(
         project, vms, connection, Reporter(on_event), wait=wait, ready_timeout=ready_timeout
     )
+
+
+def templates(project: Project) -> list[TemplateRow]:
+    """The warm templates kept for the project's warm VMs (by VM: source, time, size)."""
+    from orchestrator.runtime.clones import template_rows
+
+    return template_rows(project)
+
+
+async def remove_templates(
+    project: Project,
+    *vms: str,
+    wait_lock: bool = False,
+    bus: str = "user",
+    on_event: EventCallback | None = None,
+) -> list[str]:
+    """Remove the templates of the VMs named (none: all); their next new replica boots."""
+    from orchestrator.runtime.clones import remove_templates as remove
+
+    return await remove(project, vms, _connection(bus, wait_lock), Reporter(on_event))

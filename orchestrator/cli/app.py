@@ -14,7 +14,7 @@ from .inspection import console, inspect, logs, ps, ssh, watch
 from .lifecycle import destroy, restart, stop, up
 from .network import network
 from .options import GlobalOptions
-from .snapshots import resume, snapshot, suspend
+from .snapshots import resume, snapshot, suspend, template
 
 DISTRIBUTION = "qemu-compose-vm"
 
@@ -155,7 +155,7 @@ def doctor(fmt: str, bus: str) -> None:
 
 for command in (up, stop, destroy, restart, ps, ssh, watch, inspect, logs, console, network):
     cli.add_command(command)
-for command in (pause, unpause, kill, fault, snapshot, suspend, resume):
+for command in (pause, unpause, kill, fault, snapshot, suspend, resume, template):
     cli.add_command(command)
 for command in (doctor, pull, image):
     cli.add_command(command)

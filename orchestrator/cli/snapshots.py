@@ -229,3 +229,49 @@ def resume(
             on_event=on_event,
         ),
     )
+
+
+@click.group()
+def template() -> None:
+    """The warm templates: the saved state a warm VM's new replicas start from.
+
+    `up` saves one when it boots the first replica of a warm VM (`warm: true`) and keeps it
+    while it fits the definition; `destroy` removes it with the VMs.
+    """
+
+
+@template.command("ls")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_obj
+def template_ls(opts: GlobalOptions, fmt: str) -> None:
+    """List the project's templates: VM, the replica saved, when, size on disk, QEMU."""
+    project = opts.load()
+    from orchestrator import api
+
+    from .tables import json_lines, template_table
+
+    rows = api.templates(project)
+    sys.stdout.write(json_lines(rows) if fmt == "json" else template_table(rows))
+
+
+@template.command("rm")
+@click.argument("vms", nargs=-1)
+@progress_option
+@wait_lock_option
+@click.pass_obj
+def template_rm(opts: GlobalOptions, vms: tuple[str, ...], progress: str, wait_lock: bool) -> None:
+    """Remove the templates of the VMs named (none: all), freeing their space.
+
+    The running replicas are not touched; the next new replica boots and is saved anew.
+    """
+    project = opts.load()
+    from orchestrator import api
+
+    _run(
+        progress,
+        lambda on_event: api.remove_templates(
+            project, *vms, wait_lock=wait_lock, on_event=on_event
+        ),
+    )

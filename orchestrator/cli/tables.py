@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.api import FaultRow, ImageInfo, NetworkRow, SnapshotRow, VmRow
+    from orchestrator.api import FaultRow, ImageInfo, NetworkRow, SnapshotRow, TemplateRow, VmRow
 
 
 def vm_table(rows: Sequence[VmRow]) -> str:
@@ -52,6 +52,17 @@ def snapshot_table(rows: Sequence[SnapshotRow]) -> str:
         return [row.name, created, memory, f"{row.size / (1 << 20):.1f}M", ",".join(row.vms)]
 
     return _table(columns, map(cells, rows)) if rows else "no snapshots\n"
+
+
+def template_table(rows: Sequence[TemplateRow]) -> str:
+    columns = [("VM", "<20"), ("FROM", "<20"), ("SAVED", "<17"), ("SIZE", ">9"), ("QEMU", "")]
+
+    def cells(row: TemplateRow) -> list[object]:
+        saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.saved_at))
+        name = row.vm if row.in_file else f"{row.vm} (not warm: removed by up)"
+        return [name, row.source, saved, f"{row.size / (1 << 20):.1f}M", row.qemu]
+
+    return _table(columns, map(cells, rows)) if rows else "no templates\n"
 
 
 def network_table(rows: Sequence[NetworkRow]) -> str:

@@ -24,17 +24,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import trio
 
 import qmp
+from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, instances
-from orchestrator.errors import QemuComposeError
+from orchestrator.errors import QemuComposeError, UsageError
 from orchestrator.guest.clone import CloneIdentity, host_key, identity_command, network_command
 from orchestrator.guest.cloudinit import instance_id
 from orchestrator.guest.disks import copy_disk
 from orchestrator.guest.knownhosts import forget_host, record_host
 from orchestrator.guest.probe import READY_COMMAND, GuestShell
-from orchestrator.progress import Stage, Status
+from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import atomic_write
 from orchestrator.state.templates import (
     ImageFile,
@@ -46,9 +48,9 @@ from orchestrator.state.templates import (
 from orchestrator.supervisor.eventlog import EventLog
 
 from .access import ssh_target
-from .options import QMP_ANSWER
+from .options import QMP_ANSWER, Connection
 from .plan import Action, ActionKind
-from .session import Session
+from .session import Session, open_session
 from .snapshots.common import accel_of, current_shape, qemu_version, running_shape, version_of
 from .snapshots.loading import write_state
 from .teardown import remove_vm, stop_one
@@ -349,3 +351,50 @@ def _said(output: bytes) -> str:
 def _log(session: Session, vm: str, event: str, data: dict[str, object]) -> None:
     with contextlib.suppress(OSError):  # the log is for watchers: a full disk fails nothing
         EventLog(session.paths.events_dir).append(vm, event, data, source="clone")
+
+
+class TemplateRow(msgspec.Struct, frozen=True):
+    """One line of `template ls`."""
+
+    vm: str  # the warm definition
+    source: str  # the replica it was saved from
+    saved_at: float
+    size: int  # bytes: its state and its disk's copy
+    qemu: str
+    in_file: bool  # its definition is a warm VM of the file (else the next `up` removes it)
+
+
+def template_rows(project: Project) -> list[TemplateRow]:
+    """The project's templates, by VM."""
+    templates = Templates(project.state_dir)
+    found = []
+    for name in templates.names():
+        record = templates.read(name)
+        if record is None:
+            continue
+        vm = project.model.vms.get(name)
+        found.append(
+            TemplateRow(
+                name, record.source, record.saved_at, record.state_bytes + record.disk_bytes,
+                record.qemu, vm is not None and vm.warm,
+            )
+        )  # fmt: skip
+    return found
+
+
+async def remove_templates(
+    project: Project, vms: Sequence[str], connection: Connection, report: Reporter
+) -> list[str]:
+    """Remove the templates of the VMs named (none: all); the next `up` that creates a
+    replica of one boots it and saves a new template."""
+    async with open_session(project, connection, report) as session:
+        templates = Templates(session.paths.state_dir)
+        there = templates.names()
+        unknown = [v for v in vms if v not in there]
+        if unknown:
+            known = ", ".join(there) or "none"
+            raise UsageError(f"no template of {', '.join(unknown)} (templates: {known})")
+        removed = [v for v in (vms or there) if templates.remove(v)]
+        for name in removed:
+            report("", Stage.TEMPLATE, Status.DONE, f"{name}'s template removed")
+        return removed

@@ -39,11 +39,12 @@ def project(tmp_path: Path) -> Path:
 COMMANDS = [
     "completion", "config", "console", "destroy", "doctor", "fault", "image", "inspect", "kill",
     "logs", "network", "pause", "ps", "pull", "restart", "resume", "snapshot", "ssh", "stop",
-    "suspend", "unpause", "up", "watch",
+    "suspend", "template", "unpause", "up", "watch",
 ]  # fmt: skip
 FAULTS = ["fault link", "fault net", "fault disk", "fault partition", "fault heal", "fault panic",
           "fault ls", "fault clear"]  # fmt: skip
-SNAPSHOTS = ["snapshot save", "snapshot restore", "snapshot ls", "snapshot rm"]
+SNAPSHOTS = ["snapshot save", "snapshot restore", "snapshot ls", "snapshot rm", "template ls",
+             "template rm"]  # fmt: skip
 
 
 def test_help_lists_only_working_commands(tmp_path: Path) -> None:

@@ -138,6 +138,10 @@ def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandl
     template = project / ".qemu-compose/templates/w"
     assert not template.exists()
     ok("up", "-d", "--wait", "--scale", "w=3", "--progress", "quiet")  # w-3 boots: the new one
-    assert json.loads((template / "template.json").read_bytes())["source"] == "w-3"
-    ok("destroy", "--progress", "quiet")
+    [row] = json.loads(ok("template", "ls", "--format", "json"))
+    assert (row["vm"], row["source"], row["in_file"]) == ("w", "w-3", True)
+    assert row["size"] == sum(p.stat().st_size for p in template.iterdir())
+    assert run("template", "rm", "nope").returncode == 2
+    ok("template", "rm", "w", "--progress", "quiet")
     assert not template.exists()
+    assert ok("template", "ls") == "no templates\n"
