@@ -21,6 +21,7 @@ project's known_hosts.
 
 from __future__ import annotations
 
+import itertools
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class CloneIdentity:
 IDENTITY_SCRIPT = r"""
 set -u
 host=$1 domain=$2 mid=$3 iid=$4 epoch=$5; shift 5
+step() { printf 'qemu-compose-step: %s %s\n' "$1" "$(cut -d' ' -f1 /proc/uptime)"; }
+step start
 date -u -s "@$epoch" >/dev/null 2>&1 || true
 old=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || true)
 if ! { command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname "$host"; } 2>/dev/null
@@ -52,6 +55,7 @@ if [ -n "$old" ] && [ "$old" != "$host" ] && [ -f /etc/hosts ]; then
     '{for(i=2;i<=NF;i++){if($i==o)$i=n; else if($i==o"."d)$i=n"."d}} 1' /etc/hosts > "$t" \
     && chmod 644 "$t" && mv -f "$t" /etc/hosts || rm -f "$t"
 fi
+step hostname
 printf '%s\n' "$mid" > /etc/.machine-id.new && mv -f /etc/.machine-id.new /etc/machine-id
 if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then
   printf '%s\n' "$mid" > /var/lib/dbus/machine-id
@@ -66,6 +70,7 @@ if [ -f $c/data/instance-id ]; then
   printf '%s\n' "$iid" > $c/data/instance-id
   printf '%s\n' "$iid" > $c/data/previous-instance-id
 fi
+step ids
 while [ $# -ge 3 ]; do
   o=$1 n=$2 kind=$3; shift 3
   for d in /sys/class/net/*; do
@@ -79,9 +84,11 @@ while [ $# -ge 3 ]; do
       /etc/NetworkManager/system-connections /run/NetworkManager/system-connections \
       2>/dev/null | while IFS= read -r f; do sed -i "s/$o/$n/gI" "$f"; done
 done
+step macs
 if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/null; then
   systemctl restart systemd-networkd  # the new machine-id: its DHCP identity, once linked
 fi
+step networkd
 if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
   rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
   ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key >/dev/null
@@ -105,6 +112,7 @@ elif command -v dropbearkey >/dev/null 2>&1; then
     break
   done
 fi
+step host-key
 """
 
 NETWORK_SCRIPT = r"""
@@ -171,6 +179,20 @@ def identity_command(identity: CloneIdentity, epoch: int) -> str:
 def network_command(identity: CloneIdentity) -> str:
     """The second command: addresses on the bridge NICs, by DHCP, as their new selves."""
     return _as_root(NETWORK_SCRIPT, "qemu-compose-network", list(identity.bridge_macs.values()))
+
+
+def steps(output: bytes) -> dict[str, float]:
+    """Seconds each step of the identity command took (``qemu-compose-step`` lines, the
+    guest's uptime at the end of each)."""
+    marks = []
+    for line in output.decode(errors="replace").splitlines():
+        if line.startswith("qemu-compose-step: "):
+            name, _, at = line.removeprefix("qemu-compose-step: ").partition(" ")
+            try:
+                marks.append((name, float(at)))
+            except ValueError:
+                continue
+    return {b[0]: round(b[1] - a[1], 3) for a, b in itertools.pairwise(marks)}
 
 
 def host_key(output: bytes) -> str | None:

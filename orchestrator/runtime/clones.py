@@ -31,7 +31,13 @@ import qmp
 from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, instances
 from orchestrator.errors import QemuComposeError, UsageError
-from orchestrator.guest.clone import CloneIdentity, host_key, identity_command, network_command
+from orchestrator.guest.clone import (
+    CloneIdentity,
+    host_key,
+    identity_command,
+    network_command,
+    steps,
+)
 from orchestrator.guest.cloudinit import instance_id
 from orchestrator.guest.disks import copy_disk
 from orchestrator.guest.knownhosts import forget_host, record_host
@@ -237,6 +243,7 @@ async def become_itself(
     bridges = [n for n in session.state.vms[name].macs if n != USER_NETDEV]
     paths = session.paths.vm(name)
     socket = str(paths.qmp_control_socket)
+    steps_took: dict[str, float] = {}  # what becoming itself took, step by step
     began = time.monotonic()
     atomic_write(paths.cloning, b"", durable=True)  # until it is itself (see remove_unfinished)
     try:
@@ -244,7 +251,7 @@ async def become_itself(
             for netdev in bridges:
                 await control.execute("set_link", {"name": netdev, "up": False})
             await control.execute("cont")
-            key = await _in_guest(session, inst, identity, control, bridges)
+            key = await _in_guest(session, inst, identity, control, bridges, steps_took)
         project = session.project.name
         if key is not None:
             record_host(session.paths, project, name, key)
@@ -274,6 +281,7 @@ async def become_itself(
             "machine_id": identity.machine_id,
             "macs": {**identity.user_macs, **identity.bridge_macs},
             "host_key": key,
+            "steps": steps_took,
         },
     )
 
@@ -284,6 +292,7 @@ async def _in_guest(
     identity: CloneIdentity,
     control: qmp.QmpSession,
     bridges: list[str],
+    took: dict[str, float],
 ) -> str | None:
     target = ssh_target(session.project, inst, session.state)
     if target is None:
@@ -291,19 +300,26 @@ async def _in_guest(
     shell = GuestShell(target)
     handshakes = trio.CapacityLimiter(1)
     try:
+        began = trio.current_time()
         await _login(shell, handshakes)
+        took["login"] = round(trio.current_time() - began, 3)
+        began = trio.current_time()
         command = identity_command(identity, int(time.time()))  # the time when it is sent
         said = await shell.probe(command, timeout=COMMAND_TIMEOUT, handshakes=handshakes)
         if said.exit_code != 0:
             raise CloneError(f"its identity could not be set: {_said(said.output)}")
+        took["identity"] = round(trio.current_time() - began, 3)
+        took.update({f"guest:{k}": v for k, v in steps(said.output).items()})
         key = host_key(said.output)
         for netdev in bridges:
             await control.execute("set_link", {"name": netdev, "up": True})
         if bridges:
+            began = trio.current_time()
             command = network_command(identity)
             said = await shell.probe(command, timeout=COMMAND_TIMEOUT, handshakes=handshakes)
             if said.exit_code != 0:
                 raise CloneError(f"its addresses could not be set: {_said(said.output)}")
+            took["network"] = round(trio.current_time() - began, 3)
         return key
     finally:
         await shell.aclose()

@@ -63,3 +63,10 @@ def test_the_new_host_key_is_read_from_what_the_command_printed() -> None:
     assert host_key(out) == "ssh-ed25519 AAAAC3Nza"
     assert host_key(b"qemu-compose-host-key: \n") is None  # none made (no sshd)
     assert host_key(b"") is None
+
+
+def test_the_guest_says_how_long_each_step_took() -> None:
+    out = b"qemu-compose-step: start 10.00\nx\nqemu-compose-step: hostname 10.50\n"
+    out += b"qemu-compose-step: ids 12.25\nqemu-compose-step: bad x\n"
+    assert clone.steps(out) == {"hostname": 0.5, "ids": 1.75}
+    assert clone.steps(b"") == {}
