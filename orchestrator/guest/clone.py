@@ -46,10 +46,7 @@ step() { printf 'qemu-compose-step: %s %s\n' "$1" "$(cut -d' ' -f1 /proc/uptime)
 step start
 date -u -s "@$epoch" >/dev/null 2>&1 || true
 old=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || true)
-if ! { command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname "$host"; } 2>/dev/null
-then
-  hostname "$host"; printf '%s\n' "$host" > /etc/hostname
-fi
+hostname "$host"; printf '%s\n' "$host" > /etc/hostname  # (hostnamectl: seconds, under TCG)
 if [ -n "$old" ] && [ "$old" != "$host" ] && [ -f /etc/hosts ]; then
   t=$(mktemp /etc/.hosts.XXXXXX) && awk -v o="$old" -v n="$host" -v d="$domain" \
     '{for(i=2;i<=NF;i++){if($i==o)$i=n; else if($i==o"."d)$i=n"."d}} 1' /etc/hosts > "$t" \
@@ -93,8 +90,8 @@ if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
   rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
   ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key >/dev/null
   printf 'qemu-compose-host-key: %s\n' "$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)"
-  systemctl reload ssh 2>/dev/null || systemctl reload sshd 2>/dev/null \
-    || { [ -f /run/sshd.pid ] && kill -HUP "$(cat /run/sshd.pid)"; }
+  { [ -f /run/sshd.pid ] && kill -HUP "$(cat /run/sshd.pid)"; } 2>/dev/null \
+    || systemctl reload ssh 2>/dev/null || systemctl reload sshd 2>/dev/null
 elif command -v dropbearkey >/dev/null 2>&1; then
   for p in /proc/[0-9]*; do
     [ "$(cat $p/comm 2>/dev/null)" = dropbear ] || continue

@@ -422,7 +422,9 @@ vms:
             assert before - 2 < clock < time.time() + 2, (name, clock, before)
             others = [n for n in names if n != name]
             looked_up = in_guest(
-                name, f"getent ahostsv4 {others[0]}.warm {others[1]} | awk '{{print $1}}'"
+                name,
+                f"for i in $(seq 20); do getent ahostsv4 {others[0]}.warm {others[1]} && break;"
+                " sleep 0.5; done | awk '{print $1}'",
             ).split()
             assert {addresses[o] for o in others} <= set(looked_up), (name, looked_up)  # by name
         for field in (1, 2, 3):  # machine-id, instance-id, host key
