@@ -151,14 +151,15 @@ async def _run_vm(
                         await start_vm(run, inst, action)
                         await wait_running(session, inst)
                 elif template is not None:
-                    await start_vm(run, inst, action, template)
-                    loaded = await load_saved_state(session, inst.name, template_state(run, inst))
                     try:
+                        await start_vm(run, inst, action, template)
+                        state_file = template_state(run, inst)
+                        loaded = await load_saved_state(session, inst.name, state_file)
                         await become_itself(session, inst, template, loaded)
-                    except BaseException:  # a failure, or up cut short: never a copy left
-                        with trio.CancelScope(shield=True):
+                    except BaseException:  # a failure, or up cut short: never a copy left,
+                        with trio.CancelScope(shield=True):  # nor a half-made clone to boot
                             await stop_one(session, inst.name, 0.0)
-                            await remove_vm(session, inst.name)  # never a copy left running
+                            await remove_vm(session, inst.name)
                         raise
                     await wait_running(session, inst)
                 else:
