@@ -22,9 +22,10 @@ project's known_hosts.
 from __future__ import annotations
 
 import itertools
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from .clock import SET_CLOCK, as_root
 
 HOST_KEY_LINE = "qemu-compose-host-key: "
 
@@ -41,10 +42,10 @@ class CloneIdentity:
 
 IDENTITY_SCRIPT = r"""
 set -u
-host=$1 domain=$2 mid=$3 iid=$4 epoch=$5; shift 5
+host=$1 domain=$2 mid=$3 iid=$4 boot=$5; shift 5
 step() { printf 'qemu-compose-step: %s %s\n' "$1" "$(cut -d' ' -f1 /proc/uptime)"; }
 step start
-date -u -s "@$epoch" >/dev/null 2>&1 || true
+@SET_CLOCK@ || true
 old=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || true)
 hostname "$host"; printf '%s\n' "$host" > /etc/hostname  # (hostnamectl: seconds, under TCG)
 if [ -n "$old" ] && [ "$old" != "$host" ] && [ -f /etc/hosts ]; then
@@ -111,6 +112,7 @@ elif command -v dropbearkey >/dev/null 2>&1; then
 fi
 step host-key
 """
+IDENTITY_SCRIPT = IDENTITY_SCRIPT.replace("@SET_CLOCK@", SET_CLOCK)
 
 NETWORK_SCRIPT = r"""
 set -u
@@ -153,13 +155,9 @@ done
 """
 
 
-def _as_root(script: str, name: str, args: Sequence[str]) -> str:
-    inner = shlex.join(["sh", "-c", script, name, *args])
-    return f'if [ "$(id -u)" = 0 ]; then {inner}; else sudo -n {inner}; fi'
-
-
-def identity_command(identity: CloneIdentity, epoch: int) -> str:
-    """The first command: clock, hostname, machine-id, instance-id, MACs, host keys."""
+def identity_command(identity: CloneIdentity, boot: float) -> str:
+    """The first command: clock (``boot``: the guest's boot on the host's clock, as
+    `clock.boot_epoch` found it), hostname, machine-id, instance-id, MACs, host keys."""
     pairs = [
         field
         for kind, macs in (("user", identity.user_macs), ("bridge", identity.bridge_macs))
@@ -168,14 +166,14 @@ def identity_command(identity: CloneIdentity, epoch: int) -> str:
     ]
     args = [
         identity.hostname, identity.domain, identity.machine_id, identity.instance_id,
-        str(epoch), *pairs,
+        f"{boot:.3f}", *pairs,
     ]  # fmt: skip
-    return _as_root(IDENTITY_SCRIPT, "qemu-compose-identity", args)
+    return as_root(IDENTITY_SCRIPT, "qemu-compose-identity", args)
 
 
 def network_command(identity: CloneIdentity) -> str:
     """The second command: addresses on the bridge NICs, by DHCP, as their new selves."""
-    return _as_root(NETWORK_SCRIPT, "qemu-compose-network", list(identity.bridge_macs.values()))
+    return as_root(NETWORK_SCRIPT, "qemu-compose-network", list(identity.bridge_macs.values()))
 
 
 def steps(output: bytes) -> dict[str, float]:

@@ -31,6 +31,7 @@ import qmp
 from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, instances
 from orchestrator.errors import QemuComposeError, UsageError
+from orchestrator.guest.clock import UPTIME_COMMAND, boot_epoch
 from orchestrator.guest.clone import (
     CloneIdentity,
     host_key,
@@ -301,10 +302,13 @@ async def _in_guest(
     handshakes = trio.CapacityLimiter(1)
     try:
         began = trio.current_time()
-        await _login(shell, handshakes)
+        uptime = await _login(shell, handshakes)
         took["login"] = round(trio.current_time() - began, 3)
+        boot = boot_epoch(uptime, time.time())
+        if boot is None:
+            raise CloneError(f"its uptime could not be read: {_said(uptime)}")
         began = trio.current_time()
-        command = identity_command(identity, int(time.time()))  # the time when it is sent
+        command = identity_command(identity, boot)
         said = await shell.probe(command, timeout=COMMAND_TIMEOUT, handshakes=handshakes)
         if said.exit_code != 0:
             raise CloneError(f"its identity could not be set: {_said(said.output)}")
@@ -346,15 +350,18 @@ async def _provisioned(session: Session, inst: Instance) -> None:
 
 async def _login(
     shell: GuestShell, handshakes: trio.CapacityLimiter, timeout: float = LOGIN_TIMEOUT
-) -> None:
+) -> bytes:
     """Until the guest lets us in (a resumed one: its network is back within a second or
-    two; a connection refused or reset meanwhile is tried again)."""
+    two; a connection refused or reset meanwhile is tried again); what its uptime was then,
+    as `clock.UPTIME_COMMAND` prints it."""
     deadline = trio.current_time() + timeout
     while True:
         left = deadline - trio.current_time()
-        said = await shell.probe("true", timeout=max(1.0, min(30.0, left)), handshakes=handshakes)
+        said = await shell.probe(
+            UPTIME_COMMAND, timeout=max(1.0, min(30.0, left)), handshakes=handshakes
+        )
         if said.exit_code == 0:
-            return
+            return said.output
         if trio.current_time() + 0.5 >= deadline:
             raise CloneError(f"no SSH login after it resumed: {_said(said.output)}")
         await trio.sleep(0.5)

@@ -104,9 +104,9 @@ def faults_on_a_real_guest(project: Path, manager: ManagerHandle, web: int) -> N
     cloud-init set it to; a partition cuts web off from db's sshd by name, and heals; a
     delay on what db sends shows in web's TCP handshake with it, and goes."""
     assert ssh(project, web, "cat /proc/sys/kernel/unknown_nmi_panic") == "1\n"
-    handshake = (
-        "s=$(date +%s%N); if timeout 5 bash -c 'echo > /dev/tcp/db/22' 2>/dev/null; "
-        "then echo $(( ($(date +%s%N) - s) / 1000000 )); else echo cut; fi"
+    handshake = (  # timed inside bash (its clock, no process started): the connect alone
+        "timeout 5 bash -c 's=${EPOCHREALTIME/./}; exec 3<>/dev/tcp/db/22 || exit 1; "
+        "echo $(( (${EPOCHREALTIME/./} - s) / 1000 ))' 2>/dev/null || echo cut"
     )
 
     def connect_ms() -> int | None:
@@ -117,18 +117,20 @@ def faults_on_a_real_guest(project: Path, manager: ManagerHandle, web: int) -> N
         done = compose("fault", *args, "--progress", "quiet", cwd=project, manager=manager)
         assert done.returncode == 0, (args, done.stderr)
 
-    # (a handshake here takes 0.2-0.7 s under TCG on a busy machine: a second of delay
-    # stands out of that)
+    # (a handshake here takes well under a second under TCG, even on a busy machine: a
+    # second of delay stands out of that)
     assert connect_ms() is not None
     fault("partition", "web", "db")
     assert connect_ms() is None
     fault("heal")
-    base = connect_ms()
-    assert base is not None
+    bases = [connect_ms(), connect_ms()]
+    assert None not in bases
+    base = min(b for b in bases if b is not None)
     fault("net", "db", "lan", "--egress", "--delay", "1s")
     delayed = connect_ms()
     assert delayed is not None
-    assert delayed - base > 700  # db's SYN-ACK waits a second
+    assert delayed >= 950  # db's SYN-ACK waits a second
+    assert delayed - base > 700, (bases, delayed)
     fault("clear")
     cleared = connect_ms()
     assert cleared is not None

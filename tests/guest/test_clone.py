@@ -36,10 +36,10 @@ def test_values_reach_the_script_as_arguments_whatever_they_hold(
     monkeypatch.setattr(clone, "IDENTITY_SCRIPT", 'printf "%s\\n" "$0" "$@"')
     odd = CloneIdentity("a b", "$(touch /tmp/x)", "'; exit 1; '", "`id`", {}, {})
     done = subprocess.run(
-        ["sh", "-c", identity_command(odd, 1234)], capture_output=True, text=True, check=False
+        ["sh", "-c", identity_command(odd, 1234.5)], capture_output=True, text=True, check=False
     )
     assert done.stdout.splitlines() == [
-        "qemu-compose-identity", "a b", "$(touch /tmp/x)", "'; exit 1; '", "`id`", "1234",
+        "qemu-compose-identity", "a b", "$(touch /tmp/x)", "'; exit 1; '", "`id`", "1234.500",
     ]  # fmt: skip
 
 

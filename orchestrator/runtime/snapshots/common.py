@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import trio
 from orchestrator.config.topology import Instance, instances
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.accel import choose_accel, read_host_facts
+from orchestrator.guest.clock import UPTIME_COMMAND, boot_epoch
 from orchestrator.guest.disks import DiskError, internal_snapshots
 from orchestrator.guest.mounts import volume_node
 from orchestrator.guest.probe import GuestShell, Outcome
@@ -125,10 +127,11 @@ async def check_tags(disks: list[SnapshotDisk], tag: str) -> list[str]:
 
 
 async def in_guests(
-    session: Session, names: Sequence[str], command: Callable[[], str], timeout: float
+    session: Session, names: Sequence[str], command: Callable[[float | None], str], timeout: float
 ) -> dict[str, Outcome]:
-    """Run ``command()`` in each guest that has an OS and SSH (logged in first, so that the
-    command is made when it is sent), all at once; each one's outcome (never raises)."""
+    """Run ``command(boot)`` in each guest that has an OS and SSH, all at once; each one's
+    outcome (never raises). It is made once logged in, with the guest's boot on the host's
+    clock then (`clock.boot_epoch`; None: its uptime could not be read)."""
     by_name = instance_map(session)
     found: dict[str, Outcome] = {}
     limiter = trio.CapacityLimiter(8)
@@ -140,9 +143,10 @@ async def in_guests(
             return
         shell = GuestShell(target)
         try:
-            outcome = await shell.probe("true", timeout=timeout, handshakes=limiter)
+            outcome = await shell.probe(UPTIME_COMMAND, timeout=timeout, handshakes=limiter)
             if outcome.exit_code == 0:
-                outcome = await shell.probe(command(), timeout=timeout, handshakes=limiter)
+                boot = boot_epoch(outcome.output, time.time())
+                outcome = await shell.probe(command(boot), timeout=timeout, handshakes=limiter)
         finally:
             await shell.aclose()
         found[vm] = outcome

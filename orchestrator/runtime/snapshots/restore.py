@@ -23,6 +23,7 @@ import trio
 
 from orchestrator.config.project import Project
 from orchestrator.errors import UsageError
+from orchestrator.guest.clock import as_root, clock_command
 from orchestrator.guest.disks import DiskError, snapshot_offline
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.snapshots import SnapshotRecord, Snapshots, check_name, disk_tag
@@ -220,9 +221,10 @@ async def sync_clocks(session: Session, names: Sequence[str]) -> list[str]:
     """Set each guest's wall clock to the host's (over SSH with the project key, as root or
     with sudo); returns the VMs whose clock was set. A failure is a warning: the guest runs."""
 
-    def command() -> str:  # the time when it is sent, once logged in
-        epoch = f"@{int(time.time())}"
-        return f"date -u -s {epoch} >/dev/null 2>&1 || sudo -n date -u -s {epoch}"
+    def command(boot: float | None) -> str:
+        if boot is None:  # (no uptime: the time when it is sent)
+            return as_root(f"date -u -s @{int(time.time())}", "qemu-compose-clock", [])
+        return clock_command(boot)
 
     done = []
     for vm, outcome in (await in_guests(session, names, command, CLOCK_TIMEOUT)).items():

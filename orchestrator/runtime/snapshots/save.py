@@ -203,7 +203,7 @@ async def _sync_disks(session: Session, captures: list[_Capture]) -> None:
     """``sync`` in each running guest over SSH, where it can be: a disks-only snapshot then
     holds what the guests wrote until now (it stays crash-consistent: nothing is frozen)."""
     names = [c.inst.name for c in captures]
-    for vm, outcome in (await in_guests(session, names, lambda: "sync", SYNC_TIMEOUT)).items():
+    for vm, outcome in (await in_guests(session, names, lambda _: "sync", SYNC_TIMEOUT)).items():
         if outcome.exit_code != 0:
             said = outcome.output.decode(errors="replace").strip()[:200]
             session.report(vm, Stage.SNAPSHOT, Status.SKIPPED, f"no sync in the guest: {said}")
