@@ -5,13 +5,17 @@ Debian guest (3: systemd, cloud-init), all on one bridge network:
 
   cold   `up -d --wait` of ``replicas: N``: every replica boots until it is ready
   warm   the same with ``warm: true``: replica 1 boots, its state is saved, the others load
-         it and become themselves (hostname, MAC, address, host key, machine-id, clock)
+         it and become themselves (hostname, MAC, address, host key, machine-id, clock);
+         twice: with the template's RAM in a file the clones map (the default), and with it
+         in the migration stream that each clone reads (QEMU_COMPOSE_TEMPLATE_RAM=stream)
   clone  per clone (medians): seconds to load the template's state, seconds to become itself
-         (the SSH fix-up and DHCP), from the CLONE records
+         (the SSH fix-up and DHCP), from the CLONE records; how long the source stood still
+         while its template was saved (TEMPLATE_SAVE)
   PSS    the proportional set size of each replica's QEMU once all are ready (cold ones and
-         clones), from /proc/PID/smaps_rollup: what each costs the host's memory
+         clones), from /proc/PID/smaps_rollup: what each costs the host's memory (pages of
+         the RAM file that clones share count a share each)
 
-The headline is cold / warm. Each case runs its cold and warm `up` in turn, ``--repeat``
+The headline is cold / warm. Each case runs its cold and warm `up`s in turn, ``--repeat``
 times (this machine drifts within minutes), medians reported.
 
 Usage: .venv/bin/python bench/clones.py [--tiny 4,10] [--debian 3] [--repeat 1]
@@ -68,39 +72,46 @@ def pss_mib(directory: Path, names: list[str]) -> list[float]:
     return found
 
 
-def clone_records(directory: Path, env: dict[str, str]) -> list[dict[str, float]]:
+def records(directory: Path, env: dict[str, str], event: str) -> list[dict[str, float]]:
     out = Path(directory / "watch.json")
     with out.open("w") as fh:
         subprocess.run(
             [EXE, "watch", "--since", "all", "--no-follow", "--json"],
             cwd=directory, env=env, stdout=fh, check=True,
         )  # fmt: skip
-    records = [json.loads(line) for line in out.read_text().splitlines() if line.startswith("{")]
-    return [r["data"] for r in records if r["event"] == "CLONE"]
+    found = [json.loads(line) for line in out.read_text().splitlines() if line.startswith("{")]
+    return [r["data"] for r in found if r["event"] == event]
+
+
+MODES = {"cold": None, "file": "file", "stream": "stream"}  # QEMU_COMPOSE_TEMPLATE_RAM
 
 
 def case(base: Path, env: dict[str, str], kind: str, n: int, repeat: int) -> dict[str, float]:
-    rows: dict[str, list[float]] = {k: [] for k in ("cold", "warm", "load", "become",
-                                                   "pss_cold", "pss_clone")}  # fmt: skip
+    rows: dict[str, list[float]] = {}
     names = [f"w-{i}" for i in range(1, n + 1)]
     for round_ in range(repeat):
-        for warm in (False, True):
+        for mode, ram in MODES.items():
             directory = project(
-                base / f"{kind}{n}-{round_}-{warm}", f"cl{kind[0]}{n}", kind, n, warm
+                base / f"{kind}{n}-{round_}-{mode}", f"cl{kind[0]}{n}", kind, n, ram is not None
             )
+            run_env = {**env, "QEMU_COMPOSE_TEMPLATE_RAM": ram or "file"}
             try:
                 took, _ = run_cli(
-                    EXE, ["up", "-d", "--wait", "--progress", "quiet"], directory, env
+                    EXE, ["up", "-d", "--wait", "--progress", "quiet"], directory, run_env
                 )
-                rows["warm" if warm else "cold"].append(took)
+                rows.setdefault(mode, []).append(took)
                 sizes = pss_mib(directory, names[1:])
-                rows["pss_clone" if warm else "pss_cold"].append(statistics.median(sizes))
-                if warm:
-                    clones = clone_records(directory, env)
-                    rows["load"].append(statistics.median(c["load_seconds"] for c in clones))
-                    rows["become"].append(statistics.median(c["identity_seconds"] for c in clones))
+                rows.setdefault(f"pss_{mode}", []).append(statistics.median(sizes))
+                if ram is not None:
+                    clones = records(directory, run_env, "CLONE")
+                    load = statistics.median(c["load_seconds"] for c in clones)
+                    become = statistics.median(c["identity_seconds"] for c in clones)
+                    (saved,) = records(directory, run_env, "TEMPLATE_SAVE")
+                    rows.setdefault(f"load_{mode}", []).append(load)
+                    rows.setdefault(f"become_{mode}", []).append(become)
+                    rows.setdefault(f"save_{mode}", []).append(saved["seconds"])
             finally:
-                run_cli(EXE, ["destroy", "--progress", "quiet"], directory, env)
+                run_cli(EXE, ["destroy", "--progress", "quiet"], directory, run_env)
     return {k: statistics.median(v) for k, v in rows.items()}
 
 
@@ -122,14 +133,23 @@ def main() -> None:
                 print(results[-1], flush=True)
         finally:
             shutil.rmtree(base, ignore_errors=True)
-    print("\n| replicas | cold | warm | cold / warm | clone: load, become itself |", end="")
-    print(" PSS per replica: cold, clone |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\n| replicas | cold | warm (RAM file) | cold / warm | warm (RAM in the stream) |")
+    print("|---|---:|---:|---:|---:|")
     for label, r in results:
         print(
-            f"| {label} | {r['cold']:.1f} s | {r['warm']:.1f} s | {r['cold'] / r['warm']:.1f}x | "
-            f"{r['load']:.2f} s, {r['become']:.1f} s | "
-            f"{r['pss_cold']:.0f} MiB, {r['pss_clone']:.0f} MiB |"
+            f"| {label} | {r['cold']:.1f} s | {r['file']:.1f} s | {r['cold'] / r['file']:.1f}x | "
+            f"{r['stream']:.1f} s ({r['cold'] / r['stream']:.1f}x) |"
+        )
+    print(
+        "\n| replicas | template saved (stood still): file, stream | clone load: file, "
+        "stream | become itself | PSS per replica: cold, clone (file), clone (stream) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for label, r in results:
+        print(
+            f"| {label} | {r['save_file']:.2f} s, {r['save_stream']:.2f} s | "
+            f"{r['load_file']:.2f} s, {r['load_stream']:.2f} s | {r['become_file']:.1f} s | "
+            f"{r['pss_cold']:.0f}, {r['pss_file']:.0f}, {r['pss_stream']:.0f} MiB |"
         )
 
 

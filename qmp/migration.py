@@ -5,12 +5,19 @@ descriptor we pass (the file is ours to open, name and make whole; nothing reach
 QEMU is ``postmigrate`` with its disks inactive, until ``cont`` takes them back. `load_state`
 needs a QEMU started with ``-incoming defer`` and the same devices; when it returns, the VM
 is ``paused`` at the saved instant, for ``cont``.
+
+``shared_ram``: QEMU's ``x-ignore-shared`` capability, on for the one migration and off
+again after: RAM in a shared memory backend (``share=on``) is left out of the stream (it is
+somewhere else already: its file), and a loading QEMU takes its RAM as its own backend
+has it (a private mapping of that file, say). Left on, a later save of the same VM would
+leave its memory out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -36,11 +43,18 @@ class Migration(msgspec.Struct, frozen=True):
     transferred: int = 0  # bytes of RAM sent (as QEMU counts them)
 
 
-async def save_state(session: QmpSession, fd: int, *, timeout: float = 600.0) -> Migration:
+async def save_state(
+    session: QmpSession, fd: int, *, timeout: float = 600.0, shared_ram: bool = False
+) -> Migration:
     """Write the (stopped) VM's state to ``fd``; a MigrationError when QEMU refuses (a device
     that blocks migration, say) or fails (the file's disk is full). Whatever ends it early
     (an error, a cancellation) cancels the migration in QEMU too: it would go on with its
     own copy of the file, and leave the VM ``postmigrate`` once done."""
+    async with _ignoring_shared(session, shared_ram):
+        return await _save(session, fd, timeout)
+
+
+async def _save(session: QmpSession, fd: int, timeout: float) -> Migration:
     started = time.monotonic()
     await session.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
     await session.send_fd(FD_NAME, fd)
@@ -68,12 +82,34 @@ async def _cancel(session: QmpSession) -> None:
             await trio.sleep(POLL)
 
 
-async def load_state(session: QmpSession, fd: int, *, timeout: float = 600.0) -> Migration:
+async def load_state(
+    session: QmpSession, fd: int, *, timeout: float = 600.0, shared_ram: bool = False
+) -> Migration:
     """Read the state from ``fd`` into a QEMU waiting for it (``-incoming defer``)."""
-    started = time.monotonic()
-    await session.send_fd(FD_NAME, fd)
-    await session.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
-    return await _until_done(session, started, timeout)
+    async with _ignoring_shared(session, shared_ram):
+        started = time.monotonic()
+        await session.send_fd(FD_NAME, fd)
+        await session.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
+        return await _until_done(session, started, timeout)
+
+
+@contextlib.asynccontextmanager
+async def _ignoring_shared(session: QmpSession, on: bool) -> AsyncIterator[None]:
+    if not on:
+        yield
+        return
+    await _set_ignore_shared(session, True)
+    try:
+        yield
+    finally:
+        shielded = trio.CancelScope(shield=True)
+        with shielded, trio.move_on_after(CANCEL_TIMEOUT), contextlib.suppress(QmpError):
+            await _set_ignore_shared(session, False)  # (a QEMU gone saves nothing again)
+
+
+async def _set_ignore_shared(session: QmpSession, on: bool) -> None:
+    capability = {"capability": "x-ignore-shared", "state": on}
+    await session.execute("migrate-set-capabilities", {"capabilities": [capability]})
 
 
 async def _until_done(session: QmpSession, started: float, timeout: float) -> Migration:

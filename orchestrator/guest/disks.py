@@ -75,9 +75,10 @@ async def create_overlay(base: Path, path: Path, size: int | None = None) -> Ima
     return await image_info(path)
 
 
-async def copy_disk(source: Path, path: Path) -> None:
-    """A copy of the qcow2 ``source`` (backed by what it is backed by) at ``path``, whole or
-    not at all: holes stay holes, and blocks are shared where the filesystem can (reflink)."""
+async def copy_file(source: Path, path: Path) -> None:
+    """A private copy of ``source`` (a qcow2 disk stays backed by what it is backed by; a
+    guest's RAM in a memfd, by its /proc path) at ``path``, whole or not at all: holes and
+    zeros are holes, and blocks are shared where the filesystem can (reflink)."""
     tmp = path.with_name(f".{path.name}.tmp")
     argv = ["cp", "--sparse=always", "--reflink=auto", "--", str(source), str(tmp)]
     try:

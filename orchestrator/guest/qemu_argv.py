@@ -66,6 +66,40 @@ class DirectBoot:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedRam:
+    """The guest's RAM in a memfd that QEMU shares (a warm template's source: once it stands
+    still, its memory is copied out of that memfd as the template's RAM file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RamFile:
+    """The guest's RAM, a private mapping of a file (a warm clone: its template's RAM; the
+    clones share the file's pages in the page cache, each page copied when one writes it;
+    the file is never written)."""
+
+    path: str
+
+
+# The RAM block's name in the migration stream (q35 and pc): a backend of another name would
+# not load a state saved with QEMU's own RAM
+RAM_ID = "pc.ram"
+
+
+def ram_args(ram: SharedRam | RamFile, memory_mib: int) -> list[str]:
+    if isinstance(ram, SharedRam):
+        backend = f"memory-backend-memfd,id={RAM_ID},size={memory_mib}M,share=on"
+    else:
+        path = qemu_option_value(ram.path)
+        backend = f"memory-backend-file,id={RAM_ID},size={memory_mib}M,mem-path={path},share=off"
+    return ["-object", backend, "-machine", f"memory-backend={RAM_ID}"]
+
+
+def has_pc_ram(machine: str) -> bool:
+    """Whether the machine's RAM block is `RAM_ID` (and can be given a backend of that name)."""
+    return machine.split(",", maxsplit=1)[0].startswith(("q35", "pc"))
+
+
+@dataclass(frozen=True, slots=True)
 class VmLaunch:
     name: str
     accel: Accel
@@ -91,6 +125,7 @@ class VmLaunch:
     # A VM generation ID (ACPI): a guest started from a saved state shared with others (a
     # warm clone) learns that it is a copy, and its kernel reseeds its random numbers
     generation_id: bool = False
+    ram: SharedRam | RamFile | None = None  # None: QEMU's own (anonymous memory)
     extra: tuple[str, ...] = field(default=())
 
 
@@ -124,6 +159,8 @@ def qemu_argv(vm: VmLaunch) -> list[str]:
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",
     ]  # fmt: skip
+    if vm.ram is not None and has_pc_ram(vm.machine):
+        argv += ram_args(vm.ram, vm.memory_mib)
     if vm.machine.startswith(("q35", "pc")):
         argv += ["-device", "pvpanic"]  # the guest reports a kernel panic: GUEST_PANICKED
         if vm.generation_id:

@@ -13,11 +13,19 @@ replica like the others, ready when the same probes pass. A template is kept for
 replica did not come up, QEMU refused to save it) makes the others boot as usual. A clone
 cut short before it became itself is removed (its ``cloning`` marker), now or by the next
 `up`.
+
+Its RAM: the source replica of a q35 or pc VM runs with its RAM in a shared memfd; the
+template takes the devices' state alone (``x-ignore-shared``) and a copy of that memfd, the
+``ram`` file, and each clone's QEMU maps that file privately (guest.qemu_argv.RamFile). A
+clone loads no RAM, and the clones share every page none of them has written, in the page
+cache (measured in bench/clones.py). ``QEMU_COMPOSE_TEMPLATE_RAM=stream`` keeps the RAM in
+the state instead: each clone reads its own copy (the comparison's baseline).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +36,7 @@ import msgspec
 import trio
 
 import qmp
+from orchestrator.config.model import Vm
 from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, instances
 from orchestrator.errors import QemuComposeError, UsageError
@@ -40,9 +49,10 @@ from orchestrator.guest.clone import (
     steps,
 )
 from orchestrator.guest.cloudinit import instance_id
-from orchestrator.guest.disks import copy_disk
+from orchestrator.guest.disks import copy_file
 from orchestrator.guest.knownhosts import forget_host, record_host
 from orchestrator.guest.probe import READY_COMMAND, GuestShell
+from orchestrator.guest.qemu_argv import RAM_ID, has_pc_ram
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.files import atomic_write
 from orchestrator.state.templates import (
@@ -65,6 +75,9 @@ from .teardown import remove_vm, stop_one
 USER_NETDEV = "nic0"  # the user-mode NIC (launch): the others are on bridge networks
 LOGIN_TIMEOUT = 120.0  # a resumed guest answers SSH within seconds; many at once take longer
 COMMAND_TIMEOUT = 90.0
+TEMPLATE_RAM_VARIABLE = "QEMU_COMPOSE_TEMPLATE_RAM"  # file (the default) or stream
+MEMFD_TYPE = "child<memory-backend-memfd>"
+MEMFD_LINK = "/memfd:memory-backend-memfd"  # QEMU's name for it (hostmem-memfd.c)
 
 
 class CloneError(QemuComposeError):
@@ -153,7 +166,7 @@ async def make_template(
     staged = templates.staging(definition)
     session.report(name, Stage.TEMPLATE, Status.WORKING, f"saving it as {definition}'s template")
     try:
-        version, state_bytes, stood = await _save(session, inst, staged)
+        version, state_bytes, ram_bytes, stood = await _save(session, inst, staged)
         saved = session.state.vms[name]
         record = TemplateRecord(
             definition=definition,
@@ -167,6 +180,7 @@ async def make_template(
             macs=dict(saved.macs),
             user=saved.user,
             state_bytes=state_bytes,
+            ram_bytes=ram_bytes,
             disk_bytes=staged.disk.stat().st_size if inst.vm.image is not None else 0,
             save_seconds=stood,
         )
@@ -174,7 +188,7 @@ async def make_template(
     except BaseException:
         templates.discard(staged)
         raise
-    size = (record.state_bytes + record.disk_bytes) / (1 << 20)
+    size = (record.state_bytes + record.ram_bytes + record.disk_bytes) / (1 << 20)
     said = f"{size:.0f} MiB; it stood still {stood:.2f} s"
     session.report(name, Stage.TEMPLATE, Status.DONE, said)
     _log(
@@ -183,9 +197,12 @@ async def make_template(
     return record
 
 
-async def _save(session: Session, inst: Instance, staged: TemplatePaths) -> tuple[str, int, float]:
-    """The replica's state and a copy of its disk, taken while it stands still; the version
-    of QEMU that saved it, the state's size, how long the guest stood still."""
+async def _save(
+    session: Session, inst: Instance, staged: TemplatePaths
+) -> tuple[str, int, int, float]:
+    """The replica's state, a copy of its RAM (where it is shared) and of its disk, taken
+    while it stands still; the version of QEMU that saved it, the state's and the RAM file's
+    sizes (0: none), how long the guest stood still."""
     paths = session.paths.vm(inst.name)
     socket = str(paths.qmp_control_socket)
     async with qmp.open_session(socket, timeout=QMP_ANSWER, name=inst.name) as control:
@@ -193,16 +210,52 @@ async def _save(session: Session, inst: Instance, staged: TemplatePaths) -> tupl
         status = (await control.query_status()).status
         if status != "running":
             raise CloneError(f"its guest is {status}: only a running guest is saved")
+        memfd = await _shared_ram(session, inst, control)
         began = time.monotonic()
         await control.execute("stop")
         try:
-            state_bytes = await write_state(control, staged.state)
-            if inst.vm.image is not None:  # its disk at the same instant, still
-                await copy_disk(paths.disk, staged.disk)
+            state_bytes = await write_state(control, staged.state, shared_ram=memfd is not None)
+            async with trio.open_nursery() as nursery:  # (at the same instant, still)
+                if memfd is not None:
+                    nursery.start_soon(copy_file, memfd, staged.ram)
+                if inst.vm.image is not None:
+                    nursery.start_soon(copy_file, paths.disk, staged.disk)
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(qmp.QmpError):
                 await control.execute("cont", timeout=QMP_ANSWER)
-        return version, state_bytes, time.monotonic() - began
+        stood = time.monotonic() - began
+    ram_bytes = staged.ram.stat().st_size if memfd is not None else 0
+    if memfd is not None and ram_bytes != inst.vm.memory << 20:
+        raise CloneError(f"its RAM was copied short ({ram_bytes} bytes)")
+    return version, state_bytes, ram_bytes, stood
+
+
+def shares_ram(vm: Vm) -> bool:
+    """Whether a warm VM's template keeps its RAM as a file its clones map (see above)."""
+    wanted = os.environ.get(TEMPLATE_RAM_VARIABLE) or "file"
+    if wanted not in ("file", "stream"):
+        raise UsageError(f"{TEMPLATE_RAM_VARIABLE}={wanted}: file or stream")
+    return wanted == "file" and has_pc_ram(vm.machine)
+
+
+async def _shared_ram(session: Session, inst: Instance, control: qmp.QmpSession) -> Path | None:
+    """The memfd with the running source's RAM, where this process reads it (None: its RAM
+    is QEMU's own). Asked of QEMU, and found among the fds of the unit's main process."""
+    found = await control.execute("qom-list", {"path": "/objects"})
+    if not any(o.get("name") == RAM_ID and o.get("type") == MEMFD_TYPE for o in found):
+        return None
+    pid = (await session.manager.status(session.vm_unit(inst.name))).main_pid
+    if not pid:
+        raise CloneError("its QEMU has no main PID")
+    fds = Path(f"/proc/{pid}/fd")
+    memfds = []
+    for fd in os.listdir(fds):
+        with contextlib.suppress(OSError):
+            if os.readlink(fds / fd).startswith(MEMFD_LINK):
+                memfds.append(fds / fd)
+    if len(memfds) != 1:
+        raise CloneError(f"its RAM was not found in its QEMU (PID {pid}): {len(memfds)} memfds")
+    return memfds[0]
 
 
 async def remove_unfinished(session: Session) -> bool:
@@ -382,7 +435,7 @@ class TemplateRow(msgspec.Struct, frozen=True):
     vm: str  # the warm definition
     source: str  # the replica it was saved from
     saved_at: float
-    size: int  # bytes: its state and its disk's copy
+    size: int  # bytes on disk: its state, RAM file and disk's copy (holes not counted)
     qemu: str
     in_file: bool  # its definition is a warm VM of the file (else the next `up` removes it)
 
@@ -398,8 +451,8 @@ def template_rows(project: Project) -> list[TemplateRow]:
         vm = project.model.vms.get(name)
         found.append(
             TemplateRow(
-                name, record.source, record.saved_at, record.state_bytes + record.disk_bytes,
-                record.qemu, vm is not None and vm.warm,
+                name, record.source, record.saved_at, templates.usage(name), record.qemu,
+                vm is not None and vm.warm,
             )
         )  # fmt: skip
     return found

@@ -26,7 +26,16 @@ from orchestrator.config.topology import Instance
 from orchestrator.guest.accel import Accel
 from orchestrator.guest.cloudinit import GuestConfig, Nic, instance_id
 from orchestrator.guest.mounts import mount_layout
-from orchestrator.guest.qemu_argv import DirectBoot, Drive, TapNic, UserNic, VmLaunch, qemu_argv
+from orchestrator.guest.qemu_argv import (
+    DirectBoot,
+    Drive,
+    RamFile,
+    SharedRam,
+    TapNic,
+    UserNic,
+    VmLaunch,
+    qemu_argv,
+)
 from orchestrator.state.files import VmState
 from orchestrator.state.identity import Owner, state_variable
 from orchestrator.state.paths import VmPaths, vm_unit
@@ -54,6 +63,7 @@ class LaunchFacts:
     project_dir: str = ""  # recorded on the unit: whose VM it is (see state.identity)
     user: str | None = None  # the guest account its disk was made with; None: as the file says
     incoming: bool = False  # it starts from a saved state (see _unit: systemd does not restart it)
+    ram: SharedRam | RamFile | None = None  # a warm template's source, or a clone: see VmLaunch
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +142,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
             restart_in_place=vm.restart_policy.supervised,  # the supervisor restarts the guest
             incoming=facts.incoming,
             generation_id=vm.warm,
+            ram=facts.ram,
         )
     )
     return Launch(

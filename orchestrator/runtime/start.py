@@ -22,18 +22,19 @@ from orchestrator.config.topology import Instance
 from orchestrator.errors import QemuComposeError
 from orchestrator.guest.accel import Accel, choose_accel, read_host_facts
 from orchestrator.guest.cloudinit import seed_files, write_seed_iso
-from orchestrator.guest.disks import check_growable, copy_disk, create_overlay, grow_disk
+from orchestrator.guest.disks import check_growable, copy_file, create_overlay, grow_disk
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.guest.mounts import check_bind_sources
+from orchestrator.guest.qemu_argv import RamFile, SharedRam
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
 from orchestrator.progress import Event, Stage, Status
 from orchestrator.state.files import VmState, private_dir
 from orchestrator.state.identity import project_dir
 from orchestrator.state.paths import make_socket_dir, vm_unit, write_record
-from orchestrator.state.templates import TemplateRecord, Templates
+from orchestrator.state.templates import TemplatePaths, TemplateRecord, Templates
 
 from .changes import digest
-from .clones import WarmStart, become_itself, make_template
+from .clones import WarmStart, become_itself, make_template, shares_ram
 from .faults import clear_faults, resume_if_paused
 from .launch import LaunchFacts, grace_period, qemu_binary, recorded, vm_launch
 from .observe import UnitTakenError
@@ -153,8 +154,10 @@ async def _run_vm(
                 elif template is not None:
                     try:
                         await start_vm(run, inst, action, template)
-                        state_file = template_state(run, inst)
-                        loaded = await load_saved_state(session, inst.name, state_file)
+                        state_file = template_paths(run, inst).state
+                        loaded = await load_saved_state(
+                            session, inst.name, state_file, shared_ram=template.ram_bytes > 0
+                        )
                         await become_itself(session, inst, template, loaded)
                     except BaseException:  # a failure, or up cut short: never a copy left,
                         with trio.CancelScope(shield=True):  # nor a half-made clone to boot
@@ -214,8 +217,8 @@ async def _template_for(run: UpRun, inst: Instance) -> TemplateRecord | None:
     return start.template
 
 
-def template_state(run: UpRun, inst: Instance) -> Path:
-    return Templates(run.session.paths.state_dir).paths(inst.definition).state
+def template_paths(run: UpRun, inst: Instance) -> TemplatePaths:
+    return Templates(run.session.paths.state_dir).paths(inst.definition)
 
 
 async def _save_template(run: UpRun, inst: Instance, start: WarmStart) -> None:
@@ -259,7 +262,7 @@ async def start_vm(
     if template is not None and template.has_disk and not paths.disk.exists():
         report(name, Stage.DISK, Status.WORKING, "a copy of the template's")
         source = Templates(session.paths.state_dir).paths(inst.definition).disk
-        await copy_disk(source, paths.disk)
+        await copy_file(source, paths.disk)
         report(name, Stage.DISK, Status.DONE, str(paths.disk))
     elif vm.image is not None and not paths.disk.exists():
         report(name, Stage.DISK, Status.WORKING)
@@ -288,6 +291,10 @@ async def start_vm(
     facts = _facts(run, inst, accel, forwards, taps, user)
     if name in run.options.incoming or name in run.resumed or template is not None:
         facts = replace(facts, incoming=True)
+    if template is not None and template.ram_bytes:  # its clones map the RAM it saved
+        facts = replace(facts, ram=RamFile(str(template_paths(run, inst).ram)))
+    elif run.template_source(inst) is not None and shares_ram(vm):  # it saves its RAM as such
+        facts = replace(facts, ram=SharedRam())
     launch = vm_launch(inst, facts)
     if launch.guest is not None:
         write_seed_iso(paths.seed, seed_files(launch.guest))

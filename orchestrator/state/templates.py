@@ -2,9 +2,11 @@
 replicas start (runtime.clones).
 
 A template is a directory, ``.qemu-compose/templates/<definition>/``, holding ``state`` (QEMU's
-migration stream of the replica's RAM and devices), ``disk.qcow2`` (a copy of its disk at
-the same instant, backed by the same base image) and ``template.json`` (the record, written
-last: a directory without it is nothing). A new template is written beside the old one under
+migration stream of the replica's devices, and of its RAM unless ``ram`` has it), ``ram``
+(the guest's RAM as a file, which the clones map privately: see guest.qemu_argv.RamFile;
+never written once the template is whole), ``disk.qcow2`` (a copy of its disk at the same
+instant, backed by the same base image) and ``template.json`` (the record, written last: a
+directory without it is nothing). A new template is written beside the old one under
 a temporary name and swapped in whole. A template fits a replica while the definition's shape,
 the accelerator, QEMU and the base image file are what it was made with; one that no longer
 fits is removed by the next `up` of its VM.
@@ -12,6 +14,7 @@ fits is removed by the next `up` of its VM.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -50,6 +53,7 @@ class TemplateRecord(msgspec.Struct, frozen=True, kw_only=True):
     macs: dict[str, str] = {}  # netdev -> MAC: what the clones' guests have, to be changed
     user: str | None = None  # the guest account its disk has
     state_bytes: int = 0
+    ram_bytes: int = 0  # the RAM file's size (0: none, the state holds the RAM)
     disk_bytes: int = 0
     save_seconds: float = 0.0  # how long the source stood still
 
@@ -64,6 +68,10 @@ class TemplatePaths(msgspec.Struct, frozen=True):
     @property
     def state(self) -> Path:
         return self.directory / "state"
+
+    @property
+    def ram(self) -> Path:
+        return self.directory / "ram"
 
     @property
     def disk(self) -> Path:
@@ -88,9 +96,20 @@ class Templates:
                 return None
             if record.has_disk and paths.disk.stat().st_size != record.disk_bytes:
                 return None
+            if record.ram_bytes and paths.ram.stat().st_size != record.ram_bytes:
+                return None
         except OSError:
             return None
         return record
+
+    def usage(self, definition: str) -> int:
+        """Bytes its files take on disk (a sparse RAM file or disk: what is allocated)."""
+        paths = self.paths(definition)
+        total = 0
+        for path in (paths.record, paths.state, paths.ram, paths.disk):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_blocks * 512
+        return total
 
     def names(self) -> list[str]:
         if not self.root.is_dir():

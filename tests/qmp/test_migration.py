@@ -5,6 +5,7 @@ off when the button is pressed."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from qmp import MigrationError, load_state, open_session, save_state
+from qmp import MigrationError, QmpSession, load_state, open_session, save_state
 from qmp.events import Shutdown
 from tests.support.qemu import Vm
 
@@ -110,3 +111,59 @@ async def test_a_save_cut_short_is_cancelled_in_qemu_too(make_vm: MakeVm) -> Non
         await trio.sleep(0.5)
         assert (await session.query_status()).status == "running"
     ours.close()
+
+
+async def test_ram_in_a_shared_file_stays_out_of_the_stream_and_is_mapped_by_the_loader(
+    make_vm: MakeVm, sockdir: Path
+) -> None:
+    """``shared_ram``: the source's RAM is a shared file, the stream has its devices only;
+    a QEMU mapping that file privately loads it and runs on, the file untouched; the
+    capability is off again in both QEMUs (a later save would leave the memory out)."""
+    ram = sockdir / "ram"
+
+    def backend(share: str) -> list[str]:
+        backend = f"memory-backend-file,id=pc.ram,size=64M,mem-path={ram},share={share}"
+        return ["-object", backend, "-machine", "memory-backend=pc.ram"]
+
+    async def ignoring(session: QmpSession) -> bool:
+        found = await session.execute("query-migrate-capabilities")
+        return bool(next(c["state"] for c in found if c["capability"] == "x-ignore-shared"))
+
+    full = sockdir / "full.state"
+    small = sockdir / "small.state"
+    source = make_vm(name="a", boot_sector=True, extra=backend("on"))
+    async with open_session(source.control_socket) as session:
+        await session.execute("cont")
+        await _until_ready(source)
+        await session.execute("stop")
+        for path, shared in ((full, False), (small, True)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                await save_state(session, fd, shared_ram=shared)
+            finally:
+                os.close(fd)
+            assert not await ignoring(session)
+            await session.execute("cont")  # (postmigrate: QEMU saves no second time)
+            await session.execute("stop")
+        await session.execute("quit")
+    assert small.stat().st_size * 2 < full.stat().st_size  # no guest RAM in it
+    before = hashlib.sha256(ram.read_bytes()).hexdigest()
+
+    target = make_vm(
+        name="b", boot_sector=True, paused=False, extra=[*backend("off"), "-incoming", "defer"]
+    )
+    async with open_session(target.control_socket) as session:
+        fd = os.open(small, os.O_RDONLY)
+        try:
+            await load_state(session, fd, shared_ram=True)
+        finally:
+            os.close(fd)
+        assert not await ignoring(session)
+        async with session.events(["SHUTDOWN"]) as events:
+            await session.execute("cont")
+            await trio.sleep(0.5)
+            assert not target.guest_ready()  # the guest's memory came from the file: it waits
+            await session.execute("system_powerdown")
+            with trio.fail_after(30):
+                assert isinstance(await events.__anext__(), Shutdown)
+    assert hashlib.sha256(ram.read_bytes()).hexdigest() == before  # (its own copies of pages)

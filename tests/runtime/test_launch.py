@@ -12,7 +12,10 @@ import pytest
 from netcfg import Forward
 from orchestrator import load_project
 from orchestrator.config.topology import Instance, instances
+from orchestrator.errors import UsageError
 from orchestrator.guest.accel import Accel
+from orchestrator.guest.qemu_argv import RamFile, SharedRam
+from orchestrator.runtime.clones import shares_ram
 from orchestrator.runtime.launch import (
     Launch,
     LaunchFacts,
@@ -247,3 +250,41 @@ def test_a_warm_vm_has_a_generation_id_that_each_qemu_makes_anew(
     at = cold.argv.index("pvpanic") + 1
     assert warm.argv == [*cold.argv[:at], "-device", "vmgenid,guid=auto", *cold.argv[at:]]
     assert "vmgenid,guid=auto" not in cold.argv
+
+
+def test_a_template_source_shares_its_ram_and_a_clone_maps_the_templates_privately(
+    lab: dict[str, Instance],
+) -> None:
+    facts_db = {
+        "taps": {"back": "qc-tap0"},
+        "volume_paths": {"data": Path("/p/.qemu-compose/volumes/data/data.img")},
+    }
+    cold = vm_launch(lab["db"], facts("db", **facts_db))
+    source = vm_launch(lab["db"], facts("db", ram=SharedRam(), **facts_db))
+    clone = vm_launch(lab["db"], facts("db", ram=RamFile("/p/t/ram,x"), **facts_db))
+    at = cold.argv.index("virtio-rng-pci,rng=rng0") + 1
+    memfd = "memory-backend-memfd,id=pc.ram,size=512M,share=on"
+    assert source.argv == [
+        *cold.argv[:at], "-object", memfd, "-machine", "memory-backend=pc.ram", *cold.argv[at:]
+    ]  # fmt: skip
+    mapped = "memory-backend-file,id=pc.ram,size=512M,mem-path=/p/t/ram,,x,share=off"
+    assert clone.argv[at : at + 4] == ["-object", mapped, "-machine", "memory-backend=pc.ram"]
+    microvm = Instance("db", "db", msgspec.structs.replace(lab["db"].vm, machine="microvm"))
+    other = vm_launch(microvm, facts("db", ram=SharedRam(), **facts_db))
+    assert "memory-backend" not in " ".join(other.argv)  # its RAM has another name
+
+
+def test_which_warm_vms_keep_their_templates_ram_as_a_file(
+    lab: dict[str, Instance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vm = lab["db"].vm
+    monkeypatch.delenv("QEMU_COMPOSE_TEMPLATE_RAM", raising=False)
+    assert shares_ram(vm)
+    assert not shares_ram(msgspec.structs.replace(vm, machine="microvm"))
+    monkeypatch.setenv("QEMU_COMPOSE_TEMPLATE_RAM", "stream")
+    assert not shares_ram(vm)
+    monkeypatch.setenv("QEMU_COMPOSE_TEMPLATE_RAM", "file")
+    assert shares_ram(vm)
+    monkeypatch.setenv("QEMU_COMPOSE_TEMPLATE_RAM", "disk")
+    with pytest.raises(UsageError, match="QEMU_COMPOSE_TEMPLATE_RAM=disk: file or stream"):
+        shares_ram(vm)

@@ -60,6 +60,19 @@ def test_a_template_without_its_files_or_record_is_nothing(tmp_path: Path) -> No
     assert templates.read("tiny") is None
 
 
+def test_a_template_with_its_ram_in_a_file_needs_that_file_whole(tmp_path: Path) -> None:
+    templates = Templates(tmp_path)
+    staged = templates.staging("web")
+    staged.state.write_bytes(b"state")
+    staged.disk.write_bytes(b"disk")
+    templates.commit("web", staged, record(ram_bytes=3))  # no RAM file
+    assert templates.read("web") is None
+    templates.paths("web").ram.write_bytes(b"ra")  # cut short
+    assert templates.read("web") is None
+    templates.paths("web").ram.write_bytes(b"ram")
+    assert templates.read("web") == record(ram_bytes=3)
+
+
 def test_leftovers_of_an_interrupted_save_are_swept(tmp_path: Path) -> None:
     templates = Templates(tmp_path)
     templates.staging("web").state.write_bytes(b"half")
@@ -80,3 +93,17 @@ def test_what_makes_a_template_no_longer_fit() -> None:
     assert misfits(ok, SHAPE, "tcg", "8.0.0", IMAGE) == ["saved by QEMU 7.2.13, this is 8.0.0"]
     pulled_again = ImageFile("/i/debian.qcow2", 100, 8)
     assert misfits(ok, SHAPE, "tcg", "7.2.13", pulled_again) == ["its base image file changed"]
+
+
+def test_a_templates_size_is_what_its_files_take_on_disk(tmp_path: Path) -> None:
+    templates = Templates(tmp_path)
+    staged = templates.staging("web")
+    staged.state.write_bytes(b"s" * 10_000)
+    with staged.ram.open("wb") as ram:  # sparse: 64 MiB, one block written
+        ram.truncate(64 << 20)
+        ram.write(b"r" * 4096)
+    templates.commit("web", staged, record(state_bytes=10_000, ram_bytes=64 << 20))
+    paths = templates.paths("web")
+    usage = templates.usage("web")
+    assert usage == sum(p.stat().st_blocks * 512 for p in (paths.record, paths.state, paths.ram))
+    assert 14_000 <= usage < 1 << 20

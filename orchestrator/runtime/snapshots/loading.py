@@ -22,28 +22,31 @@ from .common import SnapshotError, accel_of, current_shape, hardware_changes, in
 LOAD_TIMEOUT = 600.0
 
 
-async def load_saved_state(session: Session, name: str, state: Path) -> float:
+async def load_saved_state(
+    session: Session, name: str, state: Path, *, shared_ram: bool = False
+) -> float:
     """Load ``state``; the VM is paused at the saved instant after it; the seconds it took.
-    A failure is the VM's (QEMU refused it: other devices, another QEMU)."""
+    A failure is the VM's (QEMU refused it: other devices, another QEMU). ``shared_ram``:
+    the stream has no RAM, the QEMU's RAM backend maps it (a warm clone's template's)."""
     session.report(name, Stage.RESTORE, Status.WORKING, f"loading {state.name}")
     socket = str(session.paths.vm(name).qmp_control_socket)
     fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
     try:
         async with qmp.open_session(socket, timeout=max(QMP_ANSWER, 30.0), name=name) as control:
-            loaded = await qmp.load_state(control, fd, timeout=LOAD_TIMEOUT)
+            loaded = await qmp.load_state(control, fd, timeout=LOAD_TIMEOUT, shared_ram=shared_ram)
     finally:
         os.close(fd)
     session.report(name, Stage.RESTORE, Status.DONE, f"state loaded in {loaded.seconds:.2f} s")
     return loaded.seconds
 
 
-async def write_state(control: qmp.QmpSession, target: Path) -> int:
+async def write_state(control: qmp.QmpSession, target: Path, *, shared_ram: bool = False) -> int:
     """The stopped VM's state to ``target``, whole or not at all (a temporary file beside
-    it, synced, renamed); its size."""
+    it, synced, renamed); its size. ``shared_ram``: without the RAM of a shared backend."""
     tmp = target.with_name(f".{target.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        await qmp.save_state(control, fd)
+        await qmp.save_state(control, fd, shared_ram=shared_ram)
         await trio.to_thread.run_sync(os.fsync, fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
