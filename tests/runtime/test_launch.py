@@ -154,6 +154,12 @@ def render(launch: Launch) -> str:
     return "\n".join(lines) + "\n"
 
 
+FACTS_DB: dict[str, Any] = {  # db's TAP and volume
+    "taps": {"back": "qc-tap0"},
+    "volume_paths": {"data": Path("/p/.qemu-compose/volumes/data/data.img")},
+}
+
+
 def test_a_vm_with_an_os_a_bridge_a_volume_and_a_restart_policy(
     lab: dict[str, Instance],
 ) -> None:
@@ -225,10 +231,7 @@ def test_a_firmware_only_vm_has_no_seed_no_grace_and_no_restart(lab: dict[str, I
 def test_a_vm_starting_from_a_saved_state_waits_for_it_and_systemd_does_not_restart_it(
     lab: dict[str, Instance],
 ) -> None:
-    facts_db = {
-        "taps": {"back": "qc-tap0"},
-        "volume_paths": {"data": Path("/p/.qemu-compose/volumes/data/data.img")},
-    }
+    facts_db = FACTS_DB
     cold = vm_launch(lab["db"], facts("db", **facts_db))
     warm = vm_launch(lab["db"], facts("db", incoming=True, **facts_db))
     assert warm.argv == [*cold.argv, "-incoming", "defer"]  # the same devices, waiting
@@ -240,10 +243,7 @@ def test_a_vm_starting_from_a_saved_state_waits_for_it_and_systemd_does_not_rest
 def test_a_warm_vm_has_a_generation_id_that_each_qemu_makes_anew(
     lab: dict[str, Instance],
 ) -> None:
-    facts_db = {
-        "taps": {"back": "qc-tap0"},
-        "volume_paths": {"data": Path("/p/.qemu-compose/volumes/data/data.img")},
-    }
+    facts_db = FACTS_DB
     cold = vm_launch(lab["db"], facts("db", **facts_db))
     warm_db = Instance("db", "db", msgspec.structs.replace(lab["db"].vm, warm=True))
     warm = vm_launch(warm_db, facts("db", **facts_db))
@@ -255,10 +255,7 @@ def test_a_warm_vm_has_a_generation_id_that_each_qemu_makes_anew(
 def test_a_template_source_shares_its_ram_and_a_clone_maps_the_templates_privately(
     lab: dict[str, Instance],
 ) -> None:
-    facts_db = {
-        "taps": {"back": "qc-tap0"},
-        "volume_paths": {"data": Path("/p/.qemu-compose/volumes/data/data.img")},
-    }
+    facts_db = FACTS_DB
     cold = vm_launch(lab["db"], facts("db", **facts_db))
     source = vm_launch(lab["db"], facts("db", ram=SharedRam(), **facts_db))
     clone = vm_launch(lab["db"], facts("db", ram=RamFile("/p/t/ram,x"), **facts_db))
