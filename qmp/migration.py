@@ -95,10 +95,10 @@ async def load_state(
 
 @contextlib.asynccontextmanager
 async def _ignoring_shared(session: QmpSession, on: bool) -> AsyncIterator[None]:
+    await _set_ignore_shared(session, on)  # off too: one left on (a save killed) is undone
     if not on:
         yield
         return
-    await _set_ignore_shared(session, True)
     try:
         yield
     finally:

@@ -24,9 +24,10 @@ SET_CLOCK = r"""t=$(awk -v b="$boot" '{printf "%.3f", b + $1}' /proc/uptime) &&
 def boot_epoch(uptime_output: bytes, host_now: float) -> float | None:
     """The guest's boot on the host's clock, from what `UPTIME_COMMAND` printed and the
     host's time when it came back (None: not an uptime)."""
+    lines = uptime_output.decode(errors="replace").split()  # (the last: after any login noise)
     try:
-        uptime = float(uptime_output.decode(errors="replace").strip())
-    except ValueError:
+        uptime = float(lines[-1])
+    except (IndexError, ValueError):
         return None
     if not 0 <= uptime < host_now:
         return None

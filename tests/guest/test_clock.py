@@ -70,3 +70,7 @@ def test_the_command_runs_the_script_as_root_with_its_values_quoted() -> None:
     done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
     assert done.stdout == "name|a b|$(id)|"
     assert "boot=1700000000.250" in clock_command(1_700_000_000.25)
+
+
+def test_login_noise_before_the_uptime_is_ignored() -> None:
+    assert boot_epoch(b"Could not chdir to home directory\n42.5\n", 100.0) == 57.5
