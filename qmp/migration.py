@@ -41,6 +41,7 @@ class Migration(msgspec.Struct, frozen=True):
     status: str
     seconds: float  # from the command until QEMU said completed
     transferred: int = 0  # bytes of RAM sent (as QEMU counts them)
+    ram_total: int = 0  # bytes of guest RAM the stream covers (RAM it left out is not counted)
 
 
 async def save_state(
@@ -120,7 +121,9 @@ async def _until_done(session: QmpSession, started: float, timeout: float) -> Mi
             status = info.get("status", "")
             if status == "completed":
                 ram = info.get("ram") or {}
-                return Migration(status, time.monotonic() - started, int(ram.get("total", 0)))
+                took = time.monotonic() - started
+                sent, total = int(ram.get("transferred", 0)), int(ram.get("total", 0))
+                return Migration(status, took, sent, total)
             if status in ("failed", "cancelled"):
                 raise MigrationError(info.get("error-desc") or f"the migration {status}")
             await trio.sleep(POLL)

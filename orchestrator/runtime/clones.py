@@ -28,7 +28,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,7 @@ from orchestrator.guest.knownhosts import forget_host, record_host
 from orchestrator.guest.probe import READY_COMMAND, GuestShell
 from orchestrator.guest.qemu_argv import RAM_ID, has_pc_ram
 from orchestrator.progress import Reporter, Stage, Status
+from orchestrator.state.faults import qemu_pid
 from orchestrator.state.files import atomic_write
 from orchestrator.state.templates import (
     ImageFile,
@@ -188,35 +189,41 @@ async def make_template(
     except BaseException:
         templates.discard(staged)
         raise
-    size = (record.state_bytes + record.ram_bytes + record.disk_bytes) / (1 << 20)
-    said = f"{size:.0f} MiB; it stood still {stood:.2f} s"
+    used = templates.usage(definition)  # (on disk: a sparse RAM file takes what the guest used)
+    said = f"{used / (1 << 20):.0f} MiB on disk; it stood still {stood:.2f} s"
     session.report(name, Stage.TEMPLATE, Status.DONE, said)
-    _log(
-        session, name, "TEMPLATE_SAVE", {"definition": definition, "bytes": size, "seconds": stood}
-    )
+    data = {"definition": definition, "bytes": used, "ram_file": record.ram_bytes > 0}
+    _log(session, name, "TEMPLATE_SAVE", {**data, "seconds": stood})
     return record
 
 
 async def _save(
     session: Session, inst: Instance, staged: TemplatePaths
 ) -> tuple[str, int, int, float]:
-    """The replica's state, a copy of its RAM (where it is shared) and of its disk, taken
-    while it stands still; the version of QEMU that saved it, the state's and the RAM file's
-    sizes (0: none), how long the guest stood still."""
+    """The replica's state, a copy of its RAM (where it is shared and QEMU left it out of the
+    state) and of its disk, taken while it stands still; the version of QEMU that saved it,
+    the state's and the RAM file's sizes (0: none), how long the guest stood still."""
     paths = session.paths.vm(inst.name)
     socket = str(paths.qmp_control_socket)
-    async with qmp.open_session(socket, timeout=QMP_ANSWER, name=inst.name) as control:
+    size = inst.vm.memory << 20
+    async with (
+        qmp.open_session(socket, timeout=QMP_ANSWER, name=inst.name) as control,
+        _shared_ram(session, inst, control) as memfd,
+    ):
         version = version_of(await control.execute("query-version"))
         status = (await control.query_status()).status
         if status != "running":
             raise CloneError(f"its guest is {status}: only a running guest is saved")
-        memfd = await _shared_ram(session, inst, control)
         began = time.monotonic()
         await control.execute("stop")
         try:
-            state_bytes = await write_state(control, staged.state, shared_ram=memfd is not None)
+            shared = memfd is not None
+            state_bytes, saved = await write_state(control, staged.state, shared_ram=shared)
+            # A QEMU that leaves out only RAM in a named file (newer ones) keeps a memfd's
+            # RAM in the state: the clones load it from there, and no RAM file is kept
+            separate = shared and saved.ram_total < size
             async with trio.open_nursery() as nursery:  # (at the same instant, still)
-                if memfd is not None:
+                if memfd is not None and separate:
                     nursery.start_soon(copy_file, memfd, staged.ram)
                 if inst.vm.image is not None:
                     nursery.start_soon(copy_file, paths.disk, staged.disk)
@@ -224,8 +231,8 @@ async def _save(
             with trio.CancelScope(shield=True), contextlib.suppress(qmp.QmpError):
                 await control.execute("cont", timeout=QMP_ANSWER)
         stood = time.monotonic() - began
-    ram_bytes = staged.ram.stat().st_size if memfd is not None else 0
-    if memfd is not None and ram_bytes != inst.vm.memory << 20:
+    ram_bytes = staged.ram.stat().st_size if separate else 0
+    if separate and ram_bytes != size:
         raise CloneError(f"its RAM was copied short ({ram_bytes} bytes)")
     return version, state_bytes, ram_bytes, stood
 
@@ -238,24 +245,56 @@ def shares_ram(vm: Vm) -> bool:
     return wanted == "file" and has_pc_ram(vm.machine)
 
 
-async def _shared_ram(session: Session, inst: Instance, control: qmp.QmpSession) -> Path | None:
-    """The memfd with the running source's RAM, where this process reads it (None: its RAM
-    is QEMU's own). Asked of QEMU, and found among the fds of the unit's main process."""
+@contextlib.asynccontextmanager
+async def _shared_ram(
+    session: Session, inst: Instance, control: qmp.QmpSession
+) -> AsyncIterator[Path | None]:
+    """The memfd with the running source's RAM, held open by this process while the context
+    lasts, as a path a copier can read (None: its RAM is QEMU's own). Asked of QEMU, found
+    among the fds of the unit's main process (which must be the QEMU of the VM's pidfile),
+    and checked: a memfd of the guest's RAM size."""
     found = await control.execute("qom-list", {"path": "/objects"})
     if not any(o.get("name") == RAM_ID and o.get("type") == MEMFD_TYPE for o in found):
-        return None
+        yield None
+        return
     pid = (await session.manager.status(session.vm_unit(inst.name))).main_pid
-    if not pid:
-        raise CloneError("its QEMU has no main PID")
+    recorded = qemu_pid(session.paths.vm(inst.name).pidfile)
+    if not pid or pid != recorded:
+        raise CloneError(f"its QEMU is not known for sure (unit: PID {pid}, pidfile: {recorded})")
+    try:
+        fd = open_ram_memfd(pid, inst.vm.memory << 20)
+    except OSError as e:
+        raise CloneError(f"its RAM could not be read from its QEMU (PID {pid}): {e}") from e
+    try:
+        yield Path(f"/proc/{os.getpid()}/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def open_ram_memfd(pid: int, size: int) -> int:
+    """An fd of the one memfd of ``size`` bytes among process ``pid``'s (QEMU's RAM)."""
     fds = Path(f"/proc/{pid}/fd")
-    memfds = []
-    for fd in os.listdir(fds):
-        with contextlib.suppress(OSError):
-            if os.readlink(fds / fd).startswith(MEMFD_LINK):
-                memfds.append(fds / fd)
-    if len(memfds) != 1:
-        raise CloneError(f"its RAM was not found in its QEMU (PID {pid}): {len(memfds)} memfds")
-    return memfds[0]
+    opened: list[int] = []
+    inodes: set[tuple[int, int]] = set()
+    try:
+        for entry in os.listdir(fds):
+            with contextlib.suppress(OSError):  # (an fd closed meanwhile)
+                if not os.readlink(fds / entry).startswith(MEMFD_LINK):
+                    continue
+                fd = os.open(fds / entry, os.O_RDONLY | os.O_CLOEXEC)
+                st = os.fstat(fd)
+                seen = (st.st_dev, st.st_ino)  # (two fds of one memfd are one)
+                if st.st_size == size and seen not in inodes:
+                    inodes.add(seen)
+                    opened.append(fd)
+                else:
+                    os.close(fd)
+        if len(opened) != 1:
+            raise CloneError(f"{len(opened)} memfds of {size} bytes in its QEMU (PID {pid})")
+        return opened.pop()
+    finally:
+        for fd in opened:
+            os.close(fd)
 
 
 async def remove_unfinished(session: Session) -> bool:

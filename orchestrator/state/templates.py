@@ -23,7 +23,7 @@ import msgspec
 
 from .files import atomic_write, private_dir, read_struct, sync_dir
 
-VERSION = 1
+VERSION = 2  # 2: the RAM file (ram_bytes); a record of another version is not read
 
 
 class ImageFile(msgspec.Struct, frozen=True):
@@ -92,7 +92,9 @@ class Templates:
         paths = self.paths(definition)
         record = read_struct(paths.record, TemplateRecord)
         try:  # (sizes as recorded: nothing cut short by a power cut is taken for whole)
-            if record is None or paths.state.stat().st_size != record.state_bytes:
+            if record is None or record.version != VERSION:
+                return None  # (another qemu-compose's: made again)
+            if paths.state.stat().st_size != record.state_bytes:
                 return None
             if record.has_disk and paths.disk.stat().st_size != record.disk_bytes:
                 return None

@@ -75,6 +75,8 @@ def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandl
     templates = [r for r in log if r["event"] == "TEMPLATE_SAVE"]
     clones = {r["vm"]: r["data"] for r in log if r["event"] == "CLONE"}
     assert [r["vm"] for r in templates] == ["w-1"]
+    assert templates[0]["data"]["ram_file"]  # (QEMU 7.2 leaves a memfd's RAM out of the state)
+    assert templates[0]["data"]["bytes"] > 1 << 20  # bytes on disk (its RAM is some MiB)
     assert sorted(clones) == names[1:]
     assert all(c["source"] == "w-1" for c in clones.values())
     record = json.loads((project / ".qemu-compose/templates/w/template.json").read_bytes())

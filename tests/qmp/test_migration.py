@@ -136,10 +136,11 @@ async def test_ram_in_a_shared_file_stays_out_of_the_stream_and_is_mapped_by_the
         await session.execute("cont")
         await _until_ready(source)
         await session.execute("stop")
+        covered = {}  # shared_ram -> the RAM the stream covers, as QEMU says
         for path, shared in ((full, False), (small, True)):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                await save_state(session, fd, shared_ram=shared)
+                covered[shared] = (await save_state(session, fd, shared_ram=shared)).ram_total
             finally:
                 os.close(fd)
             assert not await ignoring(session)
@@ -147,6 +148,7 @@ async def test_ram_in_a_shared_file_stays_out_of_the_stream_and_is_mapped_by_the
             await session.execute("stop")
         await session.execute("quit")
     assert small.stat().st_size * 2 < full.stat().st_size  # no guest RAM in it
+    assert covered[False] >= 64 << 20 > covered[True]  # (how clones.py tells it was left out)
     before = hashlib.sha256(ram.read_bytes()).hexdigest()
 
     target = make_vm(
@@ -167,3 +169,29 @@ async def test_ram_in_a_shared_file_stays_out_of_the_stream_and_is_mapped_by_the
             with trio.fail_after(30):
                 assert isinstance(await events.__anext__(), Shutdown)
     assert hashlib.sha256(ram.read_bytes()).hexdigest() == before  # (its own copies of pages)
+
+
+async def test_a_memfds_ram_is_left_out_as_the_templates_source_has_it(
+    make_vm: MakeVm, sockdir: Path
+) -> None:
+    """The production backend of a warm template's source (guest.qemu_argv.SharedRam): QEMU
+    says, in the RAM it counts, whether it left the memfd out (runtime.clones keeps a RAM
+    file only then)."""
+    backend = "memory-backend-memfd,id=pc.ram,size=64M,share=on"
+    source = make_vm(
+        name="a", boot_sector=True, extra=["-object", backend, "-machine", "memory-backend=pc.ram"]
+    )
+    covered = {}
+    async with open_session(source.control_socket) as session:
+        await session.execute("cont")
+        await _until_ready(source)
+        for shared in (True, False):
+            await session.execute("stop")
+            fd = os.open(sockdir / f"{shared}.state", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                covered[shared] = (await save_state(session, fd, shared_ram=shared)).ram_total
+            finally:
+                os.close(fd)
+            await session.execute("cont")
+        await session.execute("quit")
+    assert covered[False] >= 64 << 20 > covered[True]

@@ -73,6 +73,17 @@ def test_a_template_with_its_ram_in_a_file_needs_that_file_whole(tmp_path: Path)
     assert templates.read("web") == record(ram_bytes=3)
 
 
+def test_a_template_recorded_by_another_version_is_not_read(tmp_path: Path) -> None:
+    templates = Templates(tmp_path)
+    for version in (1, 3):  # an older qemu-compose's (its RAM file unchecked), a newer one's
+        staged = templates.staging("web")
+        staged.state.write_bytes(b"state")
+        staged.disk.write_bytes(b"disk")
+        templates.commit("web", staged, record(version=version))
+        assert templates.read("web") is None
+    assert templates.names() == ["web"]  # (there: `up` removes it and makes a new one)
+
+
 def test_leftovers_of_an_interrupted_save_are_swept(tmp_path: Path) -> None:
     templates = Templates(tmp_path)
     templates.staging("web").state.write_bytes(b"half")

@@ -40,13 +40,16 @@ async def load_saved_state(
     return loaded.seconds
 
 
-async def write_state(control: qmp.QmpSession, target: Path, *, shared_ram: bool = False) -> int:
+async def write_state(
+    control: qmp.QmpSession, target: Path, *, shared_ram: bool = False
+) -> tuple[int, qmp.Migration]:
     """The stopped VM's state to ``target``, whole or not at all (a temporary file beside
-    it, synced, renamed); its size. ``shared_ram``: without the RAM of a shared backend."""
+    it, synced, renamed); its size, and what QEMU said of it. ``shared_ram``: without the
+    RAM of a shared backend (where QEMU leaves it out: the migration's ``ram_total``)."""
     tmp = target.with_name(f".{target.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        await qmp.save_state(control, fd, shared_ram=shared_ram)
+        saved = await qmp.save_state(control, fd, shared_ram=shared_ram)
         await trio.to_thread.run_sync(os.fsync, fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -54,7 +57,7 @@ async def write_state(control: qmp.QmpSession, target: Path, *, shared_ram: bool
     finally:
         os.close(fd)
     os.replace(tmp, target)
-    return target.stat().st_size
+    return target.stat().st_size, saved
 
 
 def suspended_state(session: Session, name: str, qemu: str) -> Path | None:

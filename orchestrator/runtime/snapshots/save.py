@@ -304,7 +304,7 @@ async def _capture(session: Session, c: _Capture, directory: Path, memory: bool)
 async def _save_memory(c: _Capture, directory: Path) -> None:
     assert c.control is not None
     target = directory / f"{c.inst.name}.state"
-    c.state_bytes = await write_state(c.control, target)
+    c.state_bytes, _ = await write_state(c.control, target)
     c.state = target
 
 

@@ -92,7 +92,7 @@ async def _save(session: Session, name: str) -> SuspendRecord:
         version = version_of(await control.execute("query-version"))
         await control.execute("stop")
         try:
-            size = await write_state(control, paths.suspended)
+            size, _ = await write_state(control, paths.suspended)
             record = SuspendRecord(
                 suspended_at=time.time(),
                 qemu=version,
