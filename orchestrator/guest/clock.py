@@ -16,9 +16,12 @@ from collections.abc import Sequence
 
 UPTIME_COMMAND = "cut -d' ' -f1 /proc/uptime"
 
-# $boot: the anchor. GNU date takes a fraction of a second; busybox's only whole seconds.
-SET_CLOCK = r"""t=$(awk -v b="$boot" '{printf "%.3f", b + $1}' /proc/uptime) &&
-{ date -u -s "@$t" >/dev/null 2>&1 || date -u -s "@${t%.*}" >/dev/null 2>&1; }"""
+# $boot: the anchor. GNU date takes a fraction of a second; busybox's only whole seconds
+# (rounded: within half a second). awk in the C locale: a decimal point, never a comma.
+SET_CLOCK = r"""t=$(LC_ALL=C awk -v b="$boot" '{printf "%.3f", b + $1}' /proc/uptime) &&
+{ date -u -s "@$t" >/dev/null 2>&1 ||
+{ t=$(LC_ALL=C awk -v t="$t" 'BEGIN {printf "%d", t + 0.5}') &&
+date -u -s "@$t" >/dev/null 2>&1; }; }"""
 
 
 def boot_epoch(uptime_output: bytes, host_now: float) -> float | None:
