@@ -29,6 +29,12 @@ async def _until_ready(vm: Vm) -> None:
         await trio.sleep(0.05)
 
 
+async def ignoring(session: QmpSession) -> bool:
+    """Whether QEMU's x-ignore-shared is on (a save with ``shared_ram`` turns it off again)."""
+    found = await session.execute("query-migrate-capabilities")
+    return bool(next(c["state"] for c in found if c["capability"] == "x-ignore-shared"))
+
+
 async def test_a_saved_state_runs_on_in_a_new_qemu_without_a_boot(
     make_vm: MakeVm, sockdir: Path
 ) -> None:
@@ -83,9 +89,10 @@ async def test_a_state_that_cannot_be_written_fails_and_the_vm_runs_on(
         fd = os.open(target, os.O_RDONLY)  # every write fails, as on a full disk
         try:
             with pytest.raises(MigrationError):
-                await save_state(session, fd)
+                await save_state(session, fd, shared_ram=True)
         finally:
             os.close(fd)
+        assert not await ignoring(session)  # (a later save would leave shared RAM out)
         await session.execute("cont")
         assert (await session.query_status()).running
         async with session.events(["SHUTDOWN"]) as events:
@@ -104,9 +111,10 @@ async def test_a_save_cut_short_is_cancelled_in_qemu_too(make_vm: MakeVm) -> Non
         await _until_ready(vm)
         await session.execute("stop")
         with trio.move_on_after(0.5):
-            await save_state(session, theirs.fileno())
+            await save_state(session, theirs.fileno(), shared_ram=True)
         theirs.close()
         assert (await session.execute("query-migrate"))["status"] == "cancelled"
+        assert not await ignoring(session)
         await session.execute("cont")
         await trio.sleep(0.5)
         assert (await session.query_status()).status == "running"
@@ -124,10 +132,6 @@ async def test_ram_in_a_shared_file_stays_out_of_the_stream_and_is_mapped_by_the
     def backend(share: str) -> list[str]:
         backend = f"memory-backend-file,id=pc.ram,size=64M,mem-path={ram},share={share}"
         return ["-object", backend, "-machine", "memory-backend=pc.ram"]
-
-    async def ignoring(session: QmpSession) -> bool:
-        found = await session.execute("query-migrate-capabilities")
-        return bool(next(c["state"] for c in found if c["capability"] == "x-ignore-shared"))
 
     full = sockdir / "full.state"
     small = sockdir / "small.state"
