@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from qmp import MigrationError, QmpSession, load_state, open_session, save_state
+from qmp import Migration, MigrationError, QmpSession, load_state, open_session, save_state
 from qmp.events import Shutdown
 from tests.support.qemu import Vm
 
@@ -27,6 +27,15 @@ async def _until_ready(vm: Vm) -> None:
     while not vm.guest_ready():
         assert time.monotonic() < deadline, "the guest did not start"
         await trio.sleep(0.05)
+
+
+async def save_to(session: QmpSession, path: Path, *, shared_ram: bool = False) -> Migration:
+    """The stopped VM's state to a new file ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        return await save_state(session, fd, shared_ram=shared_ram)
+    finally:
+        os.close(fd)
 
 
 async def ignoring(session: QmpSession) -> bool:
@@ -44,11 +53,7 @@ async def test_a_saved_state_runs_on_in_a_new_qemu_without_a_boot(
         await session.execute("cont")
         await _until_ready(source)
         await session.execute("stop")
-        fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            saved = await save_state(session, fd)
-        finally:
-            os.close(fd)
+        saved = await save_to(session, state)
         assert saved.status == "completed"
         assert saved.transferred > 0
         assert (await session.query_status()).status == "postmigrate"
@@ -142,11 +147,7 @@ async def test_ram_in_a_shared_file_stays_out_of_the_stream_and_is_mapped_by_the
         await session.execute("stop")
         covered = {}  # shared_ram -> the RAM the stream covers, as QEMU says
         for path, shared in ((full, False), (small, True)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                covered[shared] = (await save_state(session, fd, shared_ram=shared)).ram_total
-            finally:
-                os.close(fd)
+            covered[shared] = (await save_to(session, path, shared_ram=shared)).ram_total
             assert not await ignoring(session)
             await session.execute("cont")  # (postmigrate: QEMU saves no second time)
             await session.execute("stop")
@@ -191,11 +192,8 @@ async def test_a_memfds_ram_is_left_out_as_the_templates_source_has_it(
         await _until_ready(source)
         for shared in (True, False):
             await session.execute("stop")
-            fd = os.open(sockdir / f"{shared}.state", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                covered[shared] = (await save_state(session, fd, shared_ram=shared)).ram_total
-            finally:
-                os.close(fd)
+            path = sockdir / f"{shared}.state"
+            covered[shared] = (await save_to(session, path, shared_ram=shared)).ram_total
             await session.execute("cont")
         await session.execute("quit")
     assert covered[False] >= 64 << 20 > covered[True]
