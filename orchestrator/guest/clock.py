@@ -44,9 +44,10 @@ def clock_command(boot: float) -> str:
 
 def as_root(script: str, name: str, args: Sequence[str]) -> str:
     """A command line that runs sh ``script`` (``$0`` ``name``, then ``args``, every one
-    quoted) as root: directly where the account is root, else with ``sudo -n``."""
+    quoted) as root: directly where the account is root, else with ``sudo -n``. The script
+    is in it once: dropbear refuses a command longer than 9000 bytes (MAX_CMD_LEN)."""
     inner = shlex.join(["sh", "-c", script, name, *args])
-    return f'if [ "$(id -u)" = 0 ]; then {inner}; else sudo -n {inner}; fi'
+    return f'if [ "$(id -u)" = 0 ]; then set --; else set -- sudo -n; fi; "$@" {inner}'
 
 
 __all__ = ["SET_CLOCK", "UPTIME_COMMAND", "as_root", "boot_epoch", "clock_command"]

@@ -9,7 +9,8 @@ network takes its own MAC at once; the user-mode NIC keeps the template's until 
 commands would cut it off); the network configuration names the new MACs for that boot,
 when QEMU gives each NIC its own. The first command
 (`identity_command`) gives it its own, so that nothing of the old identity reaches a peer
-(systemd-networkd is restarted then, to take the new machine-id for its DHCP identity); the
+(systemd-networkd reloads its configuration then, and asks as the NIC's MAC from then on:
+its own DHCP identity comes from the machine-id, which was the template's); the
 second
 (`network_command`), once they are joined again, asks for its own addresses. Both are
 POSIX sh that works with a systemd, ifupdown or busybox userland; every value is an argument
@@ -42,16 +43,20 @@ class CloneIdentity:
 
 IDENTITY_SCRIPT = r"""
 set -u
+umask 022
 host=$1 domain=$2 mid=$3 iid=$4 boot=$5; shift 5
-step() { printf 'qemu-compose-step: %s %s\n' "$1" "$(cut -d' ' -f1 /proc/uptime)"; }
+step() { read -r u _ < /proc/uptime; printf 'qemu-compose-step: %s %s\n' "$1" "$u"; }
 step start
 @SET_CLOCK@ || true
-old=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || true)
-hostname "$host"; printf '%s\n' "$host" > /etc/hostname  # (hostnamectl: seconds, under TCG)
+old=
+read -r old < /proc/sys/kernel/hostname 2>/dev/null || old=$(hostname 2>/dev/null) || true
+{ printf '%s\n' "$host" > /proc/sys/kernel/hostname; } 2>/dev/null || hostname "$host"
+printf '%s\n' "$host" > /etc/hostname  # (hostnamectl: seconds, under TCG)
 if [ -n "$old" ] && [ "$old" != "$host" ] && [ -f /etc/hosts ]; then
-  t=$(mktemp /etc/.hosts.XXXXXX) && awk -v o="$old" -v n="$host" -v d="$domain" \
+  t=/etc/.hosts.qemu-compose
+  awk -v o="$old" -v n="$host" -v d="$domain" \
     '{for(i=2;i<=NF;i++){if($i==o)$i=n; else if($i==o"."d)$i=n"."d}} 1' /etc/hosts > "$t" \
-    && chmod 644 "$t" && mv -f "$t" /etc/hosts || rm -f "$t"
+    && mv -f "$t" /etc/hosts || rm -f "$t"
 fi
 step hostname
 printf '%s\n' "$mid" > /etc/.machine-id.new && mv -f /etc/.machine-id.new /etc/machine-id
@@ -60,38 +65,56 @@ if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then
 fi
 c=/var/lib/cloud
 if [ -f $c/data/instance-id ]; then
-  was=$(cat $c/data/instance-id)
+  was=; read -r was < $c/data/instance-id || true
   if [ "$was" != "$iid" ] && [ -d "$c/instances/$was" ] && [ ! -e "$c/instances/$iid" ]; then
     mv "$c/instances/$was" "$c/instances/$iid" && ln -sfn "$c/instances/$iid" $c/instance
   fi
-  rm -f "$c/instances/$iid/obj.pkl"
+  [ ! -e "$c/instances/$iid/obj.pkl" ] || rm -f "$c/instances/$iid/obj.pkl"
   printf '%s\n' "$iid" > $c/data/instance-id
   printf '%s\n' "$iid" > $c/data/previous-instance-id
 fi
 step ids
+found= edits=
 while [ $# -ge 3 ]; do
   o=$1 n=$2 kind=$3; shift 3
+  case "$o$n" in *[!0-9a-fA-F:]*) continue;; esac  # (they become grep and sed patterns)
+  found="$found -e $o" edits="$edits -e s/$o/$n/gI"
+  [ "$kind" = bridge ] || continue
   for d in /sys/class/net/*; do
-    [ "$kind" = bridge ] && [ "$(cat "$d/address" 2>/dev/null)" = "$o" ] || continue
+    a=; read -r a < "$d/address" 2>/dev/null || continue
+    [ "$a" = "$o" ] || continue
     i=${d##*/}
     ip link set dev "$i" address "$n" 2>/dev/null \
       || { ip link set dev "$i" down; ip link set dev "$i" address "$n"; ip link set dev "$i" up; }
     ip -4 addr flush dev "$i"  # the template's address: never seen on the network
   done
-  grep -rlis "$o" /etc/netplan /etc/systemd/network /run/systemd/network /etc/network \
-      /etc/NetworkManager/system-connections /run/NetworkManager/system-connections \
-      2>/dev/null | while IFS= read -r f; do sed -i "s/$o/$n/gI" "$f"; done
 done
+networkd=
+if [ -n "$found" ]; then  # the network configuration names the NICs by their new MACs
+  # shellcheck disable=SC2086
+  grep -rlis $found /etc/netplan /etc/systemd/network /run/systemd/network /etc/network \
+      /etc/NetworkManager/system-connections /run/NetworkManager/system-connections \
+      2>/dev/null | while IFS= read -r f; do
+    sed -i $edits "$f"
+    case "$f" in  # networkd asks as the MAC (its DUID is the template's machine-id's)
+      */systemd/network/*.network) mkdir -p "$f.d" \
+        && printf '[DHCPv4]\nClientIdentifier=mac\n' > "$f.d/50-qemu-compose-clone.conf";;
+    esac
+  done
+fi
 step macs
 if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/null; then
-  systemctl restart systemd-networkd  # the new machine-id: its DHCP identity, once linked
+  # what it matches and how it asks, read again; the links it reconfigures
+  networkctl reload 2>/dev/null || systemctl restart systemd-networkd
 fi
 step networkd
 if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
   rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
   ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key >/dev/null
-  printf 'qemu-compose-host-key: %s\n' "$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)"
-  { [ -f /run/sshd.pid ] && kill -HUP "$(cat /run/sshd.pid)"; } 2>/dev/null \
+  read -r kt k _ < /etc/ssh/ssh_host_ed25519_key.pub
+  printf 'qemu-compose-host-key: %s %s\n' "$kt" "$k"
+  p=; read -r p < /run/sshd.pid 2>/dev/null || true
+  { [ -n "$p" ] && kill -HUP "$p"; } 2>/dev/null \
     || systemctl reload ssh 2>/dev/null || systemctl reload sshd 2>/dev/null
 elif command -v dropbearkey >/dev/null 2>&1; then
   for p in /proc/[0-9]*; do
@@ -117,7 +140,7 @@ IDENTITY_SCRIPT = IDENTITY_SCRIPT.replace("@SET_CLOCK@", SET_CLOCK)
 NETWORK_SCRIPT = r"""
 set -u
 if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/null; then
-  :  # restarted with the new identity: it asks as the link comes back
+  :  # reloaded with the new identity: it asks, as its MAC, when the link comes back
 elif [ -d /run/systemd/system ] && systemctl -q is-active NetworkManager 2>/dev/null; then
   nmcli connection reload >/dev/null 2>&1
   for m in "$@"; do

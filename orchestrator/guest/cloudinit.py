@@ -194,7 +194,15 @@ def network_config(guest: GuestConfig) -> dict[str, Any]:
     """Netplan v2: every NIC matched by its MAC, addressed by DHCP (bridge ones reserved)."""
     ethernets: dict[str, Any] = {}
     for i, nic in enumerate(guest.nics):
-        config: dict[str, Any] = {"match": {"macaddress": nic.mac}, "dhcp4": True}
+        # DHCP asks as the MAC, which dnsmasq reserves by, not by a DUID made from the
+        # machine-id (systemd-networkd's default): a warm clone's was its template's until it
+        # was given its own. Netplan honours it; cloud-init's networkd renderer does not (the
+        # clone's identity command adds the same as a drop-in).
+        config: dict[str, Any] = {
+            "match": {"macaddress": nic.mac},
+            "dhcp4": True,
+            "dhcp-identifier": "mac",
+        }
         if nic.kind == "bridge":  # user-mode networking keeps the default route
             config["dhcp4-overrides"] = {"use-routes": False}
             # <vm> alone resolves too: the project is the search domain of bridge links

@@ -70,3 +70,13 @@ def test_the_guest_says_how_long_each_step_took() -> None:
     out += b"qemu-compose-step: ids 12.25\nqemu-compose-step: bad x\n"
     assert clone.steps(out) == {"hostname": 0.5, "ids": 1.75}
     assert clone.steps(b"") == {}
+
+
+def test_the_commands_fit_what_dropbear_takes() -> None:
+    """dropbear refuses a command longer than 9000 bytes (its MAX_CMD_LEN: the tiny guest's
+    clones lost their session when the script was in the command twice), with room for a
+    VM on eight bridge networks."""
+    many = {f"52:54:00:00:01:{i:02x}": f"52:54:00:00:02:{i:02x}" for i in range(8)}
+    identity = CloneIdentity("web-12", "shop", "0" * 32, "qc-0011223344556677", {}, many)
+    assert len(identity_command(identity, 1_700_000_000.0)) < 7000
+    assert len(network_command(identity)) < 7000

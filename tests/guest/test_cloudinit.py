@@ -150,10 +150,15 @@ def test_meta_data_and_network_config() -> None:
     assert network_config(GUEST) == {
         "version": 2,
         "ethernets": {
-            "nic0": {"match": {"macaddress": "52:54:00:00:00:01"}, "dhcp4": True},
+            "nic0": {
+                "match": {"macaddress": "52:54:00:00:00:01"},
+                "dhcp4": True,
+                "dhcp-identifier": "mac",
+            },
             "nic1": {
                 "match": {"macaddress": "52:54:aa:bb:cc:dd"},
                 "dhcp4": True,
+                "dhcp-identifier": "mac",
                 "dhcp4-overrides": {"use-routes": False},
                 "nameservers": {"search": ["demo"]},
             },
