@@ -1,23 +1,23 @@
-"""What makes a warm clone its own machine, inside its guest: the commands run over SSH
+"""What makes a warm clone its own machine, inside its guest: the command run over SSH
 (runtime.clones) right after it resumes from its template's state. Pure.
 
 A clone resumes as a copy of the template's guest: its hostname, MACs and addresses, SSH host
 keys, machine-id, cloud-init instance-id and clock are the template's. Its bridge NICs are cut
-off (the guest sees their links down) until the first command has run. A NIC on a bridge
-network takes its own MAC at once; the user-mode NIC keeps the template's until the guest next boots
-(its network is the clone's own QEMU, and changing it under the SSH session that carries these
-commands would cut it off); the network configuration names the new MACs for that boot,
-when QEMU gives each NIC its own. The first command
-(`identity_command`) gives it its own, so that nothing of the old identity reaches a peer
-(systemd-networkd reloads its configuration then, and asks as the NIC's MAC from then on:
-its own DHCP identity comes from the machine-id, which was the template's); the
-second
-(`network_command`), once they are joined again, asks for its own addresses. Both are
-POSIX sh that works with a systemd, ifupdown or busybox userland; every value is an argument
-(quoted), never part of the script. They need root (sudo where the account is not root).
+off (the guest sees their links down) until it says they can be joined again. A NIC on a
+bridge network takes its own MAC at once; the user-mode NIC keeps the template's until the
+guest next boots (its network is the clone's own QEMU, and changing it under the SSH session
+that carries the command would cut it off); the network configuration names the new MACs for
+that boot, when QEMU gives each NIC its own.
 
-The first one prints ``qemu-compose-host-key: <type> <key>``: the new SSH host key, for the
-project's known_hosts.
+`identity_command` is one POSIX sh script (a systemd, ifupdown or busybox userland; every
+value an argument, quoted, never part of the script; root, or sudo where the account is not
+root), in two halves with the host in between. First, its own clock, hostname, machine-id,
+instance-id and MACs, so that nothing of the old identity reaches a peer (systemd-networkd
+reloads its configuration and asks DHCP as the NIC's MAC: its own default identity comes
+from the machine-id, which was the template's); then it prints `JOIN_LINE`. The host joins
+the links again and answers with a line on the command's standard input, while the script
+makes a new SSH host key and prints ``qemu-compose-host-key: <type> <key>`` (for the project's
+known_hosts). Then it asks for its own addresses on the bridge NICs and waits for them.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ set -u
 umask 022
 host=$1 domain=$2 mid=$3 iid=$4 boot=$5; shift 5
 step() { read -r u _ < /proc/uptime; printf 'qemu-compose-step: %s %s\n' "$1" "$u"; }
+network() {@NETWORK@}
 step start
 @SET_CLOCK@ || true
 old=
@@ -74,12 +75,13 @@ if [ -f $c/data/instance-id ]; then
   printf '%s\n' "$iid" > $c/data/previous-instance-id
 fi
 step ids
-found= edits=
+found= edits= joined=
 while [ $# -ge 3 ]; do
   o=$1 n=$2 kind=$3; shift 3
   case "$o$n" in *[!0-9a-fA-F:]*) continue;; esac  # (they become grep and sed patterns)
   found="$found -e $o" edits="$edits -e s/$o/$n/gI"
   [ "$kind" = bridge ] || continue
+  joined="$joined $n"
   for d in /sys/class/net/*; do
     a=; read -r a < "$d/address" 2>/dev/null || continue
     [ "$a" = "$o" ] || continue
@@ -108,6 +110,7 @@ if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/
   networkctl reload 2>/dev/null || systemctl restart systemd-networkd
 fi
 step networkd
+printf '@JOIN_LINE@\n'  # its links can be joined again: the host does, then answers
 if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
   rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
   ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key >/dev/null
@@ -134,11 +137,17 @@ elif command -v dropbearkey >/dev/null 2>&1; then
   done
 fi
 step host-key
+if [ -n "$joined" ]; then
+  read -r _ || { echo "no word that its links were joined again"; exit 1; }
+  # shellcheck disable=SC2086
+  network $joined
+  step network
+fi
 """
-IDENTITY_SCRIPT = IDENTITY_SCRIPT.replace("@SET_CLOCK@", SET_CLOCK)
 
+# Addresses on the bridge NICs (their new MACs, the arguments), by DHCP, as their new selves:
+# a function of the identity script, called once the host has joined their links again.
 NETWORK_SCRIPT = r"""
-set -u
 if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/null; then
   :  # reloaded with the new identity: it asks, as its MAC, when the link comes back
 elif [ -d /run/systemd/system ] && systemctl -q is-active NetworkManager 2>/dev/null; then
@@ -176,11 +185,18 @@ for m in "$@"; do
   done
 done
 """
+JOIN_LINE = "qemu-compose-join: now"
+IDENTITY_SCRIPT = (
+    IDENTITY_SCRIPT.replace("@SET_CLOCK@", SET_CLOCK)
+    .replace("@JOIN_LINE@", JOIN_LINE)
+    .replace("@NETWORK@", NETWORK_SCRIPT)
+)
 
 
 def identity_command(identity: CloneIdentity, boot: float) -> str:
-    """The first command: clock (``boot``: the guest's boot on the host's clock, as
-    `clock.boot_epoch` found it), hostname, machine-id, instance-id, MACs, host keys."""
+    """The command: clock (``boot``: the guest's boot on the host's clock, as
+    `clock.boot_epoch` found it), hostname, machine-id, instance-id, MACs; `JOIN_LINE`, then
+    host keys; once a line comes on its standard input, addresses on the bridge NICs."""
     pairs = [
         field
         for kind, macs in (("user", identity.user_macs), ("bridge", identity.bridge_macs))
@@ -192,11 +208,6 @@ def identity_command(identity: CloneIdentity, boot: float) -> str:
         f"{boot:.3f}", *pairs,
     ]  # fmt: skip
     return as_root(IDENTITY_SCRIPT, "qemu-compose-identity", args)
-
-
-def network_command(identity: CloneIdentity) -> str:
-    """The second command: addresses on the bridge NICs, by DHCP, as their new selves."""
-    return as_root(NETWORK_SCRIPT, "qemu-compose-network", list(identity.bridge_macs.values()))
 
 
 def steps(output: bytes) -> dict[str, float]:

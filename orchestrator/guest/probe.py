@@ -7,9 +7,9 @@ the trio-asyncio loop the supervisor opens), and nothing asyncio leaves it.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import trio
@@ -100,6 +100,50 @@ class GuestShell:
                 self.handshake_took = trio.current_time() - began
             await self.aclose()
             return Outcome(SSH_FAILED, f"ssh: {_describe(err)}".encode())
+
+    async def converse(
+        self, command: str, *, timeout: float, answer: Callable[[bytes], Awaitable[bytes | None]]
+    ) -> Outcome:
+        """Run ``command`` on the connection a `probe` opened, reading its output line by
+        line: ``answer`` gets each line until it returns something, which is written to the
+        command's standard input, then closed (one answer). Within ``timeout``; never raises
+        but trio's cancellation and what ``answer`` raises.
+        """
+        if self._conn is None:
+            return Outcome(SSH_FAILED, b"ssh: no connection (log in first)")
+        out = bytearray()
+        process: Any = None
+        try:
+            with trio.fail_after(timeout):
+                process = await trio_asyncio.aio_as_trio(self._start)(self._conn, command)
+                answered = False
+                while line := await trio_asyncio.aio_as_trio(process.stdout.readline)():
+                    out += line
+                    if not answered and (reply := await answer(line)) is not None:
+                        process.stdin.write(reply)
+                        process.stdin.write_eof()
+                        answered = True
+                result = await trio_asyncio.aio_as_trio(process.wait)()
+        except trio.TooSlowError:
+            await self.aclose()
+            return Outcome(TIMED_OUT, bytes(out) + f"timed out after {timeout:g} s".encode())
+        except (OSError, TimeoutError, _ssh_error()) as err:
+            await self.aclose()
+            return Outcome(SSH_FAILED, bytes(out) + f"ssh: {_describe(err)}".encode())
+        finally:
+            if process is not None:
+                process.close()
+        code = result.exit_status
+        if result.exit_signal is not None or code is None or code < 0:
+            code = SSH_FAILED
+        return Outcome(code, bytes(out))
+
+    @staticmethod
+    async def _start(conn: object, command: str) -> object:
+        import asyncssh
+
+        assert isinstance(conn, asyncssh.SSHClientConnection)
+        return await conn.create_process(command, encoding=None, stderr=asyncssh.STDOUT)
 
     async def _open(self, timeout: float) -> None:
         with trio.move_on_after(timeout):

@@ -41,13 +41,7 @@ from orchestrator.config.project import Project
 from orchestrator.config.topology import Instance, instances
 from orchestrator.errors import QemuComposeError, UsageError
 from orchestrator.guest.clock import UPTIME_COMMAND, boot_epoch
-from orchestrator.guest.clone import (
-    CloneIdentity,
-    host_key,
-    identity_command,
-    network_command,
-    steps,
-)
+from orchestrator.guest.clone import JOIN_LINE, CloneIdentity, host_key, identity_command, steps
 from orchestrator.guest.cloudinit import instance_id
 from orchestrator.guest.disks import copy_file
 from orchestrator.guest.knownhosts import forget_host, record_host
@@ -400,23 +394,29 @@ async def _in_guest(
         if boot is None:
             raise CloneError(f"its uptime could not be read: {_said(uptime)}")
         began = trio.current_time()
+        joined: float | None = None
+
+        async def answer(line: bytes) -> bytes | None:
+            """Its links joined again once it says its own identity is in place."""
+            nonlocal joined
+            if line.rstrip(b"\r\n") != JOIN_LINE.encode():
+                return None
+            joined = trio.current_time()
+            took["identity"] = round(joined - began, 3)
+            for netdev in bridges:
+                await control.execute("set_link", {"name": netdev, "up": True})
+            return b"joined\n"
+
         command = identity_command(identity, boot)
-        said = await shell.probe(command, timeout=COMMAND_TIMEOUT, handshakes=handshakes)
+        said = await shell.converse(command, timeout=COMMAND_TIMEOUT, answer=answer)
         if said.exit_code != 0:
-            raise CloneError(f"its identity could not be set: {_said(said.output)}")
-        took["identity"] = round(trio.current_time() - began, 3)
+            what = "identity" if joined is None else "addresses"
+            raise CloneError(f"its {what} could not be set: {_said(said.output)}")
+        if joined is None:
+            raise CloneError(f"it never said its identity was set: {_said(said.output)}")
+        took["joined"] = round(trio.current_time() - joined, 3)  # host key and addresses
         took.update({f"guest:{k}": v for k, v in steps(said.output).items()})
-        key = host_key(said.output)
-        for netdev in bridges:
-            await control.execute("set_link", {"name": netdev, "up": True})
-        if bridges:
-            began = trio.current_time()
-            command = network_command(identity)
-            said = await shell.probe(command, timeout=COMMAND_TIMEOUT, handshakes=handshakes)
-            if said.exit_code != 0:
-                raise CloneError(f"its addresses could not be set: {_said(said.output)}")
-            took["network"] = round(trio.current_time() - began, 3)
-        return key
+        return host_key(said.output)
     finally:
         await shell.aclose()
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from orchestrator.guest import clone
-from orchestrator.guest.clone import CloneIdentity, host_key, identity_command, network_command
+from orchestrator.guest.clone import CloneIdentity, host_key, identity_command
 
 IDENTITY = CloneIdentity(
     hostname="web-2",
@@ -45,7 +45,6 @@ def test_values_reach_the_script_as_arguments_whatever_they_hold(
 
 def test_the_identity_names_each_nic_with_its_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clone, "IDENTITY_SCRIPT", 'shift 5; printf "%s\\n" "$@"')
-    monkeypatch.setattr(clone, "NETWORK_SCRIPT", 'printf "%s\\n" "$@"')
 
     def run(command: str) -> list[str]:
         done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
@@ -55,7 +54,6 @@ def test_the_identity_names_each_nic_with_its_kind(monkeypatch: pytest.MonkeyPat
         "52:54:00:00:00:01", "52:54:00:00:00:02", "user",
         "52:54:00:00:01:01", "52:54:00:00:01:02", "bridge",
     ]  # fmt: skip
-    assert run(network_command(IDENTITY)) == ["52:54:00:00:01:02"]  # the new ones ask
 
 
 def test_the_new_host_key_is_read_from_what_the_command_printed() -> None:
@@ -79,4 +77,3 @@ def test_the_commands_fit_what_dropbear_takes() -> None:
     many = {f"52:54:00:00:01:{i:02x}": f"52:54:00:00:02:{i:02x}" for i in range(8)}
     identity = CloneIdentity("web-12", "shop", "0" * 32, "qc-0011223344556677", {}, many)
     assert len(identity_command(identity, 1_700_000_000.0)) < 7000
-    assert len(network_command(identity)) < 7000
