@@ -91,7 +91,6 @@ while [ $# -ge 3 ]; do
     ip -4 addr flush dev "$i"  # the template's address: never seen on the network
   done
 done
-networkd=
 if [ -n "$found" ]; then  # the network configuration names the NICs by their new MACs
   # shellcheck disable=SC2086
   grep -rlis $found /etc/netplan /etc/systemd/network /run/systemd/network /etc/network \
