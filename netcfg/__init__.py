@@ -30,7 +30,7 @@ from .network import (
     set_hosts,
     set_partition_drops,
 )
-from .ports import Forward, choose_port, port_is_free, user_netdev
+from .ports import Forward, choose_port, choose_port_in, port_is_free, user_netdev
 from .registry import Claims, Registry
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "attach_tap",
     "bridge_name",
     "choose_port",
+    "choose_port_in",
     "detach_tap",
     "ensure_network",
     "gateway",

@@ -71,6 +71,22 @@ def choose_port(
     raise PortInUseError(vm, start, protocol, f"no free port from {start} to {PORT_MAX}")
 
 
+def choose_port_in(
+    vm: str,
+    ports: range,
+    *,
+    taken: Collection[int] = (),
+    is_free: Callable[[int], bool] = port_is_free,
+    protocol: str = "tcp",
+) -> int:
+    """The first free port of ``ports`` (docker compose's ``"8000-8010:80"``)."""
+    for port in ports:
+        if port not in taken and is_free(port):
+            return port
+    last = ports[-1] if ports else ports.start
+    raise PortInUseError(vm, ports.start, protocol, f"and so is every port up to {last}")
+
+
 def user_netdev(netdev_id: str, forwards: Sequence[Forward]) -> str:
     """The value of ``-netdev`` for a user-mode NIC with these forwards."""
     parts = [f"user,id={netdev_id}"]

@@ -3,8 +3,10 @@
 ``$VAR`` and ``${VAR}`` take the variable's value (empty when unset); ``${VAR:-default}`` the
 default when VAR is unset or empty, ``${VAR-default}`` only when unset; ``${VAR:?message}`` and
 ``${VAR?message}`` make a missing value an error; ``${VAR:+other}`` and ``${VAR+other}`` give
-``other`` when VAR is set (and non-empty); defaults may themselves hold ``${...}``; ``$$`` is a
-literal ``$``. Values are interpolated, keys are not. The .env reader is here too.
+``other`` when VAR is set (and non-empty); defaults may themselves hold ``${...}`` and balanced
+braces (``${JSON:-{"a":1}}``); ``$$`` is a literal ``$``, and so is a ``$`` that starts no name
+(``^REGEX$``, ``a $ b``, ``$}``), as compose-go leaves it. Values are interpolated, keys are not.
+The .env reader is here too.
 """
 
 from __future__ import annotations
@@ -31,13 +33,20 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
 
 
 def _expand(text: str, i: int, env: Mapping[str, str], *, stop_at_brace: bool) -> tuple[str, int]:
-    """Expand from ``i`` to the end, or to the ``}`` that closes the enclosing ``${``."""
+    """Expand from ``i`` to the end, or to the ``}`` that closes the enclosing ``${``.
+
+    Inside a ``${...}``, a literal ``{`` opens a brace that the next ``}`` closes: compose-go
+    ends a default at the brace that balances the ``${``.
+    """
     parts: list[str] = []
     n = len(text)
+    depth = 0
     while i < n:
         c = text[i]
-        if c == "}" and stop_at_brace:
-            return "".join(parts), i
+        if stop_at_brace and c in "{}":
+            if c == "}" and depth == 0:
+                return "".join(parts), i
+            depth += 1 if c == "{" else -1
         if c != "$":
             parts.append(c)
             i += 1
@@ -52,11 +61,9 @@ def _expand(text: str, i: int, env: Mapping[str, str], *, stop_at_brace: bool) -
         elif m := _NAME.match(text, i + 1):
             parts.append(env.get(m.group(), ""))
             i = m.end()
-        else:
-            raise InterpolationError(
-                f"invalid interpolation in {text!r}: a '$' must start $NAME, ${{NAME}} "
-                "or be doubled as '$$'"
-            )
+        else:  # starts no name: kept as written
+            parts.append("$")
+            i += 1
     if stop_at_brace:
         raise InterpolationError(f"invalid interpolation in {text!r}: '${{' is never closed")
     return "".join(parts), i

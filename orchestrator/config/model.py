@@ -70,6 +70,7 @@ UserName = Annotated[
 Size = Annotated[str, _text(SIZE_PATTERN, "a size such as 512M or 10G")]
 Duration = Annotated[str, _text(DURATION_PATTERN, "a duration such as 30s, 1m30s or 500ms")]
 Port = Annotated[int, Meta(ge=1, le=65535)]
+PortRange = Annotated[str, _text(r"^[0-9]{1,5}-[0-9]{1,5}$", "a host port range such as 8000-8010")]
 AbsolutePath = Annotated[str, _text(r"^/[^\x00\n]*$", "an absolute path (starting with '/')")]
 # Option lists copied into QEMU (-cpu, -machine) and fstab: no spaces, quotes or shell syntax.
 OptionList = Annotated[
@@ -136,9 +137,18 @@ class VolumeMount(Model, frozen=True, kw_only=True):
 
 class PortMapping(Model, frozen=True, kw_only=True):
     target: Port  # the guest port
-    published: Port | None = None  # the host port; None: any free port
+    # the host port, or a range "A-B" whose first free port is taken; None: any free port
+    published: Port | PortRange | None = None
     host_ip: Ipv4Address = "127.0.0.1"
     protocol: Literal["tcp", "udp"] = "tcp"
+
+    @property
+    def host_range(self) -> range | None:
+        """The host ports a ``published`` range offers, in order; None for one port or any."""
+        if not isinstance(self.published, str):
+            return None
+        first, _, last = self.published.partition("-")
+        return range(int(first), int(last) + 1)
 
 
 class Provision(Model, frozen=True, kw_only=True):

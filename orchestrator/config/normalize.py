@@ -100,7 +100,11 @@ class Normalizer:
                 for k, v in boot.items()
             }
         memory = vm.get("memory")
-        if isinstance(memory, str):
+        if isinstance(memory, str) and memory.strip().isascii() and memory.strip().isdigit():
+            # A number that interpolation (or quotes) made a string is still a number of MiB,
+            # as compose-go casts ${...} in a typed field to the field's type.
+            vm["memory"] = int(memory)
+        elif isinstance(memory, str):
             try:
                 vm["memory"] = quantities.parse_size(memory) // _MIB
             except ValueError as err:
@@ -174,6 +178,13 @@ class Normalizer:
     def ports(self, value: Any, path: PathKey) -> list[Any]:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
+        if isinstance(value, dict) and isinstance(value.get("published"), str):
+            # compose's long form writes the host port as a string: "8080" or "8080-8090"
+            try:
+                value = {**value, "published": _published(value["published"])}
+            except ValueError as err:
+                self.report((*path, "published"), str(err))
+            return [value]
         if not isinstance(value, str):
             return [value]
         try:
@@ -243,6 +254,12 @@ def _port_range(text: str) -> list[int]:
     return list(range(first, last + 1))
 
 
+def _published(text: str) -> int | str:
+    """A host port, or a range "A-B" kept as written (one port when A is B)."""
+    ports = _port_range(text.strip())
+    return ports[0] if len(ports) == 1 else f"{ports[0]}-{ports[-1]}"
+
+
 def _parse_port_spec(spec: str) -> list[dict[str, Any]]:
     """``[HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]``, each port possibly a range ``A-B``."""
     body, _, protocol = spec.partition("/")
@@ -255,8 +272,10 @@ def _parse_port_spec(spec: str) -> list[dict[str, Any]]:
     host_ip = parts[0] if len(parts) == 3 else None
     published_text = parts[-2] if len(parts) >= 2 else ""
     targets = _port_range(parts[-1])
-    published: list[int | None]
-    if published_text:
+    published: list[int | str | None]
+    if published_text and len(targets) == 1:  # "8000-8010:80": the first free of the range
+        published = [_published(published_text)]
+    elif published_text:
         published = list(_port_range(published_text))
         if len(published) != len(targets):
             raise ValueError(f"the host and guest port ranges differ in length in {spec!r}")

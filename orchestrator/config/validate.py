@@ -235,7 +235,18 @@ def _vm_ports(
             ipaddress.IPv4Address(port.host_ip)
         except ValueError:
             report((*ppath, "host_ip"), f"invalid IPv4 address {port.host_ip!r}")
-        if port.published is not None:
+        offered = port.host_range
+        if offered is not None:  # its first free port, at `up`: no claim here
+            if not offered:
+                report((*ppath, "published"), f"the range {port.published} descends")
+            elif offered[0] < 1 or offered[-1] > 65535:
+                report((*ppath, "published"), f"ports are 1-65535, got {port.published}")
+            elif len(offered) < vm.replicas:
+                report(
+                    ppath,
+                    f"the host ports {port.published} are too few for {vm.replicas} replicas",
+                )
+        elif isinstance(port.published, int):
             if many:
                 report(
                     ppath,

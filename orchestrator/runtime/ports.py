@@ -20,17 +20,24 @@ def claim_ports(
     A VM whose port cannot be had gets its error, not the others'.
     """
     chosen: dict[str, list[Forward] | netcfg.NetcfgError] = {}
+    # A range gives way to the ports other VMs name: they have no choice.
+    fixed = {p.published for _, vm, _ in wanted for p in vm.ports if isinstance(p.published, int)}
     with netcfg.Registry().claims() as claims:
         for name, vm, previous_ssh in wanted:
             try:
-                chosen[name] = _choose_ports(claims, project, name, vm, previous_ssh)
+                chosen[name] = _choose_ports(claims, project, name, vm, previous_ssh, fixed)
             except netcfg.NetcfgError as err:
                 chosen[name] = err
     return chosen
 
 
 def _choose_ports(
-    claims: netcfg.Claims, project: str, name: str, vm: Vm, previous_ssh: int | None
+    claims: netcfg.Claims,
+    project: str,
+    name: str,
+    vm: Vm,
+    previous_ssh: int | None,
+    fixed: set[int],
 ) -> list[Forward]:
     taken = claims.ports_of_others(project, name)
     try:
@@ -42,7 +49,12 @@ def _choose_ports(
     forwards = [Forward(ssh_port, 22)]
     for port in vm.ports:
         mine = {f.host_port for f in forwards}
-        if port.published:  # honoured, or a clear error naming the VM and the port
+        offered = port.host_range
+        if offered is not None:
+            published = netcfg.choose_port_in(
+                name, offered, taken=taken | mine | fixed, protocol=port.protocol
+            )
+        elif isinstance(port.published, int):  # honoured, or a clear error naming it
             published = netcfg.choose_port(
                 name, port.published, taken=taken, protocol=port.protocol
             )

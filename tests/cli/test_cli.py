@@ -91,6 +91,20 @@ def test_config_prints_the_resolved_file(project: Path) -> None:
     assert data["networks"]["lan"]["subnet"] == "10.77.0.0/24"
 
 
+def test_config_prints_interpolated_numbers_as_numbers(tmp_path: Path) -> None:
+    (tmp_path / "qemu-compose.yaml").write_text(
+        "vms:\n  web:\n    memory: ${MEM:-512}\n    cpu: ${CPUS:-2}\n"
+        "    ports: ['8000-8010:80']\n    environment: {RE: '^a$'}\n"
+    )
+    result = run("config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "    memory: 512\n" in result.stdout
+    assert "    cpu: 2\n" in result.stdout
+    web = yaml.safe_load(result.stdout)["vms"]["web"]
+    assert web["ports"][0]["published"] == "8000-8010"
+    assert web["environment"] == {"RE": "^a$$"}  # written back escaped, as docker compose does
+
+
 def test_config_json(project: Path) -> None:
     result = run("config", "--format", "json", cwd=project)
     assert result.returncode == 0

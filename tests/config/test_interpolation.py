@@ -58,13 +58,81 @@ def test_interpolation(text: str, expected: str) -> None:
         ("${SET:-x", "is never closed"),
         ("${1X}", "needs a variable name"),
         ("${SET!}", "unexpected '!'"),
-        ("a $ b", "a '$' must start"),
     ],
 )
 def test_interpolation_errors(text: str, message: str) -> None:
     with pytest.raises(InterpolationError) as caught:
         interpolate(text, ENV)
     assert message in str(caught.value)
+
+
+# Cases from compose-go's own tests: template/template_test.go of compose-spec/compose-go
+# (Apache-2.0), commit e70e961c3a3acebf0800b882f1afb3dbf1fb74a2, with its mapping.
+COMPOSE_GO_ENV = {"FOO": "first", "BAR": "", "JSON": '{"json":2}'}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # TestEscaped, TestSubstituteNoMatch
+        ("$${foo}", "${foo}"),
+        ("foo", "foo"),
+        # TestUnescaped: a '$' that starts no name stays as written
+        ("a $ string", "a $ string"),
+        ("^REGEX$", "^REGEX$"),
+        ("$}", "$}"),
+        ("$", "$"),
+        # TestNonBraced, TestNoValueNoDefault, TestValueNoDefault
+        ("$FOO-bar", "first-bar"),
+        ("This ${missing} var", "This  var"),
+        ("This ${BAR} var", "This  var"),
+        ("This $FOO var", "This first var"),
+        # TestNonAlphanumericDefault
+        ("ok ${BAR:-/non:-alphanumeric}", "ok /non:-alphanumeric"),
+        # TestInterpolationExternalInterference
+        ("-ok ${BAR:-defaultValue}", "-ok defaultValue"),
+        ("+ok ${UNSET:-${BAR-defaultValue}}", "+ok "),
+        (":-ok ${UNSET-defaultValue}", ":-ok defaultValue"),
+        (":?ok ${BAR:-defaultValue}", ":?ok defaultValue"),
+        # TestDefaultsWithNestedExpansion
+        ("ok ${UNSET_VAR-${FOO} ${FOO}}", "ok first first"),
+        ("ok ${BAR:-$FOO}", "ok first"),
+        ("ok ${BAR+$FOO ${FOO:+second}}", "ok first second"),
+        # TestPrecedence: the first operator after the name decides
+        ("${UNSET_VAR-myerror?msg}", "myerror?msg"),
+        ("${FOO?bar-baz}", "first"),
+        # TestNoValueWithCurlyBracesDefault, TestValueWithCurlyBracesDefault
+        ('ok ${missing:-{"json":1}}', 'ok {"json":1}'),
+        ('ok ${missing-{"json":1}}', 'ok {"json":1}'),
+        ('ok ${JSON:-{"json":1}}', 'ok {"json":2}'),
+        ('ok ${JSON-{"json":1}}', 'ok {"json":2}'),
+        # TestSubstituteWithReplacementFunc (its last case, the default function)
+        ("ok ${SUBDOMAIN:-redis}.${FOO:?}", "ok redis.first"),
+    ],
+)
+def test_compose_go_cases(text: str, expected: str) -> None:
+    assert interpolate(text, COMPOSE_GO_ENV) == expected
+
+
+@pytest.mark.parametrize("text", ["${", "${}", "${ }", "${ foo}", "${foo }", "${foo!}"])
+def test_compose_go_invalid_templates(text: str) -> None:
+    """compose-go's TestInvalid: each is an error."""
+    with pytest.raises(InterpolationError, match="invalid interpolation"):
+        interpolate(text, COMPOSE_GO_ENV)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("${UNSET:-{}}", "{}"),
+        ("${UNSET:-{a}{b}}", "{a}{b}"),
+        ("${UNSET:-{${SET}}}", "{value}"),
+        ("${SET:-{x}} and }", "value and }"),
+        ("cost $5", "cost $5"),
+    ],
+)
+def test_braces_balance_inside_a_default(text: str, expected: str) -> None:
+    assert interpolate(text, ENV) == expected
 
 
 def test_empty_required_with_question_mark_only_checks_set() -> None:

@@ -90,6 +90,97 @@ def test_ports_short_forms(tmp_path: Path) -> None:
     ]
 
 
+# compose-go's TestParsePortConfig (types/types_test.go of compose-spec/compose-go, Apache-2.0,
+# commit e70e961c3a3acebf0800b882f1afb3dbf1fb74a2): the spec and what it publishes.
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("80", [PortMapping(target=80)]),
+        ("80:8080", [PortMapping(target=8080, published=80)]),
+        ("80-90:8080", [PortMapping(target=8080, published="80-90")]),
+        ("8080:80/tcp", [PortMapping(target=80, published=8080)]),
+        ("80:8080/udp", [PortMapping(target=8080, published=80, protocol="udp")]),
+        (
+            "80-81:8080-8081/tcp",
+            [PortMapping(target=8080, published=80), PortMapping(target=8081, published=81)],
+        ),
+        (
+            "80-82:8080-8082/udp",
+            [
+                PortMapping(target=8080, published=80, protocol="udp"),
+                PortMapping(target=8081, published=81, protocol="udp"),
+                PortMapping(target=8082, published=82, protocol="udp"),
+            ],
+        ),
+        ("80-82:8080/udp", [PortMapping(target=8080, published="80-82", protocol="udp")]),
+        ("80-80:8080/tcp", [PortMapping(target=8080, published=80)]),
+        ("1.1.1.1:80:80", [PortMapping(target=80, published=80, host_ip="1.1.1.1")]),
+    ],
+)
+def test_ports_as_compose_go_reads_them(
+    tmp_path: Path, spec: str, expected: list[PortMapping]
+) -> None:
+    text = f"vms:\n  web:\n    ports: ['{spec}']\n"
+    assert load_project(write(tmp_path, text), environ={}).model.vms["web"].ports == expected
+
+
+@pytest.mark.parametrize("spec", ["9999999", "80/xyz", "tcp", "udp", ""])
+def test_ports_compose_go_refuses(tmp_path: Path, spec: str) -> None:
+    with pytest.raises(ConfigError, match=r"vms\.web\.ports\[0\]"):
+        load_project(write(tmp_path, f"vms:\n  web:\n    ports: ['{spec}']\n"), environ={})
+
+
+def test_long_form_published_is_read_as_compose_writes_it(tmp_path: Path) -> None:
+    text = (
+        "vms:\n  web:\n    ports:\n"
+        "      - {target: 80, published: '8080'}\n"
+        "      - {target: 81, published: '9000-9009'}\n"
+        "      - {target: 82, published: 9100-9100}\n"
+    )
+    assert load_project(write(tmp_path, text), environ={}).model.vms["web"].ports == [
+        PortMapping(target=80, published=8080),
+        PortMapping(target=81, published="9000-9009"),
+        PortMapping(target=82, published=9100),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        ("['90-80:8080']", "ranges ascend"),
+        ("[{target: 80, published: '90-80'}]", "ranges ascend"),
+        ("[{target: 80, published: '0-10'}]", "ports are 1-65535"),
+        ("[{target: 80, published: 'a-b'}]", "expected a port number or range"),
+    ],
+)
+def test_bad_host_ranges_are_refused(tmp_path: Path, ports: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_project(write(tmp_path, f"vms:\n  web:\n    ports: {ports}\n"), environ={})
+
+
+def test_a_host_range_serves_replicas_while_it_lasts(tmp_path: Path) -> None:
+    enough = "vms:\n  web:\n    replicas: 3\n    ports: ['8000-8002:80']\n"
+    assert load_project(write(tmp_path, enough), environ={}).model.vms["web"].replicas == 3
+    few = "vms:\n  web:\n    replicas: 4\n    ports: ['8000-8002:80']\n"
+    with pytest.raises(ConfigError, match="8000-8002 are too few for 4 replicas"):
+        load_project(write(tmp_path, few), environ={})
+
+
+def test_interpolated_values_take_the_fields_types(tmp_path: Path) -> None:
+    """compose-go casts ${...} in typed fields: memory: ${MEM:-512} is 512 MiB, not bytes."""
+    text = (
+        "vms:\n  web:\n    boot: {kernel: /k}\n    memory: ${MEM:-512}\n    cpu: ${CPUS:-3}\n"
+        "    replicas: ${N}\n    warm: ${WARM:-true}\n    disk: ${DISK:-4G}\n"
+    )
+    vm = load_project(write(tmp_path, text), environ={"N": "2"}).model.vms["web"]
+    assert (vm.memory, vm.cpu, vm.replicas, vm.warm) == (512, 3, 2, True)
+    assert vm.disk.size == "4G"
+    sized = load_project(write(tmp_path, text), environ={"N": "1", "MEM": "2G"}).model.vms["web"]
+    assert sized.memory == 2048
+    with pytest.raises(ConfigError, match=r"vms\.web\.memory"):
+        load_project(write(tmp_path, text), environ={"N": "1", "MEM": "lots"})
+
+
 def test_environment_list_takes_bare_names_from_our_environment(tmp_path: Path) -> None:
     text = "vms:\n  web:\n    environment: [A=1, B=, FROM_HOST, NOT_SET]\n"
     vm = load_project(write(tmp_path, text), environ={"FROM_HOST": "h"}).model.vms["web"]
