@@ -47,6 +47,7 @@ umask 022
 host=$1 domain=$2 mid=$3 iid=$4 boot=$5; shift 5
 step() { read -r u _ < /proc/uptime; printf 'qemu-compose-step: %s %s\n' "$1" "$u"; }
 network() {@NETWORK@}
+files() {@FILES@}
 step start
 @SET_CLOCK@ || true
 old=
@@ -75,11 +76,12 @@ if [ -f $c/data/instance-id ]; then
   printf '%s\n' "$iid" > $c/data/previous-instance-id
 fi
 step ids
-found= edits= joined=
+files "" "$@"
+step macs
+joined=
 while [ $# -ge 3 ]; do
   o=$1 n=$2 kind=$3; shift 3
-  case "$o$n" in *[!0-9a-fA-F:]*) continue;; esac  # (they become grep and sed patterns)
-  found="$found -e $o" edits="$edits -e s/$o/$n/gI"
+  case "$o$n" in *[!0-9a-fA-F:]*) continue;; esac
   [ "$kind" = bridge ] || continue
   joined="$joined $n"
   for d in /sys/class/net/*; do
@@ -91,19 +93,6 @@ while [ $# -ge 3 ]; do
     ip -4 addr flush dev "$i"  # the template's address: never seen on the network
   done
 done
-if [ -n "$found" ]; then  # the network configuration names the NICs by their new MACs
-  # shellcheck disable=SC2086
-  grep -rlis $found /etc/netplan /etc/systemd/network /run/systemd/network /etc/network \
-      /etc/NetworkManager/system-connections /run/NetworkManager/system-connections \
-      2>/dev/null | while IFS= read -r f; do
-    sed -i $edits "$f"
-    case "$f" in  # networkd asks as the MAC (its DUID is the template's machine-id's)
-      */systemd/network/*.network) mkdir -p "$f.d" \
-        && printf '[DHCPv4]\nClientIdentifier=mac\n' > "$f.d/50-qemu-compose-clone.conf";;
-    esac
-  done
-fi
-step macs
 if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/null; then
   # what it matches and how it asks, read again; the links it reconfigures
   networkctl reload 2>/dev/null || systemctl restart systemd-networkd
@@ -184,11 +173,39 @@ for m in "$@"; do
   done
 done
 """
+
+# The network configuration under the root $1 names the NICs by their new MACs (the rest:
+# old, new, kind). A bridge NIC has its new MAC now; the user-mode NIC keeps the template's
+# until it boots again, so a systemd-networkd file matches both: networkd, reloaded, would
+# leave a NIC that no file matches unconfigured, and with it the SSH session. networkd asks
+# DHCP as the MAC (its DUID is made from the machine-id, the template's in the lease). The
+# MACs are checked for hex digits and colons only: they become grep and sed patterns.
+FILES_SCRIPT = r"""
+r=$1 f= e= k=; shift
+while [ $# -ge 3 ]; do
+  case "$1$2" in *[!0-9a-fA-F:]*) shift 3; continue;; esac
+  f="$f -e $1" e="$e -e s/$1/$2/gI"
+  if [ "$3" = bridge ]; then k="$k -e s/$1/$2/gI"; else k="$k -e s/$1/&\t$2/I"; fi
+  shift 3
+done
+[ -n "$f" ] || return 0
+grep -rlis $f "$r/etc/netplan" "$r/etc/systemd/network" "$r/run/systemd/network" \
+    "$r/etc/network" "$r/etc/NetworkManager/system-connections" \
+    "$r/run/NetworkManager/system-connections" 2>/dev/null | while IFS= read -r p; do
+  case "$p" in
+    */systemd/network/*.network) sed -i $k "$p"; mkdir -p "$p.d" \
+      && printf '[DHCPv4]\nClientIdentifier=mac\n' > "$p.d/50-qemu-compose-clone.conf";;
+    */systemd/network/*) sed -i $k "$p";;
+    *) sed -i $e "$p";;
+  esac
+done
+"""
 JOIN_LINE = "qemu-compose-join: now"
 IDENTITY_SCRIPT = (
     IDENTITY_SCRIPT.replace("@SET_CLOCK@", SET_CLOCK)
     .replace("@JOIN_LINE@", JOIN_LINE)
     .replace("@NETWORK@", NETWORK_SCRIPT)
+    .replace("@FILES@", FILES_SCRIPT)
 )
 
 

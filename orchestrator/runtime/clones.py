@@ -366,6 +366,7 @@ async def become_itself(
             "identity_seconds": round(took, 3),
             "hostname": identity.hostname,
             "machine_id": identity.machine_id,
+            "instance_id": identity.instance_id,
             "macs": {**identity.user_macs, **identity.bridge_macs},
             "host_key": key,
             "steps": steps_took,

@@ -53,7 +53,7 @@ vms:
 def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandle) -> None:
     tiny = build("tiny")
     compose_file = project / "qemu-compose.yaml"
-    compose_file.write_text(compose_text(tiny, 4))
+    compose_file.write_text(compose_text(tiny, 6))
 
     def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return compose(*args, cwd=project, manager=user_manager, timeout=timeout)
@@ -67,7 +67,7 @@ def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandl
         return ok("ssh", vm, command).strip()
 
     ok("up", "-d", "--wait", "--progress", "quiet")
-    names = ["w-1", "w-2", "w-3", "w-4"]
+    names = [f"w-{i}" for i in range(1, 7)]
     log = [
         json.loads(line)
         for line in ok("watch", "--since", "all", "--no-follow", "--json").splitlines()
@@ -88,34 +88,42 @@ def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandl
     state = json.loads((project / ".qemu-compose/state.json").read_bytes())
     seen: dict[str, dict[str, Any]] = {}
     for name in names:
-        seen[name] = {
-            "hostname": sh(name, "hostname"),
-            "macs": sh(name, "cat /sys/class/net/eth0/address /sys/class/net/eth1/address"),
-            "address": sh(name, "ip -4 -o addr show eth1 | awk '{print $4}'"),
-            "key": sh(name, HOST_KEY),
-            "clock": float(sh(name, "date +%s")) - time.time(),
-        }
-        assert seen[name]["hostname"] == name
+        before = time.time()
+        lines = sh(
+            name,
+            "hostname; cat /sys/class/net/eth0/address /sys/class/net/eth1/address;"
+            f" ip -4 -o addr show eth1 | awk '{{print $4}}'; {HOST_KEY};"
+            " cat /etc/machine-id 2>/dev/null || echo none;"
+            " date +%s",
+        ).splitlines()
+        after = time.time()
+        assert len(lines) == 7, (name, lines)
+        hostname, user, bridge, address, key, machine_id, clock = lines
+        seen[name] = {"bridge": bridge, "address": address, "key": key, "id": machine_id}
+        assert hostname == name
         recorded = state["vms"][name]["macs"]
-        user, bridge = seen[name]["macs"].split()  # the user-mode NIC: the template's, till a boot
+        # the user-mode NIC: the template's MAC, till it boots
         assert (user, bridge) == (state["vms"]["w-1"]["macs"]["nic0"], recorded["nic1"])
-        assert abs(seen[name]["clock"]) < 3, seen[name]  # (+ the ssh round trip)
-    for field in ("address", "key"):
-        assert len({s[field] for s in seen.values()}) == 4, (field, seen)
-    assert all(seen[n]["address"] for n in names), seen
-    machine_ids = {sh(n, "cat /etc/machine-id") for n in names[1:]}
-    assert len(machine_ids) == 3
-    assert len({s["macs"].split()[1] for s in seen.values()}) == 4
+        assert before - 2 < int(clock) < after + 2, (name, before, clock, after)
+        assert clones.get(name, {}).get("machine_id", machine_id) == machine_id
+    for field in ("bridge", "address", "key", "id"):
+        assert len({s[field] for s in seen.values()}) == 6, (field, seen)
+    assert all(s["address"] for s in seen.values()), seen
     known = (project / ".qemu-compose/ssh/known_hosts").read_text()
     for name in names[1:]:  # known from the clone's own word, not trusted on first use
         assert f"qemu-compose.clones.{name} ssh-ed25519 {seen[name]['key']}" in known
-    for name, other in [("w-2", "w-3"), ("w-4", "w-1"), ("w-1", "w-2")]:
-        address = seen[other]["address"].split("/")[0]
-        sh(name, f"ping -c 1 -W 5 {address}")
-        # its own name in the network's DNS (the tiny guest's resolver is the user-mode
-        # NIC's: it asks the network's dnsmasq, at the bridge's address, by name)
-        dns = ipaddress.ip_interface(seen[other]["address"]).network.network_address + 1
-        assert address in sh(name, f"nslookup {other}.clones {dns}"), (name, other)
+    dns = ipaddress.ip_interface(seen["w-1"]["address"]).network.network_address + 1
+    for name in names:  # each reaches every other, by address and by its name in the DNS
+        # (the tiny guest's resolver is the user-mode NIC's: it asks the network's dnsmasq,
+        # at the bridge's address, by name)
+        others = " ".join(f"{o}:{seen[o]['address'].split('/')[0]}" for o in names if o != name)
+        reached = sh(
+            name,
+            f"for t in {others}; do n=${{t%%:*}} a=${{t#*:}};"
+            f" ping -c 1 -W 5 $a >/dev/null && nslookup $n.clones {dns} | grep -qwF $a"
+            " && echo $n; done",
+        ).split()
+        assert reached == [o for o in names if o != name], (name, reached)
 
     # the RAM: in a file beside a state of devices only, mapped by each clone's QEMU
     assert record["ram_bytes"] == 128 << 20
@@ -126,19 +134,19 @@ def test_warm_replicas_of_a_tiny_guest(project: Path, user_manager: ManagerHandl
         assert str(ram) in Path(f"/proc/{pid}/maps").read_text(), name
 
     # up --scale: new replicas from the kept template, those above N removed
-    ok("up", "-d", "--wait", "--scale", "w=6", "--progress", "quiet")
+    ok("up", "-d", "--wait", "--scale", "w=7", "--progress", "quiet")
     log = [
         json.loads(line)
         for line in ok("watch", "--since", "all", "--no-follow", "--json").splitlines()
     ]
     assert [r["vm"] for r in log if r["event"] == "TEMPLATE_SAVE"] == ["w-1"]  # the same one
     clones = {r["vm"]: r["data"] for r in log if r["event"] == "CLONE"}
-    assert sorted(clones) == ["w-2", "w-3", "w-4", "w-5", "w-6"]
-    assert sh("w-6", "hostname") == "w-6"
-    sh("w-6", f"ping -c 1 -W 5 {seen['w-1']['address'].split('/')[0]}")
+    assert sorted(clones) == [f"w-{i}" for i in range(2, 8)]
+    assert sh("w-7", "hostname") == "w-7"
+    sh("w-7", f"ping -c 1 -W 5 {seen['w-1']['address'].split('/')[0]}")
     dry = ok("up", "--dry-run", "--scale", "w=2")
     assert [line.split()[:2] for line in dry.splitlines() if line.startswith("w-")] == [
-        ["w-1", "keep"], ["w-2", "keep"], *[[f"w-{i}", "remove"] for i in range(3, 7)]
+        ["w-1", "keep"], ["w-2", "keep"], *[[f"w-{i}", "remove"] for i in range(3, 8)]
     ]  # fmt: skip
     ok("up", "-d", "--scale", "w=2", "--progress", "quiet")
     state = json.loads((project / ".qemu-compose/state.json").read_bytes())

@@ -383,6 +383,8 @@ vms:
     replicas: 3
     warm: true
     networks: [lan]
+    # as on a stock image, only cloud-init's network files (by MAC) configure the NICs
+    provision: [rm -f /etc/systemd/network/99-fallback-dhcp.network]
 """
     )
     names = ["worker-1", "worker-2", "worker-3"]
@@ -431,6 +433,12 @@ vms:
             assert {addresses[o] for o in others} <= set(looked_up), (name, looked_up)  # by name
         for field in (1, 2, 3):  # machine-id, instance-id, host key
             assert len({lines[field] for lines in seen.values()}) == 3, (field, seen)
+        for record in (r for r in log if r["event"] == "CLONE"):
+            clone, data = record["vm"], record["data"]
+            assert (data["hostname"], data["machine_id"]) == (clone, seen[clone][1])
+            assert data["instance_id"] == seen[clone][2]
+            for new in data["macs"].values():  # its next boot finds a file for every NIC
+                assert in_guest(clone, f"grep -rlix 'MACAddress=.*{new}' /etc/systemd/network")
         forked = in_guest("worker-3", "sudo dmesg | grep -c 'virtual machine fork' || true")
         assert int(forked) >= 1  # the kernel reseeded its random numbers
         consoles = {

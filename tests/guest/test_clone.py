@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,58 @@ def test_the_commands_fit_what_dropbear_takes() -> None:
     many = {f"52:54:00:00:01:{i:02x}": f"52:54:00:00:02:{i:02x}" for i in range(8)}
     identity = CloneIdentity("web-12", "shop", "0" * 32, "qc-0011223344556677", {}, many)
     assert len(identity_command(identity, 1_700_000_000.0)) < 7000
+
+
+@pytest.mark.parametrize("shell", ["sh", "dash", "bash", "busybox"])
+def test_the_network_files_name_the_new_macs(shell: str, tmp_path: Path) -> None:
+    """A bridge NIC's files name its new MAC; a networkd file of the user-mode NIC matches
+    both (its live MAC stays the template's until it boots again: a file that matched
+    neither would leave it, and the SSH session, unconfigured) and asks DHCP as the MAC."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"no {shell} here")
+    files = {
+        "etc/systemd/network/10-cloud-init-enp0s2.network":
+            "[Match]\nName=enp0s2\nMACAddress=52:54:00:00:00:01\n[Network]\nDHCP=ipv4\n",
+        "etc/systemd/network/10-cloud-init-enp0s3.network":
+            "[Match]\nName=enp0s3\nMACAddress=52:54:00:00:01:01\n",
+        "run/systemd/network/10-netplan-nic1.link": "[Match]\nMACAddress=52:54:00:00:01:01\n",
+        "etc/systemd/network/99-other.network": "[Match]\nName=en*\n",
+        "etc/netplan/50-cloud-init.yaml":
+            "nic0: {match: {macaddress: '52:54:00:00:00:01'}}\n"
+            "nic1: {match: {macaddress: '52:54:00:00:01:01'}}\n",
+        "etc/NetworkManager/system-connections/lan.nmconnection":
+            "[ethernet]\nmac-address=52:54:00:00:01:01\n",
+    }  # fmt: skip
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    argv = [shell, "sh"] if shell == "busybox" else [shell]
+    args = ["52:54:00:00:00:01", "52:54:00:00:00:02", "user"]
+    args += ["52:54:00:00:01:01", "52:54:00:00:01:02", "bridge", "52;rm -rf /", "x", "user"]
+    done = subprocess.run(
+        [*argv, "-c", f'files() {{{clone.FILES_SCRIPT}}}\nfiles "$@"', "sh", str(tmp_path), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    network = tmp_path / "etc/systemd/network"
+    user = (network / "10-cloud-init-enp0s2.network").read_text()
+    assert "MACAddress=52:54:00:00:00:01\t52:54:00:00:00:02\n" in user
+    assert (
+        "MACAddress=52:54:00:00:01:02\n" in (network / "10-cloud-init-enp0s3.network").read_text()
+    )
+    assert (
+        (tmp_path / "run/systemd/network/10-netplan-nic1.link")
+        .read_text()
+        .endswith("MACAddress=52:54:00:00:01:02\n")
+    )
+    assert (tmp_path / "etc/netplan/50-cloud-init.yaml").read_text() == (
+        "nic0: {match: {macaddress: '52:54:00:00:00:02'}}\n"
+        "nic1: {match: {macaddress: '52:54:00:00:01:02'}}\n"
+    )  # netplan renders networkd's files again at boot, when the NIC has its new MAC
+    nm = tmp_path / "etc/NetworkManager/system-connections/lan.nmconnection"
+    assert nm.read_text() == "[ethernet]\nmac-address=52:54:00:00:01:02\n"
+    for name in ("10-cloud-init-enp0s2", "10-cloud-init-enp0s3"):
+        dropin = network / f"{name}.network.d/50-qemu-compose-clone.conf"
+        assert dropin.read_text() == "[DHCPv4]\nClientIdentifier=mac\n"
+    assert (network / "99-other.network").read_text() == "[Match]\nName=en*\n"
+    assert not (network / "99-other.network.d").exists()
