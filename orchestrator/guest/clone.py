@@ -98,7 +98,7 @@ if [ -d /run/systemd/system ] && systemctl -q is-active systemd-networkd 2>/dev/
   networkctl reload 2>/dev/null || systemctl restart systemd-networkd
 fi
 step networkd
-printf '@JOIN_LINE@\n'  # its links can be joined again: the host does, then answers
+[ -z "$joined" ] || printf '\n@JOIN_LINE@\n'  # its links can be joined: the host does, answers
 if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
   rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
   ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key >/dev/null
@@ -176,28 +176,31 @@ done
 
 # The network configuration under the root $1 names the NICs by their new MACs (the rest:
 # old, new, kind). A bridge NIC has its new MAC now; the user-mode NIC keeps the template's
-# until it boots again, so a systemd-networkd file matches both: networkd, reloaded, would
-# leave a NIC that no file matches unconfigured, and with it the SSH session. networkd asks
-# DHCP as the MAC (its DUID is made from the machine-id, the template's in the lease). The
-# MACs are checked for hex digits and colons only: they become grep and sed patterns.
+# until it boots again, so a systemd-networkd [Match] names both: networkd, reloaded, would
+# leave a NIC that no file matches unconfigured, and with it the SSH session. Every networkd
+# .network gets a drop-in that asks DHCP as the MAC (its default DUID is made from the
+# machine-id, the template's in the lease; one matching by name, not MAC, too). The MACs
+# are checked for hex digits and colons only: they become grep and sed patterns.
 FILES_SCRIPT = r"""
 r=$1 f= e= k=; shift
 while [ $# -ge 3 ]; do
   case "$1$2" in *[!0-9a-fA-F:]*) shift 3; continue;; esac
   f="$f -e $1" e="$e -e s/$1/$2/gI"
-  if [ "$3" = bridge ]; then k="$k -e s/$1/$2/gI"; else k="$k -e s/$1/&\t$2/I"; fi
+  if [ "$3" = bridge ]; then k="$k -e s/$1/$2/gI"; else k="$k -e /^\[Match]/,/^\[/s/$1/&\t$2/I"; fi
   shift 3
 done
-[ -n "$f" ] || return 0
-grep -rlis $f "$r/etc/netplan" "$r/etc/systemd/network" "$r/run/systemd/network" \
-    "$r/etc/network" "$r/etc/NetworkManager/system-connections" \
+set -f
+[ -z "$f" ] || grep -rlis $f "$r/etc/netplan" "$r/etc/systemd/network" \
+    "$r/run/systemd/network" "$r/etc/network" "$r/etc/NetworkManager/system-connections" \
     "$r/run/NetworkManager/system-connections" 2>/dev/null | while IFS= read -r p; do
-  case "$p" in
-    */systemd/network/*.network) sed -i $k "$p"; mkdir -p "$p.d" \
-      && printf '[DHCPv4]\nClientIdentifier=mac\n' > "$p.d/50-qemu-compose-clone.conf";;
-    */systemd/network/*) sed -i $k "$p";;
-    *) sed -i $e "$p";;
-  esac
+  case "$p" in */systemd/network/*) sed -i $k "$p";; *) sed -i $e "$p";; esac
+done
+set +f
+for p in "$r"/etc/systemd/network/*.network "$r"/run/systemd/network/*.network \
+    "$r"/usr/lib/systemd/network/*.network "$r"/lib/systemd/network/*.network; do
+  [ -f "$p" ] || continue
+  d="$r/etc/systemd/network/${p##*/}.d"
+  mkdir -p "$d" && printf '[DHCPv4]\nClientIdentifier=mac\n' > "$d/50-qemu-compose-clone.conf"
 done
 """
 JOIN_LINE = "qemu-compose-join: now"

@@ -6,6 +6,7 @@ the trio-asyncio loop the supervisor opens), and nothing asyncio leaves it.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -120,9 +121,11 @@ class GuestShell:
                 while line := await trio_asyncio.aio_as_trio(process.stdout.readline)():
                     out += line
                     if not answered and (reply := await answer(line)) is not None:
-                        process.stdin.write(reply)
-                        process.stdin.write_eof()
                         answered = True
+                        # a command that ended without reading: its exit status tells
+                        with contextlib.suppress(BrokenPipeError, ConnectionError):
+                            process.stdin.write(reply)
+                            process.stdin.write_eof()
                 result = await trio_asyncio.aio_as_trio(process.wait)()
         except trio.TooSlowError:
             await self.aclose()

@@ -73,11 +73,14 @@ def test_the_guest_says_how_long_each_step_took() -> None:
 
 def test_the_commands_fit_what_dropbear_takes() -> None:
     """dropbear refuses a command longer than 9000 bytes (its MAX_CMD_LEN: the tiny guest's
-    clones lost their session when the script was in the command twice), with room for a
-    VM on eight bridge networks."""
+    clones lost their session when the script was in the command twice), with room: the
+    longest names, a VM on eight bridge networks."""
     many = {f"52:54:00:00:01:{i:02x}": f"52:54:00:00:02:{i:02x}" for i in range(8)}
-    identity = CloneIdentity("web-12", "shop", "0" * 32, "qc-0011223344556677", {}, many)
-    assert len(identity_command(identity, 1_700_000_000.0)) < 7000
+    identity = CloneIdentity(
+        "w" * 63, "p" * 48, "0" * 32, "qc-0011223344556677",
+        {"52:54:00:00:00:01": "52:54:00:00:00:02"}, many,
+    )  # fmt: skip
+    assert len(identity_command(identity, 1_700_000_000.0)) < 8500
 
 
 @pytest.mark.parametrize("shell", ["sh", "dash", "bash", "busybox"])
@@ -89,7 +92,10 @@ def test_the_network_files_name_the_new_macs(shell: str, tmp_path: Path) -> None
         pytest.skip(f"no {shell} here")
     files = {
         "etc/systemd/network/10-cloud-init-enp0s2.network":
-            "[Match]\nName=enp0s2\nMACAddress=52:54:00:00:00:01\n[Network]\nDHCP=ipv4\n",
+            "[Match]\nName=enp0s2\nMACAddress=52:54:00:00:00:01\n[Network]\nDHCP=ipv4\n"
+            "[Link]\nMACAddress=52:54:00:00:00:01\n",
+        "run/systemd/network/10-netplan-nic0.network":
+            "[Match]\nMACAddress=52:54:00:00:00:01\n",
         "etc/systemd/network/10-cloud-init-enp0s3.network":
             "[Match]\nName=enp0s3\nMACAddress=52:54:00:00:01:01\n",
         "run/systemd/network/10-netplan-nic1.link": "[Match]\nMACAddress=52:54:00:00:01:01\n",
@@ -113,7 +119,13 @@ def test_the_network_files_name_the_new_macs(shell: str, tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     network = tmp_path / "etc/systemd/network"
     user = (network / "10-cloud-init-enp0s2.network").read_text()
-    assert "MACAddress=52:54:00:00:00:01\t52:54:00:00:00:02\n" in user
+    assert user.startswith(
+        "[Match]\nName=enp0s2\nMACAddress=52:54:00:00:00:01\t52:54:00:00:00:02\n"
+    )
+    assert user.endswith("[Link]\nMACAddress=52:54:00:00:00:01\n")  # one value there: kept
+    assert (tmp_path / "run/systemd/network/10-netplan-nic0.network").read_text() == (
+        "[Match]\nMACAddress=52:54:00:00:00:01\t52:54:00:00:00:02\n"
+    )
     assert (
         "MACAddress=52:54:00:00:01:02\n" in (network / "10-cloud-init-enp0s3.network").read_text()
     )
@@ -128,8 +140,9 @@ def test_the_network_files_name_the_new_macs(shell: str, tmp_path: Path) -> None
     )  # netplan renders networkd's files again at boot, when the NIC has its new MAC
     nm = tmp_path / "etc/NetworkManager/system-connections/lan.nmconnection"
     assert nm.read_text() == "[ethernet]\nmac-address=52:54:00:00:01:02\n"
-    for name in ("10-cloud-init-enp0s2", "10-cloud-init-enp0s3"):
+    # every .network asks DHCP as the MAC (one matching by name too): drop-ins in /etc
+    for name in ("10-cloud-init-enp0s2", "10-cloud-init-enp0s3", "10-netplan-nic0", "99-other"):
         dropin = network / f"{name}.network.d/50-qemu-compose-clone.conf"
         assert dropin.read_text() == "[DHCPv4]\nClientIdentifier=mac\n"
     assert (network / "99-other.network").read_text() == "[Match]\nName=en*\n"
-    assert not (network / "99-other.network.d").exists()
+    assert not (tmp_path / "run/systemd/network/10-netplan-nic0.network.d").exists()

@@ -123,6 +123,20 @@ async def test_one_answer_then_its_input_ends(shell: GuestShell) -> None:
     assert asked == [b"a\n"]
 
 
+async def test_a_command_that_ends_before_the_answer_is_not_a_failure(shell: GuestShell) -> None:
+    """The answer comes late (the host had work to do first); the command never read: its own
+    exit status and all it said come back."""
+
+    async def late(line: bytes) -> bytes | None:
+        if line != b"mark\n":
+            return None
+        await trio.sleep(0.5)
+        return b"too late\n"
+
+    said = await shell.converse("echo mark; echo done; exit 4", timeout=20, answer=late)
+    assert (said.exit_code, said.output) == (4, b"mark\ndone\n")
+
+
 async def test_a_deadline_bounds_it_and_keeps_what_it_said(shell: GuestShell) -> None:
     async def never(line: bytes) -> bytes | None:
         return None
