@@ -118,8 +118,14 @@ class Snapshots:
         return [n for n in entries if NAME.match(n)]
 
     def begin(self, name: str, disks: dict[str, list[SnapshotDisk]]) -> Path:
+        """The snapshot's directory, with the record of a save under way; neither, if the
+        record cannot be written (a full disk: `snapshot ls` would show it incomplete)."""
         directory = self.make(name)
-        atomic_write(directory / "saving.json", msgspec.json.encode(SavingRecord(name, disks)))
+        try:
+            atomic_write(directory / "saving.json", msgspec.json.encode(SavingRecord(name, disks)))
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         return directory
 
     def finish(self, record: SnapshotRecord) -> None:

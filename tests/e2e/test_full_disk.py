@@ -6,6 +6,7 @@ The tmpfs must be seen by the CLI and by what systemd starts: with a private use
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,10 +49,14 @@ class Place:
 
 
 @pytest.fixture
-def small(tmp_path: Path, user_manager: ManagerHandle) -> Iterator[Place]:
+def small(
+    tmp_path: Path, user_manager: ManagerHandle, request: pytest.FixtureRequest
+) -> Iterator[Place]:
     place = Place(tmp_path / "small", user_manager)
     place.path.mkdir()
-    mounted = place.run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(place.path))
+    size = getattr(request, "param", "1m")
+    options = f"size={size},mode=0755"
+    mounted = place.run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(place.path))
     assert mounted.returncode == 0, mounted.stderr
     try:
         yield place
@@ -80,4 +85,55 @@ def test_up_on_a_full_disk_fails_clearly_and_converges(small: Place) -> None:
         assert '"state":"running"' in rows.stdout, rows.stdout
     finally:
         gone = small.compose("destroy", "--progress", "quiet", cwd=project)
+        assert gone.returncode == 0, gone.stderr
+
+
+@pytest.mark.parametrize("small", ["128m"], indirect=True)
+def test_a_snapshot_on_a_full_disk_harms_neither_the_last_one_nor_the_vm(small: Place) -> None:
+    """A save that cannot fit is refused before the VM stands still (memory: QEMU's state is
+    up to its RAM) or undone when the disk fills under it (the volume's point in time, which
+    qcow2 writes): the snapshot before it restores, and the VM runs on."""
+    project = small.path / "p"
+    (small.seen / "p").mkdir()
+    (small.seen / "p" / "qemu-compose.yaml").write_text(
+        "name: fullsnap\nvolumes:\n  data: {size: 16M}\nvms:\n"
+        "  a: {memory: 16, cpu: 1, healthcheck: {disable: true}, volumes: ['data:/data']}\n"
+    )
+
+    def ok(*args: str) -> str:
+        done = small.compose(*args, cwd=project)
+        assert done.returncode == 0, (args, done.stderr)
+        return done.stdout
+
+    def listed() -> list[tuple[str, bool]]:
+        rows = json.loads(ok("snapshot", "ls", "--format", "json"))
+        return [(r["name"], r["complete"]) for r in rows]
+
+    def status() -> str:
+        return str(json.loads(ok("inspect", "a", "--format", "json"))["qemu_status"])
+
+    try:
+        ok("up", "-d", "--progress", "quiet")
+        ok("snapshot", "save", "s1", "--progress", "quiet")
+        small.run("sh", "-c", f"dd if=/dev/zero of={small.path}/filler bs=64k 2>/dev/null; true")
+        for args, says in (
+            (["snapshot", "save", "s2"], "not enough room for the memory"),
+            (["snapshot", "save", "s3", "--no-memory"], "no space left"),
+        ):
+            failed = small.compose(*args, "--progress", "plain", cwd=project)
+            assert failed.returncode == 1, (args, failed.stderr)
+            assert says in failed.stderr.lower(), failed.stderr
+            assert "Traceback" not in failed.stderr
+            assert listed() == [("s1", True)]
+            assert status() == "running"
+        assert sorted(p.name for p in (small.seen / "p/.qemu-compose/snapshots").iterdir()) == [
+            "s1"
+        ]
+        (small.seen / "filler").unlink()
+        ok("snapshot", "restore", "s1", "--progress", "quiet")
+        assert status() == "running"
+        ok("snapshot", "save", "s3", "--no-memory", "--progress", "quiet")  # room again
+        assert listed() == [("s1", True), ("s3", True)]
+    finally:
+        gone = small.compose("destroy", "--volumes", "--progress", "quiet", cwd=project)
         assert gone.returncode == 0, gone.stderr

@@ -102,6 +102,8 @@ vms:
     assert max(stops.values()) < min(captures[-2:])  # the last save's
     saves = [r for r in log if r["event"] == "SNAPSHOT_SAVE"]
     assert [(r["data"]["name"], r["data"]["vms"]) for r in saves] == [("s1", ["a", "b"])] * 2
+    assert saves[-1]["data"]["size"] == listed[0]["size"]
+    assert 0 < saves[-1]["data"]["frozen_for"] <= saves[-1]["data"]["duration"]
 
     # changed: the counter goes on, the volume and b's file are rewritten, time passes
     time.sleep(2)
@@ -116,12 +118,18 @@ vms:
         (["snapshot", "restore", "nosuch"], 2),
         (["snapshot", "restore", "s1", "zz"], 2),
         (["snapshot", "save", "a/b"], 2),
+        (["snapshot", "restore", "a/b"], 2),
+        (["snapshot", "rm", "../s1"], 2),
         (["snapshot", "save", "s1"], 2),  # exists
         (["snapshot", "rm", "nosuch"], 2),
     ):
         refused = run(*args)
         assert refused.returncode == code, (args, refused.stdout, refused.stderr)
     assert sh("b", "cat /root/note") == "two"
+    assert json.loads(ok("snapshot", "ls", "--format", "json")) == listed
+    assert sh("a", "cat /tmp/counter.pid") == pid
+    ok("up", "-d", "--progress", "quiet")  # snapshots survive `up` (and `stop`, below)
+    assert json.loads(ok("snapshot", "ls", "--format", "json")) == listed
 
     # a changed hardware is refused, naming the change
     text = compose_file.read_text()
@@ -188,6 +196,7 @@ vms:
         ("s1", ["a", "b"], False),
         ("s1", ["b"], True),
     ]
+    assert all(r["duration"] > 0 and r["size"] == listed[0]["size"] for r in restores)
 
     # suspended: QEMU ends, the state is kept; `up` resumes a, `resume` b, where they were
     def states_now() -> dict[str, str]:
@@ -226,7 +235,7 @@ vms:
     ok("snapshot", "save", "cold", "a", "--no-memory", "--progress", "quiet")
     assert not (project / ".qemu-compose" / "snapshots" / "cold" / "a.state").exists()
     sh("a", f"printf after! | dd of={VOLUME} conv=fsync 2>/dev/null")
-    ok("snapshot", "restore", "cold", "--progress", "quiet")
+    ok("snapshot", "restore", "cold", "--wait", "--progress", "quiet")  # (it boots: its SSH)
     # (the tiny guest makes a new host key at each boot, in its initramfs: forget the old)
     (project / ".qemu-compose" / "ssh" / "known_hosts").unlink()
     assert sh("a", f"dd if={VOLUME} bs=6 count=1 2>/dev/null") == "before"
@@ -242,10 +251,29 @@ vms:
         text=True, check=False,
     )  # fmt: skip
     assert tagged.returncode == 0, tagged.stderr
-    ok("up", "-d", "a", "--progress", "quiet")
+    ok("up", "-d", "--wait", "a", "--progress", "quiet")
     (project / ".qemu-compose" / "ssh" / "known_hosts").unlink()  # (booted again)
     sh("a", f"printf xnew!! | dd of={VOLUME} conv=fsync 2>/dev/null")
     ok("snapshot", "save", "x", "a", "--progress", "quiet")
     sh("a", f"printf later! | dd of={VOLUME} conv=fsync 2>/dev/null")
     ok("snapshot", "restore", "x", "--progress", "quiet")
     assert sh("a", f"dd if={VOLUME} bs=6 count=1 2>/dev/null") == "xnew!!"
+
+    # destroy (volumes kept): the snapshots go, with their points in time in the volume;
+    # the volume's contents stay
+    ok("destroy", "--progress", "quiet")
+    assert json.loads(ok("snapshot", "ls", "--format", "json")) == []
+    assert not (project / ".qemu-compose" / "snapshots" / "x").exists()
+    info = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(volume)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "snapshots" not in json.loads(info.stdout)
+    kept = subprocess.run(
+        ["qemu-io", "-r", "-c", "read -v 0 6", "-f", "qcow2", str(volume)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert kept.returncode == 0, kept.stderr
+    assert "78 6e 65 77 21 21" in kept.stdout, kept.stdout  # xnew!!

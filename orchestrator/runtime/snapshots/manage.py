@@ -102,12 +102,14 @@ async def undo_disks(
     *,
     strict: bool,
     held: Mapping[str, qmp.QmpSession] | None = None,
+    offline: bool = False,
 ) -> None:
     """Delete snapshot ``name``'s tag from each (VM, disk); a tag already gone is fine.
     ``strict``: a tag that could not be deleted is a SnapshotError (the snapshot is kept).
-    ``held``: the control sessions the caller holds (a monitor takes one client at once)."""
+    ``held``: the control sessions the caller holds (a monitor takes one client at once).
+    ``offline``: no VM runs now (the session's view of the units is from before)."""
     tag = disk_tag(name)
-    states = session.units.vm_states()
+    states = {} if offline else session.units.vm_states()
     failed: list[str] = []
     seen: set[str] = set()
     for vm, disk in disks:
@@ -137,16 +139,26 @@ async def _delete_live(control: qmp.QmpSession, disk: SnapshotDisk, tag: str) ->
     await control.execute("blockdev-snapshot-delete-internal-sync", arguments, timeout=60)
 
 
-async def forget_vms(session: Session, vms: Sequence[str], *, everything: bool) -> None:
+async def forget_vms(
+    session: Session, vms: Sequence[str], *, everything: bool, volumes_kept: bool = True
+) -> None:
     """For `destroy`: the VMs leave every snapshot (their states go; their disks go with
-    them); ``everything`` (the whole project): the snapshots go. Named volumes stay as
-    `destroy` leaves them: with their tags, unless `--volumes` removes them."""
+    them); ``everything`` (the whole project): the snapshots go, and so do their points in
+    time in the named volumes that `destroy` keeps (nothing could restore them: they would
+    only hold space); the volumes' contents stay as they are."""
     store = Snapshots(session.paths.state_dir)
     for name in store.names():
         record = store.record(name)
-        if everything or record is None:
-            if everything:
-                store.remove(name)
+        if everything:
+            if volumes_kept:
+                saving = store.saving(name)
+                disks = [(vm, d) for vm, k in record.vms.items() for d in k.disks] if record else []
+                disks += [(vm, d) for vm, k in saving.vms.items() for d in k] if saving else []
+                volumes = [(vm, d) for vm, d in disks if d.volume]  # (the VMs are gone)
+                await undo_disks(session, volumes, name, strict=False, offline=True)
+            store.remove(name)
+            continue
+        if record is None:
             continue
         gone = [vm for vm in vms if vm in record.vms]
         if not gone:
