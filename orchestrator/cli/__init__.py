@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     except QemuComposeError as err:
         if debug:
             traceback.print_exc()
-        click.echo(_render_error(err), err=True)
+        if not getattr(err, "expected", False):  # (an attached `up` that Ctrl-C stopped)
+            click.echo(_render_error(err), err=True)
         status = err.exit_status
     except KeyboardInterrupt:
         status = 130

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import click
@@ -80,6 +83,18 @@ def _run(progress: str, work: Callable[[EventCallback], Awaitable[T]]) -> T:
     " are removed. Warm VMs' new replicas start from the kept template.",
 )
 @click.option("--dry-run", is_flag=True, help="Print what would be done, do nothing.")
+@click.option(
+    "--attach",
+    "attach",
+    multiple=True,
+    metavar="VM",
+    help="Attached: follow the consoles of these VMs only [default: all it starts].",
+)
+@click.option(
+    "--no-attach", "no_attach", multiple=True, metavar="VM", help="Attached: not this VM's console."
+)
+@click.option("--no-log-prefix", is_flag=True, help="Attached: console lines without 'vm | '.")
+@click.option("--no-color", is_flag=True, help="Attached: prefixes without colours.")
 @progress_option
 @wait_lock_option
 @click.pass_obj
@@ -96,6 +111,10 @@ def up(
     no_deps: bool,
     scale: dict[str, int],
     dry_run: bool,
+    attach: tuple[str, ...],
+    no_attach: tuple[str, ...],
+    no_log_prefix: bool,
+    no_color: bool,
     progress: str,
     wait_lock: bool,
 ) -> None:
@@ -103,11 +122,17 @@ def up(
 
     A VM whose definition changed is restarted on its disk; what needs a new disk (image,
     user, cloud_init, provision) is said and waits for --force-recreate. Without
-    -d, waits until every VM is ready, then stays attached until Ctrl-C, which stops the
-    VMs gracefully (a second Ctrl-C: without grace).
+    -d, waits until every VM is ready, then follows their serial consoles, each line
+    prefixed with its VM's name, until Ctrl-C, which stops the VMs gracefully (a second
+    Ctrl-C: without grace).
     """
     if no_recreate and force_recreate:
         raise click.UsageError("--no-recreate and --force-recreate exclude each other")
+    if detach and (attach or no_attach or no_log_prefix or no_color):
+        raise click.UsageError(
+            "--attach, --no-attach, --no-log-prefix and --no-color are for an attached up"
+            " (without -d)"
+        )
     project = opts.load()
     from orchestrator import api
 
@@ -139,7 +164,33 @@ def up(
     if detach:
         _run(progress, bring_up)
     else:
-        run(lambda: _up_attached(project, vms, progress, wait_lock, bring_up, no_deps, scale))
+        consoles = _Consoles(attach, no_attach, prefix=not no_log_prefix, colour=not no_color)
+        run(
+            lambda: _up_attached(
+                project, vms, progress, wait_lock, bring_up, no_deps, scale, consoles
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _Consoles:
+    """Which consoles an attached `up` follows, and how its lines look."""
+
+    attach: tuple[str, ...]
+    no_attach: tuple[str, ...]
+    prefix: bool
+    colour: bool
+
+    def chosen(self, project: Project, targets: list[str]) -> list[str]:
+        """The VMs of ``targets`` (in their order) whose consoles are followed."""
+        from orchestrator.config.topology import select
+
+        def named(names: tuple[str, ...]) -> set[str]:
+            return {i.name for i in select(project.model, names, project=project.name)}
+
+        wanted = named(self.attach) if self.attach else set(targets)
+        unwanted = named(self.no_attach)
+        return [n for n in targets if n in wanted and n not in unwanted]
 
 
 async def _up_attached(
@@ -150,26 +201,36 @@ async def _up_attached(
     bring_up: Callable[[EventCallback], Awaitable[object]],
     no_deps: bool,
     scale: dict[str, int],
+    consoles: _Consoles,
 ) -> None:
-    """Up, then attached until Ctrl-C (or SIGTERM). Ctrl-C at any moment, while the VMs
-    start or once they run, stops what this `up` is about, gracefully; a second one stops
-    them without grace. When `up` fails, what it started stays, as with -d."""
+    """Up, then attached until Ctrl-C (or SIGTERM), following the VMs' consoles from where
+    they were when `up` began. Ctrl-C at any moment, while the VMs start or once they run,
+    stops what this `up` is about, gracefully; a second one stops them without grace. When
+    `up` fails, what it started stays, as with -d."""
     import trio
 
     from orchestrator import api
+    from orchestrator.guest.logs import console_prefixes, follow_consoles
 
     from .progress import with_progress
-    from .runner import interrupted
+    from .runner import ended_as_asked, interrupted
 
     targets = api.selection(project, *vms, no_deps=no_deps, scale=scale) if vms else []
+    followed = consoles.chosen(project, targets or api.selection(project, scale=scale))
+    logs = {n: project.state_dir / n / "console.log" for n in followed}  # (VmPaths.console_log)
+    offsets = {n: (path, path.stat().st_size if path.exists() else 0) for n, path in logs.items()}
+    colour = consoles.colour and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    prefixes = console_prefixes(followed, colour=colour) if consoles.prefix else {}
     try:
         await with_progress(progress, bring_up)
         click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
-        await trio.sleep_forever()
+        await follow_consoles(offsets, prefixes)
+        await trio.sleep_forever()  # (nothing to follow)
     finally:
         if interrupted():  # not when up failed: what it started stays, as with -d
             with trio.CancelScope(shield=True):
                 await _stop_attached(project, targets, progress, wait_lock)
+            ended_as_asked()  # stopped cleanly: exit 130, no error
 
 
 async def _stop_attached(

@@ -26,9 +26,10 @@ T = TypeVar("T")
 class Interrupted(QemuComposeError):
     """The command was stopped by SIGINT or SIGTERM; it cleaned up first."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, *, expected: bool = False) -> None:
         self.signum = signum
         self.exit_status = 128 + signum
+        self.expected = expected  # the way the command ends (attached `up`): nothing to say
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
@@ -49,6 +50,7 @@ class _Signals:
 
     received: list[int] = field(default_factory=list)
     again: trio.Event | None = None  # made inside the run
+    expected: bool = False  # the command ended as a signal asks it to: no error
 
 
 _current: ContextVar[_Signals | None] = ContextVar("qemu_compose_signals", default=None)
@@ -58,6 +60,14 @@ def interrupted() -> bool:
     """A signal stopped (or is stopping) the command now running."""
     current = _current.get()
     return current is not None and bool(current.received)
+
+
+def ended_as_asked() -> None:
+    """The signal that stopped the command is how it ends (attached `up`, all stopped
+    cleanly): its exit status says so (128 + the signal), no error is printed."""
+    current = _current.get()
+    if current is not None:
+        current.expected = True
 
 
 async def another_signal() -> None:
@@ -113,5 +123,5 @@ def run(async_fn: Callable[[], Awaitable[T]]) -> T:
             raise SeveralErrors([e for e in leaves if isinstance(e, QemuComposeError)]) from group
         raise
     if signals.received and not result:
-        raise Interrupted(signals.received[0])
+        raise Interrupted(signals.received[0], expected=signals.expected)
     return result[0]

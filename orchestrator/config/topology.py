@@ -46,6 +46,15 @@ def dependencies(compose: ComposeFile, instance: Instance) -> dict[str, Dependen
     return needs
 
 
+def dependants(compose: ComposeFile) -> dict[str, set[str]]:
+    """What depends on each instance, by instance name: the ones to stop before it."""
+    found: dict[str, set[str]] = {}
+    for inst in instances(compose):
+        for needed in dependencies(compose, inst):
+            found.setdefault(needed, set()).add(inst.name)
+    return found
+
+
 def select(
     compose: ComposeFile,
     names: Sequence[str],

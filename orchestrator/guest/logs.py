@@ -115,3 +115,49 @@ async def _journal_lines(argv: list[str], write: Callable[[bytes], None]) -> Non
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+
+
+# docker compose's colours for its services' prefixes: the 6 plain ANSI ones, then bright
+_COLOURS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95, 94, 91)
+
+
+def console_prefixes(names: list[str], *, colour: bool) -> dict[str, bytes]:
+    """Each VM's ``name | `` (names padded to the longest), coloured as docker compose
+    colours its services' when ``colour``."""
+    width = max((len(n) for n in names), default=0)
+    prefixes = {}
+    for i, name in enumerate(names):
+        text = f"{name:<{width}} | "
+        if colour:
+            text = f"\x1b[{_COLOURS[i % len(_COLOURS)]}m{text}\x1b[0m"
+        prefixes[name] = text.encode()
+    return prefixes
+
+
+class Lines:
+    """What a console prints, as whole lines, each with ``prefix``: a line waits for its end,
+    a carriage return before it goes (the guest's serial line ends lines with CR LF)."""
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        return b"".join(self.prefix + line.rstrip(b"\r") + b"\n" for line in complete)
+
+
+async def follow_consoles(
+    consoles: dict[str, tuple[Path, int]],
+    prefixes: dict[str, bytes],
+    out: BinaryIO = sys.stdout.buffer,
+) -> None:
+    """Every VM's console log from its offset, line by line, prefixed, until cancelled."""
+    write = _writer(out)
+
+    def through(lines: Lines) -> Callable[[bytes], None]:
+        return lambda data: write(lines.feed(data))
+
+    async with trio.open_nursery() as nursery:
+        for name, (path, offset) in consoles.items():
+            nursery.start_soon(follow_file, path, offset, through(Lines(prefixes.get(name, b""))))

@@ -4,18 +4,20 @@ and networks nobody uses (`network rm`, and after `destroy`)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 import netcfg
 import qmp
 import systemd_dbus
+from orchestrator.config.model import ComposeFile
 from orchestrator.config.project import Project
-from orchestrator.config.topology import instances, replica_names
+from orchestrator.config.topology import dependants, instances, replica_names
 from orchestrator.errors import UsageError
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
@@ -31,6 +33,43 @@ from .session import Session, open_session
 from .snapshots.loading import discard_suspended
 from .snapshots.manage import forget_vms
 from .supervision import stop_supervisor
+
+
+async def dependants_first(
+    compose: ComposeFile, names: Sequence[str], action: Callable[[str], Awaitable[object]]
+) -> None:
+    """``action`` for each VM of ``names`` at once, except that a VM waits until those of
+    ``names`` that depend on it (directly, or through VMs not named) are done: docker
+    compose's stop order, dependants first."""
+    after = dependants(compose)
+    done = {name: trio.Event() for name in names}
+
+    def waits_for(name: str) -> set[str]:
+        found: set[str] = set()
+        seen: set[str] = set()
+        stack = list(after.get(name, ()))
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node in done:
+                found.add(node)  # (it waits for its own)
+            else:
+                stack.extend(after.get(node, ()))
+        return found
+
+    async def one(name: str) -> None:
+        try:
+            for dependant in sorted(waits_for(name)):
+                await done[dependant].wait()
+            await action(name)
+        finally:
+            done[name].set()
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(one, name)
 
 
 async def stop_one(session: Session, name: str, grace: float) -> bool:
@@ -121,9 +160,7 @@ async def stop(
             if discard_suspended(session.paths.vm(name)):  # it boots next time
                 session.report(name, Stage.STOP, Status.DONE, "its suspended state discarded")
 
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(one, name)
+        await dependants_first(session.project.model, names, one)
         if not vms or not await unit_states(project, session.manager):
             await stop_supervisor(session)  # nothing left to watch
         return names
@@ -148,10 +185,8 @@ async def destroy(
         await clear_faults(session, names, why="destroyed")
         if not vms:
             await forget_partitions(session)
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(remove_vm, session, name)
-        await forget_vms(session, names, everything=not vms)
+        await dependants_first(session.project.model, names, functools.partial(remove_vm, session))
+        await forget_vms(session, names, everything=not vms, volumes_kept=not volumes)
         _forget_templates(session, vms, names)
         in_use = state.networks_in_use()
         await _remove_networks(session, [n for n in state.subnets if n not in in_use])

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator import load_project
 from orchestrator.config.model import ComposeFile
-from orchestrator.config.topology import dependencies, instances, select, select_one
+from orchestrator.config.topology import dependants, dependencies, instances, select, select_one
 from orchestrator.errors import UsageError
 
 TEXT = """
@@ -68,3 +68,7 @@ def test_exactly_one_instance(compose: ComposeFile) -> None:
         select_one(compose, "worker", project="demo")
     with pytest.raises(UsageError, match="no VM named 'x' in demo"):
         select_one(compose, "x", project="demo")
+
+
+def test_what_depends_on_each_instance(compose: ComposeFile) -> None:
+    assert dependants(compose) == {"db": {"app"}, "app": {"worker-1", "worker-2", "web"}}

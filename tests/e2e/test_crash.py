@@ -165,6 +165,8 @@ def test_ctrl_c_at_any_moment_of_an_attached_up_stops_what_it_started(
         attached.communicate(timeout=120)
         assert attached.returncode == 130, moment
         assert units(user_manager, "qemu-compose-crashy-*") == [], moment
+        said = max(project.glob("stderr-up-*.txt"), key=lambda p: p.stat().st_mtime).read_text()
+        assert "error" not in said, (moment, said)  # how an attached up ends: no error
 
 
 def test_a_second_ctrl_c_skips_the_grace_period(project: Path, user_manager: ManagerHandle) -> None:

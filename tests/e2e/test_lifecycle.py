@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import netcfg
+from tests.guest_images.build import build
 from tests.support.cli import compose, compose_background, events, ps_rows
 from tests.support.systemd_user import ManagerHandle
 
@@ -295,3 +297,76 @@ def test_pause_unpause_and_kill(project: Path, user_manager: ManagerHandle) -> N
     for expected in [("a", "PAUSE"), ("a", "STOP"), ("a", "UNPAUSE"), ("a", "RESUME"),
                      ("b", "KILL"), ("a", "KILL")]:  # fmt: skip
         assert expected in mine, expected
+
+
+def test_stop_and_destroy_take_dependants_first(project: Path, user_manager: ManagerHandle) -> None:
+    """c needs b, b needs a, d needs nothing: c, then b, then a, as docker compose stops them;
+    d at once."""
+    (project / "qemu-compose.yaml").write_text(
+        "name: order\nvms:\n"
+        + no_disk_vms(["a", "d"])
+        + "  b: {memory: 64, cpu: 1, healthcheck: {disable: true}, depends_on: [a]}\n"
+        + "  c: {memory: 64, cpu: 1, healthcheck: {disable: true}, depends_on: [b]}\n"
+    )
+
+    def run(*args: str) -> list[tuple[str, str, str]]:
+        done = compose(*args, "--progress", "json", cwd=project, manager=user_manager)
+        assert done.returncode == 0, (args, done.stderr)
+        return [(e["vm"], e["stage"], e["status"]) for e in events(done.stdout)]
+
+    def first(said: list[tuple[str, str, str]], vm: str, status: str) -> int:
+        return next(
+            i for i, (v, stage, s) in enumerate(said) if (v, stage, s) == (vm, "stop", status)
+        )
+
+    run("up", "-d")
+    for command in ("stop", "destroy"):
+        said = run(command)
+        assert first(said, "c", "done") < first(said, "b", "working"), (command, said)
+        assert first(said, "b", "done") < first(said, "a", "working"), (command, said)
+        assert first(said, "d", "working") < first(said, "a", "working"), (command, said)
+        if command == "stop":
+            run("up", "-d")
+
+
+def test_an_attached_up_follows_the_consoles(project: Path, user_manager: ManagerHandle) -> None:
+    """Without -d, once ready, `up` prints each VM's serial console, every line prefixed with
+    the VM's name (padded), the VMs --no-attach names left out; Ctrl-C stops them: 130, no
+    error. With --no-log-prefix, the lines as the guest wrote them."""
+    tiny = build("tiny")
+    boot = f"{{kernel: {tiny}/vmlinuz, initrd: {tiny}/initrd.img, cmdline: console=ttyS0 quiet}}"
+    (project / "qemu-compose.yaml").write_text(
+        f"name: attached\nvms:\n  a: {{boot: {boot}, memory: 128, cpu: 1, user: root}}\n"
+        f"  bb: {{boot: {boot}, memory: 128, cpu: 1, user: root}}\n"
+    )
+
+    def attached_up(*args: str, until: str) -> list[str]:
+        process = compose_background(
+            "up", *args, "--progress", "quiet", cwd=project, manager=user_manager
+        )
+        assert process.stdout is not None
+        out = b""
+        deadline = time.monotonic() + 300
+        with selectors.DefaultSelector() as waiting:  # (unbuffered: no line is held back)
+            waiting.register(process.stdout.fileno(), selectors.EVENT_READ)
+            while until.encode() not in out and time.monotonic() < deadline:
+                if waiting.select(timeout=1):
+                    chunk = os.read(process.stdout.fileno(), 65536)
+                    if not chunk:
+                        break  # it ended
+                    out += chunk
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
+        seen = out.decode(errors="replace").splitlines()
+        assert process.returncode == 130, seen
+        said = max(project.glob("stderr-up-*.txt"), key=lambda p: p.stat().st_mtime)
+        assert "error" not in said.read_text(), said.read_text()
+        return seen + rest.splitlines()
+
+    seen = attached_up("--no-attach", "bb", until="tiny-init: ssh ready")
+    assert any(line.startswith("a | tiny-init: ssh ready") for line in seen), seen
+    assert all(line.startswith("a | ") for line in seen), seen  # bb's console not followed
+    assert units(user_manager, "qemu-compose-attached-*") == []
+    seen = attached_up("--attach", "a", "--no-log-prefix", until="tiny-init: ssh ready")
+    assert any(line.startswith("tiny-init: ssh ready") for line in seen), seen
+    assert compose("up", "-d", "--attach", "a", cwd=project, manager=user_manager).returncode == 2

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import trio
 
-from orchestrator.guest.logs import follow_file, tail_bytes
+from orchestrator.guest.logs import (
+    Lines,
+    console_prefixes,
+    follow_consoles,
+    follow_file,
+    tail_bytes,
+)
 
 
 def test_tail(tmp_path: Path) -> None:
@@ -36,3 +43,36 @@ async def test_follow_sees_appends_and_a_file_made_anew(tmp_path: Path) -> None:
             while b"".join(seen) != b"booting\nnew\n":
                 await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
+
+
+def test_console_lines_are_whole_and_prefixed() -> None:
+    lines = Lines(b"web | ")
+    assert lines.feed(b"Booting\r\nhalf a ") == b"web | Booting\n"
+    assert lines.feed(b"line\r\n\r\nnext") == b"web | half a line\nweb | \n"
+    assert lines.feed(b"") == b""
+    assert Lines(b"").feed(b"raw\r\n") == b"raw\n"
+
+
+def test_prefixes_are_padded_and_coloured_as_docker_compose_does() -> None:
+    plain = console_prefixes(["db", "web-10"], colour=False)
+    assert plain == {"db": b"db     | ", "web-10": b"web-10 | "}
+    coloured = console_prefixes([f"v{i}" for i in range(13)], colour=True)
+    assert coloured["v0"] == b"\x1b[36mv0  | \x1b[0m"
+    assert coloured["v1"].startswith(b"\x1b[33m")
+    assert coloured["v12"] == coloured["v0"].replace(b"v0 ", b"v12")  # the palette goes round
+
+
+async def test_consoles_are_followed_line_by_line(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_bytes(b"old\r\n")
+    out = io.BytesIO()
+    async with trio.open_nursery() as nursery:
+        consoles = {"a": (a, len(b"old\r\n")), "b": (b, 0)}  # b's log is made later
+        nursery.start_soon(follow_consoles, consoles, {"a": b"a | ", "b": b"b | "}, out)
+        with a.open("ab") as fh:
+            fh.write(b"new line\r\npart")
+        await trio.sleep(0.5)
+        b.write_bytes(b"hello\n")
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert sorted(out.getvalue().splitlines()) == [b"a | new line", b"b | hello"]

@@ -1,0 +1,72 @@
+"""Stop order, as docker compose's: dependants first, the independent at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from orchestrator import load_project
+from orchestrator.config.model import ComposeFile
+from orchestrator.runtime.teardown import dependants_first
+
+TEXT = """
+vms:
+  db: {}
+  app: {depends_on: [db]}
+  web: {replicas: 2, depends_on: [app]}
+  lone: {}
+"""
+
+
+@pytest.fixture
+def compose(tmp_path: Path) -> ComposeFile:
+    (tmp_path / "qemu-compose.yaml").write_text(TEXT)
+    return load_project(tmp_path / "qemu-compose.yaml", environ={}).model
+
+
+def _run(compose: ComposeFile, names: list[str], took: dict[str, float]) -> list[tuple[str, str]]:
+    """Each action takes ``took[name]`` seconds of a fake clock; the begin and end marks."""
+    marks: list[tuple[str, str]] = []
+
+    async def action(name: str) -> None:
+        marks.append(("begin", name))
+        await trio.sleep(took.get(name, 1))
+        marks.append(("end", name))
+
+    trio.run(
+        dependants_first, compose, names, action, clock=trio.testing.MockClock(autojump_threshold=0)
+    )
+    return marks
+
+
+def test_dependants_stop_before_what_they_need(compose: ComposeFile) -> None:
+    marks = _run(compose, ["db", "app", "web-1", "web-2", "lone"], {"web-2": 3})
+    order = list(marks)
+    begun = [name for kind, name in order if kind == "begin"]
+    assert set(begun[:3]) == {"web-1", "web-2", "lone"}  # nothing depends on them: at once
+    assert order.index(("end", "web-2")) < order.index(("begin", "app"))  # the slower one too
+    assert order.index(("end", "app")) < order.index(("begin", "db"))
+
+
+def test_only_the_named_are_waited_for(compose: ComposeFile) -> None:
+    """`stop db` stops db alone: its dependants are not stopped, nor waited for; one that
+    depends on it through a VM not named is waited for."""
+    assert _run(compose, ["db"], {}) == [("begin", "db"), ("end", "db")]
+    marks = _run(compose, ["db", "web-1", "lone"], {})
+    assert marks == [
+        ("begin", "web-1"), ("begin", "lone"), ("end", "web-1"), ("end", "lone"),
+        ("begin", "db"), ("end", "db"),
+    ]  # fmt: skip
+
+
+def test_a_failure_does_not_leave_the_others_waiting(compose: ComposeFile) -> None:
+    async def action(name: str) -> None:
+        if name == "app":
+            raise RuntimeError("app would not stop")
+        await trio.sleep(1)
+
+    with pytest.raises(BaseExceptionGroup):
+        trio.run(dependants_first, compose, ["db", "app"], action)
