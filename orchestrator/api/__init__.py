@@ -2,11 +2,12 @@
 
 Everything the CLI does, without parsing its output (the CLI sits on it). What talks to
 systemd, QEMU, guests or the network is a trio async function (up, plan, stop, destroy,
-restart, pause, unpause, kill, ps, inspect, networks, remove_networks, logs, pull, doctor,
-snapshot_save, snapshot_restore, snapshot_remove, suspend, resume, remove_templates; events
-and snapshot are async context managers; ``faults(project)`` makes and undoes faults, see
-api.faults); what only reads files or formats data is synchronous (load, ssh_argv, records,
-console, images, remove_image, prune_images, snapshots, templates, format_*). Progress
+restart, pause, unpause, kill, ps, inspect, networks, remove_networks, logs, consoles, pull,
+doctor, snapshot_save, snapshot_restore, snapshot_remove, suspend, resume, remove_templates;
+events and snapshot are async context managers; ``faults(project)`` makes and undoes faults,
+see api.faults); what only reads files or formats data is synchronous (load, ssh_argv,
+records, console, console_ends, images, remove_image, prune_images, snapshots, templates,
+format_*). Progress
 arrives as typed ``Event`` objects through ``on_event``:
 
     import trio
@@ -74,7 +75,7 @@ from .vms import (
     unpause,
     up,
 )
-from .watching import console, events, logs, records
+from .watching import console, console_ends, consoles, events, logs, records
 
 if TYPE_CHECKING:
     from orchestrator.config.project import Project
@@ -136,6 +137,8 @@ __all__ = [
     "UpResult",
     "VmRow",
     "console",
+    "console_ends",
+    "consoles",
     "destroy",
     "doctor",
     "events",

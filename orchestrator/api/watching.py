@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+import sys
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from orchestrator.config.project import Project
 from orchestrator.config.topology import select, select_one
@@ -113,6 +114,38 @@ async def logs(
         lines=lines,
         sources=frozenset(sources),
     )
+
+
+def console_ends(project: Project, vms: Sequence[str]) -> dict[str, int]:
+    """Where each VM's console log ends now (0: none yet): what `consoles` starts from."""
+    ends = {}
+    for vm in vms:
+        path = project.state_dir / vm / "console.log"  # (VmPaths.console_log)
+        try:
+            ends[vm] = path.stat().st_size
+        except FileNotFoundError:
+            ends[vm] = 0
+    return ends
+
+
+async def consoles(
+    project: Project,
+    since: Mapping[str, int],
+    *,
+    prefix: bool = True,
+    colour: bool = False,
+    out: BinaryIO | None = None,
+) -> None:
+    """Write what the consoles of the VMs of ``since`` print after those offsets (see
+    `console_ends`), line by line, each line prefixed with ``vm | `` (names padded; in a
+    colour of their own with ``colour``), to ``out`` (standard output), until cancelled:
+    what an attached `up` shows."""
+    from orchestrator.guest.logs import console_prefixes, follow_consoles
+
+    names = list(since)
+    logs = {vm: (project.state_dir / vm / "console.log", since[vm]) for vm in names}
+    prefixes = console_prefixes(names, colour=colour) if prefix else {}
+    await follow_consoles(logs, prefixes, out or sys.stdout.buffer)
 
 
 def console(project: Project, vm: str) -> str:

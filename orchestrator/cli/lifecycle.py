@@ -183,10 +183,10 @@ class _Consoles:
 
     def chosen(self, project: Project, targets: list[str]) -> list[str]:
         """The VMs of ``targets`` (in their order) whose consoles are followed."""
-        from orchestrator.config.topology import select
+        from orchestrator import api
 
         def named(names: tuple[str, ...]) -> set[str]:
-            return {i.name for i in select(project.model, names, project=project.name)}
+            return set(api.selection(project, *names, no_deps=True)) if names else set()
 
         wanted = named(self.attach) if self.attach else set(targets)
         unwanted = named(self.no_attach)
@@ -210,21 +210,18 @@ async def _up_attached(
     import trio
 
     from orchestrator import api
-    from orchestrator.guest.logs import console_prefixes, follow_consoles
 
     from .progress import with_progress
     from .runner import ended_as_asked, interrupted
 
     targets = api.selection(project, *vms, no_deps=no_deps, scale=scale) if vms else []
     followed = consoles.chosen(project, targets or api.selection(project, scale=scale))
-    logs = {n: project.state_dir / n / "console.log" for n in followed}  # (VmPaths.console_log)
-    offsets = {n: (path, path.stat().st_size if path.exists() else 0) for n, path in logs.items()}
+    since = api.console_ends(project, followed)
     colour = consoles.colour and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    prefixes = console_prefixes(followed, colour=colour) if consoles.prefix else {}
     try:
         await with_progress(progress, bring_up)
         click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
-        await follow_consoles(offsets, prefixes)
+        await api.consoles(project, since, prefix=consoles.prefix, colour=colour)
         await trio.sleep_forever()  # (nothing to follow)
     finally:
         if interrupted():  # not when up failed: what it started stays, as with -d

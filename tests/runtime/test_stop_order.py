@@ -56,10 +56,9 @@ def test_only_the_named_are_waited_for(compose: ComposeFile) -> None:
     depends on it through a VM not named is waited for."""
     assert _run(compose, ["db"], {}) == [("begin", "db"), ("end", "db")]
     marks = _run(compose, ["db", "web-1", "lone"], {})
-    assert marks == [
-        ("begin", "web-1"), ("begin", "lone"), ("end", "web-1"), ("end", "lone"),
-        ("begin", "db"), ("end", "db"),
-    ]  # fmt: skip
+    assert set(marks[:4]) == {("begin", "web-1"), ("begin", "lone"), ("end", "web-1"),
+                              ("end", "lone")}  # fmt: skip
+    assert marks[4:] == [("begin", "db"), ("end", "db")]
 
 
 def test_a_failure_does_not_leave_the_others_waiting(compose: ComposeFile) -> None:
