@@ -169,6 +169,7 @@ def snapshots_on_a_real_guest(
     ssh(project, app, "setsid bash -c 'while :; do date +%s%N > /tmp/beat; sleep 0.2; done' "
         "</dev/null >/dev/null 2>&1 & echo $! > /tmp/beat.pid")  # fmt: skip
     pid = ssh(project, app, "cat /tmp/beat.pid").strip()
+    ssh(project, app, "echo r1 > ~/root.txt && sync")  # on its root disk
     before = {vm: boots(vm) for vm in ("db", "app")}
     ok("snapshot", "save", "s1", "db", "app")
     ok("snapshot", "save", "cold", "--no-memory")  # disks only: web's too
@@ -177,9 +178,10 @@ def snapshots_on_a_real_guest(
         "cold",
     ]
     ssh(project, db, "echo v2 | sudo tee /var/lib/db/snap.txt >/dev/null && sync")
-    ssh(project, app, f"kill {pid}")
+    ssh(project, app, f"kill {pid}; echo r2 > ~/root.txt && sync")
     ok("snapshot", "restore", "s1", "--wait")
     assert ssh(project, db, "cat /var/lib/db/snap.txt") == "v1\n"
+    assert ssh(project, app, "cat ~/root.txt") == "r1\n"
     assert ssh(project, app, f"kill -0 {pid} && echo alive") == "alive\n"
     assert abs(int(ssh(project, app, "date +%s")) - time.time()) < 10
     assert {vm: boots(vm) for vm in ("db", "app")} == before
@@ -200,6 +202,15 @@ def snapshots_on_a_real_guest(
             ssh(project, db, "echo v3 | sudo tee /var/lib/db/snap.txt >/dev/null && sync")
 
     trio.run(changed_then_restored)
+    assert ssh(project, db, "cat /var/lib/db/snap.txt") == "v1\n"
+
+    async def failed_then_restored() -> None:  # restored on leaving by an exception too
+        async with api.snapshot(loaded, "t", ["db"], bus=manager.bus_address):
+            ssh(project, db, "echo v4 | sudo tee /var/lib/db/snap.txt >/dev/null && sync")
+            raise LookupError("the test failed")
+
+    with pytest.raises(LookupError):
+        trio.run(failed_then_restored)
     assert ssh(project, db, "cat /var/lib/db/snap.txt") == "v1\n"
     ok("snapshot", "rm", "s1", "cold")
     assert json.loads(run("snapshot", "ls", "--format", "json").stdout) == []
