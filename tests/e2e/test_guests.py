@@ -12,6 +12,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import subprocess
 import time
@@ -137,6 +138,30 @@ def faults_on_a_real_guest(project: Path, manager: ManagerHandle, web: int) -> N
     assert cleared < delayed - 500
 
 
+# An echo server and a client that keeps one connection to it busy (Debian's python3, which
+# cloud-init needs): the client counts the echoes it got, and ends on any error.
+ECHO_SERVER = """import socket, threading
+def echo(c):
+    while data := c.recv(64):
+        c.sendall(data)
+s = socket.create_server(("0.0.0.0", 7007))
+while True:
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+"""
+ECHO_CLIENT = """import os, socket, time
+s = socket.create_connection(("db", 7007), timeout=60)
+n = 0
+while True:
+    s.sendall(b"x")
+    assert s.recv(1) == b"x"
+    n += 1
+    with open("/tmp/.talk.count", "w") as f:
+        f.write(str(n))
+    os.replace("/tmp/.talk.count", "/tmp/talk.count")
+    time.sleep(0.2)
+"""
+
+
 def snapshots_on_a_real_guest(
     project: Path, manager: ManagerHandle, rows: dict[str, Any], env: pytest.MonkeyPatch
 ) -> None:
@@ -170,6 +195,13 @@ def snapshots_on_a_real_guest(
         "</dev/null >/dev/null 2>&1 & echo $! > /tmp/beat.pid")  # fmt: skip
     pid = ssh(project, app, "cat /tmp/beat.pid").strip()
     ssh(project, app, "echo r1 > ~/root.txt && sync")  # on its root disk
+    # a TCP connection between two VMs restored together: app sends, db echoes, on and on
+    ssh(project, db, f"printf '%s' {shlex.quote(ECHO_SERVER)} > /tmp/echo.py && setsid python3"
+        " /tmp/echo.py </dev/null >/dev/null 2>&1 &")  # fmt: skip
+    ssh(project, app, f"printf '%s' {shlex.quote(ECHO_CLIENT)} > /tmp/talk.py && setsid python3"
+        " /tmp/talk.py </dev/null >/dev/null 2>/tmp/talk.err & echo $! > /tmp/talk.pid")  # fmt: skip
+    talker = ssh(project, app, "sleep 2; cat /tmp/talk.pid").strip()
+    assert int(ssh(project, app, "cat /tmp/talk.count")) > 0
     before = {vm: boots(vm) for vm in ("db", "app")}
     ok("snapshot", "save", "s1", "db", "app")
     ok("snapshot", "save", "cold", "--no-memory")  # disks only: web's too
@@ -182,6 +214,10 @@ def snapshots_on_a_real_guest(
     ok("snapshot", "restore", "s1", "--wait")
     assert ssh(project, db, "cat /var/lib/db/snap.txt") == "v1\n"
     assert ssh(project, app, "cat ~/root.txt") == "r1\n"
+    talked = ssh(project, app, f"kill -0 {talker} && cat /tmp/talk.count; sleep 2;"
+                 " cat /tmp/talk.count /tmp/talk.err").split()  # fmt: skip
+    assert len(talked) == 2, talked  # (nothing in talk.err)
+    assert int(talked[1]) > int(talked[0]) + 3, talked  # the connection goes on
     assert ssh(project, app, f"kill -0 {pid} && echo alive") == "alive\n"
     assert abs(int(ssh(project, app, "date +%s")) - time.time()) < 10
     assert {vm: boots(vm) for vm in ("db", "app")} == before
