@@ -56,8 +56,7 @@ read -r old < /proc/sys/kernel/hostname 2>/dev/null || old=$(hostname 2>/dev/nul
 printf '%s\n' "$host" > /etc/hostname  # (hostnamectl: seconds, under TCG)
 if [ -n "$old" ] && [ "$old" != "$host" ] && [ -f /etc/hosts ]; then
   t=/etc/.hosts.qemu-compose
-  awk -v o="$old" -v n="$host" -v d="$domain" \
-    '{for(i=2;i<=NF;i++){if($i==o)$i=n; else if($i==o"."d)$i=n"."d}} 1' /etc/hosts > "$t" \
+  awk -v o="$old" -v n="$host" -v d="$domain" '@RENAME@' /etc/hosts > "$t" \
     && mv -f "$t" /etc/hosts || rm -f "$t"
 fi
 step hostname
@@ -203,12 +202,20 @@ for p in "$r"/etc/systemd/network/*.network "$r"/run/systemd/network/*.network \
   mkdir -p "$d" && printf '[DHCPv4]\nClientIdentifier=mac\n' > "$d/50-qemu-compose-clone.conf"
 done
 """
+# The old hostname's words in /etc/hosts become the new one's (o, n; d: the domain), except
+# in our block of the network's VMs (cloudinit.HOSTS_SCRIPT), which names the template too.
+RENAME_AWK = (
+    "/^# qemu-compose hosts: begin$/{s=1}"
+    ' !s{for(i=2;i<=NF;i++){if($i==o)$i=n; else if($i==o"."d)$i=n"."d}}'
+    " /^# qemu-compose hosts: end$/{s=0} 1"
+)
 JOIN_LINE = "qemu-compose-join: now"
 IDENTITY_SCRIPT = (
     IDENTITY_SCRIPT.replace("@SET_CLOCK@", SET_CLOCK)
     .replace("@JOIN_LINE@", JOIN_LINE)
     .replace("@NETWORK@", NETWORK_SCRIPT)
     .replace("@FILES@", FILES_SCRIPT)
+    .replace("@RENAME@", RENAME_AWK)
 )
 
 

@@ -73,6 +73,9 @@ class GuestConfig:
     provision: Sequence[str] = ()  # shell scripts, run once, in order
     nics: Sequence[Nic] = ()
     extra_user_data: Mapping[str, Any] | None = None
+    # the VMs of its bridge networks, (address, name), for /etc/hosts: names resolve
+    # where the guest's resolver does not ask the network's DNS (a user-mode NIC's may win)
+    hosts: Sequence[tuple[str, str]] = ()
 
     @property
     def on_bridges(self) -> bool:
@@ -109,6 +112,14 @@ FSTAB_SCRIPT = (
     + "; systemctl daemon-reload 2>/dev/null; mount -a 2>/dev/null; true"
 )
 
+HOSTS_BEGIN = "# qemu-compose hosts: begin"  # (the warm clones' identity script skips them)
+HOSTS_SCRIPT = REWRITE.format(
+    file="/etc/hosts",
+    what="hosts",
+    lines='while [ $# -ge 3 ]; do printf \'%s %s %s\\n\' "$1" "$2" "$3"; shift 3; done;',
+)
+assert HOSTS_BEGIN in HOSTS_SCRIPT
+
 # `fault panic` sends an NMI (QMP inject-nmi): the kernel panics on it only when told to. No
 # NMI comes to a VM otherwise; the guest reports the panic through the pvpanic device.
 NMI_PANIC_SCRIPT = "echo 1 > /proc/sys/kernel/unknown_nmi_panic 2>/dev/null || true"
@@ -143,6 +154,14 @@ def user_data(guest: GuestConfig) -> dict[str, Any]:
     ]
     files: list[dict[str, Any]] = []
     if guest.on_bridges:
+        bootcmd.append(
+            ["sh", "-c", HOSTS_SCRIPT, "qemu-compose-hosts"]
+            + [
+                f
+                for address, name in guest.hosts
+                for f in (address, name, f"{name}.{guest.domain}")
+            ]
+        )
         # A search domain for <vm> alone: networkd ignores the DHCP one and cloud-init the
         # network-config one, so tell systemd-resolved (where the image has it). bootcmd runs
         # before write_files, so it writes the file itself; the domain is an argument.

@@ -58,6 +58,7 @@ class LaunchFacts:
     password_hash: str = ""
     provision: Sequence[str] = ()  # the steps' scripts, in order
     extra_user_data: Mapping[str, Any] | None = None
+    hosts: Sequence[tuple[str, str]] = ()  # (address, VM) of those on its bridge networks
     qemu: str = "/usr/bin/qemu-system-x86_64"
     python: str = "/usr/bin/python3"  # runs qmp.stopvm, the unit's graceful ExecStop
     project_dir: str = ""  # recorded on the unit: whose VM it is (see state.identity)
@@ -119,6 +120,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
             provision=facts.provision,
             nics=guest_nics,
             extra_user_data=facts.extra_user_data,
+            hosts=facts.hosts,
         )
         seed = Drive("seed", str(paths.seed), "raw", "cidata", read_only=True)
     boot = DirectBoot(vm.boot.kernel, vm.boot.initrd, vm.boot.cmdline) if vm.boot else None

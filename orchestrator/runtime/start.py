@@ -380,6 +380,11 @@ def _facts(
             for step in vm.provision
         ],
         extra_user_data=named.user_data[extra] if isinstance(extra, str) else extra,
+        hosts=[
+            (address, other)
+            for network in sorted(vm.networks)
+            for other, address in sorted(session.state.addresses.get(network, {}).items())
+        ],  # itself too: a warm clone's copy names every replica, the one it was saved from too
         qemu=qemu_binary(),
         python=sys.executable,
         project_dir=project_dir(session.project),

@@ -319,6 +319,10 @@ vms:
         )
         assert resolved.split()[0] == addresses["db"]
         assert addresses["app"] in resolved
+        # and in /etc/hosts, for a resolver that does not ask the network's DNS
+        hosts = ssh(tmp_path, web, "sed -n '/^# qemu-compose hosts: begin$/,/end$/p' /etc/hosts")
+        for name in ("app", "db", "web"):
+            assert f"{addresses[name]} {name} {name}.trio\n" in hosts, hosts
         assert ssh(tmp_path, web, "cat /srv/www/index.html") == "hello from the host\n"
         assert ssh(tmp_path, web, "grep ^GREETING= /etc/environment") == "GREETING=hello\n"
         db = rows["db"]["ssh_port"]

@@ -146,3 +146,18 @@ def test_the_network_files_name_the_new_macs(shell: str, tmp_path: Path) -> None
         assert dropin.read_text() == "[DHCPv4]\nClientIdentifier=mac\n"
     assert (network / "99-other.network").read_text() == "[Match]\nName=en*\n"
     assert not (tmp_path / "run/systemd/network/10-netplan-nic0.network.d").exists()
+
+
+@pytest.mark.parametrize("awk", [["awk"], ["busybox", "awk"]])
+def test_hosts_takes_the_new_name_outside_our_block_of_the_networks_vms(awk: list[str]) -> None:
+    if shutil.which(awk[0]) is None:
+        pytest.skip(f"no {awk[0]} here")
+    hosts = (
+        "127.0.0.1 localhost\n127.0.1.1 w-1.shop w-1\n# qemu-compose hosts: begin\n"
+        "10.0.0.10 w-1 w-1.shop\n10.0.0.11 w-2 w-2.shop\n# qemu-compose hosts: end\n"
+    )
+    done = subprocess.run(
+        [*awk, "-v", "o=w-1", "-v", "n=w-2", "-v", "d=shop", clone.RENAME_AWK],
+        input=hosts, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout == hosts.replace("127.0.1.1 w-1.shop w-1", "127.0.1.1 w-2.shop w-2")

@@ -13,6 +13,7 @@ import yaml
 from orchestrator.guest.cloudinit import (
     ENVIRONMENT_SCRIPT,
     FSTAB_SCRIPT,
+    HOSTS_SCRIPT,
     GuestConfig,
     Nic,
     instance_id,
@@ -68,6 +69,7 @@ GUEST = GuestConfig(
     environment={"DB_HOST": "db", "QUOTE": 'say "hi"; rm -rf /'},
     provision=("echo one", "#!/bin/sh\necho two\n"),
     nics=(Nic("52:54:00:00:00:01", "user"), Nic("52:54:aa:bb:cc:dd", "bridge")),
+    hosts=(("10.89.0.2", "db"),),
 )
 
 
@@ -96,6 +98,7 @@ def test_user_data_golden() -> None:
              "/dev/disk/by-id/virtio-data", "/var/lib/data", "ext4", "defaults,nofail", "0", "2"],
             ["sh", "-c", "echo 1 > /proc/sys/kernel/unknown_nmi_panic 2>/dev/null || true",
              "qemu-compose-nmi-panic"],
+            ["sh", "-c", HOSTS_SCRIPT, "qemu-compose-hosts", "10.89.0.2", "db", "db.demo"],
             ["sh", "-c",
              'mkdir -p /etc/systemd/resolved.conf.d && printf "[Resolve]\\nDomains=%s\\n" "$1" > /etc/systemd/resolved.conf.d/qemu-compose.conf && { systemctl try-restart systemd-resolved.service || true; }',
              "qemu-compose-search-domain", "demo"],
@@ -234,6 +237,22 @@ def test_every_boot_rewrites_our_lines_of_environment_and_fstab(tmp_path: Path) 
     ]
     assert (tmp_path / "www").is_dir()  # the mount point is made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["environment", "fstab", "www"]
+
+
+def test_every_boot_writes_the_network_neighbours_into_hosts(tmp_path: Path) -> None:
+    """The other VMs of its bridge networks by name and by name.project, between markers
+    (cloud-init's own 127.0.1.1 line and the guest's lines stay); none: the block goes."""
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 web.demo web\n")
+    run_boot_script(HOSTS_SCRIPT, tmp_path, "10.89.0.9", "old", "old.demo")
+    run_boot_script(
+        HOSTS_SCRIPT, tmp_path, "10.89.0.2", "db", "db.demo", "10.89.0.3", "app", "app.demo"
+    )
+    assert (tmp_path / "hosts").read_text() == (
+        "127.0.0.1 localhost\n127.0.1.1 web.demo web\n# qemu-compose hosts: begin\n"
+        "10.89.0.2 db db.demo\n10.89.0.3 app app.demo\n# qemu-compose hosts: end\n"
+    )
+    run_boot_script(HOSTS_SCRIPT, tmp_path)
+    assert (tmp_path / "hosts").read_text() == "127.0.0.1 localhost\n127.0.1.1 web.demo web\n"
 
 
 def test_a_file_that_cannot_be_read_is_left_as_it_is(tmp_path: Path) -> None:
