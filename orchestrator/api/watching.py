@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from orchestrator.config.project import Project
@@ -116,36 +117,48 @@ async def logs(
     )
 
 
-def console_ends(project: Project, vms: Sequence[str]) -> dict[str, int]:
-    """Where each VM's console log ends now (0: none yet): what `consoles` starts from."""
-    ends = {}
+def console_ends(project: Project, vms: Sequence[str]) -> dict[str, tuple[int, int | None]]:
+    """Where each VM's console log ends now, and its inode (0, None: none yet): what
+    `consoles` starts from (a log made anew since, by a VM re-created, from its start)."""
+    ends: dict[str, tuple[int, int | None]] = {}
     for vm in vms:
-        path = project.state_dir / vm / "console.log"  # (VmPaths.console_log)
         try:
-            ends[vm] = path.stat().st_size
+            info = _console_log(project, vm).stat()
         except FileNotFoundError:
-            ends[vm] = 0
+            ends[vm] = (0, None)
+        else:
+            ends[vm] = (info.st_size, info.st_ino)
     return ends
 
 
 async def consoles(
     project: Project,
-    since: Mapping[str, int],
+    since: Mapping[str, tuple[int, int | None]],
     *,
     prefix: bool = True,
     colour: bool = False,
+    terminal: bool = False,
     out: BinaryIO | None = None,
 ) -> None:
-    """Write what the consoles of the VMs of ``since`` print after those offsets (see
+    """Write what the consoles of the VMs of ``since`` print after those ends (see
     `console_ends`), line by line, each line prefixed with ``vm | `` (names padded; in a
-    colour of their own with ``colour``), to ``out`` (standard output), until cancelled:
-    what an attached `up` shows."""
+    colour of their own with ``colour``), to ``out`` (standard output), until cancelled or
+    ``out`` cannot be written: what an attached `up` shows. ``terminal``: ``out`` is one,
+    so what the guest sent that could drive it goes (its colours stay with ``colour``)."""
     from orchestrator.guest.logs import console_prefixes, follow_consoles
 
     names = list(since)
-    logs = {vm: (project.state_dir / vm / "console.log", since[vm]) for vm in names}
+    logs = {vm: (_console_log(project, vm), *since[vm]) for vm in names}
     prefixes = console_prefixes(names, colour=colour) if prefix else {}
-    await follow_consoles(logs, prefixes, out or sys.stdout.buffer)
+    await follow_consoles(
+        logs, prefixes, out or sys.stdout.buffer, terminal=terminal, colours=colour
+    )
+
+
+def _console_log(project: Project, vm: str) -> Path:
+    from orchestrator.state.paths import ProjectPaths
+
+    return ProjectPaths(project.state_dir, project.name).vm(vm).console_log
 
 
 def console(project: Project, vm: str) -> str:

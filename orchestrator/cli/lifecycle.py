@@ -217,11 +217,12 @@ async def _up_attached(
     targets = api.selection(project, *vms, no_deps=no_deps, scale=scale) if vms else []
     followed = consoles.chosen(project, targets or api.selection(project, scale=scale))
     since = api.console_ends(project, followed)
-    colour = consoles.colour and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    terminal = sys.stdout.isatty()
+    colour = consoles.colour and terminal and not os.environ.get("NO_COLOR")
     try:
         await with_progress(progress, bring_up)
         click.echo(f"qemu-compose: {project.name} is up; Ctrl-C stops it", err=True)
-        await api.consoles(project, since, prefix=consoles.prefix, colour=colour)
+        await api.consoles(project, since, prefix=consoles.prefix, colour=colour, terminal=terminal)
         await trio.sleep_forever()  # (nothing to follow)
     finally:
         if interrupted():  # not when up failed: what it started stays, as with -d

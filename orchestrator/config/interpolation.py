@@ -36,16 +36,20 @@ def _expand(text: str, i: int, env: Mapping[str, str], *, stop_at_brace: bool) -
     """Expand from ``i`` to the end, or to the ``}`` that closes the enclosing ``${``.
 
     Inside a ``${...}``, a literal ``{`` opens a brace that the next ``}`` closes: compose-go
-    ends a default at the brace that balances the ``${``.
+    ends a default at the brace that balances the ``${``, or, when none does, at the last
+    ``}`` (``${X:-{a}`` is ``{a``).
     """
     parts: list[str] = []
     n = len(text)
     depth = 0
+    last_close: tuple[int, int] | None = None  # (parts so far, index) of the last '}' seen
     while i < n:
         c = text[i]
         if stop_at_brace and c in "{}":
             if c == "}" and depth == 0:
                 return "".join(parts), i
+            if c == "}":
+                last_close = (len(parts), i)
             depth += 1 if c == "{" else -1
         if c != "$":
             parts.append(c)
@@ -64,6 +68,9 @@ def _expand(text: str, i: int, env: Mapping[str, str], *, stop_at_brace: bool) -
         else:  # starts no name: kept as written
             parts.append("$")
             i += 1
+    if stop_at_brace and last_close is not None:  # unbalanced: the last brace closes it
+        kept, at = last_close
+        return "".join(parts[:kept]), at
     if stop_at_brace:
         raise InterpolationError(f"invalid interpolation in {text!r}: '${{' is never closed")
     return "".join(parts), i

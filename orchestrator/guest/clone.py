@@ -183,7 +183,7 @@ done
 FILES_SCRIPT = r"""
 r=$1 f= e= k=; shift
 while [ $# -ge 3 ]; do
-  case "$1$2" in *[!0-9a-fA-F:]*) shift 3; continue;; esac
+  case "$1$2" in ""|*[!0-9a-fA-F:]*) shift 3; continue;; esac
   f="$f -e $1" e="$e -e s/$1/$2/gI"
   if [ "$3" = bridge ]; then k="$k -e s/$1/$2/gI"; else k="$k -e /^\[Match]/,/^\[/s/$1/&\t$2/I"; fi
   shift 3

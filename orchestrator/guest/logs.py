@@ -7,6 +7,7 @@ powered on (QEMU appends to it across restarts). Journal lines come first, each 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -35,10 +36,14 @@ def tail_bytes(path: Path, lines: int | None) -> tuple[bytes, int]:
 
 
 async def follow_file(
-    path: Path, offset: int, write: Callable[[bytes], None], poll: float = 0.2
+    path: Path,
+    offset: int,
+    write: Callable[[bytes], None],
+    poll: float = 0.2,
+    inode: int | None = None,
 ) -> None:
-    """Write what is appended to ``path`` from ``offset`` on; start over if it is replaced."""
-    inode = None
+    """Write what is appended to ``path`` from ``offset`` on; start over if it is replaced
+    (``inode``: the file the offset is in, when known)."""
     while True:
         try:
             info = path.stat()
@@ -51,9 +56,12 @@ async def follow_file(
         if info.st_size > offset:
             with path.open("rb") as fh:
                 fh.seek(offset)
-                chunk = fh.read()
+                chunk = fh.read(1 << 20)  # (a MiB at a time: the rest at the next look)
             offset += len(chunk)
             write(chunk)
+            if info.st_size > offset:
+                await trio.lowlevel.checkpoint()
+                continue
         await trio.sleep(poll)
 
 
@@ -135,29 +143,64 @@ def console_prefixes(names: list[str], *, colour: bool) -> dict[str, bytes]:
 
 
 class Lines:
-    """What a console prints, as whole lines, each with ``prefix``: a line waits for its end,
-    a carriage return before it goes (the guest's serial line ends lines with CR LF)."""
+    """What a console prints, as whole lines, each with ``prefix``: a line waits for its end
+    (one that never ends goes out at 64 KiB), a carriage return before it goes (the serial
+    line ends lines with CR LF). ``terminal``: for a terminal, what the guest sent that could
+    drive it (control characters, escape sequences) is dropped, but for colours
+    (``colours``: kept)."""
 
-    def __init__(self, prefix: bytes) -> None:
+    LONGEST = 64 << 10
+
+    def __init__(self, prefix: bytes, *, terminal: bool = False, colours: bool = True) -> None:
         self.prefix = prefix
+        self.terminal = terminal
+        self.colours = colours
         self._partial = b""
 
     def feed(self, chunk: bytes) -> bytes:
         *complete, self._partial = (self._partial + chunk).split(b"\n")
-        return b"".join(self.prefix + line.rstrip(b"\r") + b"\n" for line in complete)
+        if len(self._partial) > self.LONGEST:
+            complete.append(self._partial)
+            self._partial = b""
+        return b"".join(self.prefix + self._clean(line.rstrip(b"\r")) + b"\n" for line in complete)
+
+    def _clean(self, line: bytes) -> bytes:
+        if not self.terminal:
+            return line
+        return _ESCAPES.sub(lambda m: m[0] if self.colours and m[0].endswith(b"m") else b"", line)
+
+
+# An escape sequence (CSI ... final, OSC ... BEL/ST, or ESC and one character) or a control
+# character but tab: what a guest could use to drive the user's terminal.
+_ESCAPES = re.compile(
+    rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0a-\x1f\x7f]"
+)
 
 
 async def follow_consoles(
-    consoles: dict[str, tuple[Path, int]],
+    consoles: dict[str, tuple[Path, int, int | None]],
     prefixes: dict[str, bytes],
     out: BinaryIO = sys.stdout.buffer,
+    *,
+    terminal: bool = False,
+    colours: bool = True,
 ) -> None:
-    """Every VM's console log from its offset, line by line, prefixed, until cancelled."""
+    """Every VM's console log from its offset (in the file of that inode: another is read
+    from its start), line by line, prefixed, until cancelled or ``out`` cannot be written
+    (a reader gone: it returns)."""
     write = _writer(out)
 
-    def through(lines: Lines) -> Callable[[bytes], None]:
-        return lambda data: write(lines.feed(data))
-
     async with trio.open_nursery() as nursery:
-        for name, (path, offset) in consoles.items():
-            nursery.start_soon(follow_file, path, offset, through(Lines(prefixes.get(name, b""))))
+
+        def through(lines: Lines) -> Callable[[bytes], None]:
+            def send(data: bytes) -> None:
+                try:
+                    write(lines.feed(data))
+                except OSError:  # (`up | head`, a terminal hung up): nobody to write to
+                    nursery.cancel_scope.cancel()
+
+            return send
+
+        for name, (path, offset, inode) in consoles.items():
+            lines = Lines(prefixes.get(name, b""), terminal=terminal, colours=colours)
+            nursery.start_soon(follow_file, path, offset, through(lines), 0.2, inode)

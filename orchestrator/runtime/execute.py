@@ -25,7 +25,7 @@ from .clones import plan_warm, remove_unfinished
 from .observe import observe, observe_resources, project_units
 from .options import Connection, PlanOptions, UpOptions
 from .plan import Action, ActionKind, UpPlan, plan_up
-from .ports import claim_ports
+from .ports import claim_ports, fixed_ports
 from .prepare import prepare_images, prepare_networks, prepare_volumes
 from .readiness import Conditions, HealthBoard
 from .session import Session, open_session
@@ -186,7 +186,8 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
     run.loaded = Rendezvous({a.vm for a in todo if a.vm in options.incoming})
     run.resumed = await _resumed(session, todo, options)
     if up_plan.ports:  # a thread: the registry is locked and fsynced; ports are tried by binding
-        run.ports = await trio.to_thread.run_sync(claim_ports, project.name, up_plan.ports)
+        fixed = frozenset(fixed_ports(project.model))
+        run.ports = await trio.to_thread.run_sync(claim_ports, project.name, up_plan.ports, fixed)
     awaited = [
         (name, dep.condition)
         for other in instances(project.model)

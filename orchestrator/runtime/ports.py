@@ -6,22 +6,33 @@ from collections.abc import Sequence
 
 import netcfg
 from netcfg import Forward
-from orchestrator.config.model import Vm
+from orchestrator.config.model import ComposeFile, Vm
 
 from .plan import PortClaim
 
 
+def fixed_ports(model: ComposeFile) -> set[int]:
+    """The host ports the file names outright (published and SSH), which a range gives way to:
+    those VMs have no choice."""
+    fixed = set()
+    for vm in model.vms.values():
+        fixed |= {p.published for p in vm.ports if isinstance(p.published, int)}
+        if vm.ssh.port is not None:
+            fixed.add(vm.ssh.port)
+    return fixed
+
+
 def claim_ports(
-    project: str, wanted: Sequence[PortClaim]
+    project: str, wanted: Sequence[PortClaim], fixed: frozenset[int] = frozenset()
 ) -> dict[str, list[Forward] | netcfg.NetcfgError]:
     """The ports of every VM of ``wanted``, claimed in one transaction (the registry is locked
-    and fsynced: once per VM, it made a queue at 100 VMs). Blocking: call it in a thread.
+    and fsynced: once per VM, it made a queue at 100 VMs); a range avoids ``fixed`` (see
+    `fixed_ports`). Blocking: call it in a thread.
 
     A VM whose port cannot be had gets its error, not the others'.
     """
     chosen: dict[str, list[Forward] | netcfg.NetcfgError] = {}
-    # A range gives way to the ports other VMs name: they have no choice.
-    fixed = {p.published for _, vm, _ in wanted for p in vm.ports if isinstance(p.published, int)}
+    fixed |= {p.published for _, vm, _ in wanted for p in vm.ports if isinstance(p.published, int)}
     with netcfg.Registry().claims() as claims:
         for name, vm, previous_ssh in wanted:
             try:
@@ -37,7 +48,7 @@ def _choose_ports(
     name: str,
     vm: Vm,
     previous_ssh: int | None,
-    fixed: set[int],
+    fixed: frozenset[int],
 ) -> list[Forward]:
     taken = claims.ports_of_others(project, name)
     try:

@@ -40,7 +40,7 @@ from .launch import LaunchFacts, grace_period, qemu_binary, recorded, vm_launch
 from .observe import UnitTakenError
 from .options import UpOptions
 from .plan import Action, ActionKind
-from .ports import claim_ports
+from .ports import claim_ports, fixed_ports
 from .readiness import (
     Conditions,
     HealthBoard,
@@ -278,7 +278,8 @@ async def start_vm(
     if claimed is None:  # not claimed with the others (a lone start): claim them now
         previous = saved.ssh_port if saved else None
         wanted = [(name, vm, previous)]
-        claimed = (await trio.to_thread.run_sync(claim_ports, project, wanted))[name]
+        fixed = frozenset(fixed_ports(session.project.model))
+        claimed = (await trio.to_thread.run_sync(claim_ports, project, wanted, fixed))[name]
     if isinstance(claimed, Exception):
         raise claimed
     forwards = claimed

@@ -18,7 +18,7 @@ import systemd_dbus
 from orchestrator.config.model import ComposeFile
 from orchestrator.config.project import Project
 from orchestrator.config.topology import dependants, instances, replica_names
-from orchestrator.errors import UsageError
+from orchestrator.errors import QemuComposeError, SeveralErrors, UsageError
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.progress import Reporter, Stage, Status
 from orchestrator.state.paths import remove_socket_dir
@@ -40,7 +40,8 @@ async def dependants_first(
 ) -> None:
     """``action`` for each VM of ``names`` at once, except that a VM waits until those of
     ``names`` that depend on it (directly, or through VMs not named) are done: docker
-    compose's stop order, dependants first."""
+    compose's stop order, dependants first. One that fails (a QemuComposeError) is done too:
+    the others go on, and its error is raised once all have ended."""
     after = dependants(compose)
     done = {name: trio.Event() for name in names}
 
@@ -59,17 +60,25 @@ async def dependants_first(
                 stack.extend(after.get(node, ()))
         return found
 
+    failed: list[QemuComposeError] = []
+
     async def one(name: str) -> None:
         try:
             for dependant in sorted(waits_for(name)):
                 await done[dependant].wait()
             await action(name)
+        except QemuComposeError as err:  # the others go on: what it needs is stopped too
+            failed.append(err)
         finally:
             done[name].set()
 
     async with trio.open_nursery() as nursery:
         for name in names:
             nursery.start_soon(one, name)
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise SeveralErrors(failed)
 
 
 async def stop_one(session: Session, name: str, grace: float) -> bool:

@@ -129,6 +129,9 @@ def test_compose_go_invalid_templates(text: str) -> None:
         ("${UNSET:-{${SET}}}", "{value}"),
         ("${SET:-{x}} and }", "value and }"),
         ("cost $5", "cost $5"),
+        ("${UNSET:-{a}", "{a"),  # none balances: the last brace closes it, as in compose-go
+        ("${UNSET:-{}", "{"),
+        ("${UNSET:-{a} b", "{a b"),
     ],
 )
 def test_braces_balance_inside_a_default(text: str, expected: str) -> None:

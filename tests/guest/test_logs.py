@@ -67,7 +67,7 @@ async def test_consoles_are_followed_line_by_line(tmp_path: Path) -> None:
     a.write_bytes(b"old\r\n")
     out = io.BytesIO()
     async with trio.open_nursery() as nursery:
-        consoles = {"a": (a, len(b"old\r\n")), "b": (b, 0)}  # b's log is made later
+        consoles = {"a": (a, len(b"old\r\n"), a.stat().st_ino), "b": (b, 0, None)}  # b: later
         nursery.start_soon(follow_consoles, consoles, {"a": b"a | ", "b": b"b | "}, out)
         with a.open("ab") as fh:
             fh.write(b"new line\r\npart")
@@ -76,3 +76,31 @@ async def test_consoles_are_followed_line_by_line(tmp_path: Path) -> None:
         await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
     assert sorted(out.getvalue().splitlines()) == [b"a | new line", b"b | hello"]
+
+
+async def test_a_console_made_anew_is_read_from_its_start(tmp_path: Path) -> None:
+    """The VM was re-created since its end was taken: its new log is longer than that end."""
+    log = tmp_path / "console.log"
+    log.write_bytes(b"x\n")
+    inode = log.stat().st_ino
+    log.rename(tmp_path / "old.log")  # (still there: the new file cannot have its inode)
+    log.write_bytes(b"one\ntwo\nthree\nfour\n")
+    out = io.BytesIO()
+    with trio.move_on_after(0.5):
+        await follow_consoles({"a": (log, 2, inode)}, {}, out)
+    assert out.getvalue() == b"one\ntwo\nthree\nfour\n"
+
+
+def test_what_could_drive_a_terminal_is_dropped_for_one() -> None:
+    line = b"\x1b[1;32mok\x1b[0m \x1b]0;pwned\x07\x1b]52;c;Zm9v\x1b\\tab\there\rover\x1bc\x07\r\n"
+    assert Lines(b"a | ", terminal=True).feed(line) == b"a | \x1b[1;32mok\x1b[0m tab\thereover\n"
+    assert Lines(b"", terminal=True, colours=False).feed(line) == b"ok tab\thereover\n"
+    assert Lines(b"").feed(line) == line[:-2] + b"\n"  # not a terminal: as it came
+
+
+def test_a_line_that_never_ends_goes_out_at_64_kib() -> None:
+    lines = Lines(b"> ")
+    assert lines.feed(b"x" * 1000) == b""
+    out = lines.feed(b"y" * (64 << 10))
+    assert out == b"> " + b"x" * 1000 + b"y" * (64 << 10) + b"\n"
+    assert lines.feed(b"z\n") == b"> z\n"

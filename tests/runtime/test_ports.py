@@ -59,3 +59,21 @@ def test_a_range_with_no_free_port_fails_that_vm_only() -> None:
     assert isinstance(failed, netcfg.PortInUseError)
     assert f"every port up to {base + 1}" in str(failed)
     assert len(_published(chosen["d"])) == 1
+
+
+def test_a_range_gives_way_to_the_files_fixed_ports_of_vms_not_starting_now(
+    tmp_path: Path,
+) -> None:
+    from orchestrator import load_project
+    from orchestrator.runtime.ports import fixed_ports
+
+    base = _free_block(3)
+    (tmp_path / "qemu-compose.yaml").write_text(
+        f"vms:\n  r: {{ports: ['{base}-{base + 2}:80']}}\n"
+        f"  f: {{ports: ['{base}:80'], ssh: {{port: {base + 1}}}}}\n"
+    )
+    model = load_project(tmp_path / "qemu-compose.yaml", environ={}).model
+    fixed = fixed_ports(model)
+    assert fixed == {base, base + 1}
+    chosen = claim_ports("p", [("r", model.vms["r"], None)], frozenset(fixed))  # r alone
+    assert _published(chosen["r"]) == [base + 2]

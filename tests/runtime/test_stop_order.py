@@ -10,6 +10,7 @@ import trio.testing
 
 from orchestrator import load_project
 from orchestrator.config.model import ComposeFile
+from orchestrator.errors import PeerError, SeveralErrors
 from orchestrator.runtime.teardown import dependants_first
 
 TEXT = """
@@ -61,11 +62,23 @@ def test_only_the_named_are_waited_for(compose: ComposeFile) -> None:
     assert marks[4:] == [("begin", "db"), ("end", "db")]
 
 
-def test_a_failure_does_not_leave_the_others_waiting(compose: ComposeFile) -> None:
-    async def action(name: str) -> None:
-        if name == "app":
-            raise RuntimeError("app would not stop")
-        await trio.sleep(1)
+def test_a_failure_does_not_stop_the_others(compose: ComposeFile) -> None:
+    """app fails to stop: db, which it needs, is stopped all the same, and lone too; the
+    error comes once all have ended."""
+    ended: list[str] = []
 
-    with pytest.raises(BaseExceptionGroup):
-        trio.run(dependants_first, compose, ["db", "app"], action)
+    async def action(name: str) -> None:
+        await trio.sleep(1)
+        if name == "app":
+            raise PeerError("app would not stop")
+        ended.append(name)
+
+    with pytest.raises(PeerError, match="app would not stop"):
+        trio.run(dependants_first, compose, ["db", "app", "lone"], action)
+    assert sorted(ended) == ["db", "lone"]
+    with pytest.raises(SeveralErrors):
+        trio.run(dependants_first, compose, ["db", "app", "web-1"], _failing)
+
+
+async def _failing(name: str) -> None:
+    raise PeerError(f"{name} would not stop")

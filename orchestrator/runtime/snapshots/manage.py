@@ -103,9 +103,10 @@ async def undo_disks(
     strict: bool,
     held: Mapping[str, qmp.QmpSession] | None = None,
     offline: bool = False,
-) -> None:
+) -> list[str]:
     """Delete snapshot ``name``'s tag from each (VM, disk); a tag already gone is fine.
-    ``strict``: a tag that could not be deleted is a SnapshotError (the snapshot is kept).
+    ``strict``: a tag that could not be deleted is a SnapshotError (the snapshot is kept);
+    else the disks it stays in are returned, each with why.
     ``held``: the control sessions the caller holds (a monitor takes one client at once).
     ``offline``: no VM runs now (the session's view of the units is from before)."""
     tag = disk_tag(name)
@@ -132,6 +133,7 @@ async def undo_disks(
             failed.append(f"{vm} {disk.volume or disk.node}: {err}")
     if failed and strict:
         raise SnapshotError(f"snapshot {name}: cannot delete it from " + "; ".join(failed))
+    return failed
 
 
 async def _delete_live(control: qmp.QmpSession, disk: SnapshotDisk, tag: str) -> None:
@@ -155,7 +157,9 @@ async def forget_vms(
                 disks = [(vm, d) for vm, k in record.vms.items() for d in k.disks] if record else []
                 disks += [(vm, d) for vm, k in saving.vms.items() for d in k] if saving else []
                 volumes = [(vm, d) for vm, d in disks if d.volume]  # (the VMs are gone)
-                await undo_disks(session, volumes, name, strict=False, offline=True)
+                for stays in await undo_disks(session, volumes, name, strict=False, offline=True):
+                    why = f"snapshot {name} stays in {stays} (a new snapshot {name} replaces it)"
+                    session.report("", Stage.SNAPSHOT, Status.SKIPPED, why)
             store.remove(name)
             continue
         if record is None:

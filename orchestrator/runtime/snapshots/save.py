@@ -218,7 +218,7 @@ async def _forget(
 ) -> None:
     """What an earlier snapshot of this name left: the one --force replaces, what an
     interrupted save made, and a tag of this name in a disk about to be captured that no
-    snapshot refers to (a volume keeps its tags when `destroy` removes the snapshots). QEMU
+    snapshot refers to (one that `destroy` could not delete from a volume it kept). QEMU
     would refuse a second tag of a name; qemu-img would make one."""
     also = [(c.inst.name, d) for c in captures for d in c.disks]
     await remove_one(session, store, name, also=also, held=held)
