@@ -255,6 +255,8 @@ class Vm(Model, frozen=True, kw_only=True):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     cpu_model: OptionList | None = None  # default: host with KVM, max with TCG
     machine: OptionList = "q35"
+    # bios: the machine's own (SeaBIOS); uefi: OVMF, with the VM's own variables
+    firmware: Literal["bios", "uefi"] = "bios"
     stop_grace_period: Duration = "1m"
 
     @property

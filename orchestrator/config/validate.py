@@ -130,6 +130,8 @@ def _vm(
         report((*path, "hostname"), "cannot be set with replicas > 1: each replica is named <vm>-N")
     if vm.warm:
         _warm(vm, path, report)
+    if vm.firmware == "uefi" and not vm.machine.startswith(("q35", "pc")):
+        report((*path, "firmware"), "uefi needs a q35 or pc machine (OVMF's flash chips)")
     _vm_networks(vm, path, compose, subnets, report)
     _vm_mounts(vm, path, compose, state_dir, report)
     _vm_ports(vm, path, published, report)

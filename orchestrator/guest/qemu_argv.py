@@ -100,6 +100,14 @@ def has_pc_ram(machine: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Uefi:
+    """OVMF on the machine's two flash chips: its code, read-only, and the VM's variables."""
+
+    code: str
+    variables: str
+
+
+@dataclass(frozen=True, slots=True)
 class VmLaunch:
     name: str
     accel: Accel
@@ -126,6 +134,7 @@ class VmLaunch:
     # warm clone) learns that it is a copy, and its kernel reseeds its random numbers
     generation_id: bool = False
     ram: SharedRam | RamFile | None = None  # None: QEMU's own (anonymous memory)
+    uefi: Uefi | None = None  # None: the machine's own firmware (SeaBIOS on q35 and pc)
     extra: tuple[str, ...] = field(default=())
 
 
@@ -161,6 +170,13 @@ def qemu_argv(vm: VmLaunch) -> list[str]:
     ]  # fmt: skip
     if vm.ram is not None and has_pc_ram(vm.machine):
         argv += ram_args(vm.ram, vm.memory_mib)
+    if vm.uefi is not None:
+        argv += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_option_value(vm.uefi.code)}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={qemu_option_value(vm.uefi.variables)}",
+        ]
     if vm.machine.startswith(("q35", "pc")):
         argv += ["-device", "pvpanic"]  # the guest reports a kernel panic: GUEST_PANICKED
         if vm.generation_id:

@@ -56,6 +56,7 @@ EFFECTS: dict[str, Effect] = {
     "cpu": Effect.RESTART,
     "memory": Effect.RESTART,
     "machine": Effect.RESTART,
+    "firmware": Effect.RESTART,
     "cpu_model": Effect.RESTART,
     "accel": Effect.RESTART,
     "ports": Effect.RESTART,
@@ -96,6 +97,7 @@ def shape(
         "cpu": vm.cpu,
         "memory": vm.memory,
         "machine": vm.machine,
+        "firmware": vm.firmware,
         "cpu_model": vm.cpu_model,
         "accel": vm.accel,
         "ports": vm.ports,
@@ -164,13 +166,18 @@ def effect(field: str, old: str | None, new: str) -> Effect:
     return Effect.GROW if parse_size(new) > parse_size(old) else Effect.REPLACE
 
 
+# Fields added since shapes were first recorded: one a VM's record lacks was its default
+UNRECORDED = {"firmware": _spell("bios")}
+
+
 def changes(recorded: Shape, wanted: Shape) -> list[Change]:
     """The fields that differ, in the order of ``EFFECTS``."""
-    return [
-        Change(name, recorded.get(name), new, effect(name, recorded.get(name), new))
-        for name, new in wanted.items()
-        if recorded.get(name) != new
-    ]
+    found = []
+    for name, new in wanted.items():
+        old = recorded.get(name, UNRECORDED.get(name))
+        if old != new:
+            found.append(Change(name, old, new, effect(name, old, new)))
+    return found
 
 
 @dataclass(frozen=True, slots=True)

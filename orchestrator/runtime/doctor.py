@@ -18,6 +18,7 @@ from typing import Literal
 import trio
 
 from orchestrator.guest.accel import HostFacts, kvm_usable, read_host_facts
+from orchestrator.guest.firmware import find_ovmf
 
 Verdict = Literal["ok", "warn", "fail"]
 LOW_SPACE = 5 << 30  # bytes: less than this in the image cache is a warning
@@ -51,6 +52,7 @@ class Facts:
     is_root: bool
     cache_dir: Path
     cache_free: int | None  # bytes free where images are cached
+    ovmf: str | None = None  # OVMF's code (firmware: uefi), None when not installed
 
 
 APT = {
@@ -86,8 +88,16 @@ def evaluate(facts: Facts) -> list[Check]:
         _binary(
             facts, "journalctl", "`qemu-compose logs` shows the unit's journal", required=False
         ),
+        _ovmf(facts),
         _image_cache(facts),
     ]
+
+
+def _ovmf(facts: Facts) -> Check:
+    if facts.ovmf:
+        return Check("ovmf", "ok", f"UEFI firmware for firmware: uefi: {facts.ovmf}")
+    fix = f"{'' if facts.is_root else 'sudo '}apt-get install -y ovmf"
+    return Check("ovmf", "warn", "not found: VMs with firmware: uefi cannot start", fix)
 
 
 def _binary(facts: Facts, name: str, what: str, *, required: bool) -> Check:
@@ -224,6 +234,7 @@ async def gather(bus: str = "user") -> Facts:
         is_root=os.geteuid() == 0,
         cache_dir=cache,
         cache_free=free,
+        ovmf=str(ovmf.code) if (ovmf := find_ovmf()) else None,
     )
 
 

@@ -32,6 +32,7 @@ from orchestrator.guest.qemu_argv import (
     RamFile,
     SharedRam,
     TapNic,
+    Uefi,
     UserNic,
     VmLaunch,
     qemu_argv,
@@ -65,6 +66,7 @@ class LaunchFacts:
     user: str | None = None  # the guest account its disk was made with; None: as the file says
     incoming: bool = False  # it starts from a saved state (see _unit: systemd does not restart it)
     ram: SharedRam | RamFile | None = None  # a warm template's source, or a clone: see VmLaunch
+    uefi: Uefi | None = None  # firmware: uefi (OVMF and the VM's variables)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
             incoming=facts.incoming,
             generation_id=vm.warm,
             ram=facts.ram,
+            uefi=facts.uefi,
         )
     )
     return Launch(

@@ -23,9 +23,10 @@ from orchestrator.errors import QemuComposeError
 from orchestrator.guest.accel import Accel, choose_accel, read_host_facts
 from orchestrator.guest.cloudinit import seed_files, write_seed_iso
 from orchestrator.guest.disks import check_growable, copy_file, create_overlay, grow_disk
+from orchestrator.guest.firmware import required_ovmf, vm_variables
 from orchestrator.guest.knownhosts import forget_host
 from orchestrator.guest.mounts import check_bind_sources
-from orchestrator.guest.qemu_argv import RamFile, SharedRam
+from orchestrator.guest.qemu_argv import RamFile, SharedRam, Uefi
 from orchestrator.guest.secrets import ConsolePassword, ProjectKey
 from orchestrator.progress import Event, Stage, Status
 from orchestrator.state.files import VmState, private_dir
@@ -296,6 +297,10 @@ async def start_vm(
         facts = replace(facts, ram=RamFile(str(template_paths(run, inst).ram)))
     elif run.template_source(inst) is not None and shares_ram(vm):  # it saves its RAM as such
         facts = replace(facts, ram=SharedRam())
+    if vm.firmware == "uefi":
+        ovmf = required_ovmf()
+        variables = await trio.to_thread.run_sync(vm_variables, ovmf, paths.efi_variables)
+        facts = replace(facts, uefi=Uefi(str(ovmf.code), str(variables)))
     launch = vm_launch(inst, facts)
     if launch.guest is not None:
         write_seed_iso(paths.seed, seed_files(launch.guest))

@@ -74,6 +74,10 @@ class VmPaths(msgspec.Struct, frozen=True):
         return self.directory / "console.log"
 
     @property
+    def efi_variables(self) -> Path:
+        return self.directory / "efivars.fd"  # firmware: uefi (guest.firmware)
+
+    @property
     def pidfile(self) -> Path:
         return self.directory / "qemu.pid"
 

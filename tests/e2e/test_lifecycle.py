@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import netcfg
+from orchestrator.guest.firmware import find_ovmf
 from tests.guest_images.build import build
 from tests.support.cli import compose, compose_background, events, ps_rows
 from tests.support.systemd_user import ManagerHandle
@@ -370,3 +371,33 @@ def test_an_attached_up_follows_the_consoles(project: Path, user_manager: Manage
     seen = attached_up("--attach", "a", "--no-log-prefix", until="tiny-init: ssh ready")
     assert any(line.startswith("tiny-init: ssh ready") for line in seen), seen
     assert compose("up", "-d", "--attach", "a", cwd=project, manager=user_manager).returncode == 2
+
+
+@pytest.mark.skipif(find_ovmf() is None, reason="needs OVMF (apt-get install ovmf)")
+def test_uefi_firmware_boots_ovmf_with_the_vms_own_variables(
+    project: Path, user_manager: ManagerHandle
+) -> None:
+    """firmware: uefi: OVMF runs (its shell, on the serial console, with no disk to boot);
+    the VM's variables are its own private copy, kept across a restart; bios: no OVMF."""
+    (project / "qemu-compose.yaml").write_text(
+        "name: fw\nvms:\n" + no_disk_vms(["bios"])
+        + "  uefi: {memory: 64, cpu: 1, healthcheck: {disable: true}, firmware: uefi}\n"
+    )  # fmt: skip
+    done = compose("up", "-d", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert done.returncode == 0, done.stderr
+    console = project / ".qemu-compose/uefi/console.log"
+    deadline = time.monotonic() + 120
+    while b"UEFI Interactive Shell" not in console.read_bytes() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert b"UEFI Interactive Shell" in console.read_bytes()
+    assert b"UEFI" not in (project / ".qemu-compose/bios/console.log").read_bytes()
+    variables = project / ".qemu-compose/uefi/efivars.fd"
+    ovmf = find_ovmf()
+    assert ovmf is not None
+    assert variables.stat().st_size == ovmf.variables.stat().st_size
+    assert variables.stat().st_mode & 0o777 == 0o600
+    assert not (project / ".qemu-compose/bios/efivars.fd").exists()
+    inode = variables.stat().st_ino
+    done = compose("restart", "uefi", "--progress", "quiet", cwd=project, manager=user_manager)
+    assert done.returncode == 0, done.stderr
+    assert variables.stat().st_ino == inode  # kept: what the guest stored stays

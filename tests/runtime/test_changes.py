@@ -250,3 +250,16 @@ def test_a_volume_keeps_the_size_it_was_made_with(tmp_path: Path) -> None:
     before = shapes(load(tmp_path, TEXT))
     after = shapes(load(tmp_path, TEXT.replace("{data: {size: 2G}}", "{data: {size: 3G}}")))
     assert changes(before["db"], after["db"]) == []
+
+
+def test_a_record_from_before_firmware_existed_is_bios_and_uefi_restarts(tmp_path: Path) -> None:
+    before = shapes(load(tmp_path, TEXT))
+    for recorded in before.values():
+        del recorded["firmware"]  # what an earlier version recorded
+    assert lines(load(tmp_path, TEXT), running(before)) == [
+        "db     keep      running",
+        "web-1  keep      running",
+        "web-2  keep      running",
+    ]
+    after = load(tmp_path, TEXT.replace("memory: 512", "memory: 512\n    firmware: uefi"))
+    assert lines(after, running(before))[0] == "db     restart   firmware bios -> uefi"

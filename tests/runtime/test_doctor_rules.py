@@ -23,6 +23,7 @@ def facts(**changes: object) -> Facts:
         is_root=False,
         cache_dir=Path("/home/me/.local/share/qemu-compose/images"),
         cache_free=50 << 30,
+        ovmf="/usr/share/OVMF/OVMF_CODE_4M.fd",
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -100,3 +101,8 @@ def test_qemu_older_than_7_1_fails() -> None:
 def test_low_space_warns() -> None:
     verdicts = by_name(facts(cache_free=1 << 30))
     assert verdicts["image_cache"] == ("warn", "qemu-compose image prune, or free disk space")
+
+
+def test_no_ovmf_only_warns_with_the_package() -> None:
+    assert by_name(facts(ovmf=None))["ovmf"] == ("warn", "sudo apt-get install -y ovmf")
+    assert by_name(facts())["ovmf"] == ("ok", "")

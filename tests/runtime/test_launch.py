@@ -14,7 +14,7 @@ from orchestrator import load_project
 from orchestrator.config.topology import Instance, instances
 from orchestrator.errors import UsageError
 from orchestrator.guest.accel import Accel
-from orchestrator.guest.qemu_argv import RamFile, SharedRam
+from orchestrator.guest.qemu_argv import RamFile, SharedRam, Uefi
 from orchestrator.runtime.clones import shares_ram
 from orchestrator.runtime.launch import (
     Launch,
@@ -285,3 +285,21 @@ def test_which_warm_vms_keep_their_templates_ram_as_a_file(
     monkeypatch.setenv("QEMU_COMPOSE_TEMPLATE_RAM", "disk")
     with pytest.raises(UsageError, match="QEMU_COMPOSE_TEMPLATE_RAM=disk: file or stream"):
         shares_ram(vm)
+
+
+def test_uefi_puts_ovmf_and_the_vms_variables_on_the_flash_chips(
+    lab: dict[str, Instance],
+) -> None:
+    facts_db = FACTS_DB
+    cold = vm_launch(lab["db"], facts("db", **facts_db))
+    uefi = vm_launch(
+        lab["db"], facts("db", uefi=Uefi("/usr/share/OVMF/C.fd", "/p/db/v,x.fd"), **facts_db)
+    )
+    at = cold.argv.index("virtio-rng-pci,rng=rng0") + 1
+    assert uefi.argv == [
+        *cold.argv[:at],
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/C.fd",
+        "-drive", "if=pflash,format=raw,unit=1,file=/p/db/v,,x.fd",  # (a comma doubled)
+        *cold.argv[at:],
+    ]  # fmt: skip
+    assert "pflash" not in " ".join(cold.argv)
