@@ -196,9 +196,10 @@ def snapshots_on_a_real_guest(
     pid = ssh(project, app, "cat /tmp/beat.pid").strip()
     ssh(project, app, "echo r1 > ~/root.txt && sync")  # on its root disk
     # a TCP connection between two VMs restored together: app sends, db echoes, on and on
-    ssh(project, db, f"printf '%s' {shlex.quote(ECHO_SERVER)} > /tmp/echo.py && setsid python3"
+    # (`;`, not `&&`: only python goes to the background, its descriptors not the session's)
+    ssh(project, db, f"printf '%s' {shlex.quote(ECHO_SERVER)} > /tmp/echo.py; setsid python3"
         " /tmp/echo.py </dev/null >/dev/null 2>&1 &")  # fmt: skip
-    ssh(project, app, f"printf '%s' {shlex.quote(ECHO_CLIENT)} > /tmp/talk.py && setsid python3"
+    ssh(project, app, f"printf '%s' {shlex.quote(ECHO_CLIENT)} > /tmp/talk.py; setsid python3"
         " /tmp/talk.py </dev/null >/dev/null 2>/tmp/talk.err & echo $! > /tmp/talk.pid")  # fmt: skip
     talker = ssh(project, app, "sleep 2; cat /tmp/talk.pid").strip()
     assert int(ssh(project, app, "cat /tmp/talk.count")) > 0
