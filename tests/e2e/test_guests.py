@@ -156,7 +156,7 @@ while True:
     assert s.recv(1) == b"x"
     n += 1
     with open("/tmp/.talk.count", "w") as f:
-        f.write(str(n))
+        f.write(f"{n}\n")
     os.replace("/tmp/.talk.count", "/tmp/talk.count")
     time.sleep(0.2)
 """
