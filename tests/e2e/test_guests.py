@@ -149,7 +149,12 @@ while True:
     threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
 """
 ECHO_CLIENT = """import os, socket, time
-s = socket.create_connection(("db", 7007), timeout=60)
+for _ in range(300):  # (until db's server listens: python starts slowly under TCG)
+    try:
+        s = socket.create_connection(("db", 7007), timeout=60)
+        break
+    except OSError:
+        time.sleep(0.2)
 n = 0
 while True:
     s.sendall(b"x")
@@ -201,8 +206,9 @@ def snapshots_on_a_real_guest(
         " /tmp/echo.py </dev/null >/dev/null 2>&1 &")  # fmt: skip
     ssh(project, app, f"printf '%s' {shlex.quote(ECHO_CLIENT)} > /tmp/talk.py; setsid python3"
         " /tmp/talk.py </dev/null >/dev/null 2>/tmp/talk.err & echo $! > /tmp/talk.pid")  # fmt: skip
-    talker = ssh(project, app, "sleep 2; cat /tmp/talk.pid").strip()
-    assert int(ssh(project, app, "cat /tmp/talk.count")) > 0
+    talker = ssh(project, app, "cat /tmp/talk.pid").strip()
+    waited = "for i in $(seq 120); do [ -s /tmp/talk.count ] && break; sleep 0.5; done"
+    assert int(ssh(project, app, f"{waited}; cat /tmp/talk.count")) > 0, "no echo"
     before = {vm: boots(vm) for vm in ("db", "app")}
     ok("snapshot", "save", "s1", "db", "app")
     ok("snapshot", "save", "cold", "--no-memory")  # disks only: web's too
