@@ -161,7 +161,7 @@ while True:
     assert s.recv(1) == b"x"
     n += 1
     with open("/tmp/.talk.count", "w") as f:
-        f.write(f"{n}\n")
+        f.write(f"{n}\\n")
     os.replace("/tmp/.talk.count", "/tmp/talk.count")
     time.sleep(0.2)
 """
