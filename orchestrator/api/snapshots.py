@@ -48,10 +48,11 @@ async def snapshot_save(
     """Freeze the VMs (all running ones when none is named) together, save their memory and
     disks, resume them; ``memory=False``: disks only (stopped VMs too). ``force`` replaces a
     snapshot of that name."""
-    from orchestrator.runtime import snapshots
+    # (from the module: once it is imported, the package's name `save` is the module's)
+    from orchestrator.runtime.snapshots.save import save
 
     connection = _connection(bus, wait_lock)
-    return await snapshots.save(
+    return await save(
         project, name, vms, connection, Reporter(on_event), memory=memory, force=force
     )
 
@@ -69,10 +70,10 @@ async def snapshot_restore(
 ) -> RestoreResult:
     """Put the VMs (all of the snapshot's when none is named) back at the snapshot's instant,
     running (``paused``: frozen), without a boot; ``wait``: until ready, as `up --wait`."""
-    from orchestrator.runtime import snapshots
+    from orchestrator.runtime.snapshots.restore import restore  # (see snapshot_save)
 
     connection = _connection(bus, wait_lock)
-    return await snapshots.restore(
+    return await restore(
         project,
         name,
         vms,
@@ -140,10 +141,10 @@ async def suspend(
 ) -> list[str]:
     """Save the VMs' state (all running ones when none is named) and end their QEMUs; a VM
     named must run (UsageError). Returns the VMs suspended."""
-    from orchestrator.runtime import snapshots
+    from orchestrator.runtime.snapshots.suspend import suspend as suspend_vms  # (see above)
 
     connection = _connection(bus, wait_lock)
-    return await snapshots.suspend(project, vms, connection, Reporter(on_event))
+    return await suspend_vms(project, vms, connection, Reporter(on_event))
 
 
 async def resume(
