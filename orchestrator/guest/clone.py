@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .clock import SET_CLOCK, as_root
+from .cloudinit import HOSTS_BEGIN, HOSTS_END
 
 HOST_KEY_LINE = "qemu-compose-host-key: "
 
@@ -205,9 +206,9 @@ done
 # The old hostname's words in /etc/hosts become the new one's (o, n; d: the domain), except
 # in our block of the network's VMs (cloudinit.HOSTS_SCRIPT), which names the template too.
 RENAME_AWK = (
-    "/^# qemu-compose hosts: begin$/{s=1}"
+    f"/^{HOSTS_BEGIN}$/{{s=1}}"
     ' !s{for(i=2;i<=NF;i++){if($i==o)$i=n; else if($i==o"."d)$i=n"."d}}'
-    " /^# qemu-compose hosts: end$/{s=0} 1"
+    f" /^{HOSTS_END}$/{{s=0}} 1"
 )
 JOIN_LINE = "qemu-compose-join: now"
 IDENTITY_SCRIPT = (

@@ -112,13 +112,15 @@ FSTAB_SCRIPT = (
     + "; systemctl daemon-reload 2>/dev/null; mount -a 2>/dev/null; true"
 )
 
-HOSTS_BEGIN = "# qemu-compose hosts: begin"  # (the warm clones' identity script skips them)
+# (the warm clones' identity script leaves the lines between them alone: clone.RENAME_AWK)
+HOSTS_BEGIN, HOSTS_END = "# qemu-compose hosts: begin", "# qemu-compose hosts: end"
 HOSTS_SCRIPT = REWRITE.format(
     file="/etc/hosts",
     what="hosts",
     lines='while [ $# -ge 3 ]; do printf \'%s %s %s\\n\' "$1" "$2" "$3"; shift 3; done;',
 )
 assert HOSTS_BEGIN in HOSTS_SCRIPT
+assert HOSTS_END in HOSTS_SCRIPT
 
 # `fault panic` sends an NMI (QMP inject-nmi): the kernel panics on it only when told to. No
 # NMI comes to a VM otherwise; the guest reports the panic through the pvpanic device.

@@ -186,7 +186,7 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
     run.loaded = Rendezvous({a.vm for a in todo if a.vm in options.incoming})
     run.resumed = await _resumed(session, todo, options)
     if up_plan.ports:  # a thread: the registry is locked and fsynced; ports are tried by binding
-        fixed = frozenset(fixed_ports(project.model))
+        fixed = fixed_ports(project.model.vms.values())
         run.ports = await trio.to_thread.run_sync(claim_ports, project.name, up_plan.ports, fixed)
     awaited = [
         (name, dep.condition)

@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import netcfg
 from netcfg import Forward
-from orchestrator.config.model import ComposeFile, Vm
+from orchestrator.config.model import Vm
 
 from .plan import PortClaim
 
 
-def fixed_ports(model: ComposeFile) -> set[int]:
-    """The host ports the file names outright (published and SSH), which a range gives way to:
-    those VMs have no choice."""
-    fixed = set()
-    for vm in model.vms.values():
+def fixed_ports(vms: Iterable[Vm]) -> frozenset[int]:
+    """The host ports these VMs name outright (published and SSH), which a range gives way
+    to: those VMs have no choice."""
+    fixed: set[int] = set()
+    for vm in vms:
         fixed |= {p.published for p in vm.ports if isinstance(p.published, int)}
         if vm.ssh.port is not None:
             fixed.add(vm.ssh.port)
-    return fixed
+    return frozenset(fixed)
 
 
 def claim_ports(
     project: str, wanted: Sequence[PortClaim], fixed: frozenset[int] = frozenset()
 ) -> dict[str, list[Forward] | netcfg.NetcfgError]:
     """The ports of every VM of ``wanted``, claimed in one transaction (the registry is locked
-    and fsynced: once per VM, it made a queue at 100 VMs); a range avoids ``fixed`` (see
-    `fixed_ports`). Blocking: call it in a thread.
+    and fsynced: once per VM, it made a queue at 100 VMs); a range avoids ``fixed`` (the
+    file's: `fixed_ports`) and those ``wanted`` name. Blocking: call it in a thread.
 
     A VM whose port cannot be had gets its error, not the others'.
     """
     chosen: dict[str, list[Forward] | netcfg.NetcfgError] = {}
-    fixed |= {p.published for _, vm, _ in wanted for p in vm.ports if isinstance(p.published, int)}
+    fixed |= fixed_ports(vm for _, vm, _ in wanted)
     with netcfg.Registry().claims() as claims:
         for name, vm, previous_ssh in wanted:
             try:

@@ -279,7 +279,7 @@ async def start_vm(
     if claimed is None:  # not claimed with the others (a lone start): claim them now
         previous = saved.ssh_port if saved else None
         wanted = [(name, vm, previous)]
-        fixed = frozenset(fixed_ports(session.project.model))
+        fixed = fixed_ports(session.project.model.vms.values())
         claimed = (await trio.to_thread.run_sync(claim_ports, project, wanted, fixed))[name]
     if isinstance(claimed, Exception):
         raise claimed

@@ -73,7 +73,7 @@ def test_a_range_gives_way_to_the_files_fixed_ports_of_vms_not_starting_now(
         f"  f: {{ports: ['{base}:80'], ssh: {{port: {base + 1}}}}}\n"
     )
     model = load_project(tmp_path / "qemu-compose.yaml", environ={}).model
-    fixed = fixed_ports(model)
+    fixed = fixed_ports(model.vms.values())
     assert fixed == {base, base + 1}
-    chosen = claim_ports("p", [("r", model.vms["r"], None)], frozenset(fixed))  # r alone
+    chosen = claim_ports("p", [("r", model.vms["r"], None)], fixed)  # r alone
     assert _published(chosen["r"]) == [base + 2]

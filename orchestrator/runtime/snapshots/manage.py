@@ -82,12 +82,18 @@ async def remove_one(
 ) -> None:
     """A snapshot's disks' tags (those of its record, of an interrupted save of it, and any
     of ``also``), then its files; a tag that cannot be deleted keeps it (SnapshotError)."""
+    await undo_disks(session, [*disks_of(store, name), *also], name, strict=True, held=held)
+    store.remove(name)
+
+
+def disks_of(store: Snapshots, name: str) -> list[tuple[str, SnapshotDisk]]:
+    """(VM, disk) of every disk snapshot ``name`` has a tag in: its record's, and those of an
+    interrupted save of it."""
     record = store.record(name)
     saving = store.saving(name)
     disks = [(vm, d) for vm, kept in record.vms.items() for d in kept.disks] if record else []
     disks += [(vm, d) for vm, kept in saving.vms.items() for d in kept] if saving else []
-    await undo_disks(session, [*disks, *also], name, strict=True, held=held)
-    store.remove(name)
+    return disks
 
 
 def _known(store: Snapshots) -> str:
@@ -150,18 +156,15 @@ async def forget_vms(
     only hold space); the volumes' contents stay as they are."""
     store = Snapshots(session.paths.state_dir)
     for name in store.names():
-        record = store.record(name)
         if everything:
             if volumes_kept:
-                saving = store.saving(name)
-                disks = [(vm, d) for vm, k in record.vms.items() for d in k.disks] if record else []
-                disks += [(vm, d) for vm, k in saving.vms.items() for d in k] if saving else []
-                volumes = [(vm, d) for vm, d in disks if d.volume]  # (the VMs are gone)
+                volumes = [(vm, d) for vm, d in disks_of(store, name) if d.volume]  # (VMs gone)
                 for stays in await undo_disks(session, volumes, name, strict=False, offline=True):
                     why = f"snapshot {name} stays in {stays} (a new snapshot {name} replaces it)"
                     session.report("", Stage.SNAPSHOT, Status.SKIPPED, why)
             store.remove(name)
             continue
+        record = store.record(name)
         if record is None:
             continue
         gone = [vm for vm in vms if vm in record.vms]
