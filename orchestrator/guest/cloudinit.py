@@ -56,6 +56,7 @@ def volume_mount(serial: str, target: str, *, read_only: bool) -> Mount:
 class Nic:
     mac: str
     kind: str  # "user" or "bridge"
+    dns: str = ""  # a bridge NIC: its network's DNS server (the dnsmasq on its gateway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,11 @@ class GuestConfig:
     @property
     def on_bridges(self) -> bool:
         return any(nic.kind == "bridge" for nic in self.nics)
+
+    @property
+    def nameservers(self) -> list[str]:
+        """The DNS servers of its bridge networks, which know the VMs' names."""
+        return list(dict.fromkeys(n.dns for n in self.nics if n.kind == "bridge" and n.dns))
 
 
 def instance_id(project: str, vm: str) -> str:
@@ -122,6 +128,45 @@ HOSTS_SCRIPT = REWRITE.format(
 assert HOSTS_BEGIN in HOSTS_SCRIPT
 assert HOSTS_END in HOSTS_SCRIPT
 
+# Where dhclient writes /etc/resolv.conf (ifupdown, as on Debian's cloud images: no resolved,
+# no resolvconf, and cloud-init's ENI renderer's DNS lines then go unread), the lease of the
+# NIC that answered last wins, often the user-mode one, whose DNS knows no VM. So dhclient
+# is given a hook that puts the bridge networks' DNS servers and the project's domain first,
+# keeping what the leases said after them (the bridges' dnsmasq refuses other names, and the
+# resolver asks the next server). Every boot: the merge and the hook are written from the
+# arguments ($1, $2), then the domain and servers ($3...; none: the VM is on no bridge now).
+RESOLVER_MERGE = r"""# qemu-compose: the bridge networks' DNS first in /etc/resolv.conf
+f=/etc/resolv.conf; ours=/etc/qemu-compose/resolv.conf
+[ -f "$ours" ] && [ ! -L "$f" ] || exit 0
+# the servers of every NIC's newest lease: the file holds the last lease's alone
+l=$(for x in /var/lib/dhcp/dhclient*.leases; do [ -f "$x" ] &&
+  sed -n 's/^ *option domain-name-servers \(.*\);$/\1/p' "$x" | tail -n 1; done | tr ',' ' ')
+t=$(mktemp /etc/.qemu-compose.XXXXXX) || exit 1
+{ cat "$f" 2>/dev/null; for x in $l; do echo "nameserver $x"; done; } | awk '
+function key(x) { sub(/\.$/, "", x); return x }
+$1 == "search" || $1 == "domain" {
+  for (i = 2; i <= NF; i++) if (!(key($i) in s)) { s[key($i)]; sl = sl " " key($i) }
+  next
+}
+$1 == "nameserver" { if (!($2 in n)) { n[$2]; nl = nl "nameserver " $2 "\n" }; next }
+{ r = r $0 "\n" }
+END { if (sl != "") print "search" sl; printf "%s%s", nl, r }
+' "$ours" - > "$t" && chmod 644 "$t" && mv -f "$t" "$f" || { rm -f "$t"; exit 1; }
+"""
+RESOLVER_HOOK = """# qemu-compose: the bridge networks' DNS first (/etc/qemu-compose/resolv.sh)
+case "$reason" in BOUND|RENEW|REBIND|REBOOT) sh /etc/qemu-compose/resolv.sh || true ;; esac
+"""
+RESOLVER_SCRIPT = (
+    "h=/etc/dhcp/dhclient-exit-hooks.d; d=/etc/qemu-compose; [ -d $h ] || exit 0; "
+    "mkdir -p $d || exit 1; "
+    'printf "%s" "$1" > $d/resolv.sh.new && mv -f $d/resolv.sh.new $d/resolv.sh || exit 1; '
+    'printf "%s" "$2" > $h/qemu-compose.new && mv -f $h/qemu-compose.new $h/qemu-compose'
+    " || exit 1; shift 2; "
+    'if [ $# -gt 1 ]; then { printf "search %s\\n" "$1"; shift; printf "nameserver %s\\n" "$@"; }'
+    " > $d/resolv.conf.new && mv -f $d/resolv.conf.new $d/resolv.conf || exit 1; "
+    "else rm -f $d/resolv.conf; fi; sh $d/resolv.sh"
+)
+
 # `fault panic` sends an NMI (QMP inject-nmi): the kernel panics on it only when told to. No
 # NMI comes to a VM otherwise; the guest reports the panic through the pvpanic device.
 NMI_PANIC_SCRIPT = "echo 1 > /proc/sys/kernel/unknown_nmi_panic 2>/dev/null || true"
@@ -155,15 +200,21 @@ def user_data(guest: GuestConfig) -> dict[str, Any]:
         ["sh", "-c", NMI_PANIC_SCRIPT, "qemu-compose-nmi-panic"],
     ]
     files: list[dict[str, Any]] = []
+    # (both every time: a VM restarted off its bridges loses the lines they gave it)
+    bootcmd.append(
+        ["sh", "-c", HOSTS_SCRIPT, "qemu-compose-hosts"]
+        + [
+            f
+            for address, name in (guest.hosts if guest.on_bridges else ())
+            for f in (address, name, f"{name}.{guest.domain}")
+        ]
+    )
+    servers = guest.nameservers
+    bootcmd.append(
+        ["sh", "-c", RESOLVER_SCRIPT, "qemu-compose-resolver", RESOLVER_MERGE, RESOLVER_HOOK]
+        + ([guest.domain, *servers] if servers else [])
+    )
     if guest.on_bridges:
-        bootcmd.append(
-            ["sh", "-c", HOSTS_SCRIPT, "qemu-compose-hosts"]
-            + [
-                f
-                for address, name in guest.hosts
-                for f in (address, name, f"{name}.{guest.domain}")
-            ]
-        )
         # A search domain for <vm> alone: networkd ignores the DHCP one and cloud-init the
         # network-config one, so tell systemd-resolved (where the image has it). bootcmd runs
         # before write_files, so it writes the file itself; the domain is an argument.
@@ -226,8 +277,11 @@ def network_config(guest: GuestConfig) -> dict[str, Any]:
         }
         if nic.kind == "bridge":  # user-mode networking keeps the default route
             config["dhcp4-overrides"] = {"use-routes": False}
-            # <vm> alone resolves too: the project is the search domain of bridge links
+            # its DNS knows the VMs, <vm> alone too: the project is the search domain of
+            # bridge links (every renderer writes these; dhclient's files: RESOLVER_SCRIPT)
             config["nameservers"] = {"search": [guest.domain]}
+            if nic.dns:
+                config["nameservers"]["addresses"] = [nic.dns]
         ethernets[f"nic{i}"] = config
     return {"version": 2, "ethernets": ethernets}
 

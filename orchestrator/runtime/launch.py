@@ -60,6 +60,7 @@ class LaunchFacts:
     provision: Sequence[str] = ()  # the steps' scripts, in order
     extra_user_data: Mapping[str, Any] | None = None
     hosts: Sequence[tuple[str, str]] = ()  # (address, VM) of those on its bridge networks
+    dns: Mapping[str, str] = field(default_factory=dict)  # network -> its DNS (the gateway)
     qemu: str = "/usr/bin/qemu-system-x86_64"
     python: str = "/usr/bin/python3"  # runs qmp.stopvm, the unit's graceful ExecStop
     project_dir: str = ""  # recorded on the unit: whose VM it is (see state.identity)
@@ -106,7 +107,7 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
     guest_nics = [Nic(nics[0].mac, "user")]
     for i, network in enumerate(sorted(vm.networks), start=1):
         nics.append(TapNic(f"nic{i}", mac_of(facts.project, inst, network), facts.taps[network]))
-        guest_nics.append(Nic(nics[-1].mac, "bridge"))
+        guest_nics.append(Nic(nics[-1].mac, "bridge", facts.dns.get(network, "")))
     root = Drive("root", str(paths.disk), "qcow2", "root", bootindex=0) if vm.image else None
     guest = seed = None
     if vm.has_os:

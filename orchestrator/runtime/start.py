@@ -6,6 +6,7 @@ never orphans the other VMs' tasks.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import sys
 import time
@@ -391,6 +392,11 @@ def _facts(
             for network in sorted(vm.networks)
             for other, address in sorted(session.state.addresses.get(network, {}).items())
         ],  # itself too: a warm clone's copy names every replica, the one it was saved from too
+        dns={
+            network: str(netcfg.gateway(ipaddress.IPv4Network(session.state.subnets[network])))
+            for network in vm.networks
+            if network in session.state.subnets
+        },
         qemu=qemu_binary(),
         python=sys.executable,
         project_dir=project_dir(session.project),

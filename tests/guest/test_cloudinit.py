@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pycdlib
@@ -14,6 +16,9 @@ from orchestrator.guest.cloudinit import (
     ENVIRONMENT_SCRIPT,
     FSTAB_SCRIPT,
     HOSTS_SCRIPT,
+    RESOLVER_HOOK,
+    RESOLVER_MERGE,
+    RESOLVER_SCRIPT,
     GuestConfig,
     Nic,
     instance_id,
@@ -68,7 +73,7 @@ GUEST = GuestConfig(
     ),
     environment={"DB_HOST": "db", "QUOTE": 'say "hi"; rm -rf /'},
     provision=("echo one", "#!/bin/sh\necho two\n"),
-    nics=(Nic("52:54:00:00:00:01", "user"), Nic("52:54:aa:bb:cc:dd", "bridge")),
+    nics=(Nic("52:54:00:00:00:01", "user"), Nic("52:54:aa:bb:cc:dd", "bridge", "10.89.0.1")),
     hosts=(("10.89.0.2", "db"),),
 )
 
@@ -99,6 +104,8 @@ def test_user_data_golden() -> None:
             ["sh", "-c", "echo 1 > /proc/sys/kernel/unknown_nmi_panic 2>/dev/null || true",
              "qemu-compose-nmi-panic"],
             ["sh", "-c", HOSTS_SCRIPT, "qemu-compose-hosts", "10.89.0.2", "db", "db.demo"],
+            ["sh", "-c", RESOLVER_SCRIPT, "qemu-compose-resolver", RESOLVER_MERGE, RESOLVER_HOOK,
+             "demo", "10.89.0.1"],
             ["sh", "-c",
              'mkdir -p /etc/systemd/resolved.conf.d && printf "[Resolve]\\nDomains=%s\\n" "$1" > /etc/systemd/resolved.conf.d/qemu-compose.conf && { systemctl try-restart systemd-resolved.service || true; }',
              "qemu-compose-search-domain", "demo"],
@@ -163,7 +170,7 @@ def test_meta_data_and_network_config() -> None:
                 "dhcp4": True,
                 "dhcp-identifier": "mac",
                 "dhcp4-overrides": {"use-routes": False},
-                "nameservers": {"search": ["demo"]},
+                "nameservers": {"search": ["demo"], "addresses": ["10.89.0.1"]},
             },
         },
     }
@@ -201,7 +208,13 @@ def test_vms_on_bridges_get_the_project_as_search_domain() -> None:
         "qemu-compose-environment",
         "qemu-compose-mounts",
         "qemu-compose-nmi-panic",
+        "qemu-compose-hosts",
+        "qemu-compose-resolver",
     ]
+    hosts, resolver = user_data(user_only)["bootcmd"][-2:]
+    assert len(hosts) == 4  # no names: the block goes
+    assert len(resolver) == 6  # the merge and the hook, no servers: ours go
+    assert "search" not in network_config(user_only)["ethernets"]["nic0"]
 
 
 def run_boot_script(script: str, etc: Path, *args: str) -> None:
@@ -253,6 +266,83 @@ def test_every_boot_writes_the_network_neighbours_into_hosts(tmp_path: Path) -> 
     )
     run_boot_script(HOSTS_SCRIPT, tmp_path)
     assert (tmp_path / "hosts").read_text() == "127.0.0.1 localhost\n127.0.1.1 web.demo web\n"
+
+
+RESOLV_BY_DHCLIENT = "domain demo\nsearch demo.\nnameserver 10.0.2.3\n"
+RESOLV_OURS_FIRST = "search demo\nnameserver 10.89.0.1\nnameserver 10.89.1.1\nnameserver 10.0.2.3\n"
+
+
+def run_resolver(etc: Path, *args: str, shell: Sequence[str] = ("sh",)) -> None:
+    """RESOLVER_SCRIPT as bootcmd runs it, on files under ``etc`` instead of /etc (and the
+    leases in ``etc``/leases)."""
+    script, merge_, hook = (
+        text.replace("/etc/", f"{etc}/").replace("/var/lib/dhcp/", f"{etc}/leases/")
+        for text in (RESOLVER_SCRIPT, RESOLVER_MERGE, RESOLVER_HOOK)
+    )
+    subprocess.run([*shell, "-c", script, "name", merge_, hook, *args], check=True)
+
+
+@pytest.mark.parametrize("shell", ["sh", "dash", "bash", "busybox"])
+def test_dhclient_resolv_conf_gets_the_bridges_dns_first(tmp_path: Path, shell: str) -> None:
+    """Where dhclient writes resolv.conf, the bridge networks' DNS servers and the project's
+    domain come first every boot and after every lease (the hook), the lease's servers
+    after them, once each; off the bridges, the lease's own file is left as it is."""
+    argv = [shell, "sh"] if shell == "busybox" else [shell]
+    if shutil.which(argv[0]) is None:
+        pytest.skip(f"no {shell}")
+    hooks = tmp_path / "dhcp" / "dhclient-exit-hooks.d"
+    hooks.mkdir(parents=True)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("domain demo\nsearch demo.\nnameserver 10.89.0.1\n")  # the bridge's
+    (tmp_path / "leases").mkdir()  # the user-mode NIC's lease, older, then newer
+    (tmp_path / "leases" / "dhclient.enp0s4.leases").write_text(
+        'lease {\n  interface "enp0s4";\n  option domain-name-servers 10.0.9.9;\n}\n'
+        'lease {\n  interface "enp0s4";\n  option domain-name-servers 10.0.2.3;\n}\n'
+    )
+
+    def run(*args: str) -> None:
+        run_resolver(tmp_path, *args, shell=argv)
+
+    run("demo", "10.89.0.1", "10.89.1.1")
+    assert resolv.read_text() == RESOLV_OURS_FIRST
+    run("demo", "10.89.0.1", "10.89.1.1")  # the next boot: the same, nothing doubled
+    assert resolv.read_text() == RESOLV_OURS_FIRST
+    assert oct(resolv.stat().st_mode & 0o777) == "0o644"
+    # a renewed lease of the user-mode NIC: dhclient-script replaces the file, then its hook
+    resolv.write_text("# by dhclient\nnameserver 10.0.2.3\noptions edns0\n")
+    hook = tmp_path / "hook"
+    hook.write_text((hooks / "qemu-compose").read_text().replace("/etc/", f"{tmp_path}/"))
+    subprocess.run([*argv, "-c", f"reason=RENEW; . {hook}"], check=True)
+    assert resolv.read_text() == (
+        "search demo\nnameserver 10.89.0.1\nnameserver 10.89.1.1\nnameserver 10.0.2.3\n"
+        "# by dhclient\noptions edns0\n"
+    )
+    # restarted on no bridge: our servers are no longer added, the lease's file stays
+    resolv.write_text(RESOLV_BY_DHCLIENT)
+    run()
+    assert resolv.read_text() == RESOLV_BY_DHCLIENT
+    assert not (tmp_path / "qemu-compose" / "resolv.conf").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dhcp",
+        "hook",
+        "leases",
+        "qemu-compose",
+        "resolv.conf",
+    ]  # nothing left behind (no temporary file)
+
+
+def test_the_resolver_is_left_alone_without_dhclient_or_when_managed(tmp_path: Path) -> None:
+    """No dhclient hooks (networkd, resolved, NetworkManager images): nothing written; a
+    resolv.conf that is a link (resolved's stub, resolvconf) is never replaced."""
+    stub = tmp_path / "stub-resolv.conf"
+    stub.write_text("nameserver 127.0.0.53\n")
+    (tmp_path / "resolv.conf").symlink_to(stub)
+    run_resolver(tmp_path, "demo", "10.89.0.1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resolv.conf", "stub-resolv.conf"]
+    (tmp_path / "dhcp" / "dhclient-exit-hooks.d").mkdir(parents=True)
+    run_resolver(tmp_path, "demo", "10.89.0.1")
+    assert (tmp_path / "resolv.conf").is_symlink()
+    assert stub.read_text() == "nameserver 127.0.0.53\n"
 
 
 def test_a_file_that_cannot_be_read_is_left_as_it_is(tmp_path: Path) -> None:

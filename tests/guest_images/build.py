@@ -2,11 +2,13 @@
 
 ``debian``: a small Debian 12 image with the real cloud-init (debian-guest.sh, ~2 minutes).
 ``tiny``: the Debian kernel with a busybox + dropbear initramfs (tiny-guest.sh, seconds).
+``boot``: a whole Debian 12 disk that boots through firmware and its own bootloader, with
+ifupdown and dhclient, as Debian's cloud images (boot-guest.sh, ~2 minutes).
 Each is cached in ``$QC_GUEST_CACHE`` (default ``~/.cache/qemu-compose/test-guest``) under
 ``<kind>-<hash of its script>``, so a changed recipe builds anew; ``<kind>`` is a symlink
 to the newest build, for examples that name a fixed path.
 
-    python -m tests.guest_images.build debian|tiny     # prints the directory
+    python -m tests.guest_images.build debian|tiny|boot   # prints the directory
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = {"debian": HERE / "debian-guest.sh", "tiny": HERE / "tiny-guest.sh"}
-OUTPUTS = {"debian": ("root.qcow2", "vmlinuz", "initrd.img"), "tiny": ("vmlinuz", "initrd.img")}
+SCRIPTS = {
+    "debian": HERE / "debian-guest.sh",
+    "tiny": HERE / "tiny-guest.sh",
+    "boot": HERE / "boot-guest.sh",
+}
+OUTPUTS = {
+    "debian": ("root.qcow2", "vmlinuz", "initrd.img"),
+    "tiny": ("vmlinuz", "initrd.img"),
+    "boot": ("disk.qcow2",),
+}
 
 
 def cache_root() -> Path:
@@ -68,7 +78,8 @@ def build(kind: str, *, quiet: bool = True) -> Path:
         tmp_link.unlink(missing_ok=True)
         tmp_link.symlink_to(target.name)
         tmp_link.replace(link)
-        for old in root.glob(f"{kind}-*"):  # builds of older recipes: nothing names them now
+        # builds of older recipes, whole or failed: nothing names them now
+        for old in [*root.glob(f"{kind}-*"), *root.glob(f".{kind}-*.partial")]:
             if old != target and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
     return target
