@@ -4,9 +4,10 @@
 # (cloud-init's ENI renderer), no systemd-resolved, root grown by cloud-init's growpart.
 # Made from Debian packages with mmdebstrap, mkfs -d, mtools and sfdisk on plain files: no
 # root filesystem mounts, no loop devices.
-#   disk.qcow2   GPT: 1 BIOS boot (GRUB's core image, for SeaBIOS), 2 EFI system partition
-#                (systemd-boot, the kernel and initrd, for OVMF), 3 ext4 root (label rootfs),
-#                last on the disk so that it can grow
+#   debian-12-boot.qcow2   a GPT disk (named as Debian names its images: user debian):
+#     1 BIOS boot partition: GRUB's core image, for SeaBIOS
+#     2 EFI system partition: systemd-boot, the kernel and the initrd, for OVMF
+#     3 ext4 root (label rootfs), last on the disk so that it can grow
 # usage: boot-guest.sh OUTDIR     deps: mmdebstrap qemu-utils e2fsprogs dosfstools mtools fdisk
 set -euo pipefail
 OUT=$1
@@ -112,11 +113,14 @@ mcopy -i "$WORK/esp.img" "$WORK/esp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$WORK/esp.img" "$WORK/esp/vmlinuz" "$WORK/esp/initrd.img" ::/
 mcopy -i "$WORK/esp.img" "$WORK/esp/loader/loader.conf" ::/loader/
 mcopy -i "$WORK/esp.img" "$WORK/esp/loader/entries/debian.conf" ::/loader/entries/
-dd if="$WORK/esp.img" of="$WORK/disk.raw" bs=512 seek=$ESP_START conv=notrunc status=none
+place() {  # place IMAGE SECTOR: written into the disk at that sector, its holes kept
+  dd if="$1" of="$WORK/disk.raw" bs=1M seek=$(($2 * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
+}
+place "$WORK/esp.img" $ESP_START
 
 truncate -s $((ROOT_SECTORS * 512)) "$WORK/root.img"
 mkfs.ext4 -q -F -L rootfs -d "$WORK/rootfs" "$WORK/root.img"
-dd if="$WORK/root.img" of="$WORK/disk.raw" bs=512 seek=$ROOT_START conv=notrunc status=none
+place "$WORK/root.img" $ROOT_START
 
 # GRUB for BIOS, placed as grub-bios-setup would: boot.img's code in the protective MBR (its
 # partition table kept) pointing at the core image's first sector, whose block list names
@@ -142,5 +146,5 @@ with open(disk, "r+b") as f:
     f.write(core)
 PY
 
-qemu-img convert -O qcow2 "$WORK/disk.raw" "$WORK/disk.qcow2"   # uncompressed: fast first reads
-mv "$WORK/disk.qcow2" "$OUT/disk.qcow2"
+qemu-img convert -O qcow2 "$WORK/disk.raw" "$WORK/debian-12-boot.qcow2"   # uncompressed: fast first reads
+mv "$WORK/debian-12-boot.qcow2" "$OUT/debian-12-boot.qcow2"

@@ -8,7 +8,7 @@ Each is cached in ``$QC_GUEST_CACHE`` (default ``~/.cache/qemu-compose/test-gues
 ``<kind>-<hash of its script>``, so a changed recipe builds anew; ``<kind>`` is a symlink
 to the newest build, for examples that name a fixed path.
 
-    python -m tests.guest_images.build debian|tiny|boot   # prints the directory
+    python -m tests.guest_images.build debian|tiny|boot...   # prints the directories
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SCRIPTS = {
 OUTPUTS = {
     "debian": ("root.qcow2", "vmlinuz", "initrd.img"),
     "tiny": ("vmlinuz", "initrd.img"),
-    "boot": ("disk.qcow2",),
+    "boot": ("debian-12-boot.qcow2",),  # named as Debian names its images: user debian
 }
 
 
@@ -86,4 +86,5 @@ def build(kind: str, *, quiet: bool = True) -> Path:
 
 
 if __name__ == "__main__":
-    print(build(sys.argv[1], quiet=False))
+    for kind in sys.argv[1:] or ["debian"]:
+        print(build(kind, quiet=False))
