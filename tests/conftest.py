@@ -25,6 +25,13 @@ def _real_user_bus() -> str | None:
     return address
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the test guests that take minutes to build (marked ``built_guest``) run last,
+    in their order: the whole suite builds those guests in the background meanwhile
+    (.ci/test), so the tests before them use the other core and none waits idle."""
+    items.sort(key=lambda item: item.get_closest_marker("built_guest") is not None)
+
+
 @pytest.fixture(scope="session")
 def user_manager() -> Iterator[ManagerHandle]:
     """The machine's user manager where PID 1 is systemd, else a private one (needs root)."""

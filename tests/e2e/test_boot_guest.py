@@ -20,6 +20,7 @@ from tests.support.systemd_user import ManagerHandle
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.built_guest,
     pytest.mark.skipif(
         shutil.which("qemu-system-x86_64") is None or shutil.which("dnsmasq") is None,
         reason="needs QEMU and dnsmasq",

@@ -119,6 +119,7 @@ async def console_login(path: str, user: str, password: str) -> str:
         sock.close()
 
 
+@pytest.mark.built_guest
 async def test_debian_guest_with_seed_volume_share_and_console(rundir: Path) -> None:
     guest = await trio.to_thread.run_sync(build, "debian")
     project = "boot"
