@@ -26,6 +26,7 @@ from orchestrator import api
 from tests.guest_images.build import build
 from tests.support.cli import EXE, compose, compose_env, events, ps_rows
 from tests.support.systemd_user import ManagerHandle
+from tests.support.volumes import ext4_file
 
 pytestmark = [
     pytest.mark.slow,
@@ -99,20 +100,6 @@ def console_login(project: Path, manager: ManagerHandle, vm: str, user: str, pas
         if process.poll() is None:
             process.kill()
         os.close(master)
-
-
-def volume_file(volume: Path, name: str, scratch: Path) -> str:
-    """A file on an ext4 volume, read from the host (qemu-img to raw, then debugfs)."""
-    subprocess.run(
-        ["qemu-img", "convert", "-O", "raw", str(volume), str(scratch)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    read = subprocess.run(
-        ["debugfs", "-R", f"cat {name}", str(scratch)],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    scratch.unlink()
-    return read.stdout
 
 
 def faults_on_a_real_guest(project: Path, manager: ManagerHandle, web: int) -> None:
@@ -419,7 +406,7 @@ vms:
         gone = compose("destroy", "--progress", "quiet", cwd=tmp_path, manager=user_manager)
         assert gone.returncode == 0, gone.stderr
         volume = tmp_path / ".qemu-compose/volumes/dbdata/disk.qcow2"
-        assert volume_file(volume, "/data.txt", tmp_path / "dbdata.raw") == "precious\n"
+        assert ext4_file(volume, "/data.txt", tmp_path / "dbdata.raw") == "precious\n"
     finally:
         compose(
             "destroy",

@@ -37,6 +37,7 @@ from orchestrator.guest.secrets import ensure_console_password, ensure_project_k
 from qmp import PowerdownOutcome, open_session
 from tests.guest_images.build import build
 from tests.support.qemu import short_tempdir
+from tests.support.volumes import ext4_file
 
 pytestmark = [
     pytest.mark.slow,
@@ -214,15 +215,7 @@ async def test_debian_guest_with_seed_volume_share_and_console(rundir: Path) -> 
         assert outcome is PowerdownOutcome.GUEST_SHUTDOWN
         assert process.wait(timeout=30) == 0
         # the volume kept what the guest wrote: read it back from the host
-        raw = rundir / "data.raw"
-        subprocess.run(["qemu-img", "convert", "-O", "raw", str(volume), str(raw)], check=True)
-        listing = subprocess.run(
-            ["debugfs", "-R", "cat /kept.txt", str(raw)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert listing.stdout == "kept\n"
+        assert ext4_file(volume, "/kept.txt", rundir / "data.raw") == "kept\n"
     finally:
         if process.poll() is None:
             process.kill()
