@@ -1,9 +1,10 @@
 """Real Debian guests with cloud-init, brought up by the CLI: bridge network, names, volumes.
 
-Three VMs (db <- app <- web, a healthcheck on db) on an automatic bridge subnet, a named
-volume on db and a bind mount on web. Slow under TCG (about a minute and a half), so one
-test walks the whole life: up, names over the bridge, data on the volume, destroy keeping
-the volume, up again with the data still there.
+Three VMs (app needs db healthy, web needs db started; a healthcheck on db) on an automatic
+bridge subnet, a named volume on db and a bind mount on web. Slow under TCG (minutes per
+boot), so one test walks the whole life: up, names over the bridge, faults, snapshots, a
+changed VM restarted alone, a graceful stop, destroy keeping the volume and its data; and
+one boots warm replicas of a Debian guest.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
-from orchestrator import api
 from tests.guest_images.build import build
 from tests.support.cli import EXE, compose, compose_env, events, ps_rows
 from tests.support.systemd_user import ManagerHandle
@@ -169,13 +168,11 @@ while True:
 """
 
 
-def snapshots_on_a_real_guest(
-    project: Path, manager: ManagerHandle, rows: dict[str, Any], env: pytest.MonkeyPatch
-) -> None:
+def snapshots_on_a_real_guest(project: Path, manager: ManagerHandle, rows: dict[str, Any]) -> None:
     """Snapshots of Debian guests: web's mounted 9p share blocks saving its memory (refused,
     nothing kept); db and app saved, changed, restored: the volume's file and a process in
-    memory as they were, no boot, the clock set, db healthy again; suspend and resume; the
-    API's context manager restores on leaving."""
+    memory as they were, a TCP connection between them going on, no boot, the clock set, db
+    healthy again. (Suspend and the API's context manager: on the tiny guests.)"""
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return compose(*args, cwd=project, manager=manager, timeout=600)
@@ -232,37 +229,12 @@ def snapshots_on_a_real_guest(
     assert {vm: boots(vm) for vm in ("db", "app")} == before
     assert ps_rows(project, manager)["db"]["health"] == "healthy"
 
-    ok("suspend", "app")
-    assert ps_rows(project, manager)["app"]["state"] == "suspended"
-    ok("resume", "app", "--wait")
-    assert ssh(project, app, f"kill -0 {pid} && echo alive") == "alive\n"
-    assert boots("app") == before["app"]
-
-    for key, value in compose_env(project, manager).items():  # for the API, as the CLI has it
-        env.setenv(key, value)
-    loaded = api.load(project / "qemu-compose.yaml", environ={})
-
-    async def changed_then_restored() -> None:
-        async with api.snapshot(loaded, "t", ["db"], bus=manager.bus_address):
-            ssh(project, db, "echo v3 | sudo tee /var/lib/db/snap.txt >/dev/null && sync")
-
-    trio.run(changed_then_restored)
-    assert ssh(project, db, "cat /var/lib/db/snap.txt") == "v1\n"
-
-    async def failed_then_restored() -> None:  # restored on leaving by an exception too
-        async with api.snapshot(loaded, "t", ["db"], bus=manager.bus_address):
-            ssh(project, db, "echo v4 | sudo tee /var/lib/db/snap.txt >/dev/null && sync")
-            raise LookupError("the test failed")
-
-    with pytest.raises(LookupError):
-        trio.run(failed_then_restored)
-    assert ssh(project, db, "cat /var/lib/db/snap.txt") == "v1\n"
     ok("snapshot", "rm", "s1", "cold")
     assert json.loads(run("snapshot", "ls", "--format", "json").stdout) == []
 
 
 def test_three_vms_on_a_bridge_with_a_volume_and_a_share(
-    tmp_path: Path, user_manager: ManagerHandle, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, user_manager: ManagerHandle
 ) -> None:
     if shutil.which("ssh") is None:
         pytest.skip("needs the ssh client")
@@ -350,7 +322,7 @@ vms:
         assert info["volumes"][0]["host_path"] == str(site)
         assert info["depends_on"] == {"db": "service_started"}
         faults_on_a_real_guest(tmp_path, user_manager, web)
-        snapshots_on_a_real_guest(tmp_path, user_manager, rows, monkeypatch)
+        snapshots_on_a_real_guest(tmp_path, user_manager, rows)
         console = console_login(
             tmp_path, user_manager, "web", "debian", info["console"]["password"]
         )

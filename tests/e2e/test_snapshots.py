@@ -2,7 +2,7 @@
 saved, changed, restored: the volume's old bytes are back, a process in memory runs on with
 its old counter, uptime goes on from the snapshot, nothing boots again; a stopped VM comes
 back running; a changed hardware and bad input are refused with nothing changed; `rm`
-frees the space. Skipped without QEMU."""
+frees the space; the API's context manager restores on leaving. Skipped without QEMU."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
+from orchestrator import api
 from tests.guest_images.build import build
-from tests.support.cli import compose
+from tests.support.cli import compose, compose_env
 from tests.support.systemd_user import ManagerHandle
 
 pytestmark = [
@@ -48,7 +50,9 @@ def project(tmp_path: Path, user_manager: ManagerHandle) -> Any:
     compose("destroy", "--volumes", "--progress", "quiet", cwd=tmp_path, manager=user_manager)
 
 
-def test_save_change_restore_on_tiny_guests(project: Path, user_manager: ManagerHandle) -> None:
+def test_save_change_restore_on_tiny_guests(
+    project: Path, user_manager: ManagerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tiny = build("tiny")
     compose_file = project / "qemu-compose.yaml"
     compose_file.write_text(
@@ -203,6 +207,26 @@ vms:
     ]
     assert all(r["duration"] > 0 and r["size"] == listed[0]["size"] for r in restores)
 
+    # the API's context manager restores on leaving, by an exception too
+    for key, value in compose_env(project, user_manager).items():  # as the CLI has it
+        monkeypatch.setenv(key, value)
+    loaded = api.load(compose_file, environ={})
+
+    async def changed_then_restored(fail: bool) -> None:
+        async with api.snapshot(loaded, "t", ["a"], bus=user_manager.bus_address):
+            sh("a", f"printf inside | dd of={VOLUME} conv=fsync 2>/dev/null")
+            assert sh("a", f"dd if={VOLUME} bs=6 count=1 2>/dev/null") == "inside"
+            if fail:
+                raise LookupError("the test failed")
+
+    trio.run(changed_then_restored, False)
+    assert sh("a", f"dd if={VOLUME} bs=6 count=1 2>/dev/null") == "before"
+    with pytest.raises(LookupError):
+        trio.run(changed_then_restored, True)
+    assert sh("a", f"dd if={VOLUME} bs=6 count=1 2>/dev/null") == "before"
+    assert sh("a", f"kill -0 {pid} && echo alive") == "alive"
+    assert json.loads(ok("snapshot", "ls", "--format", "json")) == []
+
     # suspended: QEMU ends, the state is kept; `up` resumes a, `resume` b, where they were
     def states_now() -> dict[str, str]:
         return {r["name"]: r["state"] for r in json.loads(ok("ps", "-a", "--format", "json"))}
@@ -276,3 +300,7 @@ vms:
     )  # fmt: skip
     assert kept.returncode == 0, kept.stderr
     assert "78 6e 65 77 21 21" in kept.stdout, kept.stdout  # xnew!!
+    # and a VM created anew attaches it: its guest reads what the destroyed one wrote
+    (project / ".qemu-compose" / "ssh" / "known_hosts").unlink(missing_ok=True)
+    ok("up", "-d", "--wait", "--progress", "quiet", "a")
+    assert sh("a", f"dd if={VOLUME} bs=6 count=1 2>/dev/null") == "xnew!!"
