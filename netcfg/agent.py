@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -59,39 +59,74 @@ class DropsOf(msgspec.Struct, tag="drops_of", tag_field="op", forbid_unknown_fie
     table: str
 
 
-Request = EnsureBridge | EnsureTap | DeleteLink | LinkExists | LinksByAlias | SetDrops | DropsOf
+class Subnets(msgspec.Struct, tag="subnets", tag_field="op", forbid_unknown_fields=True):
+    exclude: list[str] = []
 
 
-def _run(request: Request) -> Any:
+class EnableNat(msgspec.Struct, tag="enable_nat", tag_field="op", forbid_unknown_fields=True):
+    bridge: str
+    subnet: str
+
+
+class DisableNat(msgspec.Struct, tag="disable_nat", tag_field="op", forbid_unknown_fields=True):
+    bridge: str
+
+
+Request = (
+    EnsureBridge
+    | EnsureTap
+    | DeleteLink
+    | LinkExists
+    | LinksByAlias
+    | SetDrops
+    | DropsOf
+    | Subnets
+    | EnableNat
+    | DisableNat
+)
+CHANGES = (EnsureBridge, EnsureTap, DeleteLink, SetDrops, EnableNat, DisableNat)
+
+
+def execute(request: Request, netns: str | None = None) -> Any:
+    """Do what ``request`` asks, here (or in the named namespace ``netns``); a JSON-ready
+    result."""
     from . import links  # (after joining: pyroute2 is imported by links' calls)
 
     match request:
         case EnsureBridge(name, address, alias):
-            return links.ensure_bridge(name, ipaddress.IPv4Interface(address), alias)
+            return links.ensure_bridge(name, ipaddress.IPv4Interface(address), alias, netns=netns)
         case EnsureTap(name, bridge, alias, owner_uid):
-            return links.ensure_tap(name, bridge, alias, owner_uid=owner_uid)
+            return links.ensure_tap(name, bridge, alias, owner_uid=owner_uid, netns=netns)
         case DeleteLink(name):
-            return links.delete_link(name)
+            return links.delete_link(name, netns=netns)
         case LinkExists(name):
-            return links.link_exists(name)
+            return links.link_exists(name, netns=netns)
         case LinksByAlias(prefix):
-            return links.links_by_alias(prefix)
+            return links.links_by_alias(prefix, netns=netns)
         case SetDrops(table, drops):
-            links.set_drops(table, drops)
+            links.set_drops(table, drops, netns=netns)
             return None
         case DropsOf(table):
-            return links.drops_of(table)
+            return links.drops_of(table, netns=netns)
+        case Subnets(exclude):
+            return [str(n) for n in links.host_subnets(exclude=exclude, netns=netns)]
+        case EnableNat(bridge, subnet):
+            links.enable_nat(bridge, ipaddress.IPv4Network(subnet), netns=netns)
+            return None
+        case DisableNat(bridge):
+            links.disable_nat(bridge, netns=netns)
+            return None
     raise AssertionError(request)
 
 
-def serve(lines: Any, write: Callable[[bytes], Any]) -> None:
+def serve(lines: Iterable[bytes], write: Callable[[bytes], Any]) -> None:
     """Answer each request line in turn, until the input ends."""
     decoder = msgspec.json.Decoder(Request)
     for line in lines:
         if not line.strip():
             continue
         try:
-            answer: dict[str, Any] = {"ok": _run(decoder.decode(line))}
+            answer: dict[str, Any] = {"ok": execute(decoder.decode(line))}
         except (PlumbingError, msgspec.ValidationError, msgspec.DecodeError, ValueError) as err:
             answer = {"error": str(err)}
         write(msgspec.json.encode(answer) + b"\n")
@@ -100,7 +135,7 @@ def serve(lines: Any, write: Callable[[bytes], Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m netcfg.agent PID:USER-INODE:NET-INODE", file=sys.stderr)
+        print("usage: python -m netcfg agent PID:USER-INODE:NET-INODE", file=sys.stderr)
         return 2
     try:
         userns.enter(userns.Namespace.parse(args[0]))
@@ -114,7 +149,3 @@ def main(argv: list[str] | None = None) -> int:
 
     serve(sys.stdin.buffer, write)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,8 @@ boot. Every VM resolves as ``name`` and ``name.<project>``. Nothing is forwarded
 unless the network names upstream servers. VMs come and go without a restart: their
 reservations and names live in one file each under ``dhcp-hosts/`` and ``hosts/``, which
 dnsmasq watches. It runs unprivileged once its sockets are bound (as root: the ``dnsmasq``
-user, or ``nobody``), writes nothing, and so needs only to read its directory.
+user, or ``nobody``; in a user's own namespace, as that namespace's root, which is the user),
+writes nothing, and so needs only to read its directory.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class DnsmasqNetwork(msgspec.Struct, frozen=True):
     upstream: Sequence[str] = ()
     router: bool = False  # advertise the bridge as default route (only with NAT)
     user: str = "nobody"  # dnsmasq drops to this user once it has bound its sockets
-    group: str | None = None  # and to this group
+    group: str | None = None  # and to this group ("": none, keep its own)
     lease_time: str = "infinite"
 
     @property
@@ -72,7 +73,7 @@ def render_config(net: DnsmasqNetwork) -> str:
         "dhcp-authoritative",
         "pid-file=",
         f"user={net.user}",
-        *([f"group={net.group}"] if net.group else []),
+        *([f"group={net.group}"] if net.group is not None else []),
         "log-facility=-",
     ]
     if net.router:

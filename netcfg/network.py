@@ -14,16 +14,15 @@ import os
 import pwd
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from pathlib import Path
 
 import msgspec
-import trio
 
-from . import dnsmasq, links, names
+from . import agent, dnsmasq, names
 from .dnsmasq import DnsmasqNetwork, Host
 from .errors import PlumbingError
 from .ipam import gateway
+from .plumbing import HOST, Links
 from .registry import write_whole
 
 # start_dnsmasq(argv, config_changed): start dnsmasq with argv if it is not running, or
@@ -39,6 +38,7 @@ class BridgeNetwork(msgspec.Struct, frozen=True):
     directory: Path  # dnsmasq's files for this network
     nat: bool = False
     upstream: Sequence[str] = ()
+    rootless: bool = False  # in the user's own namespace (plumbing: an AgentLinks)
 
     @property
     def bridge(self) -> str:
@@ -49,7 +49,9 @@ class BridgeNetwork(msgspec.Struct, frozen=True):
         return gateway(self.subnet)
 
     def dnsmasq(self) -> DnsmasqNetwork:
-        user, group = _unprivileged()
+        # in the user's namespace dnsmasq is its root, the user: it may change to no other
+        # user, nor set its groups (an unprivileged user namespace denies setgroups)
+        user, group = ("root", "") if self.rootless else _unprivileged()
         return DnsmasqNetwork(
             bridge=self.bridge,
             subnet=self.subnet,
@@ -129,23 +131,17 @@ async def ensure_network(
     hosts: Sequence[Host],
     start_dnsmasq: StartDnsmasq,
     *,
-    netns: str | None = None,
+    plumbing: Links = HOST,
 ) -> None:
     """Bridge up with its gateway address, NAT as asked, dnsmasq serving ``hosts``."""
-    links.require_net_admin()
     address = ipaddress.IPv4Interface(f"{network.gateway}/{network.subnet.prefixlen}")
-    await trio.to_thread.run_sync(
-        lambda: links.ensure_bridge(
-            network.bridge, address, names.bridge_alias(network.project, network.name), netns=netns
-        )
-    )
+    alias = names.bridge_alias(network.project, network.name)
+    await plumbing.run(agent.EnsureBridge(network.bridge, str(address), alias))
     if network.nat:
-        await trio.to_thread.run_sync(
-            lambda: links.enable_nat(network.bridge, network.subnet, netns=netns)
-        )
+        await plumbing.run(agent.EnableNat(network.bridge, str(network.subnet)))
     else:
         with contextlib.suppress(PlumbingError):  # no table: nothing to undo
-            await trio.to_thread.run_sync(lambda: links.disable_nat(network.bridge, netns=netns))
+            await plumbing.run(agent.DisableNat(network.bridge))
     config = network.dnsmasq()
     readable_dir(network.directory)
     set_hosts(network, hosts)
@@ -154,41 +150,39 @@ async def ensure_network(
 
 
 async def attach_tap(
-    network: BridgeNetwork, vm: str, *, owner_uid: int | None = None, netns: str | None = None
+    network: BridgeNetwork, vm: str, *, owner_uid: int | None = None, plumbing: Links = HOST
 ) -> str:
-    """The VM's TAP on this network, created if needed; returns its name."""
-    links.require_net_admin()
+    """The VM's TAP on this network, created if needed, owned by ``owner_uid`` (default: this
+    user; in the user's namespace, its root, which is the user); returns its name."""
     tap = names.tap_name(network.project, vm, network.name)
-    uid = os.getuid() if owner_uid is None else owner_uid
+    uid = owner_uid if owner_uid is not None else 0 if network.rootless else os.getuid()
     alias = names.tap_alias(network.project, vm, network.name)
-    await trio.to_thread.run_sync(
-        lambda: links.ensure_tap(tap, network.bridge, alias, owner_uid=uid, netns=netns)
-    )
+    await plumbing.run(agent.EnsureTap(tap, network.bridge, alias, uid))
     return tap
 
 
-async def detach_tap(network: BridgeNetwork, vm: str, *, netns: str | None = None) -> bool:
+async def detach_tap(network: BridgeNetwork, vm: str, *, plumbing: Links = HOST) -> bool:
     tap = names.tap_name(network.project, vm, network.name)
-    return await trio.to_thread.run_sync(lambda: links.delete_link(tap, netns=netns))
+    return bool(await plumbing.run(agent.DeleteLink(tap)))
 
 
 async def remove_network(
-    network: BridgeNetwork, stop_dnsmasq: StopDnsmasq, *, netns: str | None = None
+    network: BridgeNetwork, stop_dnsmasq: StopDnsmasq, *, plumbing: Links = HOST
 ) -> None:
     """Stop dnsmasq, remove NAT, the network's TAPs and its bridge, delete its files."""
     await stop_dnsmasq()
     with contextlib.suppress(PlumbingError):
-        await trio.to_thread.run_sync(lambda: links.disable_nat(network.bridge, netns=netns))
-    for tap in await trio.to_thread.run_sync(lambda: tap_names(network, netns=netns)):
-        await trio.to_thread.run_sync(partial(links.delete_link, tap, netns=netns))
-    await trio.to_thread.run_sync(lambda: links.delete_link(network.bridge, netns=netns))
+        await plumbing.run(agent.DisableNat(network.bridge))
+    for tap in await tap_names(network, plumbing=plumbing):
+        await plumbing.run(agent.DeleteLink(tap))
+    await plumbing.run(agent.DeleteLink(network.bridge))
     shutil.rmtree(network.directory, ignore_errors=True)
 
 
-def tap_names(network: BridgeNetwork, *, netns: str | None = None) -> list[str]:
+async def tap_names(network: BridgeNetwork, *, plumbing: Links = HOST) -> list[str]:
     """The TAPs of this network that exist now (found by their alias)."""
     prefix = f"qemu-compose {network.project}/"
-    found = links.links_by_alias(prefix, netns=netns)
+    found: dict[str, str] = await plumbing.run(agent.LinksByAlias(prefix))
     return sorted(
         n
         for n, alias in found.items()
@@ -206,39 +200,37 @@ class NetworkStatus(msgspec.Struct, frozen=True):
     taps: tuple[str, ...]
 
 
-async def network_status(network: BridgeNetwork, *, netns: str | None = None) -> NetworkStatus:
-    def read() -> NetworkStatus:
-        return NetworkStatus(
-            name=network.name,
-            bridge=network.bridge,
-            subnet=network.subnet,
-            bridge_exists=links.link_exists(network.bridge, netns=netns),
-            taps=tuple(tap_names(network, netns=netns)),
-        )
-
-    return await trio.to_thread.run_sync(read)
+async def network_status(network: BridgeNetwork, *, plumbing: Links = HOST) -> NetworkStatus:
+    return NetworkStatus(
+        name=network.name,
+        bridge=network.bridge,
+        subnet=network.subnet,
+        bridge_exists=bool(await plumbing.run(agent.LinkExists(network.bridge))),
+        taps=tuple(await tap_names(network, plumbing=plumbing)),
+    )
 
 
-async def link_present(name: str, *, netns: str | None = None) -> bool:
-    return await trio.to_thread.run_sync(partial(links.link_exists, name, netns=netns))
+async def link_present(name: str, *, plumbing: Links = HOST) -> bool:
+    return bool(await plumbing.run(agent.LinkExists(name)))
 
 
 async def host_subnets(
-    *, exclude: Sequence[str] = (), netns: str | None = None
+    *, exclude: Sequence[str] = (), plumbing: Links = HOST
 ) -> list[ipaddress.IPv4Network]:
     """IPv4 subnets on this host's interfaces, but those of the links named in ``exclude``."""
-    return await trio.to_thread.run_sync(partial(links.host_subnets, exclude=exclude, netns=netns))
+    found = await plumbing.run(agent.Subnets(list(exclude)))
+    return [ipaddress.IPv4Network(n) for n in found]
 
 
 async def set_partition_drops(
-    table: str, drops: Sequence[tuple[str, str]], *, netns: str | None = None
+    table: str, drops: Sequence[tuple[str, str]], *, plumbing: Links = HOST
 ) -> None:
     """The project's partitions: frames from the first TAP of each pair to the second dropped
     on the bridges (``table``, bridge family; removed when there is nothing to drop)."""
-    links.require_net_admin()
-    await trio.to_thread.run_sync(partial(links.set_drops, table, list(drops), netns=netns))
+    await plumbing.run(agent.SetDrops(table, list(drops)))
 
 
-async def partition_drops(table: str, *, netns: str | None = None) -> list[tuple[str, str]] | None:
+async def partition_drops(table: str, *, plumbing: Links = HOST) -> list[tuple[str, str]] | None:
     """What ``table`` drops now (None: no such table)."""
-    return await trio.to_thread.run_sync(partial(links.drops_of, table, netns=netns))
+    found = await plumbing.run(agent.DropsOf(table))
+    return None if found is None else [(a, b) for a, b in found]

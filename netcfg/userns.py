@@ -92,3 +92,25 @@ def enter(namespace: Namespace) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m netcfg enter PID:USER:NET -- PROGRAM ARG...``: run a program in the
+    namespace (dnsmasq, in rootless mode), checked as ``enter`` checks."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 3 or args[1] != "--":
+        print("usage: python -m netcfg enter PID:USER-INODE:NET-INODE -- PROGRAM [ARG...]",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        enter(Namespace.parse(args[0]))
+    except PlumbingError as err:
+        print(f"qemu-compose: {err}", file=sys.stderr)
+        return 1
+    try:
+        os.execvp(args[2], args[2:])
+    except OSError as err:
+        print(f"qemu-compose: {args[2]}: {err.strerror}", file=sys.stderr)
+        return 127

@@ -41,6 +41,7 @@ from netcfg import (
     set_hosts,
     set_partition_drops,
 )
+from netcfg.plumbing import HostLinks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,21 +122,21 @@ async def test_bridge_dhcp_reservation_and_dns(
     ]
     dns = Dnsmasq(server)
     try:
-        await ensure_network(network, hosts, dns.start, netns=server)
-        await ensure_network(network, hosts, dns.start, netns=server)  # idempotent
+        await ensure_network(network, hosts, dns.start, plumbing=HostLinks(server))
+        await ensure_network(network, hosts, dns.start, plumbing=HostLinks(server))  # idempotent
         assert dns.starts == 1  # the same config: no restart
         assert dns.process is not None  # it dropped root once it had bound its sockets
         uid = int(Path(f"/proc/{dns.process.pid}/status").read_text().split("Uid:")[1].split()[0])
         assert uid != 0
         assert stat.S_IMODE(network.directory.stat().st_mode) == 0o755
-        assert await link_present(network.bridge, netns=server)
+        assert await link_present(network.bridge, plumbing=HostLinks(server))
         addr = sh("ip", "-n", server, "-br", "addr", "show", network.bridge).stdout
         assert "10.231.7.1/24" in addr
         alias = sh("ip", "-n", server, "link", "show", network.bridge).stdout
         assert "alias qemu-compose demo/lan" in alias
 
         # a TAP for a VM, owned by a user, on the bridge
-        tap = await attach_tap(network, "web", owner_uid=1000, netns=server)
+        tap = await attach_tap(network, "web", owner_uid=1000, plumbing=HostLinks(server))
         details = sh("ip", "-n", server, "-d", "link", "show", tap).stdout
         assert f"master {network.bridge}" in details
         try:
@@ -144,11 +145,11 @@ async def test_bridge_dhcp_reservation_and_dns(
             owner = "1000"
         assert f"tun type tap pi off vnet_hdr on persist on user {owner} " in details
         assert "alias qemu-compose demo/web/lan" in details
-        assert (await network_status(network, netns=server)).taps == (tap,)
-        subnets = await host_subnets(netns=server)
+        assert (await network_status(network, plumbing=HostLinks(server))).taps == (tap,)
+        subnets = await host_subnets(plumbing=HostLinks(server))
         assert ipaddress.IPv4Network("10.231.7.0/24") in subnets
         assert ipaddress.IPv4Network("10.231.7.0/24") not in await host_subnets(
-            exclude=[network.bridge], netns=server
+            exclude=[network.bridge], plumbing=HostLinks(server)
         )
 
         # the client: a veth whose MAC we reserved, in its own namespace
@@ -205,12 +206,12 @@ async def test_bridge_dhcp_reservation_and_dns(
                 await trio.sleep(0.1)
         assert dns.starts == 1
 
-        assert await detach_tap(network, "web", netns=server)
-        assert not await link_present(tap, netns=server)
-        await attach_tap(network, "web", netns=server)
-        await remove_network(network, dns.stop, netns=server)
-        assert not await link_present(network.bridge, netns=server)
-        assert not await link_present(tap, netns=server)
+        assert await detach_tap(network, "web", plumbing=HostLinks(server))
+        assert not await link_present(tap, plumbing=HostLinks(server))
+        await attach_tap(network, "web", plumbing=HostLinks(server))
+        await remove_network(network, dns.stop, plumbing=HostLinks(server))
+        assert not await link_present(network.bridge, plumbing=HostLinks(server))
+        assert not await link_present(tap, plumbing=HostLinks(server))
         assert not network.directory.exists()
         assert dns.process is not None
         assert dns.process.poll() is not None
@@ -228,16 +229,16 @@ async def test_nat_rules_in_a_namespace(namespaces: tuple[str, str], tmp_path: P
     )  # fmt: skip
     dns = Dnsmasq(server)
     try:
-        await ensure_network(network, [], dns.start, netns=server)
+        await ensure_network(network, [], dns.start, plumbing=HostLinks(server))
         rules = sh("ip", "netns", "exec", server, "nft", "list", "ruleset").stdout
         assert f'ip saddr 10.231.8.0/24 oifname != "{network.bridge}" masquerade' in rules
         assert "dhcp-option=option:router,10.231.8.1" in network.dnsmasq().config_file.read_text()
-        await ensure_network(network, [], dns.start, netns=server)  # idempotent
+        await ensure_network(network, [], dns.start, plumbing=HostLinks(server))  # idempotent
         assert (
             sh("ip", "netns", "exec", server, "nft", "list", "ruleset").stdout.count("masquerade")
             == 1
         )
-        await remove_network(network, dns.stop, netns=server)
+        await remove_network(network, dns.stop, plumbing=HostLinks(server))
         assert (
             "masquerade" not in sh("ip", "netns", "exec", server, "nft", "list", "ruleset").stdout
         )
@@ -300,22 +301,27 @@ async def test_partition_drops_between_bridge_ports_one_way_and_healed(
         table = partition_table("demo")
         assert _ping(client, "10.231.9.2")
 
-        await set_partition_drops(table, [("pa", "pb"), ("pb", "pa")], netns=server)
-        assert await partition_drops(table, netns=server) == [("pa", "pb"), ("pb", "pa")]
+        await set_partition_drops(table, [("pa", "pb"), ("pb", "pa")], plumbing=HostLinks(server))
+        assert await partition_drops(table, plumbing=HostLinks(server)) == [
+            ("pa", "pb"),
+            ("pb", "pa"),
+        ]
         assert not _ping(client, "10.231.9.2")
         assert not _ping(other, "10.231.9.1")
 
         # one way: a's frames to b are dropped; b's ping of a gets no reply either (the
         # reply goes a -> b), but b's frames do reach a: a's counters say so
-        await set_partition_drops(table, [("pa", "pb")], netns=server)
+        await set_partition_drops(table, [("pa", "pb")], plumbing=HostLinks(server))
         before = _received(client)
         assert not _ping(other, "10.231.9.1")
         after = _received(client)
         assert after > before
 
-        await set_partition_drops(table, [], netns=server)  # healed: no table left
-        assert await partition_drops(table, netns=server) is None
+        await set_partition_drops(table, [], plumbing=HostLinks(server))  # healed: no table left
+        assert await partition_drops(table, plumbing=HostLinks(server)) is None
         assert _ping(client, "10.231.9.2")
-        await set_partition_drops(table, [], netns=server)  # healing twice is no error
+        await set_partition_drops(
+            table, [], plumbing=HostLinks(server)
+        )  # healing twice is no error
     finally:
         sh("ip", "netns", "del", other, check=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from netcfg import agent, taphelper, userns
+from netcfg import agent, names, taphelper, userns
 from netcfg.errors import PlumbingError
 from tests.support.qemu import QEMU
 from tests.support.users import User, ordinary
@@ -133,7 +133,7 @@ def test_an_ordinary_user_makes_links_in_their_namespace_and_qemu_gets_the_tap(
         {"op": "ensure_tap", "name": "qct-c", "bridge": "nobridge", "alias": "x"},
     ]  # fmt: skip
     served = user.run(
-        "env", *_env(env), python, "-m", "netcfg.agent", keeper.token(),
+        "env", *_env(env), python, "-m", "netcfg", "agent", keeper.token(),
         input="".join(json.dumps(r) + "\n" for r in requests),
     )  # fmt: skip
     answers = [json.loads(line) for line in served.stdout.splitlines()]
@@ -199,3 +199,37 @@ def test_an_ordinary_user_makes_links_in_their_namespace_and_qemu_gets_the_tap(
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_bridge_network_in_the_users_namespace_serves_dhcp_and_names(
+    user: User, keeper: userns.Namespace, place: Path
+) -> None:
+    if shutil.which("dnsmasq") is None or shutil.which("busybox") is None:
+        pytest.skip("needs dnsmasq and busybox (udhcpc)")
+    paths = [str(REPO), *{sysconfig.get_paths()[k] for k in ("purelib", "platlib")}]
+    env = {"PYTHONPATH": os.pathsep.join(paths), "HOME": str(place)}
+    python = _python_for(user, env)
+    theirs = place / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, user.uid, user.gid)
+    walked = user.run(
+        "env", *_env(env), python, "-m", "tests.support.rootless_network", keeper.token(),
+        str(theirs),
+    )  # fmt: skip
+    seen = json.loads(walked.stdout)
+    assert seen["dnsmasq_uid"] == user.uid  # the namespace's root is the user, nobody more
+    bridge, tap = names.bridge_name("rl", "lan"), names.tap_name("rl", "db", "lan")
+    assert seen["status"] == {"bridge": bridge, "bridge_exists": True, "taps": [tap]}
+    assert seen["drops"] == [[tap, "qct-other"]]
+    assert seen["veth"] == [0, ""]
+    assert seen["dhcp"][0] == 0, seen["dhcp"]
+    assert seen["lease"] == ["10.78.0.10", "10.78.0.1", "rl"]
+    assert seen["names"] == {
+        "db": ["NOERROR", "10.78.0.11"],
+        "db.rl": ["NOERROR", "10.78.0.11"],
+        "client.rl": ["NOERROR", "10.78.0.10"],
+        "nothing.rl": ["NXDOMAIN"],
+    }
+    assert seen["removed"]
+    assert seen["files_removed"]
+    assert not Path(f"/sys/class/net/{bridge}").exists()  # never on the host
