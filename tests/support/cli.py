@@ -22,7 +22,7 @@ def compose(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [EXE, *args],
+        manager.as_owner(EXE, *args),
         cwd=cwd,
         env={**compose_env(cwd, manager), **(env or {})},
         capture_output=True,
@@ -35,7 +35,7 @@ def compose(
 def compose_background(*args: str, cwd: Path, manager: ManagerHandle) -> subprocess.Popen[str]:
     """The CLI left running (watch, or an up to kill): stdout is a pipe, stderr a file."""
     return subprocess.Popen(
-        [EXE, *args],
+        manager.as_owner(EXE, *args),
         cwd=cwd,
         env=compose_env(cwd, manager),
         stdout=subprocess.PIPE,
@@ -49,6 +49,9 @@ def compose_env(cwd: Path, manager: ManagerHandle) -> dict[str, str]:
     env["DBUS_SESSION_BUS_ADDRESS"] = manager.bus_address
     if manager.private is not None:
         env["XDG_RUNTIME_DIR"] = str(manager.private.runtime_dir)
+        if manager.private.uid != 0:  # an ordinary user's: their home
+            env.update(HOME=str(manager.private.home), USER=manager.private.user)
+            env.update(LOGNAME=manager.private.user)
     if manager.journal_dir is not None:
         env["QEMU_COMPOSE_JOURNAL_DIR"] = str(manager.journal_dir)
     env["XDG_STATE_HOME"] = str(cwd / ".xdg-state")  # the port and subnet claims of this test

@@ -75,6 +75,9 @@ class UserManager:
     stop_grace: float = 30.0  # how long the manager may take to stop its units
     systemd_pid: int | None = None
     journald_pid: int | None = None
+    uid: int = 0  # whose manager: root's, or an ordinary user's (uid, gid, name)
+    gid: int = 0
+    user: str = "root"
 
     @property
     def runtime_dir(self) -> Path:
@@ -87,6 +90,10 @@ class UserManager:
     @property
     def journal_dir(self) -> Path:
         return self.state / "run" / "log" / "journal"
+
+    @property
+    def home(self) -> Path:
+        return self.state / "home" if self.uid else Path("/root")
 
     @property
     def _slice(self) -> str:
@@ -109,10 +116,24 @@ class UserManager:
             shutil.rmtree(self.state)
         (self.state / "run" / "systemd" / "system").mkdir(parents=True)
         self.runtime_dir.mkdir(mode=0o700)
+        home = self.state / "home"
+        home.mkdir(mode=0o700)  # (the user's; root's manager keeps /root)
         journald_cg = self._cgroup("journald.scope")
-        manager_cg = self._cgroup("user.slice/user-0.slice/user@0.service")
+        manager_cg = self._cgroup(f"user.slice/user-{self.uid}.slice/user@{self.uid}.service")
         for cg in journald_cg + manager_cg:
             cg.mkdir(parents=True, exist_ok=True)
+        if self.uid != 0:  # the user's: their runtime directory, home and cgroup (delegated)
+            for directory in (self.state, *self.state.parents):
+                if directory == Path("/tmp") or directory.stat().st_uid != 0:
+                    break
+                directory.chmod(directory.stat().st_mode | 0o711)  # (to reach their files)
+            for path in (self.runtime_dir, home):
+                os.chown(path, self.uid, self.gid)
+            for cg in manager_cg:
+                for path in (cg, *cg.iterdir()):
+                    if path.is_dir() or path.name in ("cgroup.procs", "cgroup.subtree_control",
+                                                      "cgroup.threads"):  # fmt: skip
+                        os.chown(path, self.uid, self.gid)
         # 1) journald, in a new mount namespace where state/run is /run. setsid, unshare and
         #    sh all exec, so the PID we get is journald's.
         join = "; ".join(f'echo $$ > "{cg}/cgroup.procs"' for cg in journald_cg)
@@ -129,10 +150,16 @@ class UserManager:
         self._wait((self.state / "run/systemd/journal/stdout").is_socket, journald, "journald")
         # 2) the user manager in the same mount namespace, in its own cgroup, clean environment.
         join = "; ".join(f'echo $$ > "{cg}/cgroup.procs"' for cg in manager_cg)
+        become = (
+            f"setpriv --reuid={self.uid} --regid={self.gid} --clear-groups --inh-caps=-all -- "
+            if self.uid != 0
+            else ""
+        )
         script = (
-            f"{join}; exec env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/sh "
+            f"{join}; exec env -i HOME={self.home} USER={self.user} "
+            f"LOGNAME={self.user} SHELL=/bin/sh "
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
-            'XDG_RUNTIME_DIR="$1" "$2" --user --log-target=journal'
+            f'XDG_RUNTIME_DIR="$1" {become}"$2" --user --log-target=journal'
         )
         with (self.state / "systemd.log").open("wb") as log:
             manager = subprocess.Popen(
@@ -145,14 +172,21 @@ class UserManager:
         self.systemd_pid = manager.pid
         self._wait(self._manager_running, manager, "systemd --user")
 
+    def as_owner(self, *argv: str) -> list[str]:
+        """``argv`` as the manager's user (its session bus admits no one else)."""
+        if self.uid == 0:
+            return list(argv)
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                "--inh-caps=-all", "--", *argv]  # fmt: skip
+
     def _manager_running(self) -> bool:
         if not (self.runtime_dir / "bus").is_socket():
             return False
         result = subprocess.run(
-            [
+            self.as_owner(
                 "busctl", "--user", "get-property", "org.freedesktop.systemd1",
                 "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SystemState",
-            ],
+            ),
             env={**os.environ, **self.env()}, capture_output=True, text=True, timeout=10,
             check=False,
         )  # fmt: skip
@@ -246,10 +280,15 @@ class ManagerHandle:
     journal_dir: Path | None
     private: UserManager | None  # None: the machine's own user manager
 
+    def as_owner(self, *argv: str) -> list[str]:
+        """``argv`` as the manager's user."""
+        return self.private.as_owner(*argv) if self.private is not None else list(argv)
+
     def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.bus_address}
         if self.private is not None:
             env["XDG_RUNTIME_DIR"] = str(self.private.runtime_dir)
         return subprocess.run(
-            ["systemctl", "--user", *args], env=env, capture_output=True, text=True, check=False
-        )
+            self.as_owner("systemctl", "--user", *args), env=env, capture_output=True,
+            text=True, check=False,
+        )  # fmt: skip
