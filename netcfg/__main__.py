@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from . import agent, userns
+from . import agent, keeper, userns
 
 
 def main(argv: list[str]) -> int:
@@ -17,6 +17,8 @@ def main(argv: list[str]) -> int:
             return agent.main(argv[1:])
         case ["enter"]:
             return userns.main(argv[1:])
+        case ["keeper"]:
+            return keeper.main(argv[1:])
     print(__doc__, file=sys.stderr)
     return 2
 

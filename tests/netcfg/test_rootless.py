@@ -213,8 +213,8 @@ def test_a_bridge_network_in_the_users_namespace_serves_dhcp_and_names(
     theirs.mkdir()
     os.chown(theirs, user.uid, user.gid)
     walked = user.run(
-        "env", *_env(env), python, "-m", "tests.support.rootless_network", keeper.token(),
-        str(theirs),
+        "env", *_env(env), python, "-m", "tests.support.rootless_network", "network",
+        keeper.token(), str(theirs),
     )  # fmt: skip
     seen = json.loads(walked.stdout)
     assert seen["dnsmasq_uid"] == user.uid  # the namespace's root is the user, nobody more
@@ -233,3 +233,17 @@ def test_a_bridge_network_in_the_users_namespace_serves_dhcp_and_names(
     assert seen["removed"]
     assert seen["files_removed"]
     assert not Path(f"/sys/class/net/{bridge}").exists()  # never on the host
+
+
+def test_a_keeper_holds_a_namespace_and_a_new_one_adopts_it(user: User, place: Path) -> None:
+    paths = [str(REPO), *{sysconfig.get_paths()[k] for k in ("purelib", "platlib")}]
+    env = {"PYTHONPATH": os.pathsep.join(paths), "HOME": str(place)}
+    python = _python_for(user, env)
+    walked = user.run("env", *_env(env), python, "-m", "tests.support.rootless_network", "keeper")
+    assert json.loads(walked.stdout) == {
+        "own": True,  # a namespace of its own
+        "lo": "UNKNOWN",  # loopback up (its state is UNKNOWN when up)
+        "first_ended": 0,  # on SIGTERM, at once
+        "adopted": True,  # the second keeper is in the first's namespace, kept by a holder
+        "second_ended": 0,
+    }

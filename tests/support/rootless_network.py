@@ -1,9 +1,12 @@
-"""One bridge network made in an ordinary user's own namespace, as that user, through the
-link agent; a client namespace inside it on a veth gets its reserved address by DHCP and
-resolves the VMs' names from the network's dnsmasq. Prints what it saw as JSON.
+"""Rootless mode walked through as an ordinary user; each prints what it saw as JSON.
 
-Run as the user: ``python -m tests.support.rootless_network PID:USER:NET DIRECTORY``
-(``DIRECTORY``: the user's, for dnsmasq's files and the DHCP client's script).
+``python -m tests.support.rootless_network network PID:USER:NET DIRECTORY``: one bridge
+network made in the user's own namespace through the link agent; a client namespace inside
+it on a veth gets its reserved address by DHCP and resolves the VMs' names from the
+network's dnsmasq (``DIRECTORY``: the user's, for dnsmasq's files and the DHCP script).
+
+``python -m tests.support.rootless_network keeper``: a keeper makes a namespace, brings its
+loopback up, ends on SIGTERM; a second keeper adopts the namespace a process in it kept.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from netcfg import (
     Host,
     attach_tap,
     ensure_network,
+    keeper,
     mac_address,
     network_status,
     partition_drops,
@@ -127,9 +131,36 @@ def _net(pid: int) -> int:
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 
 
+def keepers() -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    first = subprocess.Popen(keeper.argv())
+    namespace = keeper.namespace_of(first.pid)
+    seen["own"] = namespace.net != _net(os.getpid())
+    enter = [sys.executable, "-m", "netcfg", "enter", namespace.token(), "--"]
+    seen["lo"] = sh(*enter, "ip", "-br", "link", "show", "lo").stdout.split()[1]
+    holder = subprocess.Popen([*enter, "sleep", "60"])  # (a dnsmasq, say)
+    try:
+        held = keeper.namespace_of(holder.pid, ready=False)
+        first.terminate()
+        seen["first_ended"] = first.wait(timeout=10)
+        second = subprocess.Popen(keeper.argv(adopt=held))
+        try:
+            seen["adopted"] = keeper.namespace_of(second.pid).net == namespace.net
+        finally:
+            second.terminate()
+            seen["second_ended"] = second.wait(timeout=10)
+    finally:
+        holder.kill()
+        holder.wait()
+    return seen
+
+
 def main() -> None:
-    namespace = Namespace.parse(sys.argv[1])
-    print(json.dumps(trio.run(walk, namespace, Path(sys.argv[2]))))
+    if sys.argv[1] == "keeper":
+        print(json.dumps(keepers()))
+        return
+    namespace = Namespace.parse(sys.argv[2])
+    print(json.dumps(trio.run(walk, namespace, Path(sys.argv[3]))))
 
 
 if __name__ == "__main__":
