@@ -97,3 +97,29 @@ async def open_agent(namespace: Namespace, python: str = sys.executable) -> Asyn
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+class OneShotAgent:
+    """The user's namespace, through an agent per request (a process start each: for the few
+    requests of a command that has no agent open)."""
+
+    def __init__(self, namespace: Namespace, python: str = sys.executable) -> None:
+        self.namespace = namespace
+        self.python = python
+
+    async def run(self, request: agent.Request) -> Any:
+        done = await trio.run_process(
+            [self.python, "-m", "netcfg", "agent", self.namespace.token()],
+            stdin=msgspec.json.encode(request) + b"\n",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        lines = done.stdout.splitlines()
+        if done.returncode != 0 or not lines:
+            why = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+            raise PlumbingError(f"the link agent failed: {why}")
+        answer = msgspec.json.decode(lines[0])
+        if "error" in answer:
+            raise PlumbingError(answer["error"])
+        return answer["ok"]

@@ -45,6 +45,21 @@ def open_tap(name: str, *, vnet_hdr: bool) -> int:
     return fd
 
 
+def helper_path() -> str:
+    """The helper's path for QEMU's ``helper=`` (this venv's entry point). QEMU would run a
+    path with blanks through ``sh -c``: such a path is refused."""
+    import shutil
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "qemu-compose-tap-helper"
+    path = str(beside) if beside.exists() else shutil.which("qemu-compose-tap-helper")
+    if path is None:
+        raise PlumbingError("qemu-compose-tap-helper is not installed (pip install the project)")
+    if any(c.isspace() for c in path):
+        raise PlumbingError(f"{path}: a path with blanks cannot be QEMU's helper; move the venv")
+    return path
+
+
 def parse(argv: Sequence[str]) -> tuple[bool, int, str]:
     """(vnet header, socket descriptor, TAP name) from QEMU's arguments."""
     vnet, fd, name = False, None, None

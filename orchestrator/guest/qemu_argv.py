@@ -56,6 +56,7 @@ class TapNic:
     netdev: str
     mac: str
     ifname: str
+    helper: str | None = None  # rootless: QEMU gets the TAP from this helper (netcfg.taphelper)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,9 @@ def qemu_argv(vm: VmLaunch) -> list[str]:
     for nic in vm.nics:
         if isinstance(nic, UserNic):
             argv += ["-netdev", user_netdev(nic.netdev, nic.forwards)]
+        elif nic.helper is not None:
+            helper = qemu_option_value(nic.helper)
+            argv += ["-netdev", f"bridge,id={nic.netdev},br={nic.ifname},helper={helper}"]
         else:
             argv += [
                 "-netdev",

@@ -20,6 +20,7 @@ import msgspec
 import netcfg
 import systemd_dbus
 from netcfg import Forward
+from netcfg.userns import ENVIRONMENT as NETNS_VARIABLE
 from orchestrator.config.model import Vm
 from orchestrator.config.quantities import parse_duration
 from orchestrator.config.topology import Instance
@@ -68,6 +69,8 @@ class LaunchFacts:
     incoming: bool = False  # it starts from a saved state (see _unit: systemd does not restart it)
     ram: SharedRam | RamFile | None = None  # a warm template's source, or a clone: see VmLaunch
     uefi: Uefi | None = None  # firmware: uefi (OVMF and the VM's variables)
+    netns: str | None = None  # rootless: the user's namespace (its token), where its TAPs are
+    tap_helper: str | None = None  # and the helper that hands them to QEMU
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,8 @@ def vm_launch(inst: Instance, facts: LaunchFacts) -> Launch:
     ]
     guest_nics = [Nic(nics[0].mac, "user")]
     for i, network in enumerate(sorted(vm.networks), start=1):
-        nics.append(TapNic(f"nic{i}", mac_of(facts.project, inst, network), facts.taps[network]))
+        mac = mac_of(facts.project, inst, network)
+        nics.append(TapNic(f"nic{i}", mac, facts.taps[network], facts.tap_helper))
         guest_nics.append(Nic(nics[-1].mac, "bridge", facts.dns.get(network, "")))
     root = Drive("root", str(paths.disk), "qcow2", "root", bootindex=0) if vm.image else None
     guest = seed = None
@@ -179,6 +183,7 @@ def _unit(inst: Instance, facts: LaunchFacts, argv: list[str]) -> systemd_dbus.T
     return systemd_dbus.TransientUnit(
         vm_unit(facts.project, inst.name),
         argv,
+        environment={NETNS_VARIABLE: facts.netns} if facts.netns else {},
         description=owner.describe(),
         working_directory=str(paths.directory),
         exec_stop=[*stop, "--grace", f"{grace:g}"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import trio
 
 import netcfg
 import systemd_dbus
+from netcfg.plumbing import HOST, Links
 from orchestrator.config.quantities import parse_size
 from orchestrator.config.topology import Instance, instances
 from orchestrator.guest.disks import create_volume
@@ -75,8 +77,11 @@ async def prepare_networks(
     and NAT made, dnsmasq running with every member's reservation."""
     if not used:
         return {}
-    netcfg.require_net_admin()
-    subnets = await _allocate_subnets(session, used)
+    rootless = session.network_mode == "rootless"
+    if not rootless:
+        netcfg.require_net_admin()
+    links = await session.links()
+    subnets = await _allocate_subnets(session, used, links)
     everyone = instances(session.project.model)  # addresses for all VMs of a network
     macs = netcfg.assign_macs(
         session.project.name, [(i.name, n) for i in everyone for n in i.vm.networks]
@@ -94,11 +99,12 @@ async def prepare_networks(
             directory=session.paths.network_dir(name),
             nat=spec.nat,
             upstream=tuple(spec.upstream_dns),
+            rootless=rootless,
         )
         networks[name] = network
         session.report("", Stage.NETWORK, Status.WORKING, f"{name} {subnets[name]}")
         starter = _dnsmasq_starter(session, name, subnets[name])
-        await netcfg.ensure_network(network, hosts, starter)
+        await netcfg.ensure_network(network, hosts, starter, plumbing=links)
         session.report(
             "", Stage.NETWORK, Status.DONE, f"{name} {subnets[name]} on {network.bridge}"
         )
@@ -107,13 +113,16 @@ async def prepare_networks(
 
 
 async def _allocate_subnets(
-    session: Session, used: Sequence[str]
+    session: Session, used: Sequence[str], links: Links
 ) -> dict[str, ipaddress.IPv4Network]:
     """A subnet for each network: the one it had, the file's, or a free /24 that neither the
-    host's interfaces nor another project use; claimed across projects, kept in the state."""
+    host's interfaces (nor, rootless, the user's namespace's) nor another project use;
+    claimed across projects, kept in the state."""
     model, state, project = session.project.model, session.state, session.project.name
     own_bridges = [netcfg.bridge_name(project, n) for n in model.networks]
-    host = await netcfg.host_subnets(exclude=own_bridges)
+    host = await netcfg.host_subnets(exclude=own_bridges)  # (reading needs no privilege)
+    if links is not HOST:
+        host += await netcfg.host_subnets(exclude=own_bridges, plumbing=links)
     with netcfg.Registry().claims() as claims:
         avoid = host + [ipaddress.IPv4Network(s) for s in claims.subnets_of_others(project)]
         previous = {n: ipaddress.IPv4Network(s) for n, s in state.subnets.items()}
@@ -171,10 +180,14 @@ def _dnsmasq_starter(
                 if old_status.is_failed:
                     await manager.reset_failed(old)
         binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
+        command = [binary, *argv[1:]]
+        if session.namespace is not None:  # rootless: in the user's namespace
+            command = [sys.executable, "-m", "netcfg", "enter", session.namespace.token(), "--",
+                       *command]  # fmt: skip
         await manager.start(
             systemd_dbus.TransientUnit(
                 unit,
-                [binary, *argv[1:]],
+                command,
                 description=Owner(
                     "dnsmasq", session.project.name, network, project_dir(session.project)
                 ).describe(),

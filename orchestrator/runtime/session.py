@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -15,6 +16,8 @@ import trio
 import netcfg
 import qmp
 import systemd_dbus
+from netcfg.plumbing import HOST, Links, OneShotAgent
+from netcfg.userns import Namespace
 from orchestrator.config.project import Project, scaled
 from orchestrator.config.topology import instances, select
 from orchestrator.errors import PeerError, QemuComposeError, UsageError, VmError
@@ -33,6 +36,7 @@ from orchestrator.state.paths import ProjectPaths, dnsmasq_unit, supervisor_unit
 from orchestrator.supervisor.eventlog import EventLog
 from orchestrator.supervisor.supervised import write_supervised
 
+from .netmode import Mode, keeper_namespace, network_mode
 from .observe import ProjectUnits, project_units, rebuild
 from .options import Connection
 from .supervision import supervised_table
@@ -115,6 +119,23 @@ class Session:
     connection: Connection
     store: Store
     units: ProjectUnits  # as they were when it opened (with whose they are)
+    namespace: Namespace | None = None  # the user's (rootless mode), once asked for
+    _links: Links | None = field(default=None, repr=False)
+
+    @property
+    def network_mode(self) -> Mode:
+        return network_mode(os.environ, netcfg.has_net_admin())[0]
+
+    async def links(self) -> Links:
+        """Where this command makes bridges and TAPs: the host, or the user's namespace
+        (its keeper started if need be)."""
+        if self._links is None:
+            if self.network_mode == "host":
+                self._links = HOST
+            else:
+                self.namespace = await keeper_namespace(self.manager)
+                self._links = OneShotAgent(self.namespace)
+        return self._links
 
     @property
     def state(self) -> ProjectState:

@@ -17,7 +17,8 @@ import trio
 
 import netcfg
 import qmp
-from netcfg import Forward
+from netcfg import Forward, taphelper
+from netcfg.plumbing import HOST
 from orchestrator.config.quantities import parse_size
 from orchestrator.config.topology import Instance
 from orchestrator.errors import QemuComposeError
@@ -285,13 +286,20 @@ async def start_vm(
     if isinstance(claimed, Exception):
         raise claimed
     forwards = claimed
-    taps = {n: await netcfg.attach_tap(run.networks[n], name) for n in sorted(vm.networks)}
+    links = await session.links() if vm.networks else None
+    taps = {
+        n: await netcfg.attach_tap(run.networks[n], name, plumbing=links or HOST)
+        for n in sorted(vm.networks)
+    }
     accel = choose_accel(vm.accel, read_host_facts(), vm.cpu_model)
     new_disk = action.kind in (ActionKind.CREATE, ActionKind.RECREATE)
     user = saved.user if saved is not None and not new_disk else None  # its disk has that one
     if template is not None:
         user = template.user
     facts = _facts(run, inst, accel, forwards, taps, user)
+    if taps and session.namespace is not None:  # rootless: QEMU gets its TAPs from the helper
+        helper = taphelper.helper_path()
+        facts = replace(facts, netns=session.namespace.token(), tap_helper=helper)
     if name in run.options.incoming or name in run.resumed or template is not None:
         facts = replace(facts, incoming=True)
     if template is not None and template.ram_bytes:  # its clones map the RAM it saved

@@ -26,6 +26,7 @@ from orchestrator.state.templates import Templates
 
 from .faults.inject import clear_faults, forget_partitions
 from .launch import grace_period
+from .netmode import release_keeper
 from .observe import unit_states
 from .options import QMP_ANSWER, Connection
 from .ports import release_ports
@@ -275,7 +276,9 @@ async def _remove_networks(session: Session, names: Sequence[str]) -> None:
         async def stop_dnsmasq(unit: str = unit) -> None:
             await session.manager.stop(unit)
 
-        if netcfg.has_net_admin():
+        if session.network_mode == "rootless":  # in the user's namespace
+            await netcfg.remove_network(network, stop_dnsmasq, plumbing=await session.links())
+        elif netcfg.has_net_admin():
             await netcfg.remove_network(network, stop_dnsmasq)
         else:
             await stop_dnsmasq()
@@ -285,3 +288,5 @@ async def _remove_networks(session: Session, names: Sequence[str]) -> None:
             claims.subnets.pop(f"{project.name}/{name}", None)
         orphan = "" if name in project.model.networks else " (orphan)"
         session.report("", Stage.NETWORK, Status.DONE, f"{name} removed{orphan}")
+    if names and session.namespace is not None:  # rootless: the last network gone, its keeper
+        await release_keeper(session.manager)

@@ -170,3 +170,10 @@ def test_a_vm_restarted_in_place_stays_after_poweroff_and_panic() -> None:
     assert argv[argv.index("-no-shutdown") :][:3] == ["-no-shutdown", "-action", "panic=pause"]
     assert "panic=exit-failure" not in argv
     assert "-no-shutdown" not in qemu_argv(launch())
+
+
+def test_a_rootless_bridge_nic_gets_its_tap_from_the_helper() -> None:
+    nic = TapNic("nic1", "52:54:aa:bb:cc:dd", "qct-0123456789", "/v,env/bin/helper")
+    argv = qemu_argv(launch(nics=(nic,)))
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev == "bridge,id=nic1,br=qct-0123456789,helper=/v,,env/bin/helper"  # (commas)

@@ -1,0 +1,91 @@
+"""Where bridge networks live: on the host (root or CAP_NET_ADMIN), or in the user's own
+network namespace (rootless: an ordinary user), whose keeper is a service of the user's
+manager.
+
+``QEMU_COMPOSE_NETWORK_MODE`` chooses: ``host``, ``rootless``, or ``auto`` (the default:
+host with CAP_NET_ADMIN, else rootless). ``network_mode`` is pure, and says why.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Literal
+
+import trio
+
+import netcfg
+import systemd_dbus
+from netcfg import keeper
+from netcfg.userns import Namespace
+from orchestrator.errors import UsageError
+from orchestrator.state.paths import UNIT_PREFIX
+
+Mode = Literal["host", "rootless"]
+MODE_VARIABLE = "QEMU_COMPOSE_NETWORK_MODE"
+KEEPER_UNIT = f"{UNIT_PREFIX}netns.service"  # one per user manager: all their projects'
+
+
+def network_mode(environ: Mapping[str, str], net_admin: bool) -> tuple[Mode, str]:
+    """The mode, and why it is the one."""
+    asked = environ.get(MODE_VARIABLE, "auto").strip() or "auto"
+    if asked == "host":
+        return "host", f"{MODE_VARIABLE}=host"
+    if asked == "rootless":
+        return "rootless", f"{MODE_VARIABLE}=rootless"
+    if asked != "auto":
+        raise UsageError(f"{MODE_VARIABLE}={asked!r}: use host, rootless or auto")
+    if net_admin:
+        return "host", "CAP_NET_ADMIN (root): bridges on the host"
+    return "rootless", "no CAP_NET_ADMIN: bridges in the user's own network namespace"
+
+
+async def keeper_namespace(manager: systemd_dbus.SystemdManager) -> Namespace:
+    """The user's namespace, its keeper started first if it is not running: in the namespace
+    a dnsmasq of ours kept, if one outlived the keeper (its VMs' TAPs are there), else anew."""
+    status = await manager.status(KEEPER_UNIT)
+    if not status.is_active:
+        if status.exists:
+            await manager.stop(KEEPER_UNIT)
+            if status.is_failed:
+                await manager.reset_failed(KEEPER_UNIT)
+        adopt = await _kept(manager)
+        await manager.start(
+            systemd_dbus.TransientUnit(
+                KEEPER_UNIT,
+                keeper.argv(sys.executable, adopt=adopt),
+                description="qemu-compose: the user's network namespace (rootless networks)",
+            )
+        )
+        status = await manager.status(KEEPER_UNIT)
+    if not status.main_pid:
+        raise netcfg.PlumbingError(f"{KEEPER_UNIT} runs no process")
+    return await trio.to_thread.run_sync(keeper.namespace_of, status.main_pid)
+
+
+async def release_keeper(manager: systemd_dbus.SystemdManager) -> bool:
+    """Stop the keeper when no network of the user's is left in its namespace (no dnsmasq of
+    ours runs); True if it was stopped."""
+    status = await manager.status(KEEPER_UNIT)
+    if not status.exists:
+        return False
+    for unit in await manager.list_units(f"{UNIT_PREFIX}dnsmasq-"):
+        if (await manager.status(unit.name)).is_active:
+            return False
+    await manager.stop(KEEPER_UNIT)
+    if (await manager.status(KEEPER_UNIT)).is_failed:
+        await manager.reset_failed(KEEPER_UNIT)
+    return True
+
+
+async def _kept(manager: systemd_dbus.SystemdManager) -> Namespace | None:
+    """The namespace an active dnsmasq of ours is in, if it is not ours (rootless)."""
+    for unit in await manager.list_units(f"{UNIT_PREFIX}dnsmasq-"):
+        status = await manager.status(unit.name)
+        if status.is_active and status.main_pid:
+            try:
+                found = keeper.namespace_of(status.main_pid, ready=False, timeout=0)
+            except netcfg.PlumbingError:
+                continue
+            return found
+    return None
