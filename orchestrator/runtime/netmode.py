@@ -63,6 +63,17 @@ async def keeper_namespace(manager: systemd_dbus.SystemdManager) -> Namespace:
     return await trio.to_thread.run_sync(keeper.namespace_of, status.main_pid)
 
 
+async def running_namespace(manager: systemd_dbus.SystemdManager) -> Namespace | None:
+    """The user's namespace if its keeper runs (nothing started: for what only looks)."""
+    status = await manager.status(KEEPER_UNIT)
+    if not status.is_active or not status.main_pid:
+        return None
+    try:
+        return await trio.to_thread.run_sync(keeper.namespace_of, status.main_pid)
+    except netcfg.PlumbingError:
+        return None
+
+
 async def release_keeper(manager: systemd_dbus.SystemdManager) -> bool:
     """Stop the keeper when no network of the user's is left in its namespace (no dnsmasq of
     ours runs); True if it was stopped."""

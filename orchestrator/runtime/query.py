@@ -9,6 +9,7 @@ import msgspec
 
 import netcfg
 import systemd_dbus
+from netcfg.plumbing import HOST, Links, OneShotAgent
 from orchestrator.config.project import Project
 from orchestrator.config.topology import instances, select_one
 from orchestrator.errors import UsageError
@@ -21,6 +22,7 @@ from orchestrator.supervisor.health import has_health, read_health
 from orchestrator.supervisor.runs import read_run
 
 from .access import ssh_target
+from .netmode import running_namespace
 from .options import Connection
 from .session import Session, open_session, with_scale
 
@@ -213,12 +215,16 @@ async def networks(project: Project, connection: Connection) -> list[NetworkRow]
     """The project's networks: those of the file and those still created."""
     async with open_session(project, connection, Reporter(), lock=False) as session:
         in_use = session.state.networks_in_use()
+        links: Links | None = HOST
+        if session.network_mode == "rootless":  # its bridges: in the user's namespace, if any
+            namespace = await running_namespace(session.manager)
+            links = OneShotAgent(namespace) if namespace is not None else None
         rows = []
         for name in sorted(set(project.model.networks) | set(session.state.subnets)):
             bridge = netcfg.bridge_name(project.name, name)
             exists: bool | None
             try:
-                exists = await netcfg.link_present(bridge)
+                exists = links is not None and await netcfg.link_present(bridge, plumbing=links)
             except Exception:  # no netlink here (a sandbox, say): say we do not know
                 exists = None
             dhcp = await session.manager.status(session.dnsmasq_unit(name))

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import netcfg
 import qmp
+from netcfg.plumbing import HOST, Links
 from orchestrator.state.faults import (
     Fault,
     PartitionFault,
@@ -34,7 +35,13 @@ class Executes(Protocol):
 
 
 async def clear_after_restart(
-    state_dir: Path, vm: str, pidfile: Path, session: Executes, *, in_place: bool
+    state_dir: Path,
+    vm: str,
+    pidfile: Path,
+    session: Executes,
+    *,
+    in_place: bool,
+    plumbing: Links = HOST,
 ) -> tuple[list[str], list[str]]:
     """Take ``vm``'s faults away after its restart (``in_place``: system_reset, else a new
     QEMU); returns what was cleared and what QEMU would not take back (kept), described.
@@ -63,6 +70,6 @@ async def clear_after_restart(
                     break
         kept.faults += failed
         if any(isinstance(f, PartitionFault) for f in changed) and kept.table:
-            await netcfg.set_partition_drops(kept.table, kept.drops())
+            await netcfg.set_partition_drops(kept.table, kept.drops(), plumbing=plumbing)
     cleared = [f.describe() for f in changed if f not in failed]
     return cleared, [f.describe() for f in failed]

@@ -35,6 +35,9 @@ import trio
 import netcfg
 import qmp
 import systemd_dbus
+from netcfg.plumbing import HOST, Links, OneShotAgent
+from netcfg.userns import ENVIRONMENT as NETNS_VARIABLE
+from netcfg.userns import Namespace
 from orchestrator.config.model import RestartPolicy
 from orchestrator.state.paths import ProjectPaths
 from qmp.events import QmpEvent, Resume, SessionClosed, SessionEvent, SessionOpened, Shutdown, Stop
@@ -207,6 +210,18 @@ class ProjectSupervisor:
         if isinstance(event, SessionOpened) and self._nursery is not None:
             self._nursery.start_soon(self._clear_faults, vm, session)
 
+    async def _links(self, vm: str) -> Links:
+        """Where the VM's TAPs are: the user's namespace its unit names (rootless), or here."""
+        spec = self.vms.get(vm)
+        if spec is None:
+            return HOST
+        status = await self.manager.status(spec.unit)
+        for line in status.environment:
+            name, _, token = line.partition("=")
+            if name == NETNS_VARIABLE and token:
+                return OneShotAgent(Namespace.parse(token))
+        return HOST
+
     async def _clear_faults(
         self, vm: str, session: qmp.QmpSession, *, in_place: bool = False
     ) -> None:
@@ -215,8 +230,9 @@ class ProjectSupervisor:
         mine = self.paths.vm(vm)
         try:
             cleared, kept = await clear_after_restart(
-                self.paths.state_dir, vm, mine.pidfile, session, in_place=in_place
-            )
+                self.paths.state_dir, vm, mine.pidfile, session, in_place=in_place,
+                plumbing=await self._links(vm),
+            )  # fmt: skip
         except (OSError, netcfg.NetcfgError) as err:
             self._record(
                 vm, "SUPERVISOR_ERROR", {"error": f"clearing faults: {err}"}, source="supervisor"

@@ -1,11 +1,12 @@
 """qemu-compose run by an ordinary user: no root, no capability, their own `systemd --user`
 (a private one, started as them) and its session bus. Two tiny guests on a bridge network
-come up, answer `ssh`, reach each other and resolve each other's names, stop gracefully and
-are destroyed; every process and file is the user's, and the bridge is in the user's own
-network namespace (rootless mode), never on the host."""
+come up, answer `ssh`, reach each other and resolve each other's names, are partitioned and
+healed, stop gracefully and are destroyed; every process and file is the user's, and the
+bridge is in the user's own network namespace (rootless mode), never on the host."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -116,6 +117,17 @@ vms:
             assert address[other] in named.stdout, named.stdout + named.stderr
         bridge = names.bridge_name("mine", "lan")
         assert not Path(f"/sys/class/net/{bridge}").exists()
+        listed = json.loads(run("network", "ls", "--format", "json").stdout)
+        assert [(n["bridge"], n["bridge_exists"], n["dhcp"]) for n in listed] == [
+            (bridge, True, "active")
+        ]
+        # a partition: nft in the user's namespace cuts a from b, and heals
+        cut = run("fault", "partition", "a", "b", "--progress", "quiet")
+        assert cut.returncode == 0, cut.stderr
+        assert run("ssh", "a", f"ping -c 1 -W 2 {address['b']}").returncode != 0
+        healed = run("fault", "heal", "--progress", "quiet")
+        assert healed.returncode == 0, healed.stderr
+        assert run("ssh", "a", f"ping -c 1 -W 5 {address['b']}").returncode == 0
         keeper = their_manager.systemctl("show", "-p", "MainPID", "qemu-compose-netns.service")
         holder = int(keeper.stdout.strip().split("=")[1])
         assert holder > 0

@@ -693,7 +693,7 @@ def _partition(
 
 async def _apply_drops(session: Session, kept: KeptFaults) -> None:
     if kept.table:
-        await netcfg.set_partition_drops(kept.table, kept.drops())
+        await netcfg.set_partition_drops(kept.table, kept.drops(), plumbing=await session.links())
 
 
 async def forget_partitions(session: Session) -> None:
@@ -705,7 +705,8 @@ async def forget_partitions(session: Session) -> None:
     async with changing_faults(state_dir) as kept:
         table = kept.table or netcfg.partition_table(session.project.name)
         with contextlib.suppress(netcfg.NetcfgError, OSError):  # no nft here: none made
-            await netcfg.set_partition_drops(table, kept.drops())
+            links = await session.links()
+            await netcfg.set_partition_drops(table, kept.drops(), plumbing=links)
 
 
 async def heal(
@@ -726,9 +727,11 @@ async def heal(
             return []  # no bridge network: no partition
         async with changing_faults(session.paths.state_dir) as kept:
             healed = _heal(kept, project.name, network, only)
-            if kept.table or netcfg.has_net_admin():  # (a crash may have left drops unkept)
+            rootless = session.network_mode == "rootless"
+            if kept.table or rootless or netcfg.has_net_admin():  # (a crash: drops unkept)
                 table = kept.table or netcfg.partition_table(project.name)
-                await netcfg.set_partition_drops(table, kept.drops())
+                links = await session.links()
+                await netcfg.set_partition_drops(table, kept.drops(), plumbing=links)
         for fault in healed:
             for vm in dict.fromkeys(fault.taps.values()):
                 session.report(vm, Stage.HEAL, Status.DONE, fault.describe() + " healed")
