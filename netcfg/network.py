@@ -38,7 +38,9 @@ class BridgeNetwork(msgspec.Struct, frozen=True):
     directory: Path  # dnsmasq's files for this network
     nat: bool = False
     upstream: Sequence[str] = ()
-    rootless: bool = False  # in the user's own namespace (plumbing: an AgentLinks)
+    # in the user's own namespace (plumbing: an agent), which has no way out: there VMs
+    # reach the outside through their user-mode NIC, ``nat`` or not
+    rootless: bool = False
 
     @property
     def bridge(self) -> str:
@@ -59,7 +61,7 @@ class BridgeNetwork(msgspec.Struct, frozen=True):
             domain=self.project,
             directory=self.directory,
             upstream=tuple(self.upstream),
-            router=self.nat,
+            router=self.nat and not self.rootless,
             user=user,
             group=group,
         )
@@ -137,7 +139,7 @@ async def ensure_network(
     address = ipaddress.IPv4Interface(f"{network.gateway}/{network.subnet.prefixlen}")
     alias = names.bridge_alias(network.project, network.name)
     await plumbing.run(agent.EnsureBridge(network.bridge, str(address), alias))
-    if network.nat:
+    if network.nat and not network.rootless:
         await plumbing.run(agent.EnableNat(network.bridge, str(network.subnet)))
     else:
         with contextlib.suppress(PlumbingError):  # no table: nothing to undo

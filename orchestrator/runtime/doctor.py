@@ -53,6 +53,9 @@ class Facts:
     cache_dir: Path
     cache_free: int | None  # bytes free where images are cached
     ovmf: str | None = None  # OVMF's code (firmware: uefi), None when not installed
+    network_mode: str = "host"  # where bridge networks live: host, rootless (or the error)
+    network_why: str = ""
+    rootless_problem: str | None = None  # what keeps rootless networks from working here
 
 
 APT = {
@@ -80,7 +83,7 @@ def evaluate(facts: Facts) -> list[Check]:
         _binary(facts, "qemu-img", "makes the VMs' disks", required=True),
         _binary(facts, "openssl", "hashes the console password", required=True),
         _kvm(facts),
-        _net_admin(facts),
+        _network_mode(facts),
         _binary(facts, "dnsmasq", "DHCP and DNS of bridge networks", required=False),
         _binary(facts, "nft", "NAT of bridge networks with nat: true", required=False),
         _binary(facts, "ssh", "`qemu-compose ssh`", required=False),
@@ -151,20 +154,27 @@ def _kvm(facts: Facts) -> Check:
     return Check("kvm", "warn", f"VMs run under TCG (slow): {why}", fix)
 
 
-def _net_admin(facts: Facts) -> Check:
-    if facts.net_admin:
+def _network_mode(facts: Facts) -> Check:
+    if facts.network_mode == "host":
+        if facts.net_admin:
+            return Check("network_mode", "ok", f"host: {facts.network_why}")
         return Check(
-            "net_admin",
-            "ok",
-            "CAP_NET_ADMIN: bridge networks can be made, and partitioned (fault partition)",
+            "network_mode",
+            "warn",
+            f"host ({facts.network_why}) without CAP_NET_ADMIN: no bridge networks",
+            "unset QEMU_COMPOSE_NETWORK_MODE (rootless needs no privilege), or run as root",
         )
+    if facts.network_mode != "rootless":  # the variable's value was refused
+        fix = "QEMU_COMPOSE_NETWORK_MODE=host, rootless or auto"
+        return Check("network_mode", "fail", facts.network_mode, fix, required=True)
+    if facts.rootless_problem is None:
+        return Check("network_mode", "ok", f"rootless: {facts.network_why}")
+    problem, _, fix = facts.rootless_problem.partition("; fix: ")
     return Check(
-        "net_admin",
+        "network_mode",
         "warn",
-        "no CAP_NET_ADMIN: VMs on user-mode networking only, no bridge networks and no "
-        "fault partition (the other faults need no privilege)",
-        "run qemu-compose as root for bridge networks (a file capability on a shared "
-        "Python interpreter would give CAP_NET_ADMIN to every program it runs: do not)",
+        f"rootless ({facts.network_why}), but {problem}: VMs on user-mode networking only",
+        fix or "run qemu-compose as root for bridge networks on the host",
     )
 
 
@@ -223,6 +233,16 @@ async def gather(bus: str = "user") -> Facts:
         free: int | None = shutil.disk_usage(probe).free
     except OSError:
         free = None
+    from orchestrator.errors import UsageError
+
+    from .netmode import network_mode
+
+    mode: str
+    try:
+        mode, why = network_mode(os.environ, netcfg.has_net_admin())
+    except UsageError as err:
+        mode, why = str(err), ""
+    problem = await trio.to_thread.run_sync(rootless_problem) if mode == "rootless" else None
     return Facts(
         os_name=_os_name(),
         binaries=binaries,
@@ -235,7 +255,40 @@ async def gather(bus: str = "user") -> Facts:
         cache_dir=cache,
         cache_free=free,
         ovmf=str(ovmf.code) if (ovmf := find_ovmf()) else None,
+        network_mode=mode,
+        network_why=why,
+        rootless_problem=problem,
     )
+
+
+def rootless_problem() -> str | None:
+    """What keeps bridge networks in the user's own namespace from working here ("why; fix:
+    how"), or None: tried for real (a user namespace made and left)."""
+    from netcfg import taphelper
+    from netcfg.errors import PlumbingError
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "no unshare; fix: apt-get install -y util-linux"
+    try:
+        tried = subprocess.run(
+            [unshare, "--user", "--map-root-user", "--net", "true"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unshare: {err}"
+    if tried.returncode != 0:
+        return (
+            f"no user namespace for this user ({tried.stderr.strip() or 'refused'}); fix: "
+            "sudo sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1"
+        )
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        return "/dev/net/tun is not open to this user; fix: sudo chmod 0666 /dev/net/tun"
+    try:
+        taphelper.helper_path()
+    except PlumbingError as err:
+        return str(err)
+    return None
 
 
 def _sbin(name: str) -> str | None:

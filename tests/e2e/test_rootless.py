@@ -94,6 +94,9 @@ vms:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return compose(*args, cwd=project, manager=their_manager, timeout=300)
 
+    doctor = {c["name"]: c for c in json.loads(run("doctor", "--format", "json").stdout)}
+    assert doctor["network_mode"]["verdict"] == "ok"
+    assert doctor["network_mode"]["detail"].startswith("rootless: no CAP_NET_ADMIN")
     try:
         up = run("up", "-d", "--wait", "--progress", "json")
         assert up.returncode == 0, up.stderr

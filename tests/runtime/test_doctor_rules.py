@@ -61,8 +61,6 @@ def test_optional_tools_only_warn() -> None:
     verdicts = by_name(facts(binaries=binaries, net_admin=False))
     assert verdicts["dnsmasq"] == ("warn", "sudo apt-get install -y dnsmasq-base")
     assert verdicts["ssh"] == ("warn", "sudo apt-get install -y openssh-client")
-    assert verdicts["net_admin"][0] == "warn"
-    assert "setcap" not in verdicts["net_admin"][1].replace("file capability", "")
     assert not [c for c in evaluate(facts(binaries=binaries)) if c.verdict == "fail"]
 
 
@@ -106,3 +104,27 @@ def test_low_space_warns() -> None:
 def test_no_ovmf_only_warns_with_the_package() -> None:
     assert by_name(facts(ovmf=None))["ovmf"] == ("warn", "sudo apt-get install -y ovmf")
     assert by_name(facts())["ovmf"] == ("ok", "")
+
+
+def test_the_network_mode_and_what_rootless_lacks() -> None:
+    host = next(
+        c for c in evaluate(facts(network_why="CAP_NET_ADMIN (root)")) if c.name == "network_mode"
+    )
+    assert (host.verdict, host.detail) == ("ok", "host: CAP_NET_ADMIN (root)")
+    rootless = facts(net_admin=False, network_mode="rootless", network_why="no CAP_NET_ADMIN")
+    check = next(c for c in evaluate(rootless) if c.name == "network_mode")
+    assert (check.verdict, check.detail) == ("ok", "rootless: no CAP_NET_ADMIN")
+    lacking = dataclasses.replace(
+        rootless, rootless_problem="/dev/net/tun is not open; fix: sudo chmod 0666 /dev/net/tun"
+    )
+    check = next(c for c in evaluate(lacking) if c.name == "network_mode")
+    assert check.verdict == "warn"
+    assert "but /dev/net/tun is not open: VMs on user-mode networking only" in check.detail
+    assert check.fix == "sudo chmod 0666 /dev/net/tun"
+    forced = facts(net_admin=False, network_why="QEMU_COMPOSE_NETWORK_MODE=host")
+    check = next(c for c in evaluate(forced) if c.name == "network_mode")
+    assert check.verdict == "warn"
+    assert "no bridge networks" in check.detail
+    refused = facts(network_mode="QEMU_COMPOSE_NETWORK_MODE='x': use host, rootless or auto")
+    check = next(c for c in evaluate(refused) if c.name == "network_mode")
+    assert (check.verdict, check.required) == ("fail", True)
