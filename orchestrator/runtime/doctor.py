@@ -235,7 +235,7 @@ async def gather(bus: str = "user") -> Facts:
         free = None
     from orchestrator.errors import UsageError
 
-    from .netmode import network_mode
+    from .netmode import network_mode, rootless_problem
 
     mode: str
     try:
@@ -259,36 +259,6 @@ async def gather(bus: str = "user") -> Facts:
         network_why=why,
         rootless_problem=problem,
     )
-
-
-def rootless_problem() -> str | None:
-    """What keeps bridge networks in the user's own namespace from working here ("why; fix:
-    how"), or None: tried for real (a user namespace made and left)."""
-    from netcfg import taphelper
-    from netcfg.errors import PlumbingError
-
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return "no unshare; fix: apt-get install -y util-linux"
-    try:
-        tried = subprocess.run(
-            [unshare, "--user", "--map-root-user", "--net", "true"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"unshare: {err}"
-    if tried.returncode != 0:
-        return (
-            f"no user namespace for this user ({tried.stderr.strip() or 'refused'}); fix: "
-            "sudo sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1"
-        )
-    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
-        return "/dev/net/tun is not open to this user; fix: sudo chmod 0666 /dev/net/tun"
-    try:
-        taphelper.helper_path()
-    except PlumbingError as err:
-        return str(err)
-    return None
 
 
 def _sbin(name: str) -> str | None:

@@ -22,6 +22,7 @@ from orchestrator.state.files import Scale
 from orchestrator.supervisor.eventlog import EventLog
 
 from .clones import plan_warm, remove_unfinished
+from .netmode import require_rootless
 from .observe import observe, observe_resources, project_units
 from .options import Connection, PlanOptions, UpOptions
 from .plan import Action, ActionKind, UpPlan, plan_up
@@ -177,6 +178,8 @@ async def _execute(session: Session, up_plan: UpPlan, options: UpOptions) -> UpR
         password=ensure_console_password(session.paths.console_password),
     )
     run.session = session = replace(session, report=session.report.also(run.note))
+    if up_plan.networks and session.network_mode == "rootless":
+        await require_rootless()  # before anything is fetched or made
     run.images = await prepare_images(session, up_plan.images)
     run.warm = await plan_warm(session, todo, run.images)
     await prepare_volumes(session, up_plan.volumes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -70,6 +71,32 @@ def their_manager(person: User, place: Path) -> Iterator[ManagerHandle]:
         manager.stop()
 
 
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    found.append(int(entry.name))
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def _net_admin_on_the_host(pid: int) -> bool:
+    """CAP_NET_ADMIN in its effective set, and its user namespace the initial one."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        user_ns = os.stat(f"/proc/{pid}/ns/user").st_ino
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    effective = int(next(line for line in status.splitlines() if line.startswith("CapEff:"))
+                    .split()[1], 16)  # fmt: skip
+    return (
+        bool(effective >> 12 & 1) and user_ns == os.stat("/proc/self/ns/user").st_ino
+    )  # (the host's, as the test sees it)
+
+
 def test_an_ordinary_user_runs_vms_without_privilege(
     person: User, place: Path, their_manager: ManagerHandle
 ) -> None:
@@ -86,8 +113,13 @@ x-tiny: &tiny
   user: root  # (busybox ping needs a raw socket)
   stop_grace_period: 30s
   networks: [lan]
+volumes:
+  data: {{size: 16M}}
 vms:
-  a: *tiny
+  a:
+    <<: *tiny
+    ports: ["22"]  # (its sshd: a published port to knock on)
+    volumes: ["data:/data"]
   b: *tiny
 """)  # fmt: skip
 
@@ -110,6 +142,27 @@ vms:
         assert "CapEff:\t0000000000000000" in status  # with no capability at all
         said = run("ssh", "a", "hostname")
         assert (said.returncode, said.stdout.strip()) == (0, "a"), said.stderr
+        # a published port, answered on the host's 127.0.0.1 (QEMU's hostfwd, in the host's
+        # namespaces); the named volume, attached (the tiny guest leaves it unmounted)
+        (published,) = row["ports"]
+        host, _, guest = published.partition("->")
+        assert host.startswith("127.0.0.1:"), published
+        assert guest == "22/tcp", published
+        with socket.create_connection(("127.0.0.1", int(host.split(":")[1])), timeout=30) as c:
+            c.settimeout(30)
+            assert c.recv(64).startswith(b"SSH-")
+        serials = run("ssh", "a", "for s in /sys/block/vd*/serial; do cat $s; echo; done")
+        assert "data" in serials.stdout.split(), serials.stdout
+        assert (project / ".qemu-compose" / "volumes" / "data" / "disk.qcow2").stat().st_uid == (
+            person.uid
+        )
+        # no process of the run may change the host's network: none has CAP_NET_ADMIN in the
+        # initial user namespace (dnsmasq and the keeper have it in the user's own only)
+        assert _net_admin_on_the_host(os.getpid())  # (the test's own, root's: it would see)
+        theirs = _processes_of(person.uid)
+        assert len(theirs) >= 5  # their manager, the keeper, dnsmasq, two QEMUs at least
+        for pid in theirs:
+            assert not _net_admin_on_the_host(pid), Path(f"/proc/{pid}/cmdline").read_bytes()
         # the bridge: in the user's namespace (held by their keeper), not on the host
         address = {vm: r["addresses"]["lan"] for vm, r in rows.items()}
         gateway = address["a"].rsplit(".", 1)[0] + ".1"
@@ -150,3 +203,35 @@ vms:
     units = their_manager.systemctl("list-units", "--all", "--plain", "--no-legend", "qemu-*")
     assert units.stdout.strip() == ""
     assert not (project / ".qemu-compose" / "a").exists()
+
+
+def test_up_refuses_a_bridge_network_the_machine_cannot_hold_before_making_anything(
+    person: User, place: Path, their_manager: ManagerHandle
+) -> None:
+    project, tiny = place / "project", place / "tiny"
+    person.run("sh", "-c", f"cat > {project}/qemu-compose.yaml", input=f"""
+name: mine
+networks:
+  lan: {{}}
+vms:
+  a:
+    boot: {{kernel: {tiny}/vmlinuz, initrd: {tiny}/initrd.img}}
+    memory: 128
+    networks: [lan]
+""")  # fmt: skip
+    tun = Path("/dev/net/tun")
+    mode = tun.stat().st_mode & 0o777
+    tun.chmod(0o600)  # (as some machines have it): the user cannot open it
+    try:
+        refused = compose("up", "-d", "--progress", "quiet", cwd=project, manager=their_manager)
+    finally:
+        tun.chmod(mode)
+    assert refused.returncode == 1, refused.stderr
+    assert "rootless mode" in refused.stderr
+    assert "/dev/net/tun is not open to this user; fix: sudo chmod 0666 /dev/net/tun" in (
+        refused.stderr
+    )
+    units = their_manager.systemctl("list-units", "--all", "--plain", "--no-legend", "qemu-*")
+    assert units.stdout.strip() == ""  # no keeper, no dnsmasq, no VM
+    assert not (project / ".qemu-compose" / "a").exists()
+    assert not (project / ".qemu-compose" / "networks").exists()
