@@ -71,10 +71,7 @@ class AgentLinks:
     async def run(self, request: agent.Request) -> Any:
         async with self._lock:
             await self._stdin.send_all(msgspec.json.encode(request) + b"\n")
-            answer = msgspec.json.decode(await self._line())
-        if "error" in answer:
-            raise PlumbingError(answer["error"])
-        return answer["ok"]
+            return _answer(await self._line())
 
 
 @asynccontextmanager
@@ -119,7 +116,12 @@ class OneShotAgent:
         if done.returncode != 0 or not lines:
             why = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
             raise PlumbingError(f"the link agent failed: {why}")
-        answer = msgspec.json.decode(lines[0])
-        if "error" in answer:
-            raise PlumbingError(answer["error"])
-        return answer["ok"]
+        return _answer(lines[0])
+
+
+def _answer(line: bytes) -> Any:
+    """The agent's answer to one request: its result, or its error raised."""
+    answer = msgspec.json.decode(line)
+    if "error" in answer:
+        raise PlumbingError(answer["error"])
+    return answer["ok"]

@@ -55,7 +55,7 @@ class Facts:
     ovmf: str | None = None  # OVMF's code (firmware: uefi), None when not installed
     network_mode: str = "host"  # where bridge networks live: host, rootless (or the error)
     network_why: str = ""
-    rootless_problem: str | None = None  # what keeps rootless networks from working here
+    rootless_problem: tuple[str, str] | None = None  # what keeps rootless from working: why, fix
 
 
 APT = {
@@ -169,7 +169,7 @@ def _network_mode(facts: Facts) -> Check:
         return Check("network_mode", "fail", facts.network_mode, fix, required=True)
     if facts.rootless_problem is None:
         return Check("network_mode", "ok", f"rootless: {facts.network_why}")
-    problem, _, fix = facts.rootless_problem.partition("; fix: ")
+    problem, fix = facts.rootless_problem
     return Check(
         "network_mode",
         "warn",

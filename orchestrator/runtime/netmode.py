@@ -105,32 +105,33 @@ async def _kept(manager: systemd_dbus.SystemdManager) -> Namespace | None:
     return None
 
 
-def rootless_problem() -> str | None:
-    """What keeps bridge networks in the user's own namespace from working here ("why; fix:
-    how"), or None: tried for real (a user namespace made and left)."""
+def rootless_problem() -> tuple[str, str] | None:
+    """What keeps bridge networks in the user's own namespace from working here (why, and
+    the fix: "" when none is known), or None: tried for real (a user namespace made and
+    left)."""
     from netcfg import taphelper
 
     unshare = shutil.which("unshare")
     if unshare is None:
-        return "no unshare; fix: apt-get install -y util-linux"
+        return "no unshare", "apt-get install -y util-linux"
     try:
         tried = subprocess.run(
             [unshare, "--user", "--map-root-user", "--net", "true"],
             capture_output=True, text=True, timeout=10, check=False,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as err:
-        return f"unshare: {err}"
+        return f"unshare: {err}", ""
     if tried.returncode != 0:
         return (
-            f"no user namespace for this user ({tried.stderr.strip() or 'refused'}); fix: "
-            "sudo sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1"
+            f"no user namespace for this user ({tried.stderr.strip() or 'refused'})",
+            "sudo sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1",
         )
     if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
-        return "/dev/net/tun is not open to this user; fix: sudo chmod 0666 /dev/net/tun"
+        return "/dev/net/tun is not open to this user", "sudo chmod 0666 /dev/net/tun"
     try:
         taphelper.helper_path()
     except netcfg.PlumbingError as err:
-        return str(err)
+        return str(err), ""
     return None
 
 
@@ -138,7 +139,7 @@ async def require_rootless() -> None:
     """Refuse, before anything is made, bridge networks the user's namespace cannot hold."""
     problem = await trio.to_thread.run_sync(rootless_problem)
     if problem is not None:
-        why, _, fix = problem.partition("; fix: ")
+        why, fix = problem
         raise netcfg.PlumbingError(
             f"bridge networks in your own network namespace (rootless mode: no CAP_NET_ADMIN) "
             f"cannot work here: {why}" + (f"; fix: {fix}" if fix else "")

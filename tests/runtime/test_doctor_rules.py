@@ -115,7 +115,7 @@ def test_the_network_mode_and_what_rootless_lacks() -> None:
     check = next(c for c in evaluate(rootless) if c.name == "network_mode")
     assert (check.verdict, check.detail) == ("ok", "rootless: no CAP_NET_ADMIN")
     lacking = dataclasses.replace(
-        rootless, rootless_problem="/dev/net/tun is not open; fix: sudo chmod 0666 /dev/net/tun"
+        rootless, rootless_problem=("/dev/net/tun is not open", "sudo chmod 0666 /dev/net/tun")
     )
     check = next(c for c in evaluate(lacking) if c.name == "network_mode")
     assert check.verdict == "warn"
